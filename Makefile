@@ -1,0 +1,40 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Both install what they need first (./.venv, the Apache Kafka jars).
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint format kafka-start kafka-stop clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt infra/kafka/pom.xml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/stockpipe kafka fetch
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/stockpipe demo
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check flows tests dags benchmarks
+	$(BIN)/ruff format --check flows tests dags benchmarks
+
+format: install
+	$(BIN)/ruff check --fix flows tests dags benchmarks
+	$(BIN)/ruff format flows tests dags benchmarks
+
+kafka-start: install
+	$(BIN)/stockpipe kafka start
+
+kafka-stop: install
+	$(BIN)/stockpipe kafka stop
+
+clean:
+	rm -rf data reports dbt/target dbt/logs .pytest_cache

@@ -1,0 +1,46 @@
+"""The one command line of stockpipe (contract 4): thin wrappers over library functions.
+
+Every command reads the same settings (environment and optional `.env`); a bad
+setting or a missing service ends the command with one clear message.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from flows.errors import StockpipeError
+from flows.kafka_local import kafka_app
+from flows.producers.command import produce_command
+from flows.stream import stream_command
+
+app = typer.Typer(
+    name="stockpipe",
+    help="Real-time stock ticks -> Kafka -> Bytewax OHLCV bars -> Parquet lake -> warehouse -> dbt marts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(kafka_app, name="kafka")
+app.command("produce")(produce_command)
+app.command("stream")(stream_command)
+
+err = Console(stderr=True)
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except StockpipeError as exc:
+        err.print(f"[bold red]stockpipe:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("stockpipe: interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""One typed settings object for every command (contract 4 of DESIGN.md).
+
+Values come from environment variables and an optional `.env` file in the
+working directory. `load_settings()` turns a validation failure into a
+`SettingsError` whose message names the variable and the offending value, so
+the CLI can stop with one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from flows.errors import StockpipeError
+
+SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.:_\-]{0,31}$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class SettingsError(StockpipeError, ValueError):
+    """A setting has a value stockpipe cannot use; the message says which and why."""
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from `500ms`, `5s`, `10m`, `1h`, `1d` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(str(value))
+        if not match:
+            raise ValueError(
+                f"not a duration: {value!r} (write e.g. 500ms, 5s, 10m, 1h or plain seconds)"
+            )
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative: {value!r}")
+    return seconds
+
+
+def parse_symbols(value: Any) -> list[str]:
+    """A comma-separated list (or a list) of contract-1 symbols, upper-cased, de-duplicated."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for raw in items:
+        symbol = str(raw).strip().upper()
+        if not symbol:
+            continue
+        if not SYMBOL_RE.match(symbol):
+            raise ValueError(f"not a valid symbol: {raw!r} (expected e.g. COIN or BINANCE:BTCUSDT)")
+        if symbol not in out:
+            out.append(symbol)
+    if not out:
+        raise ValueError("needs at least one symbol")
+    return out
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Symbols = Annotated[list[str], NoDecode, BeforeValidator(parse_symbols)]
+
+
+def _env(*names: str) -> Any:
+    return Field(validation_alias=AliasChoices(*names))
+
+
+class Settings(BaseSettings):
+    """Every setting of stockpipe; environment variable names as in DESIGN.md."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # Kafka
+    kafka_bootstrap_servers: str = Field("localhost:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    topic: str = Field("stock.ticks", validation_alias="STOCKPIPE_TOPIC")
+    topic_partitions: int = Field(4, ge=1, le=1024, validation_alias="STOCKPIPE_TOPIC_PARTITIONS")
+    kafka_data_dir: Path = Field(Path("./data/kafka"), validation_alias="STOCKPIPE_KAFKA_DATA_DIR")
+    kafka_cache_dir: Path = Field(
+        Path("~/.cache/stockpipe/kafka").expanduser(), validation_alias="STOCKPIPE_KAFKA_CACHE_DIR"
+    )
+
+    # What to track
+    symbols: Symbols = Field(["COIN", "MARA", "MSTR", "BLK"], validation_alias="STOCKPIPE_SYMBOLS")
+
+    # Bars (contract 2)
+    bar_seconds: int = Field(60, ge=1, le=86400, validation_alias="STOCKPIPE_BAR_SECONDS")
+    allowed_lateness: Duration = Field(5.0, validation_alias="STOCKPIPE_ALLOWED_LATENESS")
+    restate_horizon: Duration = Field(3600.0, validation_alias="STOCKPIPE_RESTATE_HORIZON")
+    dedup_horizon: Duration = Field(600.0, validation_alias="STOCKPIPE_DEDUP_HORIZON")
+    recovery_dir: Path = Field(Path("./data/recovery"), validation_alias="STOCKPIPE_RECOVERY_DIR")
+    recovery_partitions: int = Field(4, ge=1, le=256, validation_alias="STOCKPIPE_RECOVERY_PARTITIONS")
+    epoch_interval: Duration = Field(2.0, validation_alias="STOCKPIPE_EPOCH_INTERVAL")
+
+    # Lake
+    lake_url: str = Field("./data/lake", validation_alias="STOCKPIPE_LAKE_URL")
+    s3_endpoint_url: str | None = Field(None, validation_alias="S3_ENDPOINT_URL")
+    aws_access_key_id: SecretStr | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
+    flush_rows: int = Field(50_000, ge=1, validation_alias="STOCKPIPE_FLUSH_ROWS")
+    flush_interval: Duration = Field(10.0, validation_alias="STOCKPIPE_FLUSH_INTERVAL")
+
+    # Warehouse
+    warehouse: str = Field("duckdb:///./data/warehouse.duckdb", validation_alias="STOCKPIPE_WAREHOUSE")
+    snowflake_account: str | None = Field(None, validation_alias="SNOWFLAKE_ACCOUNT")
+    snowflake_user: str | None = Field(None, validation_alias="SNOWFLAKE_USER")
+    snowflake_password: SecretStr | None = Field(None, validation_alias="SNOWFLAKE_PASSWORD")
+    snowflake_private_key_path: Path | None = Field(None, validation_alias="SNOWFLAKE_PRIVATE_KEY_PATH")
+    snowflake_private_key_passphrase: SecretStr | None = Field(
+        None, validation_alias="SNOWFLAKE_PRIVATE_KEY_PASSPHRASE"
+    )
+    snowflake_role: str | None = Field(None, validation_alias="SNOWFLAKE_ROLE")
+    snowflake_warehouse: str | None = Field(None, validation_alias="SNOWFLAKE_WAREHOUSE")
+    snowflake_database: str = Field("STOCKPIPE", validation_alias="SNOWFLAKE_DATABASE")
+    snowflake_stage: str = Field("BRONZE.LAKE_STAGE", validation_alias="SNOWFLAKE_STAGE")
+    snowflake_host: str | None = Field(None, validation_alias="SNOWFLAKE_HOST")
+    snowflake_port: int | None = Field(None, validation_alias="SNOWFLAKE_PORT")
+    snowflake_protocol: str | None = Field(None, validation_alias="SNOWFLAKE_PROTOCOL")
+    load_batch_files: int = Field(200, ge=1, validation_alias="STOCKPIPE_LOAD_BATCH_FILES")
+
+    # Sources
+    finnhub_api_key: SecretStr | None = Field(None, validation_alias="FINNHUB_API_KEY")
+    finnhub_ws_url: str = Field("wss://ws.finnhub.io", validation_alias="FINNHUB_WS_URL")
+    finnhub_rest_url: str = Field("https://finnhub.io/api/v1", validation_alias="FINNHUB_REST_URL")
+
+    # Orchestration and reporting
+    load_interval: Duration = Field(300.0, validation_alias="STOCKPIPE_LOAD_INTERVAL")
+    alert_webhook: SecretStr | None = Field(None, validation_alias="STOCKPIPE_ALERT_WEBHOOK")
+    dbt_target: str = Field("duckdb", validation_alias="STOCKPIPE_DBT_TARGET")
+    report_path: Path = Field(Path("./reports/stockpipe.html"), validation_alias="STOCKPIPE_REPORT_PATH")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._\-]{1,200}", value):
+            raise ValueError(f"not a valid Kafka topic name: {value!r}")
+        return value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @field_validator("warehouse")
+    @classmethod
+    def _warehouse(cls, value: str) -> str:
+        if value != "snowflake" and not value.startswith("duckdb://"):
+            raise ValueError(f"expected duckdb:///path/to/file.duckdb or snowflake, got {value!r}")
+        return value
+
+    @field_validator("dbt_target")
+    @classmethod
+    def _dbt_target(cls, value: str) -> str:
+        if value not in ("duckdb", "snowflake"):
+            raise ValueError(f"expected duckdb or snowflake, got {value!r}")
+        return value
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic}.dlq"
+
+    @property
+    def duckdb_path(self) -> Path:
+        """The DuckDB file behind `duckdb:///path` (relative paths are relative to the cwd)."""
+        if self.warehouse == "snowflake":
+            raise SettingsError("STOCKPIPE_WAREHOUSE is 'snowflake': there is no DuckDB file")
+        return Path(self.warehouse.removeprefix("duckdb:///").removeprefix("duckdb://"))
+
+    @cached_property
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec options for the lake URL (s3fs for s3://, nothing for local folders)."""
+        if not self.lake_url.startswith("s3://"):
+            return {}
+        opts: dict[str, Any] = {}
+        if self.s3_endpoint_url:
+            opts["endpoint_url"] = self.s3_endpoint_url
+        if self.aws_access_key_id and self.aws_secret_access_key:
+            opts["key"] = self.aws_access_key_id.get_secret_value()
+            opts["secret"] = self.aws_secret_access_key.get_secret_value()
+        return opts
+
+
+def _describe(error: dict[str, Any]) -> str:
+    field_name = error["loc"][0] if error.get("loc") else "?"
+    info = Settings.model_fields.get(str(field_name))
+    alias = info.validation_alias if info else None
+    if isinstance(alias, AliasChoices):
+        alias = alias.choices[0]
+    name = alias or str(field_name).upper()
+    value = error.get("input")
+    secret = info is not None and "SecretStr" in str(info.annotation)
+    shown = "***" if secret else repr(value)
+    msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{name}={shown}: {msg}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings once; raise `SettingsError` naming each bad variable and value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise SettingsError("bad setting: " + "; ".join(lines)) from None
