@@ -13,7 +13,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from flows.errors import StockpipeError
@@ -96,7 +103,9 @@ class Settings(BaseSettings):
     dedup_horizon: Duration = Field(600.0, validation_alias="STOCKPIPE_DEDUP_HORIZON")
     recovery_dir: Path = Field(Path("./data/recovery"), validation_alias="STOCKPIPE_RECOVERY_DIR")
     recovery_partitions: int = Field(4, ge=1, le=256, validation_alias="STOCKPIPE_RECOVERY_PARTITIONS")
-    epoch_interval: Duration = Field(2.0, validation_alias="STOCKPIPE_EPOCH_INTERVAL")
+    epoch_interval: Duration = Field(5.0, validation_alias="STOCKPIPE_EPOCH_INTERVAL")
+    # Set by `stockpipe stream --exit-when-idle` for the worker processes it starts.
+    exit_when_idle: Duration | None = Field(None, validation_alias="STOCKPIPE_EXIT_WHEN_IDLE")
 
     # Lake
     lake_url: str = Field("./data/lake", validation_alias="STOCKPIPE_LAKE_URL")
@@ -123,11 +132,15 @@ class Settings(BaseSettings):
     snowflake_port: int | None = Field(None, validation_alias="SNOWFLAKE_PORT")
     snowflake_protocol: str | None = Field(None, validation_alias="SNOWFLAKE_PROTOCOL")
     load_batch_files: int = Field(200, ge=1, validation_alias="STOCKPIPE_LOAD_BATCH_FILES")
+    snowflake_login_timeout: Duration = Field(60.0, validation_alias="SNOWFLAKE_LOGIN_TIMEOUT")
 
     # Sources
     finnhub_api_key: SecretStr | None = Field(None, validation_alias="FINNHUB_API_KEY")
     finnhub_ws_url: str = Field("wss://ws.finnhub.io", validation_alias="FINNHUB_WS_URL")
     finnhub_rest_url: str = Field("https://finnhub.io/api/v1", validation_alias="FINNHUB_REST_URL")
+    finnhub_stall_timeout: Duration = Field(30.0, validation_alias="STOCKPIPE_FINNHUB_STALL_TIMEOUT")
+    finnhub_calls_per_minute: int = Field(60, ge=1, validation_alias="STOCKPIPE_FINNHUB_CALLS_PER_MINUTE")
+    outage_log: Path = Field(Path("./data/outages.jsonl"), validation_alias="STOCKPIPE_OUTAGE_LOG")
 
     # Orchestration and reporting
     load_interval: Duration = Field(300.0, validation_alias="STOCKPIPE_LOAD_INTERVAL")
@@ -164,6 +177,23 @@ class Settings(BaseSettings):
         if value not in ("duckdb", "snowflake"):
             raise ValueError(f"expected duckdb or snowflake, got {value!r}")
         return value
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables, for the worker processes we start."""
+        env: dict[str, str] = {}
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            alias = info.validation_alias
+            if isinstance(alias, AliasChoices):
+                alias = alias.choices[0]
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, list):
+                value = ",".join(value)
+            env[str(alias)] = str(value)
+        return env
 
     @property
     def dlq_topic(self) -> str:

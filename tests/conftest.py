@@ -8,6 +8,7 @@ uniquely named topics, so tests never see each other's messages.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from flows.settings import Settings, load_settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/helpers.py, streamgen.py
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 if not GOLDEN_DIR.exists():  # a clone elsewhere: the copy kept in the repo
@@ -69,3 +72,8 @@ def settings_for(tmp_path: Path, kafka_bootstrap: str) -> Callable[..., Settings
         return load_settings(**base)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    return GOLDEN_DIR

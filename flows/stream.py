@@ -1,0 +1,197 @@
+"""`stockpipe stream`: run the dataflow with recovery, in one or several processes.
+
+Recovery is always on: Bytewax snapshots the Kafka offsets, the per-symbol bar
+state and the sink's buffered rows every epoch into SQLite partitions under
+`STOCKPIPE_RECOVERY_DIR/<topic>`, so a killed worker resumes where the last
+snapshot was taken and replays from there (a replay may repeat a bar
+revision; it never changes one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from flows.errors import ServiceUnavailable, StockpipeError
+from flows.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def recovery_path(settings: Settings) -> Path:
+    """Recovery partitions of this topic (one topic's offsets never leak into another's)."""
+    return settings.recovery_dir / settings.topic
+
+
+def ensure_recovery(settings: Settings) -> Path:
+    from bytewax.recovery import init_db_dir
+
+    path = recovery_path(settings)
+    if not any(path.glob("part-*.sqlite3")):
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, settings.recovery_partitions)
+    return path
+
+
+def check_input(settings: Settings) -> int:
+    """Fail early, with a message, when the broker or the topic is missing; returns partitions."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    try:
+        meta = admin.list_topics(settings.topic, timeout=10)
+    except KafkaException:
+        raise ServiceUnavailable(
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: start the local broker "
+            "with `stockpipe kafka start`, or set KAFKA_BOOTSTRAP_SERVERS to a running one"
+        ) from None
+    topic = meta.topics.get(settings.topic)
+    if topic is None or topic.error is not None or not topic.partitions:
+        raise StockpipeError(
+            f"topic {settings.topic!r} does not exist on {settings.kafka_bootstrap_servers}: "
+            "produce to it first (`stockpipe produce`) or set STOCKPIPE_TOPIC"
+        )
+    return len(topic.partitions)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_stream(
+    settings: Settings,
+    *,
+    workers: int = 1,
+    exit_when_idle: float | None = None,
+    process_id: int | None = None,
+    addresses: list[str] | None = None,
+) -> int:
+    """Run the dataflow until stopped (or idle, with `exit_when_idle`); returns an exit code.
+
+    `workers > 1` starts that many worker processes on this host (real
+    parallelism; Bytewax workers inside one process share the GIL).
+    `process_id`/`addresses` join a cluster of processes on several hosts.
+    """
+    check_input(settings)
+    recovery = ensure_recovery(settings)
+    if workers > 1 and process_id is None:
+        return _run_local_cluster(settings, workers, exit_when_idle, recovery)
+
+    from bytewax.recovery import RecoveryConfig
+    from bytewax.run import cli_main
+
+    from flows.ohlc import build_flow
+
+    flow = build_flow(settings, exit_when_idle=exit_when_idle)
+    cli_main(
+        flow,
+        workers_per_process=1,
+        process_id=process_id,
+        addresses=addresses,
+        epoch_interval=timedelta(seconds=settings.epoch_interval),
+        recovery_config=RecoveryConfig(str(recovery), backup_interval=timedelta(0)),
+    )
+    return 0
+
+
+def _run_local_cluster(
+    settings: Settings, workers: int, exit_when_idle: float | None, recovery: Path
+) -> int:
+    addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(workers))
+    env = {**os.environ, **settings.to_env()}
+    if exit_when_idle is not None:
+        env["STOCKPIPE_EXIT_WHEN_IDLE"] = str(exit_when_idle)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bytewax.run",
+                "flows.ohlc:flow",
+                "-i",
+                str(i),
+                "-a",
+                addresses,
+                "-r",
+                str(recovery),
+                "-s",
+                str(settings.epoch_interval),
+                "-b",
+                "0",
+            ],
+            env=env,
+        )
+        for i in range(workers)
+    ]
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [p.wait() for p in procs]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    failed = [(i, c) for i, c in enumerate(codes) if c != 0]
+    if failed:
+        raise StockpipeError(
+            "worker process(es) failed: "
+            + ", ".join(f"#{i} exited {c}" for i, c in failed)
+            + " (see their output above)"
+        )
+    return 0
+
+
+def stream_command(
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, max=64, help="Worker processes on this host.")
+    ] = 1,
+    exit_when_idle: Annotated[
+        float | None,
+        typer.Option(
+            "--exit-when-idle",
+            help="Stop after this many seconds without new ticks, emitting every open window "
+            "and flushing every file first.",
+        ),
+    ] = None,
+    process_id: Annotated[
+        int | None,
+        typer.Option("--process-id", "-i", help="This process's index in a multi-host cluster."),
+    ] = None,
+    addresses: Annotated[
+        str | None,
+        typer.Option(
+            "--addresses", "-a", help="host:port of every cluster process, separated by ';'."
+        ),
+    ] = None,
+) -> None:
+    """Run the Bytewax dataflow: Kafka ticks -> OHLCV bars -> Parquet lake (with recovery)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if (process_id is None) != (addresses is None):
+        raise StockpipeError("--process-id and --addresses go together")
+    settings = load_settings()
+    raise typer.Exit(
+        run_stream(
+            settings,
+            workers=workers,
+            exit_when_idle=exit_when_idle,
+            process_id=process_id,
+            addresses=addresses.split(";") if addresses else None,
+        )
+    )

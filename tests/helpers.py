@@ -1,0 +1,150 @@
+"""Test helpers: the straightforward batch computation of bars, reading the lake, Kafka I/O."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import polars as pl
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+BAR_COLUMNS = ["open", "high", "low", "close", "volume", "vwap", "trade_count"]
+
+
+def batch_bars(ticks: Iterable[dict], bar_ms: int = 60_000) -> pl.DataFrame:
+    """Bars over valid, already deduplicated ticks, the obvious way (polars group-by).
+
+    Each tick dict has symbol, ts (ms), seq (partition order), price, volume (or None).
+    """
+    df = pl.DataFrame(
+        list(ticks),
+        schema={
+            "symbol": pl.String,
+            "ts": pl.Int64,
+            "seq": pl.Int64,
+            "price": pl.Float64,
+            "volume": pl.Float64,
+        },
+    )
+    v = pl.col("volume").fill_null(0.0)
+    return (
+        df.sort(["symbol", "ts", "seq"])
+        .with_columns(window_start=pl.col("ts") - pl.col("ts") % bar_ms)
+        .group_by(["symbol", "window_start"], maintain_order=True)
+        .agg(
+            open=pl.col("price").first(),
+            high=pl.col("price").max(),
+            low=pl.col("price").min(),
+            close=pl.col("price").last(),
+            volume=v.sum(),
+            pv=(pl.col("price") * v).sum(),
+            trade_count=pl.len(),
+            first_ts=pl.col("ts").first(),
+            last_ts=pl.col("ts").last(),
+        )
+        .with_columns(
+            vwap=pl.when(pl.col("volume") > 0).then(pl.col("pv") / pl.col("volume")).otherwise(None)
+        )
+        .drop("pv")
+        .sort(["symbol", "window_start"])
+    )
+
+
+def read_lake_bars(lake: Path | str, storage_options: dict | None = None) -> pl.DataFrame:
+    """Every bar row in the lake (all revisions), window_start as epoch ms."""
+    import pyarrow.dataset as ds
+
+    fs = None
+    root = str(lake)
+    if root.startswith("s3://"):
+        import s3fs
+
+        fs = s3fs.S3FileSystem(**(storage_options or {}))
+        root = root.removeprefix("s3://")
+    dataset = ds.dataset(f"{root}/bars", format="parquet", filesystem=fs, partitioning="hive")
+    table = dataset.to_table()
+    df = pl.from_arrow(table)
+    return df.with_columns(
+        window_start=pl.col("window_start").dt.epoch("ms"),
+        first_ts=pl.col("first_ts").dt.epoch("ms"),
+        last_ts=pl.col("last_ts").dt.epoch("ms"),
+    )
+
+
+def final_bars(all_rows: pl.DataFrame) -> pl.DataFrame:
+    """Highest revision per (symbol, window_start)."""
+    return (
+        all_rows.sort(["symbol", "window_start", "revision"])
+        .group_by(["symbol", "window_start"], maintain_order=True)
+        .last()
+        .sort(["symbol", "window_start"])
+    )
+
+
+def assert_bars_equal(got: pl.DataFrame, want: pl.DataFrame, rel: float = 1e-9) -> None:
+    """Every bar, every column: exact for prices and counts; volume and vwap to `rel`."""
+    keys = ["symbol", "window_start"]
+    g = got.select([*keys, *BAR_COLUMNS]).sort(keys)
+    w = want.select([*keys, *BAR_COLUMNS]).sort(keys)
+    assert g.select(keys).to_dicts() == w.select(keys).to_dicts(), "bar keys differ"
+    for col in ["open", "high", "low", "close", "trade_count"]:
+        assert g[col].to_list() == w[col].to_list(), f"column {col} differs"
+    for col in ["volume", "vwap"]:
+        for a, b, key in zip(
+            g[col].to_list(), w[col].to_list(), g.select(keys).rows(), strict=True
+        ):
+            if a is None or b is None:
+                assert a is None and b is None, f"{col} null mismatch at {key}: {a} vs {b}"
+            else:
+                assert abs(a - b) <= rel * max(abs(a), abs(b)), f"{col} at {key}: {a} != {b}"
+
+
+def produce_raw(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+    )
+    n = 0
+    for key, value in messages:
+        producer.produce(topic, key=key, value=value)
+        n += 1
+        if n % 10_000 == 0:
+            producer.poll(0)
+    assert producer.flush(30) == 0, "messages left unflushed"
+    return n
+
+
+def consume_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list:
+    """Every message currently in `topic` (all partitions), in partition order."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False}
+    )
+    meta = consumer.list_topics(topic, timeout=timeout)
+    out = []
+    for p in sorted(meta.topics[topic].partitions):
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        if high <= low:
+            continue
+        consumer.assign([TopicPartition(topic, p, low)])
+        got = 0
+        while got < high - low:
+            for msg in consumer.consume(1000, timeout):
+                if msg.error():
+                    continue
+                out.append(msg)
+                got += 1
+    consumer.close()
+    return out
+
+
+def golden_messages(golden_dir: Path) -> list[dict]:
+    with open(golden_dir / "ticks_golden.jsonl") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def golden_bars(golden_dir: Path) -> pl.DataFrame:
+    df = pl.read_csv(golden_dir / "bars_golden.csv", schema_overrides={"vwap": pl.Float64})
+    return df.with_columns(
+        window_start=pl.col("window_start").str.to_datetime(time_zone="UTC").dt.epoch("ms"),
+        volume=pl.col("volume").cast(pl.Float64),
+    )

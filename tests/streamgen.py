@@ -1,0 +1,118 @@
+"""Random tick streams with every kind of trouble, and the answer a batch computation gives.
+
+A stream is a list of (symbol, message dict) in arrival order. `expected_ticks`
+replays the contract's rules the obvious way (global dedup by id, a running
+max of event time for the too-late cut) and returns the ticks that must end
+up in bars, for `helpers.batch_bars`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+BASE_MS = 1_741_100_400_000  # 2025-03-04T15:00:00Z
+
+
+@dataclass
+class StreamSpec:
+    symbols: list[str] = field(default_factory=lambda: ["COIN", "MARA", "MSTR", "BLK"])
+    ticks_per_symbol: int = 300
+    max_gap_ms: int = 4_000
+    p_tie: float = 0.1
+    p_dup: float = 0.08
+    p_swap: float = 0.08
+    p_late: float = 0.03
+    p_too_late: float = 0.02
+    p_null_volume: float = 0.03
+    p_no_id: float = 0.3
+
+
+def make_stream(seed: int, spec: StreamSpec | None = None) -> list[tuple[str, dict]]:
+    """Per symbol: increasing event times with ties, duplicates, swaps, late and too-late ticks."""
+    spec = spec or StreamSpec()
+    rng = random.Random(seed)
+    per_symbol: dict[str, list[dict]] = {}
+    for s_idx, symbol in enumerate(spec.symbols):
+        ts = BASE_MS + rng.randrange(0, 60_000)
+        price = 50.0 + 40 * s_idx
+        events: list[dict] = []
+        for i in range(spec.ticks_per_symbol):
+            if not (events and rng.random() < spec.p_tie):
+                ts += rng.randrange(1, spec.max_gap_ms + 1)
+            price = round(max(0.01, price * (1 + rng.gauss(0, 0.002))), 4)
+            msg: dict = {
+                "symbol": symbol,
+                "price": price,
+                "volume": None
+                if rng.random() < spec.p_null_volume
+                else rng.choice([1, 5, 10, 100, 250]),
+                "ts": ts,
+            }
+            if rng.random() >= spec.p_no_id:
+                msg["id"] = f"{symbol}-{i}"
+            r = rng.random()
+            if r < spec.p_late:
+                msg = dict(msg, ts=ts - rng.randrange(300_000, 900_000), id=f"{symbol}-late-{i}")
+            elif r < spec.p_late + spec.p_too_late:
+                msg = dict(msg, ts=ts - 3 * 86_400_000, id=f"{symbol}-old-{i}")
+            events.append(msg)
+            if rng.random() < spec.p_dup:
+                events.append(dict(events[rng.randrange(max(0, len(events) - 4), len(events))]))
+        for i in range(len(events) - 1):
+            if rng.random() < spec.p_swap:
+                events[i], events[i + 1] = events[i + 1], events[i]
+        per_symbol[symbol] = events
+    # Interleave symbols randomly, keeping each symbol's own order.
+    out: list[tuple[str, dict]] = []
+    cursors = {s: 0 for s in spec.symbols}
+    while cursors:
+        symbol = rng.choice(sorted(cursors))
+        out.append((symbol, per_symbol[symbol][cursors[symbol]]))
+        cursors[symbol] += 1
+        if cursors[symbol] == len(per_symbol[symbol]):
+            del cursors[symbol]
+    return out
+
+
+def expected_ticks(
+    stream: list[tuple[str, dict]],
+    *,
+    bar_ms: int = 60_000,
+    lateness_ms: int = 5_000,
+    restate_ms: int = 3_600_000,
+    dedup_ms: int = 600_000,
+) -> tuple[list[dict], list[dict]]:
+    """(ticks that belong in bars, too-late ticks), each with `seq` = per-symbol arrival index."""
+    from flows.ticks import tick_id
+
+    seen: dict[tuple[str, str], int] = {}  # id -> remembered until this event time
+    max_ts: dict[str, int] = {}
+    seq: dict[str, int] = {}
+    good, late = [], []
+    for symbol, msg in stream:
+        n = seq[symbol] = seq.get(symbol, -1) + 1
+        tid = msg.get("id") or tick_id(
+            symbol,
+            msg["ts"],
+            float(msg["price"]),
+            None if msg["volume"] is None else float(msg["volume"]),
+        )
+        if seen.get((symbol, tid), -1) >= max_ts.get(symbol, 0):
+            continue  # a duplicate within the dedup horizon (contract 2)
+        max_ts[symbol] = max(max_ts.get(symbol, msg["ts"]), msg["ts"])
+        seen[(symbol, tid)] = max_ts[symbol] + dedup_ms
+        ws = msg["ts"] - msg["ts"] % bar_ms
+        tick = {
+            "symbol": symbol,
+            "ts": msg["ts"],
+            "seq": n,
+            "price": float(msg["price"]),
+            "volume": msg["volume"],
+            "id": tid,
+        }
+        if ws + bar_ms <= max_ts[symbol] - lateness_ms - restate_ms:
+            late.append(tick)
+        else:
+            good.append(tick)
+    return good, late
