@@ -1,0 +1,467 @@
+"""Producers against the real local Kafka broker and loopback Finnhub stand-ins."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from conftest import GOLDEN_DIR
+from fakes.finnhub_server import PING, FakeFinnhubREST, FakeFinnhubWS, trade, trades
+
+from flows.errors import ServiceUnavailable
+from flows.producers import TickWriter, ensure_topics, simulate
+from flows.producers.command import pump
+from flows.producers.finnhub_rest import QuotePoller
+from flows.producers.finnhub_ws import FinnhubStream
+from flows.producers.pacing import Pacer
+from flows.producers.replay import read_replay
+from flows.settings import load_settings
+from flows.ticks import Tick, encode_tick, tick_id
+
+pytestmark = pytest.mark.kafka
+
+START = int(datetime(2025, 3, 4, 15, 0, tzinfo=UTC).timestamp() * 1000)  # 10:00 New York
+
+
+def read_topic(
+    bootstrap: str, topic: str, timeout: float = 30.0
+) -> list[tuple[str | None, bytes | None, int]]:
+    """Every message in `topic` as (key, value, partition), in partition order."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"t-{time.time_ns()}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        high = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        out: list[tuple[str | None, bytes | None, int]] = []
+        done = {p: high[p] == 0 for p in partitions}
+        deadline = time.monotonic() + timeout
+        while not all(done.values()) and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.5):
+                assert msg.error() is None, msg.error()
+                key = msg.key().decode() if msg.key() is not None else None
+                out.append((key, msg.value(), msg.partition()))
+                if msg.offset() + 1 >= high[msg.partition()]:
+                    done[msg.partition()] = True
+        assert all(done.values()), f"could not read all of {topic} within {timeout}s"
+        return out
+    finally:
+        consumer.close()
+
+
+def per_key(messages) -> dict[str | None, list[bytes | None]]:
+    out: dict[str | None, list[bytes | None]] = {}
+    for key, value, _ in messages:
+        out.setdefault(key, []).append(value)
+    return out
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def test_writer_raises_a_clear_error_when_kafka_is_unreachable():
+    settings = load_settings(kafka_bootstrap_servers="127.0.0.1:1")
+    t0 = time.monotonic()
+    with pytest.raises(ServiceUnavailable, match=r"127\.0\.0\.1:1.*stockpipe kafka start"):
+        TickWriter(settings, connect_timeout=3)
+    assert time.monotonic() - t0 < 10
+
+
+def test_missing_topics_are_created_with_the_configured_partitions(settings_for, kafka_bootstrap):
+    topic = f"test.create.{time.time_ns()}"
+    settings = settings_for(topic=topic, topic_partitions=3)
+    assert sorted(ensure_topics(settings)) == [topic, f"{topic}.dlq"]
+    assert ensure_topics(settings) == []  # idempotent
+    meta = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
+    assert len(meta[topic].partitions) == 3
+    assert len(meta[f"{topic}.dlq"].partitions) == 1
+
+
+# --------------------------------------------------------------------------- simulator
+
+
+def test_simulated_ticks_arrive_in_kafka_keyed_by_symbol(settings_for, new_topic, kafka_bootstrap):
+    topic = new_topic("sim")
+    settings = settings_for(topic=topic)
+    items = list(
+        simulate(["COIN", "MARA", "BINANCE:BTCUSDT"], 9, START, 3000, duplicates=0.03, bad=0.02)
+    )
+    with TickWriter(settings) as writer:
+        pump(items, writer, Pacer(threading.Event()))
+    messages = read_topic(kafka_bootstrap, topic)
+    assert len(messages) == 3000
+    sent = {}
+    for item in items:
+        key, value = (item.symbol, encode_tick(item)) if isinstance(item, Tick) else item
+        sent.setdefault(key, []).append(value)
+    assert per_key(messages) == sent  # every message, verbatim, in order per key
+    tick_items = [i for i in items if isinstance(i, Tick)]
+    tick_pairs = _tick_pairs(items)
+    for key, value, _ in messages:
+        if (key, value) in tick_pairs:
+            assert orjson.loads(value)["symbol"] == key
+    injected = len(tick_items) - len({t.id for t in tick_items})
+    assert injected > 0
+    ids = Counter(orjson.loads(v)["id"] for k, v, _ in messages if (k, v) in tick_pairs)
+    assert sum(n - 1 for n in ids.values()) == injected  # unique except the injected duplicates
+    assert writer.delivered == Counter(t.symbol for t in tick_items)
+    assert sum(writer.delivered_raw.values()) == len(items) - len(tick_items)
+
+
+def _tick_pairs(items) -> set[tuple[str, bytes]]:
+    return {(i.symbol, encode_tick(i)) for i in items if isinstance(i, Tick)}
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def test_golden_file_replays_verbatim_in_file_order(settings_for, new_topic, kafka_bootstrap):
+    topic = new_topic("golden")
+    golden = GOLDEN_DIR / "ticks_golden.jsonl"
+    lines = [orjson.loads(line) for line in golden.read_bytes().splitlines() if line.strip()]
+    assert len(lines) == 420
+    with TickWriter(settings_for(topic=topic)) as writer:
+        pump(read_replay(golden), writer, Pacer(threading.Event()))
+    messages = read_topic(kafka_bootstrap, topic)
+    assert len(messages) == 420
+    expected: dict[str | None, list[bytes | None]] = {}
+    for line in lines:
+        expected.setdefault(line["key"], []).append(line["value"].encode())
+    assert per_key(messages) == expected
+
+
+def test_parquet_and_tick_lines_replay_as_ticks(settings_for, new_topic, kafka_bootstrap, tmp_path):
+    topic = new_topic("pq")
+    table = pa.table(
+        {
+            "symbol": ["COIN", "COIN", "COIN", "MARA"],
+            "ts": pa.array([START, START, START + 5, START + 9], pa.timestamp("ms", "UTC")),
+            "price": [250.5, 250.5, 251.0, -1.0],
+            "volume": pa.array([100, 100, 5, 10], pa.int64()),
+        }
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    lines = tmp_path / "t.jsonl"
+    lines.write_text(f'{{"symbol":"BLK","price":950.1,"volume":3,"ts":{START}}}\nnot json\n')
+    with TickWriter(settings_for(topic=topic)) as writer:
+        pump(read_replay(tmp_path / "t.parquet"), writer, Pacer(threading.Event()))
+        pump(read_replay(lines), writer, Pacer(threading.Event()))
+    got = per_key(read_topic(kafka_bootstrap, topic))
+    coin = [orjson.loads(v) for v in got["COIN"]]
+    assert [c["ts"] for c in coin] == [START, START, START + 5]
+    # two identical rows at one ts: occurrence 0 and 1, ids as the dataflow would derive for the first
+    assert coin[0]["id"] == tick_id("COIN", START, 250.5, 100.0, (), 0)
+    assert coin[1]["id"] == tick_id("COIN", START, 250.5, 100.0, (), 1)
+    assert {c["source"] for c in coin} == {"replay"}
+    assert orjson.loads(got["MARA"][0])["price"] == -1.0  # sent on, for the DLQ
+    blk = orjson.loads(got["BLK"][0])
+    assert blk["id"] == tick_id("BLK", START, 950.1, 3.0) and blk["source"] == "replay"
+    assert got[None] == [b"not json"]
+
+
+# --------------------------------------------------------------------------- finnhub websocket
+
+T = 1741100400000
+F1 = trades(trade("COIN", 250.1, T + 1, 100), trade("MARA", 17.2, T + 2, 500))
+F2 = trades(  # a trade repeated inside one frame is two trades
+    trade("COIN", 250.2, T + 10, 10),
+    trade("COIN", 250.2, T + 10, 10),
+    trade("MARA", 17.25, T + 11, 1, ["1", "12"]),
+)
+F3 = trades(trade("COIN", 250.3, T + 20, 5), trade("MARA", 17.3, T + 21, 100))
+F4 = trades(trade("COIN", 250, T + 30, 200))
+F5 = trades(trade("MARA", 17.4, T + 40, 300), trade("COIN", 250.5, T + 41, 1))
+WS_SCRIPTS = [
+    [
+        PING,
+        F1,
+        F2,
+        ("send", {"type": "error", "msg": "Invalid symbol XYZ"}),
+        PING,
+        F3,
+        ("sleep", 0.05),
+        ("drop", None),
+    ],
+    [F3, F4, ("stall", None)],  # F3 re-sent after the reconnect, then silence
+    [PING, F5, ("hold", None)],
+]
+
+
+def expected_ids(frames) -> list[tuple[str, str]]:
+    out = []
+    for _, frame in frames:
+        seen: Counter = Counter()
+        for d in frame["data"]:
+            ident = (d["s"], d["p"], d["t"], d["v"], tuple(d["c"]))
+            out.append(
+                (d["s"], tick_id(d["s"], d["t"], float(d["p"]), float(d["v"]), d["c"], seen[ident]))
+            )
+            seen[ident] += 1
+    return out
+
+
+def test_websocket_producer_reconnects_and_sends_every_trade_once_per_send(
+    settings_for, new_topic, kafka_bootstrap, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO)
+    topic = new_topic("ws")
+    outage_log = tmp_path / "outages.jsonl"
+
+    async def scenario():
+        async with FakeFinnhubWS(WS_SCRIPTS, token="secret-test-key", subscriptions=2) as server:
+            settings = settings_for(
+                topic=topic,
+                finnhub_api_key="secret-test-key",
+                finnhub_ws_url=server.url,
+                outage_log=outage_log,
+            )
+            with TickWriter(settings) as writer:
+                stream = FinnhubStream(
+                    settings,
+                    writer,
+                    ["COIN", "MARA"],
+                    stall_timeout=0.5,
+                    backoff_initial=0.05,
+                    backoff_max=0.2,
+                    seed=1,
+                )
+                stop = asyncio.Event()
+                task = asyncio.create_task(stream.run(stop))
+                await asyncio.wait_for(server.finished.wait(), 20)
+                deadline = time.monotonic() + 5
+                while stream.trades < 12 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                stop.set()
+                await asyncio.wait_for(task, 10)
+            return server, stream
+
+    server, stream = asyncio.run(scenario())
+
+    assert len(server.connections) == 3
+    assert all(c.subscriptions == ["COIN", "MARA"] for c in server.connections)
+    messages = read_topic(kafka_bootstrap, topic)
+    sends = expected_ids([F1, F2, F3, F3, F4, F5])
+    assert len(messages) == len(sends) == 12
+    got = per_key(messages)
+    for symbol in ("COIN", "MARA"):
+        values = [orjson.loads(v) for v in got[symbol]]
+        assert [v["id"] for v in values] == [i for s, i in sends if s == symbol]
+        assert {v["source"] for v in values} == {"finnhub-ws"}
+        assert all(v["symbol"] == symbol for v in values)
+    all_ids = [i for _, i in sends]
+    assert len(set(all_ids)) == 10  # the re-sent F3 kept its ids; F2's twins did not collide
+    assert orjson.loads(got["MARA"][1])["conditions"] == ["1", "12"]
+
+    outages = [orjson.loads(line) for line in outage_log.read_bytes().splitlines()]
+    assert len(outages) == 2 == len(stream.outages)
+    for outage in outages:
+        assert outage["start_ms"] < outage["end_ms"]
+        assert outage["symbols"] == ["COIN", "MARA"]
+        assert outage["source"] == "finnhub-ws"
+    assert outages[0]["reason"] == "connection dropped"
+    assert outages[1]["reason"].startswith("stalled")
+    assert (
+        outages[1]["end_ms"] - outages[1]["start_ms"] >= 500
+    )  # silent for the whole stall timeout
+
+    assert "Invalid symbol XYZ" in caplog.text
+    assert "secret-test-key" not in caplog.text
+
+
+def test_websocket_producer_with_a_refused_key_records_the_outage(settings_for, tmp_path, caplog):
+    outage_log = tmp_path / "outages.jsonl"
+
+    async def scenario():
+        async with FakeFinnhubWS([], token="right", subscriptions=1) as server:
+            settings = settings_for(
+                finnhub_api_key="wrong-key", finnhub_ws_url=server.url, outage_log=outage_log
+            )
+            stream = FinnhubStream(
+                settings, None, ["COIN"], stall_timeout=1, backoff_initial=0.05, backoff_max=0.1
+            )  # type: ignore[arg-type]
+            stop = asyncio.Event()
+            task = asyncio.create_task(stream.run(stop))
+            await asyncio.sleep(0.6)
+            stop.set()
+            await asyncio.wait_for(task, 5)
+            return server
+
+    server = asyncio.run(scenario())
+    assert server.refused >= 3  # it kept retrying, with backoff
+    assert server.refused < 20
+    (outage,) = [orjson.loads(line) for line in outage_log.read_bytes().splitlines()]
+    assert "HTTP 401" in outage["reason"] and "still down at shutdown" in outage["reason"]
+    # the last refusal may land just as the stop does, and then is not counted as an attempt
+    assert outage["attempts"] in (server.refused - 1, server.refused)
+    assert "wrong-key" not in caplog.text
+
+
+# --------------------------------------------------------------------------- finnhub REST
+
+
+def quote(c: float, t: int) -> dict:
+    return {
+        "c": c,
+        "d": 0.5,
+        "dp": 0.2,
+        "h": c + 1,
+        "l": c - 1,
+        "o": c - 0.5,
+        "pc": c - 0.5,
+        "t": t,
+    }
+
+
+TS = 1741100400
+REST_SCRIPTS = {
+    "COIN": [
+        quote(250.1, TS),
+        quote(250.1, TS),  # unchanged: dropped
+        (429, {"Retry-After": "1"}),
+        quote(250.2, TS + 5),
+        (429, {}),
+        quote(250.3, TS + 9),
+        (503, {}),
+        quote(250.4, TS + 12),
+    ],
+    "MARA": [quote(17.1, TS + 1), quote(17.1, TS + 1), quote(17.2, TS + 6)],
+}
+
+
+def test_rest_poller_backs_off_keeps_the_rate_and_drops_repeats(
+    settings_for, new_topic, kafka_bootstrap, caplog
+):
+    caplog.set_level(logging.INFO)
+    topic = new_topic("rest")
+    per_minute = 600  # one call every 0.1 s
+
+    async def scenario():
+        async with FakeFinnhubREST(REST_SCRIPTS, token="rest-key") as server:
+            settings = settings_for(
+                topic=topic, finnhub_api_key="rest-key", finnhub_rest_url=server.base_url
+            )
+            with TickWriter(settings) as writer:
+                poller = QuotePoller(
+                    settings,
+                    writer,
+                    ["COIN", "MARA", "NOPE"],
+                    calls_per_minute=per_minute,
+                    backoff_initial=0.3,
+                )
+                stop = asyncio.Event()
+                task = asyncio.create_task(poller.run(stop))
+                deadline = time.monotonic() + 20
+                while not server.exhausted and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                calls = len(server.calls)
+                while len(server.calls) < calls + 4:  # a few quiet-market repeats too
+                    await asyncio.sleep(0.05)
+                stop.set()
+                await asyncio.wait_for(task, 5)
+            return server, poller
+
+    server, poller = asyncio.run(scenario())
+
+    calls = server.calls
+    assert {c.token for c in calls} == {"rest-key"}
+    statuses = [c.status for c in calls if c.symbol == "COIN"]
+    assert statuses[:8] == [200, 200, 429, 200, 429, 200, 503, 200]
+    # backoff: Retry-After honoured, exponential backoff without it, retry after 5xx
+    coin = [c for c in calls if c.symbol == "COIN"]
+    assert coin[3].at - coin[2].at >= 1.0
+    assert coin[5].at - coin[4].at >= 0.3
+    assert coin[7].at - coin[6].at >= 0.3
+    # never faster than the limit: calls spaced by 60/limit, at most limit/60 in any second
+    times = [c.at for c in calls]
+    # (measured at the server, in the same event loop: allow scheduling jitter of one call)
+    assert min(b - a for a, b in zip(times, times[1:], strict=False)) >= 0.05
+    assert max(sum(1 for u in times if t <= u < t + 1.0) for t in times) <= per_minute // 60 + 1
+    assert poller.rate_limited == 2 and poller.server_errors == 1
+    assert poller.repeats_dropped >= 2
+
+    got = per_key(read_topic(kafka_bootstrap, topic))
+    assert set(got) == {"COIN", "MARA"}  # NOPE (c == 0) skipped
+    coin_ticks = [orjson.loads(v) for v in got["COIN"]]
+    assert [(q["price"], q["ts"]) for q in coin_ticks] == [
+        (250.1, TS * 1000),
+        (250.2, (TS + 5) * 1000),
+        (250.3, (TS + 9) * 1000),
+        (250.4, (TS + 12) * 1000),
+    ]
+    assert all(q["volume"] is None and q["source"] == "finnhub-rest" for q in coin_ticks)
+    assert coin_ticks[0]["id"] == tick_id("COIN", TS * 1000, 250.1, None)
+    assert [orjson.loads(v)["price"] for v in got["MARA"]] == [17.1, 17.2]
+    assert "no quote for NOPE" in caplog.text
+    assert "rest-key" not in caplog.text
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_ctrl_c_flushes_and_every_reported_tick_is_in_the_topic(new_topic, kafka_bootstrap):
+    topic = new_topic("sigint")
+    exe = Path(sys.executable).with_name("stockpipe")
+    cmd = [str(exe) if exe.exists() else shutil.which("stockpipe") or "stockpipe"]
+    cmd += ["produce", "--source", "sim", "--symbols", "COIN,BINANCE:BTCUSDT", "--seed", "3"]
+    cmd += [
+        "--start",
+        "2025-03-04T15:00:00Z",
+        "--rate",
+        "400",
+        "--duplicates",
+        "0.02",
+        "--bad",
+        "0.01",
+    ]
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "STOCKPIPE_TOPIC": topic}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        admin = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "watch"})
+        deadline = time.monotonic() + 30
+        produced = 0
+        while produced < 200 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            produced = sum(
+                admin.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
+                for p in range(4)
+            )
+        admin.close()
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    reported = {}
+    for line in out.splitlines():
+        if line.startswith("  ") and ":" in line:
+            key, _, n = line.strip().rpartition(": ")
+            reported[key] = int(n.split()[0])
+    messages = read_topic(kafka_bootstrap, topic)
+    assert sum(reported.values()) == len(messages) >= 200
+    assert reported == dict(Counter(k for k, _, _ in messages))
