@@ -151,7 +151,7 @@ class TickSource(FixedPartitionedSource[RawMessage, int]):
     def list_parts(self) -> list[str]:
         admin = AdminClient({"bootstrap.servers": self._brokers, **self._add_config})
         try:
-            meta = admin.list_topics(self._topic, timeout=15)
+            meta = admin.list_topics(timeout=15)  # all topics: asking for one may auto-create it
         except KafkaException as exc:
             raise ServiceUnavailable(
                 f"cannot reach Kafka at {self._brokers} ({exc}); start it with "

@@ -88,6 +88,7 @@ class LakeWriter:
         self.lake = lake
         self.name_tag = name_tag
         self.retry_cap_s = retry_cap_s
+        self.failed_attempts = 0  # store failures survived so far (retried, never skipped)
 
     def write_bars(self, rows: list[BarRow], interval_s: int) -> list[str]:
         """One file per `date` partition of window_start; returns the paths written."""
@@ -125,6 +126,7 @@ class LakeWriter:
                 self._put_atomically(folder, name, data)
                 return path
             except Exception as exc:  # noqa: BLE001 - any store failure is retried, never skipped
+                self.failed_attempts += 1
                 log.warning(
                     "lake write of %s failed (attempt %d): %s; retrying in %.1fs",
                     path,

@@ -41,7 +41,17 @@ def open_lake(settings: Settings) -> Lake:
     """Open `STOCKPIPE_LAKE_URL` with the configured endpoint and credentials."""
     url = settings.lake_url
     if url.startswith("s3://"):
-        fs = fsspec.filesystem("s3", **settings.storage_options)
+        # Short connect timeouts and few botocore retries: an unreachable store
+        # surfaces quickly to the callers' own retry loops, which log it.
+        fs = fsspec.filesystem(
+            "s3",
+            config_kwargs={
+                "connect_timeout": 5,
+                "read_timeout": 60,
+                "retries": {"max_attempts": 2},
+            },
+            **settings.storage_options,
+        )
         return Lake(fs, url.removeprefix("s3://").rstrip("/"), "s3")
     if url.startswith("file://"):
         url = url.removeprefix("file://")

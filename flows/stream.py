@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from flows.errors import ServiceUnavailable, StockpipeError
 from flows.settings import Settings, load_settings
@@ -48,7 +48,7 @@ def check_input(settings: Settings) -> int:
     """Fail early, with a message, when the broker or the topic is missing; returns partitions."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
     try:
-        meta = admin.list_topics(settings.topic, timeout=10)
+        meta = admin.list_topics(timeout=10)  # all topics: asking for one may auto-create it
     except KafkaException:
         raise ServiceUnavailable(
             f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: start the local broker "
@@ -60,6 +60,13 @@ def check_input(settings: Settings) -> int:
             f"topic {settings.topic!r} does not exist on {settings.kafka_bootstrap_servers}: "
             "produce to it first (`stockpipe produce`) or set STOCKPIPE_TOPIC"
         )
+    if settings.dlq_topic not in meta.topics:
+        for future in admin.create_topics([NewTopic(settings.dlq_topic, 1)]).values():
+            try:
+                future.result(timeout=30)
+            except KafkaException as exc:  # created meanwhile by another worker: fine
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
     return len(topic.partitions)
 
 
@@ -86,7 +93,7 @@ def run_stream(
     check_input(settings)
     recovery = ensure_recovery(settings)
     if workers > 1 and process_id is None:
-        return _run_local_cluster(settings, workers, exit_when_idle, recovery)
+        return _run_local_cluster(settings, workers, exit_when_idle)
 
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
@@ -105,35 +112,14 @@ def run_stream(
     return 0
 
 
-def _run_local_cluster(
-    settings: Settings, workers: int, exit_when_idle: float | None, recovery: Path
-) -> int:
+def _run_local_cluster(settings: Settings, workers: int, exit_when_idle: float | None) -> int:
     addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(workers))
     env = {**os.environ, **settings.to_env()}
+    # Each process is this same command joined to a cluster on loopback.
+    args = [sys.executable, "-m", "flows.cli", "stream", "--addresses", addresses]
     if exit_when_idle is not None:
-        env["STOCKPIPE_EXIT_WHEN_IDLE"] = str(exit_when_idle)
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bytewax.run",
-                "flows.ohlc:flow",
-                "-i",
-                str(i),
-                "-a",
-                addresses,
-                "-r",
-                str(recovery),
-                "-s",
-                str(settings.epoch_interval),
-                "-b",
-                "0",
-            ],
-            env=env,
-        )
-        for i in range(workers)
-    ]
+        args += ["--exit-when-idle", str(exit_when_idle)]
+    procs = [subprocess.Popen([*args, "--process-id", str(i)], env=env) for i in range(workers)]
 
     def forward(signum: int, _frame: object) -> None:
         for p in procs:
