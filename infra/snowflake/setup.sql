@@ -1,0 +1,138 @@
+-- stockpipe on Snowflake: everything `stockpipe load` and `dbt build --target snowflake` need.
+--
+-- Run once as an administrator (a user holding SYSADMIN and SECURITYADMIN), e.g.
+--   snowsql -a <account> -u <admin> -f infra/snowflake/setup.sql
+-- It is idempotent: re-running changes nothing that exists. If you rename anything,
+-- set the matching SNOWFLAKE_DATABASE / SNOWFLAKE_STAGE / SNOWFLAKE_WAREHOUSE /
+-- SNOWFLAKE_ROLE for stockpipe and the dbt profile.
+--
+-- The bronze tables must match flows/warehouse/base.py (tests/test_load_snowflake.py
+-- checks that they do); the loader creates the same tables itself when they are
+-- missing and its role may create them.
+
+------------------------------------------------------------------------------
+-- Compute: one extra-small warehouse that sleeps when idle.
+------------------------------------------------------------------------------
+USE ROLE SYSADMIN;
+
+CREATE WAREHOUSE IF NOT EXISTS STOCKPIPE_WH
+    WAREHOUSE_SIZE = XSMALL
+    AUTO_SUSPEND = 60
+    AUTO_RESUME = TRUE
+    INITIALLY_SUSPENDED = TRUE
+    COMMENT = 'stockpipe: loads from the lake and dbt builds';
+
+------------------------------------------------------------------------------
+-- Storage: database, layers, stage, file format.
+------------------------------------------------------------------------------
+CREATE DATABASE IF NOT EXISTS STOCKPIPE COMMENT = 'stockpipe: real-time stock bars and marts';
+CREATE SCHEMA IF NOT EXISTS STOCKPIPE.BRONZE COMMENT = 'lake files as loaded, one row per Parquet row';
+CREATE SCHEMA IF NOT EXISTS STOCKPIPE.SILVER COMMENT = 'dbt: cleaned, deduplicated, gap-filled bars';
+CREATE SCHEMA IF NOT EXISTS STOCKPIPE.GOLD COMMENT = 'dbt: daily bars, trend and volatility marts';
+
+-- For ad-hoc COPY and inspection. The loader writes its format into each COPY
+-- statement and never relies on the stage's or this named format.
+CREATE FILE FORMAT IF NOT EXISTS STOCKPIPE.BRONZE.PARQUET_FORMAT
+    TYPE = PARQUET
+    USE_VECTORIZED_SCANNER = TRUE
+    COMMENT = 'contract-2 bar files';
+
+-- Internal stage: each load batch PUTs its files under @LAKE_STAGE/batch_<uuid>/
+-- and COPY ... PURGE = TRUE removes them once loaded.
+CREATE STAGE IF NOT EXISTS STOCKPIPE.BRONZE.LAKE_STAGE
+    FILE_FORMAT = STOCKPIPE.BRONZE.PARQUET_FORMAT
+    ENCRYPTION = (TYPE = 'SNOWFLAKE_SSE')
+    COMMENT = 'stockpipe load: batches of lake files on their way into BRONZE.BARS';
+
+-- One row per row of a bars/ Parquet file (contract 2), plus where and when it was loaded.
+-- Timestamps are instants (UTC in the files); dbt converts them to exchange time.
+CREATE TABLE IF NOT EXISTS STOCKPIPE.BRONZE.BARS (
+    SYMBOL VARCHAR,
+    INTERVAL_S INTEGER,
+    WINDOW_START TIMESTAMP_TZ,
+    WINDOW_END TIMESTAMP_TZ,
+    OPEN FLOAT,
+    HIGH FLOAT,
+    LOW FLOAT,
+    CLOSE FLOAT,
+    VOLUME FLOAT,
+    VWAP FLOAT,
+    TRADE_COUNT BIGINT,
+    FIRST_TS TIMESTAMP_TZ,
+    LAST_TS TIMESTAMP_TZ,
+    REVISION INTEGER,
+    EMITTED_AT TIMESTAMP_TZ,
+    _SOURCE_FILE VARCHAR,
+    _LOADED_AT TIMESTAMP_TZ
+);
+
+-- One row per loaded lake file, written in the same transaction as its rows:
+-- the loader's only record of what is loaded.
+CREATE TABLE IF NOT EXISTS STOCKPIPE.BRONZE.LOAD_MANIFEST (
+    PATH VARCHAR,
+    TARGET_TABLE VARCHAR,
+    SIZE_BYTES BIGINT,
+    ROW_COUNT BIGINT,
+    BATCH_ID VARCHAR,
+    LOADED_AT TIMESTAMP_TZ,
+    PRIMARY KEY (PATH)
+);
+
+------------------------------------------------------------------------------
+-- Access: a role per job, granted to SYSADMIN so administrators keep control.
+------------------------------------------------------------------------------
+USE ROLE SECURITYADMIN;
+
+CREATE ROLE IF NOT EXISTS STOCKPIPE_LOADER COMMENT = 'stockpipe load: PUT + COPY into BRONZE';
+CREATE ROLE IF NOT EXISTS STOCKPIPE_TRANSFORMER COMMENT = 'dbt: reads BRONZE, builds SILVER and GOLD';
+CREATE ROLE IF NOT EXISTS STOCKPIPE_ANALYST COMMENT = 'reads SILVER and GOLD';
+GRANT ROLE STOCKPIPE_LOADER TO ROLE SYSADMIN;
+GRANT ROLE STOCKPIPE_TRANSFORMER TO ROLE SYSADMIN;
+GRANT ROLE STOCKPIPE_ANALYST TO ROLE SYSADMIN;
+
+GRANT USAGE ON WAREHOUSE STOCKPIPE_WH TO ROLE STOCKPIPE_LOADER;
+GRANT USAGE ON WAREHOUSE STOCKPIPE_WH TO ROLE STOCKPIPE_TRANSFORMER;
+GRANT USAGE ON WAREHOUSE STOCKPIPE_WH TO ROLE STOCKPIPE_ANALYST;
+GRANT USAGE ON DATABASE STOCKPIPE TO ROLE STOCKPIPE_LOADER;
+GRANT USAGE ON DATABASE STOCKPIPE TO ROLE STOCKPIPE_TRANSFORMER;
+GRANT USAGE ON DATABASE STOCKPIPE TO ROLE STOCKPIPE_ANALYST;
+
+-- Loader: stage files, insert bars (COPY), stamp _source_file (UPDATE), write the manifest.
+GRANT USAGE ON SCHEMA STOCKPIPE.BRONZE TO ROLE STOCKPIPE_LOADER;
+GRANT READ, WRITE ON STAGE STOCKPIPE.BRONZE.LAKE_STAGE TO ROLE STOCKPIPE_LOADER;
+GRANT USAGE ON FILE FORMAT STOCKPIPE.BRONZE.PARQUET_FORMAT TO ROLE STOCKPIPE_LOADER;
+GRANT SELECT, INSERT, UPDATE ON TABLE STOCKPIPE.BRONZE.BARS TO ROLE STOCKPIPE_LOADER;
+GRANT SELECT, INSERT ON TABLE STOCKPIPE.BRONZE.LOAD_MANIFEST TO ROLE STOCKPIPE_LOADER;
+
+-- Transformer (dbt): read bronze, create and replace models in silver and gold.
+GRANT USAGE ON SCHEMA STOCKPIPE.BRONZE TO ROLE STOCKPIPE_TRANSFORMER;
+GRANT SELECT ON ALL TABLES IN SCHEMA STOCKPIPE.BRONZE TO ROLE STOCKPIPE_TRANSFORMER;
+GRANT SELECT ON FUTURE TABLES IN SCHEMA STOCKPIPE.BRONZE TO ROLE STOCKPIPE_TRANSFORMER;
+GRANT USAGE, CREATE TABLE, CREATE VIEW, CREATE FUNCTION, CREATE PROCEDURE, CREATE TEMPORARY TABLE
+    ON SCHEMA STOCKPIPE.SILVER TO ROLE STOCKPIPE_TRANSFORMER;
+GRANT USAGE, CREATE TABLE, CREATE VIEW, CREATE FUNCTION, CREATE PROCEDURE, CREATE TEMPORARY TABLE
+    ON SCHEMA STOCKPIPE.GOLD TO ROLE STOCKPIPE_TRANSFORMER;
+
+-- Analyst: read what dbt builds (future grants cover tables dbt creates later).
+GRANT USAGE ON SCHEMA STOCKPIPE.SILVER TO ROLE STOCKPIPE_ANALYST;
+GRANT USAGE ON SCHEMA STOCKPIPE.GOLD TO ROLE STOCKPIPE_ANALYST;
+GRANT SELECT ON FUTURE TABLES IN SCHEMA STOCKPIPE.SILVER TO ROLE STOCKPIPE_ANALYST;
+GRANT SELECT ON FUTURE VIEWS IN SCHEMA STOCKPIPE.SILVER TO ROLE STOCKPIPE_ANALYST;
+GRANT SELECT ON FUTURE TABLES IN SCHEMA STOCKPIPE.GOLD TO ROLE STOCKPIPE_ANALYST;
+GRANT SELECT ON FUTURE VIEWS IN SCHEMA STOCKPIPE.GOLD TO ROLE STOCKPIPE_ANALYST;
+
+-- A service user with key-pair auth (stockpipe reads SNOWFLAKE_PRIVATE_KEY_PATH and
+-- SNOWFLAKE_PRIVATE_KEY_PASSPHRASE). Generate the key pair:
+--   openssl genrsa 2048 | openssl pkcs8 -topk8 -v2 aes256 -inform PEM -out rsa_key.p8
+--   openssl rsa -in rsa_key.p8 -pubout -out rsa_key.pub
+-- then paste the public key body (without the BEGIN/END lines) below and run:
+--
+-- USE ROLE USERADMIN;
+-- CREATE USER IF NOT EXISTS STOCKPIPE_SVC
+--     TYPE = SERVICE
+--     DEFAULT_ROLE = STOCKPIPE_LOADER
+--     DEFAULT_WAREHOUSE = STOCKPIPE_WH
+--     RSA_PUBLIC_KEY = '<public key body>';
+-- USE ROLE SECURITYADMIN;
+-- GRANT ROLE STOCKPIPE_LOADER TO USER STOCKPIPE_SVC;
+-- GRANT ROLE STOCKPIPE_TRANSFORMER TO USER STOCKPIPE_SVC;

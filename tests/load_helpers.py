@@ -1,0 +1,98 @@
+"""Contract-2 bar files for the loader tests, written the way the lake sink lays them out."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flows.warehouse.base import BAR_ARROW_SCHEMA
+
+T0 = datetime(2024, 11, 26, 14, 30, tzinfo=UTC)
+
+
+def bar_rows(
+    count: int, *, symbol: str = "COIN", start: datetime = T0, seed: int = 0
+) -> list[dict]:
+    """`count` consecutive one-minute bars with distinct, checkable values."""
+    rows = []
+    for i in range(count):
+        window_start = start + timedelta(minutes=i)
+        base = 100.0 + seed * 10 + i * 0.25
+        volume = 0.0 if i % 3 == 2 else 10.0 + i
+        rows.append(
+            {
+                "symbol": symbol,
+                "interval_s": 60,
+                "window_start": window_start,
+                "window_end": window_start + timedelta(minutes=1),
+                "open": base,
+                "high": base + 1.5,
+                "low": base - 0.75,
+                "close": base + 0.125,
+                "volume": volume,
+                "vwap": None if volume == 0 else base + 0.5,  # null when no volume
+                "trade_count": 3 + i,
+                "first_ts": window_start + timedelta(seconds=1, microseconds=123),
+                "last_ts": window_start + timedelta(seconds=59, microseconds=456),
+                "revision": i % 2,
+                "emitted_at": window_start + timedelta(minutes=1, seconds=5),
+            }
+        )
+    return rows
+
+
+def bars_table(rows: list[dict], *, extra_column: bool = False) -> pa.Table:
+    table = pa.Table.from_pylist(rows, schema=BAR_ARROW_SCHEMA)
+    if extra_column:  # "more columns may be added after these"
+        table = table.append_column("future_col", pa.array(["x"] * len(rows), pa.string()))
+    return table
+
+
+def write_bars(
+    fs: fsspec.AbstractFileSystem,
+    lake_root: str,
+    rows: list[dict],
+    *,
+    name: str | None = None,
+    extra_column: bool = False,
+    table: pa.Table | None = None,
+) -> str:
+    """Write one bar file under `bars/interval_s=60/date=…/`; return its path in `fs`."""
+    table = table if table is not None else bars_table(rows, extra_column=extra_column)
+    day = rows[0]["window_start"].date().isoformat() if rows else "2024-11-26"
+    path = (
+        f"{lake_root.rstrip('/')}/bars/interval_s=60/date={day}/{name or uuid.uuid4().hex}.parquet"
+    )
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "wb") as handle:
+        pq.write_table(table, handle)
+    return path
+
+
+def write_many(
+    fs: fsspec.AbstractFileSystem, lake_root: str, count: int, rows_each: int = 3
+) -> dict[str, list[dict]]:
+    """`count` files with different symbols/values; returns {path: rows}."""
+    files = {}
+    for n in range(count):
+        rows = bar_rows(rows_each, symbol=f"SYM{n}", seed=n)
+        files[write_bars(fs, lake_root, rows, name=f"part-{n:03d}")] = rows
+    return files
+
+
+def expected_rows(files: dict[str, list[dict]], url_of: Any = lambda p: p) -> list[tuple]:
+    """The rows bronze.bars must hold for these files, as sorted tuples with _source_file."""
+    out = []
+    for path, rows in files.items():
+        for row in rows:
+            out.append((*row.values(), url_of(path)))
+    return sorted(out, key=_sort_key)
+
+
+def _sort_key(row: tuple) -> tuple:
+    return (row[-1], row[0], row[2])

@@ -1,0 +1,326 @@
+"""`stockpipe load` into Snowflake: PUT + COPY INTO + manifest, against fakesnow in-process.
+
+fakesnow runs the same connector calls and SQL the loader sends to Snowflake
+(PUT to an internal stage, Parquet COPY INTO with MATCH_BY_COLUMN_NAME,
+explicit transactions) on an in-memory DuckDB.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import fakesnow
+import fsspec
+import pytest
+import snowflake.connector
+from load_helpers import bar_rows, expected_rows, write_bars, write_many
+
+from flows.errors import ServiceUnavailable, StockpipeError
+from flows.settings import Settings, SettingsError, load_settings
+from flows.warehouse import LoadError, load, load_files, open_warehouse, pending_files
+from flows.warehouse.base import (
+    BAR_COLUMN_NAMES,
+    BAR_COLUMNS,
+    LOAD_COLUMNS,
+    MANIFEST_COLUMNS,
+    LakeFile,
+)
+from flows.warehouse.snowflake_warehouse import connect_kwargs
+
+FS = fsspec.filesystem("file", auto_mkdir=True)
+PASSWORD = "pw-Zq8#never-in-logs"
+SETUP_SQL = Path(__file__).resolve().parents[1] / "infra" / "snowflake" / "setup.sql"
+SELECT_BARS = (
+    f"SELECT {', '.join(BAR_COLUMN_NAMES)}, _source_file FROM stockpipe.bronze.bars "
+    "ORDER BY _source_file, symbol, window_start"
+)
+
+
+class Crash(RuntimeError):
+    """Stands in for the process dying between COPY and the manifest commit."""
+
+
+@pytest.fixture
+def fake_snowflake() -> Iterator[None]:
+    with fakesnow.patch():
+        yield
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake_snowflake: None) -> Settings:
+    return load_settings(
+        lake_url=str(tmp_path / "lake"),
+        warehouse="snowflake",
+        snowflake_account="acme-test",
+        snowflake_user="loader",
+        snowflake_password=PASSWORD,
+        snowflake_database="stockpipe",
+        snowflake_stage="bronze.lake_stage",
+    )
+
+
+@pytest.fixture
+def lake(settings: Settings) -> str:
+    return settings.lake_url
+
+
+def query(sql: str) -> list[tuple]:
+    with snowflake.connector.connect(
+        account="a", user="u", password="p", database="STOCKPIPE"
+    ) as conn:
+        return conn.cursor().execute(sql).fetchall()
+
+
+def counts() -> tuple[int, int]:
+    return (
+        query("SELECT count(*) FROM stockpipe.bronze.bars")[0][0],
+        query("SELECT count(*) FROM stockpipe.bronze.load_manifest")[0][0],
+    )
+
+
+def test_put_copy_loads_every_row_with_source_file_and_manifest(
+    settings: Settings, lake: str
+) -> None:
+    files = write_many(FS, lake, 3, rows_each=4)
+    extra = bar_rows(2, symbol="BINANCE:BTCUSDT", seed=9)
+    files[write_bars(FS, lake, extra, name="with-extra-col", extra_column=True)] = extra
+
+    summary = load(settings, progress=False)
+
+    assert (summary.files_found, summary.files_loaded, summary.rows, summary.batches) == (
+        4,
+        4,
+        14,
+        1,
+    )
+    assert query(SELECT_BARS) == expected_rows(files)
+    manifest = query(
+        "SELECT path, target_table, size_bytes, row_count, batch_id, loaded_at "
+        "FROM stockpipe.bronze.load_manifest ORDER BY path"
+    )
+    assert [m[0] for m in manifest] == sorted(files)
+    assert [m[2] for m in manifest] == [Path(p).stat().st_size for p in sorted(files)]
+    assert [m[3] for m in manifest] == [len(files[p]) for p in sorted(files)]
+    assert {m[1] for m in manifest} == {"bars"} and len({m[4] for m in manifest}) == 1
+    assert query("SELECT DISTINCT _loaded_at FROM stockpipe.bronze.bars") == [(manifest[0][5],)]
+
+
+def test_rerun_skips_loaded_files(settings: Settings, lake: str) -> None:
+    files = write_many(FS, lake, 2)
+    load(settings, progress=False)
+
+    again = load(settings, progress=False)
+
+    assert again.nothing_new and again.files_found == 2 and again.rows == 0
+    assert query(SELECT_BARS) == expected_rows(files)
+
+
+def test_crash_between_copy_and_manifest_commit_then_rerun_loads_exactly_once(
+    settings: Settings, lake: str
+) -> None:
+    files = write_many(FS, lake, 3)
+
+    def crash() -> None:
+        # COPY and the UPDATE ran and the manifest rows are written, all uncommitted.
+        raise Crash("simulated crash before COMMIT")
+
+    with pytest.raises(Crash):
+        load(settings, progress=False, before_commit=crash)
+
+    assert counts() == (0, 0)
+    rerun = load(settings, progress=False)
+    assert (rerun.files_loaded, rerun.rows) == (3, 9)
+    assert query(SELECT_BARS) == expected_rows(files)
+    assert counts() == (9, 3)
+
+
+def test_backlog_loads_in_bounded_batches(settings: Settings, lake: str) -> None:
+    files = write_many(FS, lake, 5)
+
+    summary = load(settings, batch_files=2, progress=False)
+
+    assert (summary.files_loaded, summary.batches) == (5, 3)
+    per_batch = query(
+        "SELECT count(*) AS n FROM stockpipe.bronze.load_manifest GROUP BY batch_id ORDER BY n DESC"
+    )
+    assert per_batch == [(2,), (2,), (1,)]
+    assert query(SELECT_BARS) == expected_rows(files)
+
+
+def test_stage_may_live_in_another_schema(settings: Settings, lake: str) -> None:
+    files = write_many(FS, lake, 2)
+
+    load(settings.model_copy(update={"snowflake_stage": "landing.lake_files"}), progress=False)
+
+    assert query(SELECT_BARS) == expected_rows(files)
+    stages = query("SHOW STAGES IN SCHEMA stockpipe.landing")
+    assert [row[1] for row in stages] == ["LAKE_FILES"]
+
+
+def test_pending_then_load_files(settings: Settings, lake: str) -> None:
+    files = write_many(FS, lake, 3)
+
+    pending = pending_files(settings)
+    load_files(settings, pending[:1])
+    retry = load_files(settings, pending[:1])
+
+    assert retry.files_loaded == 0
+    assert pending_files(settings) == pending[1:]
+    load_files(settings, pending[1:])
+    assert query(SELECT_BARS) == expected_rows(files)
+
+
+def test_batch_refuses_files_another_run_loaded_meanwhile(settings: Settings, lake: str) -> None:
+    write_many(FS, lake, 2)
+    load(settings, progress=False)
+    path = sorted(pending for pending in FS.find(lake) if pending.endswith(".parquet"))[0]
+
+    warehouse = open_warehouse(settings)
+    try:
+        # as if a concurrent run loaded it between our manifest check and our commit
+        with pytest.raises(LoadError, match="loaded by another run meanwhile"):
+            warehouse.load_batch([LakeFile(url=path, path=path, size=FS.size(path))])
+    finally:
+        warehouse.close()
+    assert counts() == (6, 2)
+
+
+def test_password_never_appears_in_logs_or_output(
+    settings: Settings, lake: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    write_many(FS, lake, 2)
+    caplog.set_level(logging.DEBUG)
+
+    load(settings, progress=True)
+    with pytest.raises(StockpipeError) as bad_stage:
+        load(settings.model_copy(update={"snowflake_stage": "x;drop"}), progress=False)
+
+    captured = capsys.readouterr()
+    assert "loaded 2 file(s)" in caplog.text or "into Snowflake" in caplog.text
+    for text in (caplog.text, captured.out, captured.err, str(bad_stage.value), repr(settings)):
+        assert PASSWORD not in text
+
+
+def test_identifiers_are_validated_before_connecting(tmp_path: Path) -> None:
+    base = {
+        "lake_url": str(tmp_path),
+        "warehouse": "snowflake",
+        "snowflake_account": "a",
+        "snowflake_user": "u",
+        "snowflake_password": PASSWORD,
+    }
+    for field, value, message in [
+        (
+            "snowflake_stage",
+            'bronze."stage"',
+            """SNOWFLAKE_STAGE='"stage"' is not a valid identifier""",
+        ),
+        (
+            "snowflake_stage",
+            "a.b.c.d",
+            "SNOWFLAKE_STAGE='a.b.c.d': expected [database.][schema.]stage",
+        ),
+        ("snowflake_database", "db; DROP TABLE x", "SNOWFLAKE_DATABASE='db; DROP TABLE x' is not"),
+        ("snowflake_role", "1role", "SNOWFLAKE_ROLE='1role' is not a valid identifier"),
+    ]:
+        with pytest.raises(StockpipeError, match=re.escape(message)):
+            connect_kwargs(load_settings(**base, **{field: value}))
+
+
+def test_missing_credentials_are_a_clear_error(tmp_path: Path) -> None:
+    settings = load_settings(lake_url=str(tmp_path), warehouse="snowflake", snowflake_account="a")
+    with pytest.raises(SettingsError, match="SNOWFLAKE_ACCOUNT and SNOWFLAKE_USER"):
+        open_warehouse(settings)
+    settings = settings.model_copy(update={"snowflake_user": "u"})
+    with pytest.raises(SettingsError, match="SNOWFLAKE_PRIVATE_KEY_PATH .* or SNOWFLAKE_PASSWORD"):
+        open_warehouse(settings)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_snowflake_is_a_clear_error_without_the_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = load_settings(
+        lake_url=str(tmp_path),
+        warehouse="snowflake",
+        snowflake_account="acme-unreachable",
+        snowflake_user="loader",
+        snowflake_password=PASSWORD,
+        snowflake_host="127.0.0.1",
+        snowflake_port=_free_port(),  # nothing listens there
+        snowflake_protocol="http",
+        snowflake_login_timeout="5s",
+    )
+
+    with pytest.raises(ServiceUnavailable) as error:
+        load(settings, progress=False)
+
+    message = str(error.value)
+    assert message.startswith(
+        "cannot connect to Snowflake account 'acme-unreachable' as user 'loader'"
+    )
+    captured = capsys.readouterr()
+    for text in (message, caplog.text, captured.out, captured.err):
+        assert PASSWORD not in text
+
+
+def test_key_pair_auth_reads_an_encrypted_key(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"open-sesame"),
+    )
+    (tmp_path / "rsa_key.p8").write_bytes(pem)
+    base = {
+        "lake_url": str(tmp_path),
+        "warehouse": "snowflake",
+        "snowflake_account": "a",
+        "snowflake_user": "u",
+        "snowflake_private_key_path": tmp_path / "rsa_key.p8",
+    }
+
+    kwargs = connect_kwargs(load_settings(**base, snowflake_private_key_passphrase="open-sesame"))
+
+    assert "password" not in kwargs
+    assert kwargs["private_key"] == key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with pytest.raises(SettingsError, match="PASSPHRASE is wrong or missing") as wrong:
+        connect_kwargs(load_settings(**base, snowflake_private_key_passphrase="guess"))
+    assert "guess" not in str(wrong.value)
+    with pytest.raises(SettingsError, match="cannot read it"):
+        connect_kwargs(
+            load_settings(**{**base, "snowflake_private_key_path": tmp_path / "nope.p8"})
+        )
+
+
+def _create_table_columns(sql: str, table: str) -> list[tuple[str, str]]:
+    body = re.search(rf"CREATE TABLE IF NOT EXISTS {table} \((.*?)\n\);", sql, re.S)
+    assert body, f"no CREATE TABLE {table} in setup.sql"
+    columns = re.findall(r"^\s+(\w+) (\w+),?$", body.group(1), re.M)
+    return [(name.lower(), kind) for name, kind in columns if name != "PRIMARY"]
+
+
+def test_setup_sql_tables_match_the_loader() -> None:
+    sql = SETUP_SQL.read_text()
+
+    assert _create_table_columns(sql, r"STOCKPIPE\.BRONZE\.BARS") == [
+        (c.name, c.snowflake) for c in BAR_COLUMNS + LOAD_COLUMNS
+    ]
+    assert _create_table_columns(sql, r"STOCKPIPE\.BRONZE\.LOAD_MANIFEST") == [
+        (c.name, c.snowflake) for c in MANIFEST_COLUMNS
+    ]
