@@ -15,6 +15,8 @@ from flows.errors import StockpipeError
 from flows.kafka_local import kafka_app
 from flows.producers.command import produce_command
 from flows.stream import stream_command
+from flows.transform import transform_command
+from flows.warehouse.command import load_command
 
 app = typer.Typer(
     name="stockpipe",
@@ -26,6 +28,8 @@ app = typer.Typer(
 app.add_typer(kafka_app, name="kafka")
 app.command("produce")(produce_command)
 app.command("stream")(stream_command)
+app.command("load")(load_command)
+app.command("transform")(transform_command)
 
 err = Console(stderr=True)
 

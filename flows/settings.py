@@ -146,6 +146,8 @@ class Settings(BaseSettings):
     load_interval: Duration = Field(300.0, validation_alias="STOCKPIPE_LOAD_INTERVAL")
     alert_webhook: SecretStr | None = Field(None, validation_alias="STOCKPIPE_ALERT_WEBHOOK")
     dbt_target: str = Field("duckdb", validation_alias="STOCKPIPE_DBT_TARGET")
+    # dbt artifacts (manifest, catalog, docs); None means the repo's dbt/target
+    dbt_target_path: Path | None = Field(None, validation_alias="STOCKPIPE_DBT_TARGET_PATH")
     report_path: Path = Field(Path("./reports/stockpipe.html"), validation_alias="STOCKPIPE_REPORT_PATH")
 
     @field_validator("topic")

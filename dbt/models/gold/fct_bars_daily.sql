@@ -1,0 +1,108 @@
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key=['symbol', 'trade_date'],
+        on_schema_change='fail',
+    )
+}}
+
+{#- Incremental runs recompute the (symbol, trade_date) pairs that silver rebuilt
+    since this model last ran; silver stamps every rebuilt row with the load it reflects. -#}
+
+with
+
+regular_bars as (
+    select * from {{ ref('fct_bars_1m') }}
+    where session = 'regular'
+),
+
+{% if is_incremental() %}
+
+previous_run as (
+    select max(_loaded_at) as loaded_at from {{ this }}
+),
+
+changed_days as (
+    select distinct
+        bars.symbol,
+        bars.trade_date
+    from {{ ref('fct_bars_1m') }} as bars
+    cross join previous_run
+    where previous_run.loaded_at is null
+        or bars._loaded_at > previous_run.loaded_at
+),
+
+session_bars as (
+    select regular_bars.*
+    from regular_bars
+    inner join changed_days
+        on changed_days.symbol = regular_bars.symbol
+        and changed_days.trade_date = regular_bars.trade_date
+),
+
+{% else %}
+
+session_bars as (
+    select * from regular_bars
+),
+
+{% endif %}
+
+-- open, high, low, close and volume come from real bars only
+real_bar_summary as (
+    select
+        symbol,
+        trade_date,
+        min_by(open, window_start) as open,
+        max(high) as high,
+        min(low) as low,
+        max_by(close, window_start) as close,
+        sum(volume) as volume,
+        sum(vwap * volume) / nullif(sum(case when vwap is not null then volume end), 0) as vwap,
+        count(*) as bar_count
+    from session_bars
+    where not is_synthetic
+    group by symbol, trade_date
+),
+
+-- synthetic bars count here: they make the minutes contiguous (a zero return each)
+minute_returns as (
+    select
+        symbol,
+        trade_date,
+        _loaded_at,
+        ln(close / lag(close) over (partition by symbol, trade_date order by window_start)) as log_return
+    from session_bars
+),
+
+variance_summary as (
+    select
+        symbol,
+        trade_date,
+        sum(log_return * log_return) as realized_variance_1m,
+        max(_loaded_at) as _loaded_at
+    from minute_returns
+    group by symbol, trade_date
+),
+
+final as (
+    select
+        real_bar_summary.symbol,
+        real_bar_summary.trade_date,
+        real_bar_summary.open,
+        real_bar_summary.high,
+        real_bar_summary.low,
+        real_bar_summary.close,
+        real_bar_summary.volume,
+        real_bar_summary.vwap,
+        real_bar_summary.bar_count,
+        coalesce(variance_summary.realized_variance_1m, 0) as realized_variance_1m,
+        variance_summary._loaded_at
+    from real_bar_summary
+    inner join variance_summary
+        on variance_summary.symbol = real_bar_summary.symbol
+        and variance_summary.trade_date = real_bar_summary.trade_date
+)
+
+select * from final

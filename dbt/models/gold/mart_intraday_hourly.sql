@@ -1,0 +1,112 @@
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key=['symbol', 'hour_start'],
+        on_schema_change='fail',
+    )
+}}
+
+with
+
+bars as (
+    select
+        *,
+        {{ dbt.date_trunc('hour', 'window_start') }} as hour_start
+    from {{ ref('fct_bars_1m') }}
+),
+
+{% if is_incremental() %}
+
+previous_run as (
+    select max(_loaded_at) as loaded_at from {{ this }}
+),
+
+changed_hours as (
+    select distinct
+        bars.symbol,
+        bars.hour_start
+    from bars
+    cross join previous_run
+    where previous_run.loaded_at is null
+        or bars._loaded_at > previous_run.loaded_at
+),
+
+hour_bars as (
+    select bars.*
+    from bars
+    inner join changed_hours
+        on changed_hours.symbol = bars.symbol
+        and changed_hours.hour_start = bars.hour_start
+),
+
+{% else %}
+
+hour_bars as (
+    select * from bars
+),
+
+{% endif %}
+
+-- returns between adjacent minutes only: a gap before a pre-market print is not one minute
+minute_returns as (
+    select
+        *,
+        case
+            when lag(window_start) over (partition by symbol, hour_start order by window_start)
+                = {{ dbt.dateadd('minute', -1, 'window_start') }}
+                then ln(close / lag(close) over (partition by symbol, hour_start order by window_start))
+        end as log_return
+    from hour_bars
+),
+
+real_bar_summary as (
+    select
+        symbol,
+        hour_start,
+        min(trade_date) as trade_date,
+        min_by(open, window_start) as open,
+        max(high) as high,
+        min(low) as low,
+        max_by(close, window_start) as close,
+        sum(volume) as volume,
+        sum(vwap * volume) / nullif(sum(case when vwap is not null then volume end), 0) as vwap,
+        count(*) as bar_count
+    from hour_bars
+    where not is_synthetic
+    group by symbol, hour_start
+),
+
+return_summary as (
+    select
+        symbol,
+        hour_start,
+        sum(case when is_synthetic then 1 else 0 end) as synthetic_bar_count,
+        sqrt(sum(log_return * log_return)) as realized_vol,
+        max(_loaded_at) as _loaded_at
+    from minute_returns
+    group by symbol, hour_start
+),
+
+final as (
+    select
+        real_bar_summary.symbol,
+        real_bar_summary.hour_start,
+        real_bar_summary.trade_date,
+        real_bar_summary.open,
+        real_bar_summary.high,
+        real_bar_summary.low,
+        real_bar_summary.close,
+        real_bar_summary.volume,
+        real_bar_summary.vwap,
+        real_bar_summary.bar_count,
+        return_summary.synthetic_bar_count,
+        return_summary.realized_vol,
+        return_summary._loaded_at
+    from real_bar_summary
+    inner join return_summary
+        on return_summary.symbol = real_bar_summary.symbol
+        and return_summary.hour_start = real_bar_summary.hour_start
+)
+
+select * from final

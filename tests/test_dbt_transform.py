@@ -1,0 +1,673 @@
+"""The dbt project on DuckDB: real dbt, real DuckDB, generated one-minute bars.
+
+One module-scoped warehouse is built in two loads, the second run incremental:
+~120 NYSE sessions (Thanksgiving, its half day, Christmas Eve and the 2025
+holidays, both DST changes) of two stocks plus a 24/7 crypto pair, with missing
+minutes, restated revisions, replayed duplicates, late bars that fill earlier
+gaps and restatements of bars from the first load. Every expectation is computed
+independently here, with pandas, exchange-calendars and TA-Lib.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import exchange_calendars as xcals
+import numpy as np
+import pandas as pd
+import pytest
+import talib
+
+from flows.errors import StockpipeError
+from flows.settings import load_settings
+from flows.transform import TransformResult, transform
+
+pytestmark = pytest.mark.slow
+
+STOCKS = ["AAA", "BBB"]
+CRYPTO = "BINANCE:BTCUSDT"
+SYMBOLS = [*STOCKS, CRYPTO]
+FIRST_SESSION = pd.Timestamp("2024-10-01")
+SESSIONS = 120
+SECOND_LOAD_SESSIONS = 8  # the last sessions arrive with the second load
+NEW_YORK = "America/New_York"
+RTOL = 1e-6
+BRONZE_COLUMNS = [
+    "symbol",
+    "interval_s",
+    "window_start",
+    "window_end",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "vwap",
+    "trade_count",
+    "first_ts",
+    "last_ts",
+    "revision",
+    "emitted_at",
+    "_source_file",
+    "_loaded_at",
+]
+BRONZE_DDL = """
+create schema if not exists bronze;
+create table if not exists bronze.bars (
+    symbol varchar, interval_s integer,
+    window_start timestamptz, window_end timestamptz,
+    open double, high double, low double, close double, volume double, vwap double,
+    trade_count bigint, first_ts timestamptz, last_ts timestamptz, revision integer,
+    emitted_at timestamptz, _source_file varchar, _loaded_at timestamptz
+);
+"""
+
+
+# ---------------------------------------------------------------- test data
+
+
+def nyse_schedule() -> pd.DataFrame:
+    """The test's NYSE sessions with pre/post bounds, straight from exchange-calendars."""
+    cal = xcals.get_calendar("XNYS", start="2024-01-01", end="2025-12-31")
+    schedule = cal.schedule.loc[FIRST_SESSION:].iloc[:SESSIONS]
+    days = schedule.index.date
+    pre_open = [pd.Timestamp(f"{d} 04:00", tz=NEW_YORK).tz_convert("UTC") for d in days]
+    return pd.DataFrame(
+        {
+            "trade_date": days,
+            "pre_open": pre_open,
+            "market_open": schedule["open"].to_numpy(),
+            "market_close": schedule["close"].to_numpy(),
+            "post_close": schedule["close"].to_numpy() + pd.Timedelta(hours=4),
+        }
+    )
+
+
+def random_bars(symbol: str, starts: pd.DatetimeIndex, rng: np.random.Generator) -> pd.DataFrame:
+    """Valid final (revision 0) bars for the given minutes: a random walk of log prices."""
+    n = len(starts)
+    base = 100.0 if symbol != CRYPTO else 60_000.0
+    close = base * np.exp(np.cumsum(rng.normal(0, 8e-4, n)))
+    open_ = np.concatenate([[base], close[:-1]]) * np.exp(rng.normal(0, 2e-4, n))
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 3e-4, n)))
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 3e-4, n)))
+    volume = np.round(rng.lognormal(5, 1, n))
+    vwap = np.where(volume > 0, low + (high - low) * rng.uniform(0, 1, n), np.nan)
+    return pd.DataFrame(
+        {
+            "symbol": symbol,
+            "interval_s": 60,
+            "window_start": starts,
+            "window_end": starts + pd.Timedelta(minutes=1),
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close,
+            "volume": volume,
+            "vwap": vwap,
+            "trade_count": rng.integers(1, 60, n),
+            "first_ts": starts + pd.Timedelta(seconds=1),
+            "last_ts": starts + pd.Timedelta(seconds=59),
+            "revision": 0,
+            "emitted_at": starts + pd.Timedelta(seconds=65),
+        }
+    )
+
+
+def _minutes(start: pd.Timestamp, end: pd.Timestamp) -> np.ndarray:
+    """Minute starts in [start, end) as int64 nanoseconds since the epoch (UTC)."""
+    return np.arange(start.value, end.value, 60 * 10**9, dtype=np.int64)
+
+
+@dataclass
+class Loads:
+    first: pd.DataFrame  # bronze rows of the first load
+    second: pd.DataFrame  # bronze rows of the second load
+    third: pd.DataFrame  # one restated bar of the last session
+    fourth: pd.DataFrame  # another, a little later in that session
+    final: pd.DataFrame  # the bar that must win for every (symbol, window_start)
+    split: pd.Timestamp  # first window_start of the second load's new sessions
+    holiday_print: pd.Timestamp
+
+
+def generate_loads(schedule: pd.DataFrame, seed: int = 7) -> Loads:
+    rng = np.random.default_rng(seed)
+    finals = []
+    for symbol in STOCKS:
+        chunks = []
+        for pre, o, c, post in schedule[
+            ["pre_open", "market_open", "market_close", "post_close"]
+        ].itertuples(index=False):
+            chunks.append(_minutes(o, c))
+            chunks.append(rng.choice(_minutes(pre, o), 12, replace=False))
+            chunks.append(rng.choice(_minutes(c, post), 12, replace=False))
+        starts = pd.to_datetime(np.sort(np.concatenate(chunks)), utc=True)
+        finals.append(random_bars(symbol, starts, rng))
+    first_day = schedule.trade_date.iloc[0]
+    last_day = schedule.trade_date.iloc[-1]
+    crypto_minutes = pd.date_range(
+        pd.Timestamp(first_day, tz="UTC"),
+        pd.Timestamp(last_day, tz="UTC") + pd.Timedelta(days=1),
+        freq="1min",
+        inclusive="left",
+    )
+    finals.append(random_bars(CRYPTO, crypto_minutes, rng))
+    full = pd.concat(finals, ignore_index=True)
+
+    # a stray print on Thanksgiving: kept as `closed`, never gap-filled around
+    holiday_print = pd.Timestamp("2024-11-28 17:00", tz="UTC")
+    stray = random_bars("AAA", pd.DatetimeIndex([holiday_print]), rng)
+    stray[["open", "high", "low", "close"]] = full.loc[full.symbol == "AAA", "close"].iloc[0]
+    full = pd.concat([full, stray], ignore_index=True).sort_values(["symbol", "window_start"])
+    full = full.reset_index(drop=True)
+
+    # minutes never traded (synthetic in silver), never the first or last bar of a symbol
+    interior = (
+        full.groupby("symbol")
+        .cumcount()
+        .between(5, full.groupby("symbol").symbol.transform("size") - 6)
+    )
+    missing = (
+        interior & (rng.uniform(0, 1, len(full)) < 0.03) & (full.window_start != holiday_print)
+    )
+    # whole-hour gap in one stock's session: a run of synthetic bars
+    gap_day = schedule.market_open.iloc[len(schedule) // 3]
+    missing |= (full.symbol == "BBB") & full.window_start.between(
+        gap_day + pd.Timedelta(minutes=60), gap_day + pd.Timedelta(minutes=119)
+    )
+    final = full[~missing].reset_index(drop=True)
+
+    split = schedule.market_open.iloc[len(schedule) - SECOND_LOAD_SESSIONS] - pd.Timedelta(hours=6)
+    early = final.window_start < split
+    # late bars: minutes of the first period that only arrive with the second load
+    late = early & (rng.uniform(0, 1, len(final)) < 0.01)
+    # restated in the second load: the first load carries revision 0 with other prices
+    restated_later = early & ~late & (rng.uniform(0, 1, len(final)) < 0.005)
+    # restated within a load: revisions 0 (and sometimes 1) precede the final one
+    restated = rng.uniform(0, 1, len(final)) < 0.01
+    twice = restated & (rng.uniform(0, 1, len(final)) < 0.3)
+
+    final.loc[restated_later | restated, "revision"] = 1
+    final.loc[twice, "revision"] = 2
+
+    def superseded(rows: pd.DataFrame, revision: int, factor: float) -> pd.DataFrame:
+        out = rows.copy()
+        out["revision"] = revision
+        for col in ("open", "high", "low", "close", "vwap"):
+            out[col] = out[col] * factor
+        out["volume"] = out["volume"] + 7
+        return out
+
+    first = pd.concat(
+        [
+            final[early & ~late & ~restated_later],
+            superseded(final[early & ~late & restated_later], 0, 1.01),
+            superseded(final[early & ~late & restated], 0, 0.99),
+            superseded(final[early & ~late & twice], 1, 1.02),
+        ]
+    )
+    second = pd.concat(
+        [
+            final[~early | late | restated_later],
+            superseded(final[~early & restated], 0, 0.98),
+            superseded(final[~early & twice], 1, 1.03),
+        ]
+    )
+
+    def stamp(rows: pd.DataFrame, loaded_at: str, tag: str) -> pd.DataFrame:
+        rows = rows.copy()
+        rows["_source_file"] = [f"bars/{tag}/{i // 5000}.parquet" for i in range(len(rows))]
+        rows["_loaded_at"] = pd.Timestamp(loaded_at, tz="UTC")
+        # a replay repeats some revisions exactly (another file, a later load)
+        repeats = rows.sample(frac=0.005, random_state=int(rng.integers(1 << 30)))
+        repeats["_source_file"] = f"bars/{tag}/replay.parquet"
+        repeats["_loaded_at"] = rows["_loaded_at"].iloc[0] + pd.Timedelta(minutes=2)
+        return pd.concat([rows, repeats], ignore_index=True)[BRONZE_COLUMNS]
+
+    # two tiny loads restate one bar each in the last session; the run after the
+    # second of them re-reads both (the reload window) and must rebuild only AAA
+    # from the last real bar before the first restated one
+    last_open = schedule.market_open.iloc[-1]
+    restatements = []
+    for minutes, loaded_at in ((30, "2025-05-01"), (90, "2025-06-01")):
+        start = last_open + pd.Timedelta(minutes=minutes)
+        target = final.index[(final.symbol == "AAA") & (final.window_start >= start)][0]
+        final.loc[target, "revision"] += 1
+        final.loc[target, "close"] *= 1.004
+        final.loc[target, "high"] = max(final.loc[target, "high"], final.loc[target, "close"])
+        restatements.append(
+            final.loc[[target], :].assign(
+                _source_file=f"bars/{loaded_at}/0.parquet",
+                _loaded_at=pd.Timestamp(loaded_at, tz="UTC"),
+            )[BRONZE_COLUMNS]
+        )
+
+    return Loads(
+        first=stamp(first, "2025-03-01 00:00", "first"),
+        second=stamp(second, "2025-04-01 00:00", "second"),
+        third=restatements[0],
+        fourth=restatements[1],
+        final=final,
+        split=split,
+        holiday_print=holiday_print,
+    )
+
+
+# ------------------------------------------------------------- expectations
+
+
+def expected_silver(final: pd.DataFrame, schedule: pd.DataFrame) -> pd.DataFrame:
+    """Final bars plus synthetic regular-session minutes, trade date and session."""
+    parts = []
+    for symbol, bars in final.groupby("symbol"):
+        bars = bars.copy()
+        bars["is_synthetic"] = False
+        first, last = bars.window_start.min(), bars.window_start.max()
+        if ":" in symbol:
+            days = pd.date_range(first.normalize(), last.normalize(), freq="D")
+            opens, closes = days, days + pd.Timedelta(days=1)
+        else:
+            opens, closes = schedule.market_open, schedule.market_close
+        session_minutes = pd.DatetimeIndex(
+            np.concatenate(
+                [
+                    pd.date_range(o, c, freq="1min", inclusive="left")
+                    for o, c in zip(opens, closes, strict=True)
+                ]
+            )
+        )
+        if session_minutes.tz is None:
+            session_minutes = session_minutes.tz_localize("UTC")
+        inside = session_minutes[(session_minutes > first) & (session_minutes < last)]
+        gaps = inside.difference(pd.DatetimeIndex(bars.window_start))
+        synthetic = pd.DataFrame({"symbol": symbol, "window_start": gaps, "is_synthetic": True})
+        merged = pd.concat([bars, synthetic], ignore_index=True).sort_values("window_start")
+        carried = merged.close.ffill()
+        for col in ("open", "high", "low", "close"):
+            merged[col] = merged[col].where(~merged.is_synthetic, carried)
+        merged.loc[merged.is_synthetic, "volume"] = 0.0
+        merged.loc[merged.is_synthetic, "trade_count"] = 0
+        if ":" in symbol:
+            merged["trade_date"] = merged.window_start.dt.tz_convert("UTC").dt.date
+            merged["session"] = "regular"
+        else:
+            merged["trade_date"] = merged.window_start.dt.tz_convert(NEW_YORK).dt.date
+            bounds = schedule.set_index("trade_date")
+            b = bounds.reindex(merged.trade_date)
+            ws = merged.window_start.to_numpy()
+            regular = (ws >= b.market_open.to_numpy()) & (ws < b.market_close.to_numpy())
+            pre = (ws >= b.pre_open.to_numpy()) & (ws < b.market_open.to_numpy())
+            post = (ws >= b.market_close.to_numpy()) & (ws < b.post_close.to_numpy())
+            merged["session"] = np.select(
+                [regular, pre, post], ["regular", "pre", "post"], "closed"
+            )
+        parts.append(merged)
+    return (
+        pd.concat(parts, ignore_index=True)
+        .sort_values(["symbol", "window_start"])
+        .reset_index(drop=True)
+    )
+
+
+def expected_daily(silver: pd.DataFrame) -> pd.DataFrame:
+    regular = silver[silver.session == "regular"].sort_values(["symbol", "window_start"])
+    real = regular[~regular.is_synthetic].copy()
+    real["pv"] = real.vwap * real.volume
+    real["v_with_vwap"] = real.volume.where(real.vwap.notna())
+    daily = real.groupby(["symbol", "trade_date"]).agg(
+        open=("open", "first"),
+        high=("high", "max"),
+        low=("low", "min"),
+        close=("close", "last"),
+        volume=("volume", "sum"),
+        pv=("pv", "sum"),
+        v_with_vwap=("v_with_vwap", "sum"),
+        bar_count=("close", "size"),
+    )
+    daily["vwap"] = daily.pv / daily.v_with_vwap
+    returns = np.log(regular.close / regular.groupby(["symbol", "trade_date"]).close.shift())
+    variance = (returns**2).groupby([regular.symbol, regular.trade_date]).sum()
+    daily["intraday_realized_vol"] = np.sqrt(variance.reindex(daily.index)) * np.sqrt(252)
+    return daily.drop(columns=["pv", "v_with_vwap"]).reset_index()
+
+
+# ------------------------------------------------------------------ fixture
+
+
+@dataclass
+class Built:
+    db: Path
+    loads: Loads
+    schedule: pd.DataFrame
+    first: TransformResult
+    second: TransformResult
+    third: TransformResult
+    fourth: TransformResult
+
+    def query(self, sql: str) -> pd.DataFrame:
+        with duckdb.connect(str(self.db), read_only=True) as con:
+            return con.execute(sql).df()
+
+
+def load_bronze(db: Path, rows: pd.DataFrame) -> None:
+    with duckdb.connect(str(db)) as con:
+        con.execute(BRONZE_DDL)
+        con.register("rows_df", rows)
+        con.execute("insert into bronze.bars select * from rows_df")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    tmp = tmp_path_factory.mktemp("dbt")
+    db = tmp / "warehouse.duckdb"
+    settings = load_settings(warehouse=f"duckdb:///{db}", dbt_target_path=tmp / "target")
+    schedule = nyse_schedule()
+    loads = generate_loads(schedule)
+    load_bronze(db, loads.first)
+    first = transform(settings)
+    load_bronze(db, loads.second)
+    second = transform(settings)
+    load_bronze(db, loads.third)
+    third = transform(settings)
+    load_bronze(db, loads.fourth)
+    fourth = transform(settings)
+    return Built(db, loads, schedule, first, second, third, fourth)
+
+
+@pytest.fixture(scope="module")
+def silver_expected(built: Built) -> pd.DataFrame:
+    return expected_silver(built.loads.final, built.schedule)
+
+
+@pytest.fixture(scope="module")
+def silver_actual(built: Built) -> pd.DataFrame:
+    df = built.query("select * from silver.fct_bars_1m order by symbol, window_start")
+    df["window_start"] = df.window_start.dt.tz_convert("UTC")
+    df["trade_date"] = pd.to_datetime(df.trade_date).dt.date
+    return df
+
+
+@pytest.fixture(scope="module")
+def daily_expected(silver_expected: pd.DataFrame) -> pd.DataFrame:
+    return expected_daily(silver_expected)
+
+
+def assert_close(
+    actual: pd.Series, expected: pd.Series | np.ndarray, what: str, atol: float = 0.0
+) -> None:
+    actual = np.asarray(actual, dtype=float)
+    expected = np.asarray(expected, dtype=float)
+    assert actual.shape == expected.shape, what
+    nulls_a, nulls_e = np.isnan(actual), np.isnan(expected)
+    mismatch = np.flatnonzero(nulls_a != nulls_e)
+    assert mismatch.size == 0, (
+        f"{what}: NULL where a value is expected (or back) at rows {mismatch[:10]}"
+    )
+    ok = np.isclose(actual[~nulls_a], expected[~nulls_e], rtol=RTOL, atol=atol)
+    bad = np.flatnonzero(~ok)
+    assert bad.size == 0, (
+        f"{what}: {bad.size} values differ, e.g. {actual[~nulls_a][bad[:3]]} vs {expected[~nulls_e][bad[:3]]}"
+    )
+
+
+# -------------------------------------------------------------------- tests
+
+
+def test_every_run_builds_every_node(built: Built) -> None:
+    for result in (built.first, built.second, built.third, built.fourth):
+        assert set(result.status_counts) <= {"success", "pass", "no-op"}, result.status_counts
+        assert "model.stockpipe.mart_trend_daily" in result.node_statuses
+        print(f"dbt build: {result.build_seconds:.1f}s, docs: {result.docs_seconds:.1f}s")
+    run_results = json.loads((built.fourth.target_path / "run_results.json").read_text())
+    assert run_results["args"]["which"] == "generate"  # docs ran last
+
+
+def test_a_restated_bar_rebuilds_only_itself_and_what_follows(
+    built: Built, silver_actual: pd.DataFrame
+) -> None:
+    restated = built.loads.third.window_start.iloc[0]
+    last_run = pd.Timestamp("2025-06-01", tz="UTC")
+    aaa = silver_actual[silver_actual.symbol == "AAA"]
+    previous_real = aaa[(aaa.window_start < restated) & ~aaa.is_synthetic].window_start.max()
+    rebuilt = silver_actual[silver_actual._loaded_at == last_run]
+    assert set(rebuilt.symbol) == {"AAA"}
+    assert rebuilt.window_start.min() == previous_real
+    assert rebuilt.window_start.max() == aaa.window_start.max()
+    daily = built.query(
+        "select trade_date, _loaded_at from gold.fct_bars_daily where symbol = 'AAA'"
+    )
+    assert (daily._loaded_at == last_run).sum() == 1
+
+
+def test_silver_has_one_row_per_symbol_minute_with_the_highest_revision(
+    silver_actual: pd.DataFrame, silver_expected: pd.DataFrame
+) -> None:
+    assert not silver_actual.duplicated(["symbol", "window_start"]).any()
+    assert len(silver_actual) == len(silver_expected)
+    assert (silver_actual.symbol.to_numpy() == silver_expected.symbol.to_numpy()).all()
+    assert (silver_actual.window_start.to_numpy() == silver_expected.window_start.to_numpy()).all()
+    for col in ("open", "high", "low", "close", "volume", "vwap"):
+        assert_close(silver_actual[col], silver_expected[col], f"silver {col}")
+    real = ~silver_expected.is_synthetic.to_numpy()
+    assert (
+        silver_actual.revision.to_numpy()[real] == silver_expected.revision.to_numpy()[real]
+    ).all()
+
+
+def test_synthetic_bars_fill_exactly_the_missing_session_minutes(
+    built: Built, silver_actual: pd.DataFrame, silver_expected: pd.DataFrame
+) -> None:
+    assert (silver_actual.is_synthetic.to_numpy() == silver_expected.is_synthetic.to_numpy()).all()
+    synthetic = silver_actual[silver_actual.is_synthetic]
+    assert len(synthetic) > 1000
+    assert (synthetic.session == "regular").all()
+    assert (synthetic.volume == 0).all() and (synthetic.trade_count == 0).all()
+    assert (synthetic[["open", "high", "low"]].to_numpy() == synthetic[["close"]].to_numpy()).all()
+    # none on holidays or weekends for the stocks
+    stock_dates = set(synthetic[synthetic.symbol != CRYPTO].trade_date)
+    assert stock_dates <= set(built.schedule.trade_date)
+    for holiday in ("2024-11-28", "2024-12-25", "2025-01-01", "2025-01-09"):
+        day = pd.Timestamp(holiday).date()
+        assert day not in stock_dates
+    # the stray Thanksgiving print is kept, labelled closed
+    stray = silver_actual[
+        (silver_actual.symbol == "AAA") & (silver_actual.window_start == built.loads.holiday_print)
+    ]
+    assert stray.session.tolist() == ["closed"] and not stray.is_synthetic.any()
+    # the hour-long hole is one run of 60 synthetic bars carrying the last close
+    gap_open = built.schedule.market_open.iloc[len(built.schedule) // 3]
+    hole = silver_actual[
+        (silver_actual.symbol == "BBB")
+        & silver_actual.window_start.between(
+            gap_open + pd.Timedelta(minutes=60), gap_open + pd.Timedelta(minutes=119)
+        )
+    ]
+    assert len(hole) == 60 and hole.is_synthetic.all() and hole.close.nunique() == 1
+
+
+def test_sessions_follow_the_nyse_calendar_with_half_days(
+    silver_actual: pd.DataFrame, built: Built
+) -> None:
+    stocks = silver_actual[silver_actual.symbol != CRYPTO]
+    regular = stocks[stocks.session == "regular"]
+    local_end = (
+        regular.groupby("trade_date").window_start.max() + pd.Timedelta(minutes=1)
+    ).dt.tz_convert(NEW_YORK)
+    for half_day in ("2024-11-29", "2024-12-24"):
+        assert local_end[pd.Timestamp(half_day).date()].strftime("%H:%M") == "13:00"
+    assert local_end[pd.Timestamp("2024-11-27").date()].strftime("%H:%M") == "16:00"
+    # both DST changes: the session opens at 09:30 New York time on either side
+    local_start = regular.groupby("trade_date").window_start.min().dt.tz_convert(NEW_YORK)
+    assert set(local_start.dt.strftime("%H:%M")) == {"09:30"}
+    assert set(stocks.session) == {"pre", "regular", "post", "closed"}
+    crypto = silver_actual[silver_actual.symbol == CRYPTO]
+    assert set(crypto.session) == {"regular"}
+    assert (crypto.groupby("trade_date").size().iloc[1:-1] == 1440).all()
+
+
+def test_daily_bars_equal_a_pandas_computation(built: Built, daily_expected: pd.DataFrame) -> None:
+    actual = built.query("select * from gold.fct_bars_daily order by symbol, trade_date")
+    expected = daily_expected.sort_values(["symbol", "trade_date"]).reset_index(drop=True)
+    assert len(actual) == len(expected)
+    assert (
+        pd.to_datetime(actual.trade_date).dt.date.to_numpy() == expected.trade_date.to_numpy()
+    ).all()
+    for col in ("open", "high", "low", "close", "volume", "vwap", "bar_count"):
+        assert_close(actual[col], expected[col], f"daily {col}")
+    assert sorted(actual.groupby("symbol").size()) == [
+        SESSIONS,
+        SESSIONS,
+        len(set(expected[expected.symbol == CRYPTO].trade_date)),
+    ]
+
+
+def _per_symbol(frame: pd.DataFrame, fn) -> pd.DataFrame:
+    return pd.concat(
+        [fn(group) for _, group in frame.groupby("symbol", sort=True)], ignore_index=True
+    )
+
+
+def test_trend_indicators_equal_talib(built: Built, daily_expected: pd.DataFrame) -> None:
+    actual = built.query("select * from gold.mart_trend_daily order by symbol, trade_date")
+
+    def indicators(day: pd.DataFrame) -> pd.DataFrame:
+        close = day.close.to_numpy(dtype=float)
+        macd, signal, hist = talib.MACD(close, 12, 26, 9)
+        upper, middle, lower = talib.BBANDS(close, 20, 2, 2, 0)
+        return pd.DataFrame(
+            {
+                "sma_20": talib.SMA(close, 20),
+                "sma_50": talib.SMA(close, 50),
+                "ema_12": talib.EMA(close, 12),
+                "ema_26": talib.EMA(close, 26),
+                "macd": macd,
+                "macd_signal": signal,
+                "macd_hist": hist,
+                "rsi_14": talib.RSI(close, 14),
+                "bb_middle_20": middle,
+                "bb_upper_20": upper,
+                "bb_lower_20": lower,
+            }
+        )
+
+    expected = _per_symbol(daily_expected.sort_values(["symbol", "trade_date"]), indicators)
+    assert len(actual) == len(expected)
+    for col in expected.columns:
+        # MACD lines cross zero: an absolute floor far below any price keeps "relative" meaningful
+        assert_close(actual[col], expected[col], f"trend {col}", atol=1e-9)
+    assert set(actual.trend_regime.dropna()) <= {"uptrend", "downtrend", "sideways"}
+    assert actual.trend_regime.isna().sum() == 3 * 49
+
+
+def test_volatility_measures_equal_talib_and_the_stated_formulas(
+    built: Built, daily_expected: pd.DataFrame
+) -> None:
+    actual = built.query("select * from gold.mart_volatility_daily order by symbol, trade_date")
+
+    def measures(day: pd.DataFrame) -> pd.DataFrame:
+        log_return = np.log(day.close / day.close.shift())
+        hl = np.log(day.high / day.low) ** 2
+        gk = 0.5 * hl - (2 * np.log(2) - 1) * np.log(day.close / day.open) ** 2
+        return pd.DataFrame(
+            {
+                "log_return": log_return.to_numpy(),
+                "realized_vol_20d": (log_return.rolling(20).std(ddof=1) * np.sqrt(252)).to_numpy(),
+                "parkinson_vol_20d": np.sqrt(
+                    252 * hl.rolling(20).mean() / (4 * np.log(2))
+                ).to_numpy(),
+                "garman_klass_vol_20d": np.sqrt(252 * gk.rolling(20).mean()).to_numpy(),
+                "atr_14": talib.ATR(
+                    day.high.to_numpy(float), day.low.to_numpy(float), day.close.to_numpy(float), 14
+                ),
+                "intraday_realized_vol": day.intraday_realized_vol.to_numpy(),
+            }
+        )
+
+    expected = _per_symbol(daily_expected.sort_values(["symbol", "trade_date"]), measures)
+    assert len(actual) == len(expected)
+    for col in expected.columns:
+        assert_close(actual[col], expected[col], f"volatility {col}", atol=1e-12)
+    assert actual.realized_vol_20d.notna().sum() == len(actual) - 3 * 20
+
+
+def test_correlation_mart_equals_pandas_rolling_corr(
+    built: Built, daily_expected: pd.DataFrame
+) -> None:
+    actual = built.query(
+        "select * from gold.mart_correlation_daily order by symbol_a, symbol_b, trade_date"
+    )
+    closes = daily_expected.pivot(index="trade_date", columns="symbol", values="close")
+    expected_parts = []
+    for i, a in enumerate(sorted(SYMBOLS)):
+        for b in sorted(SYMBOLS)[i + 1 :]:
+            pair = closes[[a, b]].dropna()
+            returns = np.log(pair / pair.shift())
+            corr = returns[a].rolling(20).corr(returns[b])
+            expected_parts.append(
+                pd.DataFrame({"symbol_a": a, "symbol_b": b, "corr": corr.to_numpy()})
+            )
+    expected = pd.concat(expected_parts, ignore_index=True)
+    assert len(actual) == len(expected)
+    assert (actual.symbol_a.to_numpy() == expected.symbol_a.to_numpy()).all()
+    assert_close(actual.correlation_20d, expected["corr"], "correlation_20d", atol=1e-9)
+
+
+def test_intraday_hourly_mart_rolls_up_the_minutes(
+    built: Built, silver_expected: pd.DataFrame
+) -> None:
+    actual = built.query("select * from gold.mart_intraday_hourly order by symbol, hour_start")
+    bars = silver_expected.copy()
+    bars["hour_start"] = bars.window_start.dt.floor("h")
+    real = bars[~bars.is_synthetic]
+    expected = real.groupby(["symbol", "hour_start"]).agg(
+        open=("open", "first"),
+        close=("close", "last"),
+        volume=("volume", "sum"),
+        bar_count=("close", "size"),
+    )
+    adjacent = bars.groupby(["symbol", "hour_start"]).window_start.diff() == pd.Timedelta(minutes=1)
+    returns = np.log(bars.close / bars.groupby(["symbol", "hour_start"]).close.shift()).where(
+        adjacent
+    )
+    vol = np.sqrt((returns**2).groupby([bars.symbol, bars.hour_start]).sum(min_count=1))
+    expected["realized_vol"] = vol.reindex(expected.index)
+    expected = expected.reset_index()
+    assert len(actual) == len(expected)
+    for col in ("open", "close", "volume", "bar_count", "realized_vol"):
+        assert_close(actual[col], expected[col], f"hourly {col}", atol=1e-12)
+
+
+def test_docs_artifacts_show_lineage_from_source_to_gold(built: Built) -> None:
+    target = built.fourth.target_path
+    assert (target / "catalog.json").exists()
+    manifest = json.loads((target / "manifest.json").read_text())
+    parents = manifest["parent_map"]
+    assert "source.stockpipe.bronze.bars" in parents["model.stockpipe.stg_bronze__bars"]
+    assert "model.stockpipe.stg_bronze__bars" in parents["model.stockpipe.fct_bars_1m"]
+    assert "model.stockpipe.fct_bars_1m" in parents["model.stockpipe.fct_bars_daily"]
+    for mart in ("mart_trend_daily", "mart_volatility_daily", "mart_correlation_daily"):
+        assert "model.stockpipe.fct_bars_daily" in parents[f"model.stockpipe.{mart}"]
+    nodes = manifest["nodes"]
+    assert nodes["model.stockpipe.fct_bars_1m"]["schema"] == "silver"
+    assert nodes["model.stockpipe.mart_trend_daily"]["schema"] == "gold"
+    for node in nodes.values():
+        if node["resource_type"] == "model":
+            assert node["description"], node["unique_id"]
+            assert all(c["description"] for c in node["columns"].values()), node["unique_id"]
+    assert "exposure.stockpipe.stockpipe_report" in manifest["exposures"]
+
+
+def test_stale_source_only_warns(built: Built) -> None:
+    # the generated loads are from 2025: far older than the one-day freshness window
+    assert built.fourth.stale_sources == ["source.stockpipe.bronze.bars: warn"]
+
+
+def test_missing_bronze_fails_with_the_failing_node(tmp_path: Path) -> None:
+    settings = load_settings(
+        warehouse=f"duckdb:///{tmp_path / 'empty.duckdb'}", dbt_target_path=tmp_path / "target"
+    )
+    with pytest.raises(StockpipeError, match="stg_bronze__bars"):
+        transform(settings, select="stg_bronze__bars")
