@@ -58,6 +58,12 @@ def _probability(name: str, value: float) -> float:
     return value
 
 
+def _positive(name: str, value: float) -> float:
+    if value <= 0:
+        raise StockpipeError(f"{name} must be > 0, got {value!r}")
+    return value
+
+
 def pump(items: Iterable[Item], writer: TickWriter, pacer: Pacer) -> None:
     """Write items to Kafka at the pacer's speed until they run out or a stop is asked for."""
     for item in items:
@@ -187,6 +193,12 @@ def produce_command(
             "--bad", help="sim: P(an extra record breaking contract 1, of every kind in turn)."
         ),
     ] = 0.0,
+    intensity: Annotated[
+        float,
+        typer.Option(
+            "--intensity", help="sim: scale every symbol's trade rate (0.01: a hundredth)."
+        ),
+    ] = 1.0,
     # finnhub
     mode: Annotated[
         Mode,
@@ -231,7 +243,7 @@ def produce_command(
 
     # everything that can be wrong with the options is checked before Kafka is touched
     job = _plan(source, settings, file, wanted, speed, rate, seed, start, duration, count,
-                duplicates, out_of_order, late, too_late, bad, mode, stall_timeout,
+                duplicates, out_of_order, late, too_late, bad, intensity, mode, stall_timeout,
                 calls_per_minute)  # fmt: skip
     with stop_on_signals() as stop, TickWriter(settings) as writer:
         started = time.monotonic()
@@ -266,6 +278,7 @@ def _plan(
     late: float,
     too_late: float,
     bad: float,
+    intensity: float,
     mode: Mode,
     stall_timeout: str | None,
     calls_per_minute: int | None,
@@ -292,6 +305,7 @@ def _plan(
             late=_probability("--late", late),
             too_late=_probability("--too-late", too_late),
             bad=_probability("--bad", bad),
+            intensity=_positive("--intensity", intensity),
         )
         # paced from the start time, so the quiet hours before a session take time too
         return lambda writer, stop: pump(
