@@ -67,14 +67,15 @@ class _Partition(StatefulSourcePartition[RawMessage, int]):
 
     def _on_stats(self, stats_json: str) -> None:
         stats = orjson.loads(stats_json)
-        part = (
-            stats.get("topics", {})
-            .get(self._topic, {})
-            .get("partitions", {})
-            .get(str(self._partition))
+        part = stats.get("topics", {}).get(self._topic, {}).get("partitions", {}).get(
+            str(self._partition)
         )
-        if part and part.get("ls_offset", -1) >= 0 and self._offset >= 0:
-            LAG.labels(*self._labels).set(max(part["ls_offset"] - self._offset, 0))
+        if not part or part.get("ls_offset", -1) < 0:
+            return
+        # Before the first message the position is the partition's start.
+        position = self._offset if self._offset >= 0 else part.get("lo_offset", -1)
+        if position >= 0:
+            LAG.labels(*self._labels).set(max(part["ls_offset"] - position, 0))
 
     def next_batch(self) -> list[RawMessage]:
         msgs = self._consumer.consume(self._batch_size, 0)

@@ -277,3 +277,51 @@ def test_stream_says_when_the_topic_is_missing(settings_for):
     assert done.returncode == 2
     assert f"{missing!r} does not exist" in done.stdout
     assert "Traceback" not in done.stdout
+
+
+def test_consumer_lag_is_exported_as_a_prometheus_gauge(new_topic, settings_for):
+    """Bytewax keeps offsets in its recovery store, so the flow exports lag itself."""
+    import socket
+    import urllib.request
+
+    topic = new_topic("lag", partitions=2)
+    settings = settings_for(topic=topic)
+    stream = make_stream(3, StreamSpec(symbols=["COIN", "MARA"], ticks_per_symbol=200))
+    produce_raw(settings.kafka_bootstrap_servers, topic, stream_messages(stream))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+        "BYTEWAX_DATAFLOW_API_PORT": str(port),
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "stream"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        lags: dict[str, float] = {}
+        deadline = time.time() + 60
+        while time.time() < deadline and len(lags) < 2:
+            time.sleep(1)
+            try:
+                body = (
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+                    .read()
+                    .decode()
+                )
+            except OSError:
+                continue
+            lags = {
+                line.split("partition=")[1].split('"')[1]: float(line.rsplit(" ", 1)[1])
+                for line in body.splitlines()
+                if line.startswith("stockpipe_consumer_lag{") and f'topic="{topic}"' in line
+            }
+        assert lags == {"0": 0.0, "1": 0.0}, lags  # both partitions read to the end
+    finally:
+        worker.terminate()
+        worker.wait(30)
