@@ -1,0 +1,390 @@
+"""docker-compose.yml agrees with the code: services, commands, settings, volumes.
+
+No Docker engine is needed. The file is read with PyYAML (anchors and merge keys
+resolved); `${VAR:-default}` is filled in from .env.example the way Compose does.
+Every `stockpipe ...` command line in it is parsed by the real Typer/click app,
+so a renamed command or option fails here, not at `docker compose up`.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import yaml
+from pydantic import AliasChoices
+
+try:  # recent Typer builds its commands on a vendored copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older Typer on the real click
+    from click import exceptions as click_exceptions
+
+from flows.cli import app
+from flows.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+VALIDATE = ROOT / "infra" / "ci" / "validate-compose.sh"
+STOCKPIPE_IMAGE_DOCKERFILE = "infra/docker/Dockerfile"
+
+EXPECTED_SERVICES = {
+    "kafka",
+    "kafka-init",
+    "minio",
+    "minio-init",
+    "postgres",
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "producer",
+    "recovery-init",
+    "stream-0",
+    "stream-1",
+    "dbt-docs",
+}
+HEALTHCHECKED = {
+    "kafka",
+    "minio",
+    "postgres",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+}
+# Variables a stockpipe-image container may carry besides stockpipe's settings:
+# Airflow's own configuration (AIRFLOW__SECTION__KEY) and the init job's
+# AIRFLOW_ADMIN_* inputs, Bytewax's and Python's runtime switches.
+OTHER_ENV_PREFIXES = ("AIRFLOW__", "AIRFLOW_ADMIN_", "BYTEWAX_")
+OTHER_ENV_NAMES = {"PYTHONUNBUFFERED"}
+SHELL_BREAKS = {";", "&&", "||", "|", "&", "then", "else", "fi", "do", "done"}
+
+
+def settings_aliases() -> set[str]:
+    aliases = set()
+    for info in Settings.model_fields.values():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            aliases.update(str(choice) for choice in alias.choices)
+        elif alias:
+            aliases.add(str(alias))
+    return aliases
+
+
+def env_example() -> dict[str, str]:
+    """The uncommented NAME=value lines of .env.example."""
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's ${VAR}, ${VAR:-default}, ${VAR:?error} and $$, over a parsed document."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, op, arg = match.groups()
+        current = env.get(name)
+        if op in (":-", "-"):
+            return current if current or (op == "-" and current is not None) else arg
+        if op in (":?", "?") and not current:
+            raise AssertionError(f"${{{name}}} is required by docker-compose.yml: {arg}")
+        return current or ""
+
+    return _VAR.sub(one, value)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    raw = yaml.safe_load(COMPOSE.read_text())
+    return interpolate(raw, env_example())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def uses_stockpipe_image(service: dict[str, Any]) -> bool:
+    build = service.get("build")
+    return isinstance(build, dict) and build.get("dockerfile") == STOCKPIPE_IMAGE_DOCKERFILE
+
+
+def as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def stockpipe_command_lines(service: dict[str, Any]) -> list[list[str]]:
+    """Every `stockpipe` argv a service runs: its command under the image's
+    `stockpipe` entrypoint, or each `stockpipe ...` inside a `sh -c` script."""
+    entrypoint = as_list(service.get("entrypoint"))
+    command = as_list(service.get("command"))
+    if not entrypoint:
+        return [command] if command else []
+    if entrypoint == ["stockpipe"]:
+        return [command]
+    script = " ".join(entrypoint[2:] + command) if entrypoint[:2] == ["/bin/sh", "-c"] else ""
+    lines = []
+    for script_line in script.splitlines():
+        lexer = shlex.shlex(script_line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        tokens = list(lexer)
+        for i, token in enumerate(tokens):
+            if token == "stockpipe" and (i == 0 or tokens[i - 1] in SHELL_BREAKS | {"exec"}):
+                args = []
+                for arg in tokens[i + 1 :]:
+                    if arg in SHELL_BREAKS:
+                        break
+                    args.append(arg)
+                lines.append(args)
+    return lines
+
+
+def check_cli(args: list[str]) -> None:
+    """Parse `stockpipe ARGS` with the real click command tree (nothing is invoked)."""
+    command = typer.main.get_command(app)
+    path = ["stockpipe"]
+    while hasattr(command, "commands"):  # a group: the next word names a subcommand
+        assert args, f"`{' '.join(path)}` needs a subcommand"
+        name, args = args[0], args[1:]
+        sub = command.commands.get(name)
+        assert sub is not None, f"`{' '.join(path)} {name}`: no such command"
+        command, path = sub, [*path, name]
+    known = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+    for arg in args:
+        if arg.startswith("-") and not re.fullmatch(r"-\d.*", arg):
+            assert arg.split("=", 1)[0] in known, (
+                f"`{' '.join(path)}` has no option {arg} (known: {sorted(known)})"
+            )
+    try:
+        command.make_context(" ".join(path), list(args))
+    except click_exceptions.UsageError as exc:
+        raise AssertionError(f"`{' '.join([*path, *args])}`: {exc.format_message()}") from None
+
+
+def test_expected_services_exist(services: dict[str, Any]) -> None:
+    missing = EXPECTED_SERVICES - set(services)
+    assert not missing, f"docker-compose.yml lacks services {sorted(missing)}"
+    assert services["kafka"]["image"].startswith("apache/kafka:4.")
+    assert services["postgres"]["image"].startswith("postgres:")
+    assert "minio/minio" in services["minio"]["image"]
+    assert "minio/mc" in services["minio-init"]["image"]
+
+
+def test_every_stockpipe_command_is_real(services: dict[str, Any]) -> None:
+    checked = {}
+    for name, service in services.items():
+        if not uses_stockpipe_image(service):
+            continue
+        for args in stockpipe_command_lines(service):
+            check_cli(args)
+            checked.setdefault(name, []).append(args[:1])
+    # the parser must have seen the commands that matter, or it checks nothing
+    assert checked["producer"] == [["produce"], ["produce"]]
+    assert checked["stream-0"] == checked["stream-1"] == [["stream"]]
+
+
+def test_check_cli_rejects_what_the_cli_rejects() -> None:
+    check_cli(["stream", "--process-id", "0", "--addresses", "a:1;b:1"])
+    check_cli(["produce", "--source", "sim", "--speed", "60"])
+    for bad in (
+        ["streams"],
+        ["stream", "--process", "0"],
+        ["produce", "--source", "bloomberg"],
+        ["stream", "--workers", "0"],
+        ["kafka"],
+    ):
+        with pytest.raises(AssertionError):
+            check_cli(bad)
+
+
+def test_stockpipe_services_set_only_known_variables(services: dict[str, Any]) -> None:
+    aliases = settings_aliases()
+    for name, service in services.items():
+        if not uses_stockpipe_image(service):
+            continue
+        unknown = {
+            var
+            for var in environment(service)
+            if var not in aliases
+            and var not in OTHER_ENV_NAMES
+            and not var.startswith(OTHER_ENV_PREFIXES)
+        }
+        assert not unknown, f"{name}: {sorted(unknown)} are not stockpipe settings (typo?)"
+
+
+def test_stockpipe_services_settings_load(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The environment each container gets is accepted by flows/settings.py as is."""
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    aliases = settings_aliases()
+    for name, service in services.items():
+        if not uses_stockpipe_image(service):
+            continue
+        for var in aliases:
+            monkeypatch.delenv(var, raising=False)
+        env = {k: v for k, v in environment(service).items() if k in aliases}
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+        settings = Settings()
+        assert settings.kafka_bootstrap_servers == "kafka:9092", name
+        assert settings.lake_url.startswith("s3://"), name
+        assert settings.storage_options["endpoint_url"] == "http://minio:9000", name
+        assert settings.warehouse == "duckdb:////data/warehouse.duckdb", name
+        assert settings.duckdb_path == Path("/data/warehouse.duckdb"), name
+
+
+def test_every_setting_is_in_env_example() -> None:
+    text = ENV_EXAMPLE.read_text()
+    # documented lines: `NAME=value`, or `# NAME=value` for a default left commented out
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE))
+    missing = settings_aliases() - documented
+    assert not missing, f".env.example does not mention {sorted(missing)}"
+
+
+def test_env_example_holds_no_secrets() -> None:
+    secretish = re.compile(r"(SECRET|PASSWORD|PASSPHRASE|API_KEY|TOKEN|WEBHOOK|FERNET)")
+    for name, value in env_example().items():
+        if secretish.search(name) and value:
+            assert "change-me" in value, f".env.example: {name} must be a change-me placeholder"
+
+
+def test_env_example_is_a_valid_local_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Copied to .env as it is, it still gives working settings for local runs."""
+    for var in settings_aliases():
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / ".env").write_text(ENV_EXAMPLE.read_text())
+    monkeypatch.chdir(tmp_path)
+    settings = Settings()
+    assert settings.lake_url == "./data/lake"
+    assert settings.kafka_bootstrap_servers == "localhost:9092"
+
+
+def test_stream_processes_form_one_cluster(services: dict[str, Any]) -> None:
+    streams = {n: s for n, s in services.items() if re.fullmatch(r"stream-\d+", n)}
+    assert len(streams) >= 2
+    ids, address_lists, recovery_volumes = set(), set(), set()
+    for name, service in streams.items():
+        (args,) = stockpipe_command_lines(service)
+        assert args[0] == "stream"
+        opts = dict(zip(args[1::2], args[2::2], strict=False))
+        process_id = opts.get("--process-id", opts.get("-i"))
+        addresses = opts.get("--addresses", opts.get("-a"))
+        assert process_id is not None and addresses, f"{name}: needs --process-id and --addresses"
+        ids.add(int(process_id))
+        address_lists.add(addresses)
+        recovery_dir = environment(service)["STOCKPIPE_RECOVERY_DIR"]
+        mounts = [v for v in service["volumes"] if v.split(":")[1] == recovery_dir]
+        assert mounts, f"{name}: nothing mounted at STOCKPIPE_RECOVERY_DIR={recovery_dir}"
+        recovery_volumes.add(mounts[0].split(":")[0])
+        after = service.get("depends_on", {})
+        assert after.get("kafka-init", {}).get("condition") == "service_completed_successfully"
+        assert after.get("recovery-init", {}).get("condition") == "service_completed_successfully"
+    assert ids == set(range(len(streams))), f"process ids must be 0..n-1, got {sorted(ids)}"
+    assert len(address_lists) == 1, f"every process needs the same --addresses: {address_lists}"
+    (addresses,) = address_lists
+    hosts = [a.rsplit(":", 1)[0] for a in addresses.split(";")]
+    assert hosts == [f"stream-{i}" for i in range(len(streams))], addresses
+    # One shared volume: after a restart any process may read any recovery partition.
+    assert len(recovery_volumes) == 1, (
+        f"stream processes must share one recovery volume: {recovery_volumes}"
+    )
+    (volume,) = recovery_volumes
+    assert "recovery-init" in services
+    assert f"{volume}:/recovery" in services["recovery-init"]["volumes"]
+
+
+def test_healthchecks_and_dependencies(services: dict[str, Any]) -> None:
+    for name in HEALTHCHECKED:
+        test = services[name].get("healthcheck", {}).get("test")
+        assert test, f"{name} has no healthcheck"
+    kafka_check = " ".join(as_list(services["kafka"]["healthcheck"]["test"]))
+    assert "kafka-broker-api-versions.sh" in kafka_check or "kafka-topics.sh" in kafka_check
+    conditions = {"service_healthy", "service_completed_successfully", "service_started"}
+    for name, service in services.items():
+        for dep, spec in (service.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            assert spec["condition"] in conditions
+            if spec["condition"] == "service_healthy":
+                assert services[dep].get("healthcheck"), f"{name} waits for {dep}'s health"
+    assert services["airflow-apiserver"]["depends_on"]["airflow-init"] == {
+        "condition": "service_completed_successfully"
+    }
+    assert services["kafka-init"]["depends_on"]["kafka"] == {"condition": "service_healthy"}
+    assert services["minio-init"]["depends_on"]["minio"] == {"condition": "service_healthy"}
+
+
+def test_named_volumes_are_declared(compose: dict[str, Any]) -> None:
+    declared = set(compose.get("volumes") or {})
+    used = set()
+    for service in compose["services"].values():
+        for mount in service.get("volumes", []):
+            source = mount.split(":")[0] if isinstance(mount, str) else mount.get("source")
+            if source and not source.startswith((".", "/", "~")):
+                used.add(source)
+    assert used, "no named volumes"
+    assert used <= declared, f"undeclared named volumes: {sorted(used - declared)}"
+    assert {"kafka-data", "minio-data", "postgres-data", "stream-recovery"} <= declared
+
+
+def test_mounted_files_exist(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for mount in service.get("volumes", []):
+            source = mount.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+    for path in ("infra/airflow/init.sh", STOCKPIPE_IMAGE_DOCKERFILE):
+        assert (ROOT / path).is_file(), path
+
+
+def test_dockerfile_builds_the_stockpipe_cli() -> None:
+    text = (ROOT / STOCKPIPE_IMAGE_DOCKERFILE).read_text()
+    assert re.search(r"^FROM python:3\.11-slim", text, flags=re.MULTILINE)
+    assert "-c constraints.txt" in text
+    assert re.search(r"^USER (?!root)\w+", text, flags=re.MULTILINE), "runs as root"
+    assert 'ENTRYPOINT ["stockpipe"]' in text
+
+
+def test_compose_config_validates() -> None:
+    """`docker-compose config` against the Compose schema (CI installs docker-compose first)."""
+    if shutil.which("docker-compose") is None:
+        pytest.fail(
+            "docker-compose is not on PATH: run infra/ci/validate-compose.sh "
+            "(it installs Debian's docker-compose and validates docker-compose.yml)"
+        )
+    result = subprocess.run(
+        ["bash", str(VALIDATE)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
