@@ -279,7 +279,7 @@ def test_stream_says_when_the_topic_is_missing(settings_for):
     assert "Traceback" not in done.stdout
 
 
-def test_consumer_lag_is_exported_as_a_prometheus_gauge(new_topic, settings_for):
+def test_consumer_lag_is_exported_as_a_prometheus_gauge(new_topic, settings_for, tmp_path):
     """Bytewax keeps offsets in its recovery store, so the flow exports lag itself."""
     import socket
     import urllib.request
@@ -296,6 +296,7 @@ def test_consumer_lag_is_exported_as_a_prometheus_gauge(new_topic, settings_for)
         **settings.to_env(),
         "BYTEWAX_DATAFLOW_API_ENABLED": "true",
         "BYTEWAX_DATAFLOW_API_PORT": str(port),
+        "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path),
     }
     worker = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "stream"],
