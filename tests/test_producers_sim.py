@@ -243,3 +243,23 @@ def test_pacer_with_an_origin_waits_out_the_quiet_time_before_the_first_tick():
     t0 = time.monotonic()
     assert pacer.wait(1_741_100_400_000 + 2000)  # 2 s of event time after the origin: 0.2 s
     assert 0.18 < time.monotonic() - t0 < 0.5
+
+
+def test_a_bad_record_with_a_future_ts_does_not_hold_back_pacing():
+    import threading
+    import time
+
+    from flows.producers.pacing import Pacer, event_ts
+    from flows.ticks import Tick
+
+    t0 = 1_741_100_400_000
+    items = [
+        Tick("COIN", t0, 1.0, 1.0, "a"),
+        (b"COIN", b'{"symbol": "COIN", "price": 1, "volume": 1, "ts": 4102444800000}'),
+        Tick("COIN", t0 + 1000, 1.0, 1.0, "b"),
+    ]
+    pacer = Pacer(threading.Event(), speed=100.0)
+    started = time.monotonic()
+    for item in items:
+        assert pacer.wait(event_ts(item))
+    assert time.monotonic() - started < 5  # 1 s of event time at 100x, not 75 years

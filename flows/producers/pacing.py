@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from flows.producers.kafka_out import Item
-from flows.ticks import BadTick, Tick, parse_tick
+from flows.ticks import MAX_AHEAD_MS, MIN_TS_MS, BadTick, Tick, parse_tick
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,12 @@ def event_ts(item: Item) -> int | None:
         ts = orjson.loads(value).get("ts")
     except (orjson.JSONDecodeError, AttributeError):
         return None
-    return ts if isinstance(ts, int) and not isinstance(ts, bool) else None
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        return None
+    # A deliberately bad record's ts (year 2100, 1999, ...) must not move the pacing
+    # clock: one future ts would hold back everything after it.
+    now_ms = time.time_ns() // 1_000_000
+    return ts if MIN_TS_MS <= ts <= now_ms + MAX_AHEAD_MS else None
 
 
 class Pacer:
