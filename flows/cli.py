@@ -11,9 +11,12 @@ import sys
 import typer
 from rich.console import Console
 
+from flows.bench import bench_command
+from flows.demo import demo_command
 from flows.errors import StockpipeError
 from flows.kafka_local import kafka_app
 from flows.producers.command import produce_command
+from flows.report import report_command
 from flows.stream import stream_command
 from flows.transform import transform_command
 from flows.warehouse.command import load_command
@@ -25,11 +28,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.command("demo")(demo_command)
 app.add_typer(kafka_app, name="kafka")
 app.command("produce")(produce_command)
 app.command("stream")(stream_command)
 app.command("load")(load_command)
 app.command("transform")(transform_command)
+app.command("bench")(bench_command)
+app.command("report")(report_command)
 
 err = Console(stderr=True)
 
