@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     # Orchestration and reporting
     load_interval: Duration = Field(300.0, validation_alias="STOCKPIPE_LOAD_INTERVAL")
     alert_webhook: SecretStr | None = Field(None, validation_alias="STOCKPIPE_ALERT_WEBHOOK")
+    # Airflow task retries; the delay doubles per try (exponential backoff), up to 10 minutes
+    task_retries: int = Field(3, ge=0, le=20, validation_alias="STOCKPIPE_TASK_RETRIES")
+    retry_delay: Duration = Field(30.0, validation_alias="STOCKPIPE_RETRY_DELAY")
     dbt_target: str = Field("duckdb", validation_alias="STOCKPIPE_DBT_TARGET")
     # dbt artifacts (manifest, catalog, docs); None means the repo's dbt/target
     dbt_target_path: Path | None = Field(None, validation_alias="STOCKPIPE_DBT_TARGET_PATH")

@@ -1,0 +1,91 @@
+"""stockpipe_backfill: load a date range's missing lake files, then rebuild the models.
+
+Triggered by hand with `start_date` and `end_date` (inclusive, YYYY-MM-DD, lake
+partition dates in UTC) and optionally `full_refresh`:
+
+    check_range ─► find_missing_files ─► load_batch (mapped) ─► dbt_build ─► publish_marts
+
+It loads only the files of those partitions that bronze.load_manifest does not
+hold (files already loaded are never loaded twice). The models then rebuild what
+the range changed: they are incremental on the bronze *load time*, so silver
+rebuilds each affected symbol from the last real bar before the earliest newly
+loaded bar, and gold recomputes the affected days and the indicators after them,
+however old the range is. `full_refresh=true` rebuilds every model from all of
+bronze instead (`dbt build --full-refresh`), e.g. after a model's logic changed.
+dbt runs even when no file was missing, so a backfill is also a way to re-run dbt.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+from flows import orchestration
+from flows.settings import load_settings
+
+SETTINGS = load_settings()
+GOLD_MARTS = Asset(orchestration.GOLD_MARTS_URI)
+
+
+@dag(
+    dag_id="stockpipe_backfill",
+    schedule=None,
+    start_date=datetime(2024, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=orchestration.default_args(SETTINGS),
+    on_failure_callback=orchestration.on_failure,
+    params={
+        "start_date": Param(
+            type="string", format="date", description="First lake partition date (YYYY-MM-DD)."
+        ),
+        "end_date": Param(
+            type="string", format="date", description="Last lake partition date, inclusive."
+        ),
+        "full_refresh": Param(
+            False, type="boolean", description="Rebuild every model from all of bronze."
+        ),
+    },
+    doc_md=__doc__,
+    tags=["stockpipe"],
+)
+def stockpipe_backfill() -> None:
+    @task(retries=0)
+    def check_range(start: str, end: str) -> list[str]:
+        """The range as [first, last] ISO dates; a bad range fails here with what to fix."""
+        first, last = orchestration.parse_date_range(start, end)
+        return [first.isoformat(), last.isoformat()]
+
+    @task
+    def find_missing_files(day_range: list[str]) -> list[list[str]]:
+        first, last = orchestration.parse_date_range(*day_range)
+        return orchestration.missing_batches(load_settings(), first, last)
+
+    @task(max_active_tis_per_dag=1)
+    def load_batch(files: list[str]) -> dict[str, Any]:
+        return orchestration.load_batch(load_settings(), files)
+
+    @task(outlets=[GOLD_MARTS])
+    def publish_marts(day_range: list[str]) -> None:
+        """Announce the rebuilt gold marts to Asset-scheduled DAGs, naming the range."""
+        context = get_current_context()
+        context["outlet_events"][GOLD_MARTS].extra = {
+            "backfill": day_range,
+            "full_refresh": str(context["params"]["full_refresh"]).lower() == "true",
+        }
+
+    day_range = check_range("{{ params.start_date }}", "{{ params.end_date }}")
+    loaded = load_batch.expand(files=find_missing_files(day_range))
+    dbt_build = orchestration.dbt_task_group(
+        SETTINGS,
+        group_id="dbt_build",
+        full_refresh="{{ params.full_refresh }}",
+        # also when no file was missing (the mapped load is then skipped)
+        trigger_rule="none_failed",
+    )
+    loaded >> dbt_build >> publish_marts(day_range)
+
+
+stockpipe_backfill()

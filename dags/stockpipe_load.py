@@ -1,0 +1,72 @@
+"""stockpipe_load: new lake files into the warehouse every few minutes, then dbt.
+
+    find_new_files ─► load_batch (mapped: one task per batch of STOCKPIPE_LOAD_BATCH_FILES)
+        ─► dbt_build (cosmos task group: one `dbt build --select <node>` task per seed/model)
+        ─► source_freshness (stale sources warn and alert, never fail the run)
+        ─► publish_marts (outlet: Asset stockpipe://gold/marts)
+
+Loading is exactly once (the manifest and the rows commit together), so any run,
+retry or overlap with `stockpipe load` is safe. When the lake has nothing new, the
+load and dbt tasks are skipped, freshness is still checked, and no asset event is
+emitted. Everything heavy is imported inside the tasks (see flows/orchestration.py).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Asset, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from flows import orchestration
+from flows.settings import load_settings
+
+SETTINGS = load_settings()
+GOLD_MARTS = Asset(orchestration.GOLD_MARTS_URI)
+
+
+@dag(
+    dag_id="stockpipe_load",
+    schedule=timedelta(seconds=SETTINGS.load_interval),
+    start_date=datetime(2024, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=orchestration.default_args(SETTINGS),
+    on_failure_callback=orchestration.on_failure,
+    doc_md=__doc__,
+    tags=["stockpipe"],
+)
+def stockpipe_load() -> None:
+    @task
+    def find_new_files() -> list[list[str]]:
+        """Lake files missing from bronze.load_manifest, in bounded batches."""
+        return orchestration.pending_batches(load_settings())
+
+    # One batch at a time: DuckDB takes one writing process, and batches commit oldest first.
+    @task(max_active_tis_per_dag=1)
+    def load_batch(files: list[str]) -> dict[str, Any]:
+        """Load one batch into bronze.bars (a retry skips files its first try committed)."""
+        return orchestration.load_batch(load_settings(), files)
+
+    @task(trigger_rule="none_failed")
+    def source_freshness() -> list[str]:
+        """`dbt source freshness`; runs even when nothing was loaded, since that is when it matters."""
+        return orchestration.source_freshness(load_settings())
+
+    @task(outlets=[GOLD_MARTS], trigger_rule="none_failed")
+    def publish_marts(batches: list[list[str]]) -> None:
+        """Announce rebuilt gold marts to Asset-scheduled DAGs; skipped when nothing was new."""
+        if not batches:
+            raise AirflowSkipException("no new lake files: the marts are unchanged")
+        files = sum(len(batch) for batch in batches)
+        get_current_context()["outlet_events"][GOLD_MARTS].extra = {"files_loaded": files}
+
+    batches = find_new_files()
+    loaded = load_batch.expand(files=batches)
+    dbt_build = orchestration.dbt_task_group(SETTINGS, group_id="dbt_build")
+    freshness = source_freshness()
+    loaded >> dbt_build >> freshness >> publish_marts(batches)
+
+
+stockpipe_load()

@@ -1,0 +1,412 @@
+"""What the Airflow DAGs in `dags/` call: light at import, heavy only inside the calls.
+
+The scheduler and the DAG processor import the DAG files over and over, so this
+module imports nothing beyond the settings at module level: the loader (DuckDB,
+pyarrow), dbt and cosmos are imported inside the functions that need them, which
+run in task processes (or once per parse, for the cosmos task group).
+
+dbt runs inside Airflow as an astronomer-cosmos `DbtTaskGroup`: one `dbt build
+--select <node>` task per seed and model (its tests included), run in the task
+process through dbtRunner. Cosmos reads the project graph from dbt's
+manifest.json, which `dbt_manifest` keeps current with `dbt parse`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Mapping, Sequence
+from datetime import date, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flows.errors import StockpipeError
+from flows.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from airflow.sdk import TaskGroup
+
+log = logging.getLogger(__name__)
+
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt"
+GOLD_MARTS_URI = "stockpipe://gold/marts"
+ALERT_TIMEOUT_SECONDS = 5.0
+BACKFILL_MAX_DAYS = 366
+MAX_RETRY_DELAY = timedelta(minutes=10)
+_DATE_PARTITION = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
+
+
+# ------------------------------------------------------------------ alerts
+
+
+def send_alert(settings: Settings, message: Mapping[str, Any]) -> bool:
+    """POST `message` as JSON to STOCKPIPE_ALERT_WEBHOOK; True if it was accepted.
+
+    Never raises: an alert that cannot be delivered is logged, and the pipeline
+    goes on. The webhook URL may carry a token, so it is never logged.
+    """
+    if settings.alert_webhook is None:
+        return False
+    body = json.dumps(message, default=str).encode()
+    request = urllib.request.Request(
+        settings.alert_webhook.get_secret_value(),
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=ALERT_TIMEOUT_SECONDS) as response:
+            return 200 <= response.status < 300
+    except Exception as exc:  # any failure to alert must not become a second failure
+        log.warning("could not deliver the alert to STOCKPIPE_ALERT_WEBHOOK: %s", exc)
+        return False
+
+
+def failure_message(context: Mapping[str, Any]) -> dict[str, Any]:
+    """What failed and where to look, from an Airflow callback context (task or DAG level)."""
+    ti = context.get("task_instance") or context.get("ti")
+    dag = context.get("dag")
+    dag_run = context.get("dag_run")
+    exception = context.get("exception") or context.get("reason")
+    return {
+        "event": "stockpipe.failure",
+        # DAG-level callbacks get the run's failure reason; task-level ones the exception
+        "level": "dag" if "reason" in context else "task",
+        "dag_id": getattr(ti, "dag_id", None) or getattr(dag, "dag_id", None),
+        "task_id": getattr(ti, "task_id", None),
+        "map_index": getattr(ti, "map_index", None),
+        "run_id": context.get("run_id") or getattr(dag_run, "run_id", None),
+        "try_number": getattr(ti, "try_number", None),
+        "exception": _describe(exception),
+        "log_url": _log_url(ti),
+    }
+
+
+def _describe(error: Any) -> str | None:
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}"
+    return None if error is None else str(error)
+
+
+def _log_url(ti: Any) -> str | None:
+    try:
+        return str(ti.log_url) if ti is not None else None
+    except Exception:  # a TI without an API base URL configured
+        return None
+
+
+def on_failure(context: Mapping[str, Any]) -> None:
+    """Airflow `on_failure_callback` (task and DAG level): log what failed, then alert.
+
+    Never raises, whatever the context holds or the webhook does.
+    """
+    try:
+        message = failure_message(context)
+        log.error(
+            "stockpipe failure: dag=%s task=%s run=%s try=%s: %s (logs: %s)",
+            message["dag_id"],
+            message["task_id"],
+            message["run_id"],
+            message["try_number"],
+            message["exception"],
+            message["log_url"],
+        )
+        send_alert(load_settings(), message)
+    except Exception:
+        log.exception("the stockpipe failure callback itself failed")
+
+
+def default_args(settings: Settings) -> dict[str, Any]:
+    """Every task's retries (exponential backoff) and failure callback."""
+    return {
+        "owner": "stockpipe",
+        "retries": settings.task_retries,
+        "retry_delay": timedelta(seconds=settings.retry_delay),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": MAX_RETRY_DELAY,
+        "on_failure_callback": on_failure,
+    }
+
+
+# ------------------------------------------------------------------ loading
+
+
+def chunked(items: Sequence[str], size: int) -> list[list[str]]:
+    """`items` in consecutive batches of at most `size` (each batch one mapped load task)."""
+    if size < 1:
+        raise SettingsError(f"STOCKPIPE_LOAD_BATCH_FILES must be at least 1, got {size}")
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def pending_batches(settings: Settings) -> list[list[str]]:
+    """The lake files not loaded yet, in batches of STOCKPIPE_LOAD_BATCH_FILES."""
+    from flows.warehouse import pending_files
+
+    files = pending_files(settings)
+    log.info("%d lake files are not in the load manifest yet", len(files))
+    return chunked(files, settings.load_batch_files)
+
+
+def parse_date_range(start: Any, end: Any) -> tuple[date, date]:
+    """The backfill's `start_date` and `end_date` params as dates, checked.
+
+    Both are inclusive `YYYY-MM-DD` dates (lake partition dates, UTC), start ≤ end,
+    at most BACKFILL_MAX_DAYS apart.
+    """
+    days = []
+    for name, value in (("start_date", start), ("end_date", end)):
+        try:
+            days.append(date.fromisoformat(str(value).strip()))
+        except ValueError:
+            raise StockpipeError(
+                f"backfill param {name}={value!r} is not a date: write YYYY-MM-DD, e.g. 2024-11-26"
+            ) from None
+    first, last = days
+    if first > last:
+        raise StockpipeError(
+            f"backfill start_date {first} is after end_date {last}: swap them or fix one"
+        )
+    if (last - first).days + 1 > BACKFILL_MAX_DAYS:
+        raise StockpipeError(
+            f"backfill range {first}..{last} spans more than {BACKFILL_MAX_DAYS} days: split it"
+        )
+    return first, last
+
+
+def partition_date(url: str) -> date | None:
+    """The `date=YYYY-MM-DD` partition of a lake bar file, or None if it has none."""
+    match = _DATE_PARTITION.search(url)
+    return date.fromisoformat(match.group(1)) if match else None
+
+
+def missing_batches(settings: Settings, first: date, last: date) -> list[list[str]]:
+    """Files of partitions first..last (inclusive) missing from the load manifest, batched."""
+    from flows.warehouse import pending_files
+
+    files = [
+        url
+        for url in pending_files(settings)
+        if (day := partition_date(url)) is not None and first <= day <= last
+    ]
+    log.info("%d lake files of %s..%s are missing from the load manifest", len(files), first, last)
+    return chunked(files, settings.load_batch_files)
+
+
+def load_batch(settings: Settings, files: Sequence[str]) -> dict[str, Any]:
+    """Load one batch (exactly once, safe to retry) and return its summary for XCom."""
+    from flows.warehouse import load_files
+
+    summary = load_files(settings, files, progress=False)
+    return {
+        "files": summary.files_loaded,
+        "rows": summary.rows,
+        "skipped_already_loaded": summary.files_found - summary.files_new,
+        "seconds": round(summary.seconds, 3),
+    }
+
+
+# ------------------------------------------------------------------ dbt
+
+
+def dbt_target_path(settings: Settings) -> Path:
+    """Where dbt writes its artifacts (STOCKPIPE_DBT_TARGET_PATH, default dbt/target)."""
+    return (settings.dbt_target_path or DBT_PROJECT_DIR / "target").expanduser().resolve()
+
+
+def dbt_executable() -> Path:
+    """The dbt beside this interpreter (the project's virtualenv), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dbt"
+    return beside if beside.exists() else Path("dbt")
+
+
+def dbt_profile_env(settings: Settings) -> dict[str, str]:
+    """The non-secret variables dbt/profiles.yml reads, enough for `dbt parse`."""
+    env = {"STOCKPIPE_DBT_TARGET": settings.dbt_target}
+    if settings.dbt_target == "duckdb":
+        env["STOCKPIPE_DUCKDB_PATH"] = str(settings.duckdb_path.expanduser().resolve())
+    return env
+
+
+def _project_mtime() -> float:
+    newest = (DBT_PROJECT_DIR / "dbt_project.yml").stat().st_mtime
+    for folder in ("models", "macros", "seeds", "tests", "snapshots"):
+        root = DBT_PROJECT_DIR / folder
+        if root.exists():
+            for path in root.rglob("*"):
+                if path.is_file():
+                    newest = max(newest, path.stat().st_mtime)
+    return newest
+
+
+def manifest_path(settings: Settings) -> Path:
+    """Where `dbt_manifest` keeps the manifest cosmos renders the task group from."""
+    return dbt_target_path(settings) / "airflow" / "manifest.json"
+
+
+def dbt_manifest(settings: Settings) -> Path:
+    """dbt's manifest.json for the project, re-made with `dbt parse` when the project changed.
+
+    Cosmos renders the task group from it at DAG-parse time. Parsing dbt is slow and
+    heavy, so it happens here only when the manifest is missing or older than a file
+    of the project, in a subprocess (dbt never gets imported by the DAG processor),
+    and the new manifest replaces the old one atomically.
+    """
+    manifest = manifest_path(settings)
+    if manifest.exists() and manifest.stat().st_mtime >= _project_mtime():
+        return manifest
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=manifest.parent) as scratch:
+        command = [
+            str(dbt_executable()),
+            "parse",
+            "--project-dir",
+            str(DBT_PROJECT_DIR),
+            "--profiles-dir",
+            str(DBT_PROJECT_DIR),
+            "--target-path",
+            scratch,
+            "--log-path",
+            scratch,
+        ]
+        done = subprocess.run(
+            command,
+            env={**os.environ, **dbt_profile_env(settings)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise StockpipeError(
+                f"dbt parse failed (exit {done.returncode}) for {DBT_PROJECT_DIR}: "
+                + " ".join((done.stdout + done.stderr).split())[-2000:]
+            )
+        os.replace(Path(scratch) / "manifest.json", manifest)
+    return manifest
+
+
+def _export_profile_env(context: Any, operator: Any) -> None:
+    """Cosmos interceptor: the variables dbt/profiles.yml reads, from the settings at run time.
+
+    It runs inside the task's execute, after Airflow recorded the rendered template
+    fields, so the values (secrets from `.env` included) reach dbt's environment and
+    nothing else: not the DAG's serialized form, not the UI.
+    """
+    from flows.transform import _dbt_environment
+
+    operator.env = {**(operator.env or {}), **_dbt_environment(load_settings())}
+
+
+def _release_dbt_duckdb(*_args: Any, **_kwargs: Any) -> None:
+    """Cosmos callback: close dbt-duckdb's cached database so the loader can open the file."""
+    from flows.transform import _release_duckdb
+
+    _release_duckdb()
+
+
+def dbt_task_group(
+    settings: Settings,
+    *,
+    group_id: str = "dbt_build",
+    full_refresh: bool | str = False,
+    trigger_rule: str = "all_success",
+    default_args: Mapping[str, Any] | None = None,
+) -> TaskGroup:
+    """The dbt project as an Airflow task group: one `dbt build --select <node>` per seed/model.
+
+    Built with astronomer-cosmos (ExecutionMode.LOCAL, InvocationMode.DBT_RUNNER,
+    TestBehavior.BUILD): each task builds its node and runs its tests in the task
+    process, with dbt/profiles.yml. Must be called inside a DAG definition.
+    """
+    from cosmos import (
+        DbtTaskGroup,
+        ExecutionConfig,
+        ProfileConfig,
+        ProjectConfig,
+        RenderConfig,
+    )
+    from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
+
+    project = ProjectConfig(
+        dbt_project_path=DBT_PROJECT_DIR,
+        manifest_path=dbt_manifest(settings),
+        install_dbt_deps=False,  # the project has no packages (dbt's hub is unreachable)
+    )
+    profile = ProfileConfig(
+        profile_name="stockpipe",
+        target_name=settings.dbt_target,
+        profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml",
+    )
+    execution = ExecutionConfig(
+        execution_mode=ExecutionMode.LOCAL,
+        invocation_mode=InvocationMode.DBT_RUNNER,
+        dbt_executable_path=str(dbt_executable()),
+    )
+    render = RenderConfig(
+        load_method=LoadMode.DBT_MANIFEST,
+        test_behavior=TestBehavior.BUILD,
+        emit_datasets=False,  # the DAG emits one Asset for the gold marts instead
+        # only used by `dbt ls`, which the manifest spares us; never dbtRunner at parse time
+        invocation_mode=InvocationMode.SUBPROCESS,
+        dbt_executable_path=str(dbt_executable()),
+    )
+    return DbtTaskGroup(
+        group_id=group_id,
+        project_config=project,
+        profile_config=profile,
+        execution_config=execution,
+        render_config=render,
+        operator_args={
+            "full_refresh": full_refresh,
+            "trigger_rule": trigger_rule,
+            "interceptors": [_export_profile_env],
+            "callback": _release_dbt_duckdb,
+        },
+        default_args=dict(default_args or {}),
+    )
+
+
+def source_freshness(settings: Settings) -> list[str]:
+    """`dbt source freshness`: stale sources are logged and alerted, and never raise.
+
+    Returns the stale sources as `unique_id: status` lines. Raises only when dbt
+    itself cannot run.
+    """
+    from flows.transform import _dbt_environment, _exported, _invoke, _release_duckdb
+
+    target = dbt_target_path(settings) / "freshness"
+    common = [
+        "--project-dir",
+        str(DBT_PROJECT_DIR),
+        "--profiles-dir",
+        str(DBT_PROJECT_DIR),
+        "--target",
+        settings.dbt_target,
+        "--target-path",
+        str(target),
+        "--log-path",
+        str(target / "logs"),
+    ]
+    with _exported(_dbt_environment(settings)):
+        try:
+            outcome = _invoke(["source", "freshness"], common)
+        finally:
+            if settings.dbt_target == "duckdb":
+                _release_duckdb()
+    stale = [
+        f"{r.node.unique_id}: {r.status}"
+        for r in getattr(outcome.result, "results", None) or []
+        if str(r.status) != "pass"
+    ]
+    if stale:
+        log.warning("stale sources: %s", "; ".join(stale))
+        send_alert(settings, {"event": "stockpipe.stale_source", "stale": stale})
+    else:
+        log.info("every source is fresh")
+    return stale

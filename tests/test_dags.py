@@ -1,0 +1,433 @@
+"""The Airflow DAGs, on real Airflow 3 (SQLite metadata), cosmos, dbt and DuckDB.
+
+Airflow reads its configuration when it is first imported, so everything that
+touches Airflow runs in subprocesses of this module's environment: one
+`airflow db migrate` per module, then one process per `dag.test()` run (as a
+worker would, and so no DuckDB handle or Airflow state leaks between runs).
+Alerts go to a tiny HTTP server on 127.0.0.1 that records every JSON POST.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import duckdb
+import fsspec
+import pytest
+from load_helpers import bar_rows, bars_table, write_bars
+
+from flows import orchestration
+from flows.errors import StockpipeError
+from flows.settings import load_settings
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+SYMBOLS = ["AAA", "BBB"]
+# Three NYSE sessions (Mon-Wed before Thanksgiving 2024): 14:30-21:00 UTC.
+DAYS = [datetime(2024, 11, day, 14, 30, tzinfo=UTC) for day in (25, 26, 27)]
+SESSION_MINUTES = 390
+HEAVY_MODULES = ("duckdb", "pyarrow", "dbt", "polars")
+
+LOAD_TASKS = {"find_new_files", "load_batch", "source_freshness", "publish_marts"}
+BACKFILL_TASKS = {"check_range", "find_missing_files", "load_batch", "publish_marts"}
+DBT_TASKS = {
+    "dbt_build.xnys_calendar_seed_build",
+    "dbt_build.stg_exchange_sessions_model_build",
+    "dbt_build.stg_bronze__bars_model_build",
+    "dbt_build.fct_bars_1m_model_build",
+    "dbt_build.fct_bars_daily_model_build",
+    "dbt_build.mart_trend_daily_model_build",
+    "dbt_build.mart_volatility_daily_model_build",
+    "dbt_build.mart_intraday_hourly_model_build",
+    "dbt_build.mart_correlation_daily_model_build",
+}
+
+# Run inside a fresh interpreter: one dag.test() of argv[1] with run conf argv[2],
+# the run's state and task states written as JSON to argv[3].
+DAG_TEST = textwrap.dedent(
+    """
+    import json, sys
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag()
+    assert not bag.import_errors, bag.import_errors
+    run = bag.dags[sys.argv[1]].test(run_conf=json.loads(sys.argv[2]))
+    tasks = {}
+    for ti in run.get_task_instances():
+        key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
+        tasks[key] = {"state": str(ti.state), "try_number": ti.try_number}
+    with open(sys.argv[3], "w") as out:
+        json.dump({"state": str(run.state), "tasks": tasks}, out)
+    """
+)
+
+# Parse dags/ in a fresh interpreter: which heavy modules got imported, then the
+# structure of every DAG, as JSON on the last line of stdout.
+PARSE_AND_DESCRIBE = textwrap.dedent(
+    """
+    import json, sys
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag()
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in sys.argv[1].split(","))
+    dags = {}
+    for dag_id, dag in bag.dags.items():
+        load = dag.get_task("load_batch")
+        dags[dag_id] = {
+            "timetable": type(dag.timetable).__name__,
+            "interval": str(getattr(dag.timetable, "delta", None)),
+            "max_active_runs": dag.max_active_runs,
+            "catchup": dag.catchup,
+            "params": sorted(dag.params),
+            "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
+            "mapped": [t.task_id for t in dag.tasks if getattr(t, "is_mapped", False)],
+            "retries": load.retries,
+            "backoff": load.retry_exponential_backoff,
+            "max_retry_delay": load.max_retry_delay.total_seconds(),
+            "task_callback": bool(load.on_failure_callback),
+            "dag_callback": bool(dag.on_failure_callback),
+            "outlets": [a.uri for a in dag.get_task("publish_marts").outlets],
+        }
+    print(json.dumps({"errors": bag.import_errors, "heavy": heavy, "dags": dags}))
+    """
+)
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        type(self).received.append(
+            {"content_type": self.headers.get("Content-Type"), "json": json.loads(body)}
+        )
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    """A local HTTP endpoint on a free port; yields its URL and the list of POSTs it got."""
+    received: list[dict] = []
+    handler = type("Recorder", (_Recorder,), {"received": received})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/alerts", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An AIRFLOW_HOME with a migrated SQLite database, and the DAG folder of this repo."""
+    home = tmp_path_factory.mktemp("airflow_home")
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__COSMOS__CACHE_DIR": str(home / "cosmos"),
+        "PYTHONPATH": str(REPO),
+    }
+    done = subprocess.run(
+        [str(VENV_BIN / "airflow"), "db", "migrate"],
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # dbt parse once for the module; each test starts from a copy of its manifest
+    shared = load_settings(dbt_target_path=home / "dbt_target")
+    orchestration.dbt_manifest(shared)
+    env["STOCKPIPE_DBT_TARGET_PATH"] = str(home / "dbt_target")
+    return env
+
+
+@dataclass
+class Pipeline:
+    """Where one test's lake, warehouse and dbt artifacts live, and how to run a DAG on them."""
+
+    env: dict[str, str]
+    workdir: Path
+    lake: Path
+    warehouse: Path
+    started: datetime
+
+    def run_dag(self, dag_id: str, conf: dict | None = None) -> dict:
+        out = self.workdir / f"run-{dag_id}-{len(list(self.workdir.glob('run-*')))}.json"
+        done = subprocess.run(
+            [sys.executable, "-c", DAG_TEST, dag_id, json.dumps(conf or {}), str(out)],
+            env=self.env,
+            cwd=self.workdir,  # no stray .env file of the developer's checkout
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0 and out.exists(), done.stdout[-5000:] + done.stderr[-5000:]
+        return json.loads(out.read_text())
+
+    def gold_mart_events(self) -> list[dict]:
+        """The extras of the Asset events of stockpipe://gold/marts this test's runs emitted."""
+        with closing(sqlite3.connect(self.env["AIRFLOW_HOME"] + "/airflow.db")) as con:
+            rows = con.execute(
+                "select e.extra from asset_event e join asset a on a.id = e.asset_id"
+                " where a.uri = ? and e.timestamp >= ? order by e.timestamp",
+                ("stockpipe://gold/marts", self.started.strftime("%Y-%m-%d %H:%M:%S.%f")),
+            ).fetchall()
+        return [json.loads(extra) for (extra,) in rows]
+
+    def query(self, sql: str) -> list[tuple]:
+        with duckdb.connect(str(self.warehouse), read_only=True) as con:
+            return con.execute(sql).fetchall()
+
+
+@pytest.fixture
+def pipeline(
+    tmp_path: Path,
+    airflow_env: dict[str, str],
+    webhook: tuple[str, list[dict]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Pipeline:
+    url, received = webhook
+    received.clear()
+    settings_env = {
+        "STOCKPIPE_LAKE_URL": str(tmp_path / "lake"),
+        "STOCKPIPE_WAREHOUSE": f"duckdb:///{tmp_path / 'wh.duckdb'}",
+        "STOCKPIPE_DBT_TARGET_PATH": str(tmp_path / "dbt_target"),
+        "STOCKPIPE_ALERT_WEBHOOK": url,
+        "STOCKPIPE_LOAD_BATCH_FILES": "4",  # 6 files: two mapped load tasks
+        "STOCKPIPE_TASK_RETRIES": "1",
+        "STOCKPIPE_RETRY_DELAY": "1s",
+    }
+    for name, value in settings_env.items():
+        monkeypatch.setenv(name, value)
+    manifest = orchestration.manifest_path(load_settings())
+    manifest.parent.mkdir(parents=True)
+    shutil.copy2(
+        orchestration.manifest_path(
+            load_settings(dbt_target_path=airflow_env["STOCKPIPE_DBT_TARGET_PATH"])
+        ),
+        manifest,
+    )
+    return Pipeline(
+        env={**airflow_env, **settings_env},
+        workdir=tmp_path,
+        lake=tmp_path / "lake",
+        warehouse=tmp_path / "wh.duckdb",
+        started=datetime.now(UTC),
+    )
+
+
+def write_sessions(lake: Path, days: list[datetime] = DAYS) -> int:
+    """One contract-2 file per symbol and session of one-minute bars; returns the row count."""
+    fs = fsspec.filesystem("file")
+    rows = 0
+    for day in days:
+        for seed, symbol in enumerate(SYMBOLS):
+            bars = bar_rows(SESSION_MINUTES, symbol=symbol, start=day, seed=seed)
+            write_bars(fs, str(lake), bars, name=f"{symbol}-{day:%Y%m%d}")
+            rows += len(bars)
+    return rows
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_dag_folder_parses_without_heavy_imports_into_the_designed_dags(
+    airflow_env: dict[str, str],
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PARSE_AND_DESCRIBE, ",".join(HEAVY_MODULES)],
+        env=airflow_env,
+        cwd=airflow_env["AIRFLOW_HOME"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    parsed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert parsed["errors"] == {}
+    assert parsed["heavy"] == []  # no duckdb, pyarrow, dbt or polars while parsing
+    dags = parsed["dags"]
+    assert set(dags["stockpipe_load"]["upstream"]) == LOAD_TASKS | DBT_TASKS
+    assert set(dags["stockpipe_backfill"]["upstream"]) == BACKFILL_TASKS | DBT_TASKS
+
+    load = dags["stockpipe_load"]
+    assert load["max_active_runs"] == 1 and load["catchup"] is False
+    # STOCKPIPE_LOAD_INTERVAL, 5 minutes by default
+    assert load["timetable"] == "DeltaTriggerTimetable", load["timetable"]
+    assert load["interval"] == "0:05:00"
+    assert load["mapped"] == ["load_batch"]
+    # retry_exponential_backoff=True: Airflow 3.3 stores it as the multiplier 2.0
+    assert load["backoff"] == 2.0 and load["retries"] >= 1 and load["max_retry_delay"] == 600
+    assert load["task_callback"] and load["dag_callback"]
+    assert load["outlets"] == ["stockpipe://gold/marts"]
+    up = load["upstream"]
+    assert up["load_batch"] == ["find_new_files"]
+    assert up["dbt_build.stg_bronze__bars_model_build"] == ["load_batch"]
+    assert up["dbt_build.fct_bars_1m_model_build"] == [
+        "dbt_build.stg_bronze__bars_model_build",
+        "dbt_build.stg_exchange_sessions_model_build",
+    ]
+    assert up["dbt_build.mart_trend_daily_model_build"] == ["dbt_build.fct_bars_daily_model_build"]
+    assert "dbt_build.mart_trend_daily_model_build" in up["source_freshness"]
+    assert up["publish_marts"] == ["find_new_files", "source_freshness"]
+
+    backfill = dags["stockpipe_backfill"]
+    assert backfill["timetable"] == "NullTimetable" and backfill["max_active_runs"] == 1
+    assert backfill["params"] == ["end_date", "full_refresh", "start_date"]
+    assert backfill["mapped"] == ["load_batch"]
+    assert backfill["upstream"]["find_missing_files"] == ["check_range"]
+    assert "check_range" in backfill["upstream"]["publish_marts"]
+    assert backfill["outlets"] == ["stockpipe://gold/marts"]
+
+
+def test_load_dag_loads_new_files_builds_the_marts_then_is_a_no_op(
+    pipeline: Pipeline, webhook: tuple[str, list[dict]]
+) -> None:
+    rows = write_sessions(pipeline.lake)
+
+    first = pipeline.run_dag("stockpipe_load")
+    assert first["state"] == "success", first["tasks"]
+    assert {k for k in first["tasks"] if k.startswith("load_batch")} == {
+        "load_batch[0]",
+        "load_batch[1]",
+    }
+    assert all(t["state"] == "success" for t in first["tasks"].values()), first["tasks"]
+    assert pipeline.query("select count(*) from bronze.bars") == [(rows,)]
+    assert pipeline.query("select count(*) from bronze.load_manifest") == [(6,)]
+    assert pipeline.query("select count(*) from silver.fct_bars_1m") == [(rows,)]
+    daily = pipeline.query(
+        "select symbol, trade_date, bar_count from gold.fct_bars_daily order by 1, 2"
+    )
+    assert [(s, str(d)) for s, d, _ in daily] == [
+        (symbol, f"2024-11-{day}") for symbol in SYMBOLS for day in (25, 26, 27)
+    ]
+    assert {count for *_, count in daily} == {SESSION_MINUTES}
+    for mart in ("mart_trend_daily", "mart_volatility_daily", "mart_intraday_hourly"):
+        assert pipeline.query(f"select count(*) from gold.{mart}")[0][0] > 0, mart
+    manifest = pipeline.query("select path, loaded_at from bronze.load_manifest order by 1")
+    assert pipeline.gold_mart_events() == [{"files_loaded": 6}]
+
+    second = pipeline.run_dag("stockpipe_load")
+    assert second["state"] == "success", second["tasks"]
+    assert second["tasks"]["find_new_files"]["state"] == "success"
+    assert second["tasks"]["load_batch"]["state"] == "skipped"  # mapped over no batches
+    assert second["tasks"]["source_freshness"]["state"] == "success"
+    assert second["tasks"]["publish_marts"]["state"] == "skipped"  # no asset event
+    assert pipeline.query("select path, loaded_at from bronze.load_manifest order by 1") == manifest
+    assert pipeline.query("select count(*) from bronze.bars") == [(rows,)]
+    assert pipeline.gold_mart_events() == [{"files_loaded": 6}]
+    _, received = webhook
+    assert not [m for m in received if m["json"]["event"] == "stockpipe.failure"]
+
+
+def test_failing_load_fails_the_run_and_alerts_the_webhook(
+    pipeline: Pipeline, webhook: tuple[str, list[dict]]
+) -> None:
+    fs = fsspec.filesystem("file")
+    rows = bar_rows(10, symbol="AAA", start=DAYS[0])
+    broken = bars_table(rows).drop_columns(["close"])  # a contract-2 column is missing
+    write_bars(fs, str(pipeline.lake), rows, name="no-close", table=broken)
+
+    run = pipeline.run_dag("stockpipe_load")
+
+    assert run["state"] == "failed"
+    assert run["tasks"]["load_batch[0]"] == {"state": "failed", "try_number": 2}  # one retry
+    assert run["tasks"]["dbt_build.stg_bronze__bars_model_build"]["state"] == "upstream_failed"
+    _, received = webhook
+    failures = [m for m in received if m["json"]["event"] == "stockpipe.failure"]
+    assert failures, received
+    assert all(m["content_type"] == "application/json" for m in failures)
+    assert {m["json"]["level"] for m in failures} == {"task", "dag"}
+    task_alert = next(m["json"] for m in failures if m["json"]["level"] == "task")
+    assert task_alert["dag_id"] == "stockpipe_load"
+    assert task_alert["try_number"] == 2
+    assert task_alert["run_id"]
+    assert "close" in task_alert["exception"] and "LoadError" in task_alert["exception"]
+    assert "/dags/stockpipe_load/runs/" in task_alert["log_url"]
+    dag_alert = next(m["json"] for m in failures if m["json"]["level"] == "dag")
+    assert (dag_alert["dag_id"], dag_alert["run_id"]) == ("stockpipe_load", task_alert["run_id"])
+
+
+def test_backfill_loads_only_the_range_and_rebuilds_the_marts(pipeline: Pipeline) -> None:
+    write_sessions(pipeline.lake, DAYS[:1])
+    in_range = write_sessions(pipeline.lake, DAYS[1:2])
+    assert in_range
+
+    run = pipeline.run_dag(
+        "stockpipe_backfill",
+        {"start_date": "2024-11-26", "end_date": "2024-11-26", "full_refresh": True},
+    )
+
+    assert run["state"] == "success", run["tasks"]
+    loaded_days = pipeline.query(
+        "select distinct window_start::date::varchar from bronze.bars order by 1"
+    )
+    assert loaded_days == [("2024-11-26",)]
+    assert pipeline.query("select count(*) from bronze.bars") == [(in_range,)]
+    assert pipeline.gold_mart_events() == [
+        {"backfill": ["2024-11-26", "2024-11-26"], "full_refresh": True}
+    ]
+    assert pipeline.query(
+        "select symbol, trade_date::varchar from gold.fct_bars_daily order by 1"
+    ) == [(symbol, "2024-11-26") for symbol in SYMBOLS]
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "problem"),
+    [
+        ("2024-11-27", "2024-11-25", "after end_date"),
+        ("2024-13-01", "2024-12-01", "start_date='2024-13-01' is not a date"),
+        ("2024-11-25", "", "end_date='' is not a date"),
+        ("2020-01-01", "2024-01-01", "more than 366 days"),
+    ],
+)
+def test_backfill_range_is_checked_before_anything_runs(start: str, end: str, problem: str) -> None:
+    with pytest.raises(StockpipeError, match=re.escape(problem)):
+        orchestration.parse_date_range(start, end)
+    assert orchestration.parse_date_range(" 2024-11-25", "2024-11-25") == (
+        date(2024, 11, 25),
+        date(2024, 11, 25),
+    )
+
+
+def test_failure_callback_never_raises_when_the_webhook_is_down(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("STOCKPIPE_ALERT_WEBHOOK", "http://127.0.0.1:9/down")  # discard port
+
+    orchestration.on_failure({"run_id": "manual__x", "exception": RuntimeError("boom")})
+    orchestration.on_failure({"task_instance": object()})  # a context it does not understand
+
+    assert "RuntimeError: boom" in caplog.text
+    assert "could not deliver the alert" in caplog.text
