@@ -176,6 +176,7 @@ class SymbolBars:
         "min_open_end",
         "duplicates",
         "too_late",
+        "evicted_through",
     )
 
     def __init__(self, rules: BarRules):
@@ -189,6 +190,7 @@ class SymbolBars:
         self.min_open_end: int | None = None
         self.duplicates = 0
         self.too_late = 0
+        self.evicted_through = -1  # horizon (ms) of the last closed-bar eviction
 
     # -- the event-time clock -------------------------------------------------
 
@@ -292,13 +294,15 @@ class SymbolBars:
         while expiry and expiry[0][0] < max_ts:
             _, tid = expiry.popleft()
             seen.pop(tid, None)
+        # Closed bars can only leave the horizon when it crosses a window boundary:
+        # look at them once per window of event time, not on every tick.
+        bar_ms = self.rules.bar_ms
         horizon = max_ts - self.rules.lateness_ms - self.rules.restate_ms
-        if self.closed:
-            bar_ms = self.rules.bar_ms
-            oldest = min(self.closed)
-            if oldest + bar_ms <= horizon:
-                for ws in [w for w in self.closed if w + bar_ms <= horizon]:
-                    del self.closed[ws]
+        horizon -= horizon % bar_ms
+        if horizon > self.evicted_through:
+            self.evicted_through = horizon
+            for ws in [w for w in self.closed if w + bar_ms <= horizon]:
+                del self.closed[ws]
 
     # -- recovery ------------------------------------------------------------------
 

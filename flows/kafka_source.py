@@ -176,6 +176,8 @@ class TickSource(FixedPartitionedSource[RawMessage, int]):
             "statistics.interval.ms": 5000,
             "fetch.wait.max.ms": 50,
             "queued.min.messages": 200_000,
+            # read-ahead per partition: librdkafka's 64 MB default costs ~300 MB at 4 partitions
+            "queued.max.messages.kbytes": 16_384,
             **self._add_config,
         }
         offset = OFFSET_BEGINNING if resume_state is None else resume_state

@@ -20,6 +20,8 @@ SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.:_\-]{0,31}$")
 MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_AHEAD_MS = 86_400_000  # a tick may be at most one day ahead of the wall clock
 MAX_ID_LEN = 256
+_KNOWN_SYMBOLS: set[str] = set()  # symbols already matched: the regex runs once per symbol
+_KNOWN_SYMBOLS_MAX = 100_000
 
 
 class Tick(NamedTuple):
@@ -105,8 +107,11 @@ def parse_tick(value: bytes | None, key: bytes | None, now_ms: int) -> Tick:
     symbol = obj.get("symbol")
     if symbol is None:
         raise BadTick("missing-symbol", "no 'symbol' field")
-    if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
-        raise BadTick("bad-symbol", f"symbol must match {SYMBOL_RE.pattern}, got {symbol!r}")
+    if not isinstance(symbol, str) or symbol not in _KNOWN_SYMBOLS:
+        if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
+            raise BadTick("bad-symbol", f"symbol must match {SYMBOL_RE.pattern}, got {symbol!r}")
+        if len(_KNOWN_SYMBOLS) < _KNOWN_SYMBOLS_MAX:
+            _KNOWN_SYMBOLS.add(symbol)
     if key is not None and key != symbol.encode():
         raise BadTick(
             "key-mismatch", f"message key {key.decode('utf-8', 'replace')!r} != symbol {symbol!r}"
