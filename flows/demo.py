@@ -211,24 +211,22 @@ def run_demo(
         stage("Bytewax worker (stockpipe stream), streaming as ticks arrive")
         stream = children.start(cfg, "stream", "--exit-when-idle", "20", log=logs / "stream.log")
 
-        session_open, session_close = last_session()
+        session_open, _session_close = last_session()
         history_start = session_open - timedelta(days=history_days)
-        stage(f"{history_days} days of simulated history before {session_open:%Y-%m-%d}")
-        with console.status("producing history as fast as possible…"):
-            hist = children.start(
-                cfg,
-                "produce", "--source", "sim", "--seed", "7",
-                "--start", history_start.isoformat(),
-                "--duration", f"{(session_open - history_start).total_seconds() - 3600:.0f}s",
-                "--intensity", "0.01", "--as-fast-as-possible",
-                log=logs / "produce-history.log",
-            )  # fmt: skip
-            _wait(hist, "producing history", logs / "produce-history.log", 900)
-
         if source == "finnhub":
+            stage(f"{history_days} days of simulated history before today")
+            with console.status("producing history as fast as possible…"):
+                hist = children.start(
+                    cfg,
+                    "produce", "--source", "sim", "--seed", "7", "--intensity", "0.01",
+                    "--start", history_start.isoformat(), "--as-fast-as-possible",
+                    "--duration", f"{(session_open - history_start).total_seconds():.0f}s",
+                    log=logs / "produce-history.log",
+                )  # fmt: skip
+                _wait(hist, "producing history", logs / "produce-history.log", 900)
             stage(f"live Finnhub trades for {live_minutes:g} minutes")
             live = children.start(
-                cfg, "produce", "--source", "finnhub", "--count", "1000000000",
+                cfg, "produce", "--source", "finnhub",
                 log=logs / "produce-live.log",
             )  # fmt: skip
             time.sleep(live_minutes * 60)
@@ -237,20 +235,22 @@ def run_demo(
         else:
             speed = SESSION_SECONDS / session_wall_seconds
             stage(
-                f"the {session_open:%Y-%m-%d} session 09:30–16:00 ET, {speed:.0f}× compressed "
-                "(with duplicates, out-of-order, late, too-late and bad ticks)"
+                f"{history_days} days of simulated history as fast as possible, then the "
+                f"{session_open:%Y-%m-%d} session 09:30–16:00 ET {speed:.0f}× compressed, on one "
+                "price path (with duplicates, out-of-order, late, too-late and bad ticks)"
             )
-            with console.status("producing the session; the worker writes bars as it goes…"):
+            with console.status("producing; the worker writes bars as it goes…"):
                 live = children.start(
                     cfg,
                     "produce", "--source", "sim", "--seed", "42",
+                    "--warmup-from", history_start.isoformat(), "--warmup-intensity", "0.01",
                     "--start", session_open.isoformat(), "--duration", f"{SESSION_SECONDS:.0f}s",
                     "--speed", f"{speed:.1f}",
                     "--duplicates", "0.01", "--out-of-order", "0.01", "--late", "0.002",
                     "--too-late", "0.0005", "--bad", "0.001",
-                    log=logs / "produce-session.log",
+                    log=logs / "produce.log",
                 )  # fmt: skip
-                _wait(live, "producing the session", logs / "produce-session.log", 3600)
+                _wait(live, "producing ticks", logs / "produce.log", 3600)
 
         with console.status("the worker emits the last open windows and flushes its files…"):
             _wait(stream, "the Bytewax worker", logs / "stream.log", 600)
@@ -292,7 +292,7 @@ def run_demo(
     )
     console.print(f"  warehouse:  {paths.warehouse}")
     console.print(
-        "              .venv/bin/python -c \"import duckdb; print(duckdb.connect("
+        '              .venv/bin/python -c "import duckdb; print(duckdb.connect('
         f"'{paths.warehouse}', read_only=True).sql('select * from gold.mart_trend_daily "
         "order by trade_date desc limit 8'))\""
     )

@@ -263,3 +263,24 @@ def test_a_bad_record_with_a_future_ts_does_not_hold_back_pacing():
     for item in items:
         assert pacer.wait(event_ts(item))
     assert time.monotonic() - started < 5  # 1 s of event time at 100x, not 75 years
+
+
+def test_warmup_history_is_sparse_and_leads_into_the_session_on_one_price_path():
+    import math
+    from datetime import UTC, datetime
+
+    from flows.producers import simulate
+
+    session_open = int(datetime(2025, 3, 4, 14, 30, tzinfo=UTC).timestamp() * 1000)
+    start = session_open - 14 * 86_400_000
+    ticks = list(
+        simulate(["COIN"], seed=3, start_ms=start, end_ms=session_open + 3_600_000,
+                 warmup_until_ms=session_open, warmup_intensity=0.01)
+    )  # fmt: skip
+    before = [t for t in ticks if t.ts < session_open]
+    after = [t for t in ticks if t.ts >= session_open]
+    # ~9 sessions of history at 1% vs one hour at full rate (COIN: ~6 trades/s)
+    assert 0 < len(before) < 0.1 * len(after) * 9 * 6.5
+    assert len(after) > 10_000
+    # one continuous path: the session opens near the last historical price
+    assert abs(math.log(after[0].price / before[-1].price)) < 0.25

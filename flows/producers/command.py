@@ -199,6 +199,18 @@ def produce_command(
             "--intensity", help="sim: scale every symbol's trade rate (0.01: a hundredth)."
         ),
     ] = 1.0,
+    warmup_from: Annotated[
+        str | None,
+        typer.Option(
+            "--warmup-from",
+            help="sim: also simulate history from this ISO time up to --start, at "
+            "--warmup-intensity and without pacing, on the same price path.",
+            show_default=False,
+        ),
+    ] = None,
+    warmup_intensity: Annotated[
+        float, typer.Option("--warmup-intensity", help="sim: trade-rate scale of the warm-up.")
+    ] = 0.01,
     # finnhub
     mode: Annotated[
         Mode,
@@ -243,8 +255,8 @@ def produce_command(
 
     # everything that can be wrong with the options is checked before Kafka is touched
     job = _plan(source, settings, file, wanted, speed, rate, seed, start, duration, count,
-                duplicates, out_of_order, late, too_late, bad, intensity, mode, stall_timeout,
-                calls_per_minute)  # fmt: skip
+                duplicates, out_of_order, late, too_late, bad, intensity, warmup_from,
+                warmup_intensity, mode, stall_timeout, calls_per_minute)  # fmt: skip
     with stop_on_signals() as stop, TickWriter(settings) as writer:
         started = time.monotonic()
         typer.echo(
@@ -279,6 +291,8 @@ def _plan(
     too_late: float,
     bad: float,
     intensity: float,
+    warmup_from: str | None,
+    warmup_intensity: float,
     mode: Mode,
     stall_timeout: str | None,
     calls_per_minute: int | None,
@@ -288,6 +302,11 @@ def _plan(
         from flows.producers.sim import simulate
 
         start_ms = _parse_start(start)
+        sim_from_ms = start_ms
+        if warmup_from is not None:
+            sim_from_ms = _parse_start(warmup_from)
+            if sim_from_ms >= start_ms:
+                raise StockpipeError(f"--warmup-from {warmup_from!r} must be before --start")
         end_ms = None
         if duration is not None:
             try:
@@ -297,7 +316,7 @@ def _plan(
         items = simulate(
             symbols,
             seed,
-            start_ms,
+            sim_from_ms,
             count,
             end_ms,
             duplicates=_probability("--duplicates", duplicates),
@@ -306,6 +325,8 @@ def _plan(
             too_late=_probability("--too-late", too_late),
             bad=_probability("--bad", bad),
             intensity=_positive("--intensity", intensity),
+            warmup_until_ms=start_ms if warmup_from is not None else None,
+            warmup_intensity=_positive("--warmup-intensity", warmup_intensity),
         )
         # paced from the start time, so the quiet hours before a session take time too
         return lambda writer, stop: pump(

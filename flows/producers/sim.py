@@ -175,7 +175,14 @@ def _crypto_segments(start_ms: int) -> Iterator[tuple[int, int, float, float]]:
 class _SymbolSim:
     """One symbol's trade arrivals (piecewise-constant Poisson) and price path."""
 
-    def __init__(self, symbol: str, seed: int, start_ms: int, intensity: float = 1.0):
+    def __init__(
+        self,
+        symbol: str,
+        seed: int,
+        start_ms: int,
+        intensity: float = 1.0,
+        warmup: tuple[int, float] | None = None,
+    ):
         self.symbol = symbol
         self.p = profile_for(symbol)
         self.rng = random.Random(f"{seed}:{symbol}")
@@ -183,6 +190,10 @@ class _SymbolSim:
         self.seg = next(self.segments)
         self.t = float(start_ms)
         self.per_ms = self.p.trades_per_s * intensity / 1000.0
+        # (until_ms, intensity): a sparser stretch before `until_ms`, e.g. months of
+        # history leading into a full-rate session along one continuous price path
+        self.warmup_until = warmup[0] if warmup else None
+        self.warmup_per_ms = self.p.trades_per_s * warmup[1] / 1000.0 if warmup else 0.0
         year_ms = _CRYPTO_YEAR_MS if self.p.crypto else _STOCK_YEAR_MS
         self.var_per_ms = self.p.vol**2 / year_ms
         self.jumps_per_ms = self.p.jumps_per_year / year_ms
@@ -196,21 +207,24 @@ class _SymbolSim:
         """Event time of the next trade, and the variance time (ms) elapsed until it."""
         need = self.rng.expovariate(1.0)  # unit-rate exponential, spent at the session's rate
         tau = 0.0
-        per_ms = self.per_ms
         while True:
             lo, hi, intensity, weight = self.seg
             if self.t < lo:  # the market was closed in between: an overnight gap
                 tau += _OVERNIGHT_VARIANCE_MS
                 self.t = float(lo)
+            per_ms, until = self.per_ms, hi
+            if self.warmup_until is not None and self.t < self.warmup_until:
+                per_ms, until = self.warmup_per_ms, min(hi, self.warmup_until)
             rate = per_ms * intensity
-            if self.t + need / rate < hi:
+            if self.t + need / rate < until:
                 dt = need / rate
                 self.t += dt
                 return self.t, tau + dt * weight
-            need -= (hi - self.t) * rate
-            tau += (hi - self.t) * weight
-            self.t = float(hi)
-            self.seg = next(self.segments)
+            need -= (until - self.t) * rate
+            tau += (until - self.t) * weight
+            self.t = float(until)
+            if until == hi:
+                self.seg = next(self.segments)
 
     def next_trade(self) -> Tick:
         t, tau = self.next_arrival()
@@ -265,10 +279,15 @@ class _SymbolSim:
 
 
 def _trades(
-    symbols: Sequence[str], seed: int, start_ms: int, end_ms: int | None, intensity: float
+    symbols: Sequence[str],
+    seed: int,
+    start_ms: int,
+    end_ms: int | None,
+    intensity: float,
+    warmup: tuple[int, float] | None = None,
 ) -> Iterator[Tick]:
     """Every symbol's trades merged in event-time order (ties by symbol order)."""
-    sims = [_SymbolSim(s, seed, start_ms, intensity) for s in symbols]
+    sims = [_SymbolSim(s, seed, start_ms, intensity, warmup) for s in symbols]
     heap = [(tick.ts, i, tick) for i, sim in enumerate(sims) for tick in [sim.next_trade()]]
     heapq.heapify(heap)
     while heap:
@@ -390,6 +409,8 @@ def simulate(
     too_late: float = 0.0,
     bad: float = 0.0,
     intensity: float = 1.0,
+    warmup_until_ms: int | None = None,
+    warmup_intensity: float = 0.01,
 ) -> Iterator[Item]:
     """Simulated trades for `symbols`, in event-time order, deterministic for a seed.
 
@@ -403,6 +424,8 @@ def simulate(
     duplicates, out_of_order, late, too_late, bad: fault probabilities per
         simulated trade (see the module docstring).
     intensity: scales every symbol's trade arrival rate (0.1: a tenth of the trades).
+    warmup_until_ms: before this event time trade at `warmup_intensity` instead
+        (history leading into a full-rate session, on one price path).
 
     Yields `Tick`s, and `(key, raw bytes | None)` for injected bad records.
     """
@@ -418,7 +441,10 @@ def simulate(
         start_ms = int(datetime.now(UTC).timestamp() * 1000)
     if intensity <= 0:
         raise ValueError(f"intensity must be > 0, got {intensity!r}")
-    trades = _trades(list(symbols), seed, start_ms, end_ms, intensity)
+    if warmup_until_ms is not None and warmup_intensity <= 0:
+        raise ValueError(f"warmup_intensity must be > 0, got {warmup_intensity!r}")
+    warmup = (warmup_until_ms, warmup_intensity) if warmup_until_ms is not None else None
+    trades = _trades(list(symbols), seed, start_ms, end_ms, intensity, warmup)
     rng = random.Random(f"{seed}:faults")
     items: Iterator[Item] = _with_faults(trades, rng, duplicates, out_of_order, late, too_late, bad)
     if count is not None:
