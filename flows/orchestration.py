@@ -216,7 +216,9 @@ def load_batch(settings: Settings, files: Sequence[str]) -> dict[str, Any]:
 
 def dbt_target_path(settings: Settings) -> Path:
     """Where dbt writes its artifacts (STOCKPIPE_DBT_TARGET_PATH, default dbt/target)."""
-    return (settings.dbt_target_path or DBT_PROJECT_DIR / "target").expanduser().resolve()
+    from flows.transform import dbt_target_path as target_path
+
+    return target_path(settings)
 
 
 def dbt_executable() -> Path:
@@ -298,16 +300,16 @@ def _export_profile_env(context: Any, operator: Any) -> None:
     fields, so the values (secrets from `.env` included) reach dbt's environment and
     nothing else: not the DAG's serialized form, not the UI.
     """
-    from flows.transform import _dbt_environment
+    from flows.transform import dbt_environment
 
-    operator.env = {**(operator.env or {}), **_dbt_environment(load_settings())}
+    operator.env = {**(operator.env or {}), **dbt_environment(load_settings())}
 
 
 def _release_dbt_duckdb(*_args: Any, **_kwargs: Any) -> None:
     """Cosmos callback: close dbt-duckdb's cached database so the loader can open the file."""
-    from flows.transform import _release_duckdb
+    from flows.transform import release_duckdb
 
-    _release_duckdb()
+    release_duckdb()
 
 
 def dbt_task_group(
@@ -378,27 +380,10 @@ def source_freshness(settings: Settings) -> list[str]:
     Returns the stale sources as `unique_id: status` lines. Raises only when dbt
     itself cannot run.
     """
-    from flows.transform import _dbt_environment, _exported, _invoke, _release_duckdb
+    from flows.transform import dbt_session, invoke
 
-    target = dbt_target_path(settings) / "freshness"
-    common = [
-        "--project-dir",
-        str(DBT_PROJECT_DIR),
-        "--profiles-dir",
-        str(DBT_PROJECT_DIR),
-        "--target",
-        settings.dbt_target,
-        "--target-path",
-        str(target),
-        "--log-path",
-        str(target / "logs"),
-    ]
-    with _exported(_dbt_environment(settings)):
-        try:
-            outcome = _invoke(["source", "freshness"], common)
-        finally:
-            if settings.dbt_target == "duckdb":
-                _release_duckdb()
+    with dbt_session(settings, dbt_target_path(settings) / "freshness") as common:
+        outcome = invoke(["source", "freshness"], common)
     stale = [
         f"{r.node.unique_id}: {r.status}"
         for r in getattr(outcome.result, "results", None) or []

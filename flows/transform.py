@@ -50,7 +50,7 @@ class TransformResult:
         return self.target_path / "index.html"
 
 
-def _dbt_environment(settings: Settings) -> dict[str, str]:
+def dbt_environment(settings: Settings) -> dict[str, str]:
     """The variables `dbt/profiles.yml` reads, from the settings (secrets stay in memory)."""
     env = {"STOCKPIPE_DBT_TARGET": settings.dbt_target}
     if settings.dbt_target == "duckdb":
@@ -93,7 +93,7 @@ def _exported(env: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _invoke(command: list[str], common: list[str]) -> Any:
+def invoke(command: list[str], common: list[str]) -> Any:
     """Run one dbt command; raise `StockpipeError` if dbt itself could not run."""
     from dbt.cli.main import dbtRunner
 
@@ -115,7 +115,7 @@ def _failures(outcome: Any) -> list[str]:
     return lines
 
 
-def _release_duckdb() -> None:
+def release_duckdb() -> None:
     """Close the DuckDB database dbt-duckdb keeps open for the life of the process.
 
     Without this, the warehouse file stays locked and later connections from this
@@ -131,13 +131,17 @@ def _release_duckdb() -> None:
     gc.collect()
 
 
-def transform(settings: Settings, *, select: str | None = None) -> TransformResult:
-    """Check source freshness, `dbt build` (optionally only `select`), then `dbt docs generate`.
+def dbt_target_path(settings: Settings) -> Path:
+    """Where dbt writes its artifacts (STOCKPIPE_DBT_TARGET_PATH, default dbt/target)."""
+    return (settings.dbt_target_path or DBT_PROJECT_DIR / "target").expanduser().resolve()
 
-    Raises `StockpipeError` naming every failing model or test. Stale sources are
-    reported in `TransformResult.stale_sources` and never fail the run.
+
+@contextmanager
+def dbt_session(settings: Settings, target_path: Path) -> Iterator[list[str]]:
+    """The profile's variables exported, and the arguments every dbt command takes.
+
+    On DuckDB, the database dbt-duckdb keeps open is released afterwards.
     """
-    target_path = (settings.dbt_target_path or DBT_PROJECT_DIR / "target").expanduser().resolve()
     common = [
         "--project-dir",
         str(DBT_PROJECT_DIR),
@@ -150,19 +154,30 @@ def transform(settings: Settings, *, select: str | None = None) -> TransformResu
         "--log-path",
         str(target_path / "logs"),
     ]
-    with _exported(_dbt_environment(settings)):
+    with _exported(dbt_environment(settings)):
         try:
-            return _build_and_document(settings, select, target_path, common)
+            yield common
         finally:
             if settings.dbt_target == "duckdb":
-                _release_duckdb()
+                release_duckdb()
+
+
+def transform(settings: Settings, *, select: str | None = None) -> TransformResult:
+    """Check source freshness, `dbt build` (optionally only `select`), then `dbt docs generate`.
+
+    Raises `StockpipeError` naming every failing model or test. Stale sources are
+    reported in `TransformResult.stale_sources` and never fail the run.
+    """
+    target_path = dbt_target_path(settings)
+    with dbt_session(settings, target_path) as common:
+        return _build_and_document(settings, select, target_path, common)
 
 
 def _build_and_document(
     settings: Settings, select: str | None, target_path: Path, common: list[str]
 ) -> TransformResult:
     """Freshness (warn only), build, docs: the body of `transform`."""
-    freshness = _invoke(["source", "freshness"], common)
+    freshness = invoke(["source", "freshness"], common)
     stale = [
         f"{r.node.unique_id}: {r.status}"
         for r in getattr(freshness.result, "results", None) or []
@@ -170,7 +185,7 @@ def _build_and_document(
     ]
 
     started = time.perf_counter()
-    build = _invoke(["build", *(["--select", select] if select else [])], common)
+    build = invoke(["build", *(["--select", select] if select else [])], common)
     build_seconds = time.perf_counter() - started
     if not build.success:
         failures = _failures(build) or ["see the dbt log above"]
@@ -183,7 +198,7 @@ def _build_and_document(
     statuses = {r.node.unique_id: str(r.status) for r in build.result.results}
 
     started = time.perf_counter()
-    docs = _invoke(["docs", "generate"], common)
+    docs = invoke(["docs", "generate"], common)
     docs_seconds = time.perf_counter() - started
     if not docs.success:
         raise StockpipeError(f"dbt docs generate failed on target {settings.dbt_target}")
