@@ -284,3 +284,21 @@ def test_warmup_history_is_sparse_and_leads_into_the_session_on_one_price_path()
     assert len(after) > 10_000
     # one continuous path: the session opens near the last historical price
     assert abs(math.log(after[0].price / before[-1].price)) < 0.25
+
+
+def test_pacing_starts_at_the_origin_not_during_the_unpaced_warmup():
+    import threading
+    import time
+
+    from flows.producers.pacing import Pacer
+    from flows.ticks import Tick
+
+    origin = 1_741_100_400_000
+    pacer = Pacer(threading.Event(), speed=1.0, origin_ms=origin)
+    for i in range(3):  # history: immediate
+        assert pacer.wait(Tick("COIN", origin - 86_400_000 + i, 1.0, 1.0, str(i)).ts)
+    time.sleep(0.3)  # producing history took a while
+    started = time.monotonic()
+    assert pacer.wait(origin)  # the first session tick starts the clock
+    assert pacer.wait(origin + 400)  # 0.4 s later in event time: waits ~0.4 s, not 0.1 s
+    assert time.monotonic() - started >= 0.35

@@ -69,8 +69,10 @@ class Pacer:
         of ticks in a minute); 0 means no pacing.
     rate: alternatively, a fixed number of messages per wall-clock second
         (takes precedence over speed).
-    origin_ms: the event time that corresponds to the first call (default: the
-        first item's), so a simulator starting before a session waits it out.
+    origin_ms: the event time where pacing starts (default: the first item's), so
+        a simulator starting before a session waits it out; items before it
+        (warm-up history) go out at once, and the clock starts at the first one
+        at or after it.
     The event clock only moves forward, so late ticks go out without a pause.
     """
 
@@ -101,6 +103,8 @@ class Pacer:
             due = self._wall0 + self._n / self.rate
             self._n += 1
         elif self.speed and ts is not None:
+            if self._wall0 is None and self._ts0 is not None and ts < self._ts0:
+                return True  # history before the origin (a warm-up) goes out unpaced
             if self._wall0 is None:
                 self._wall0 = time.monotonic()
                 if self._ts0 is None:
