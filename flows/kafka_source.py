@@ -67,8 +67,11 @@ class _Partition(StatefulSourcePartition[RawMessage, int]):
 
     def _on_stats(self, stats_json: str) -> None:
         stats = orjson.loads(stats_json)
-        part = stats.get("topics", {}).get(self._topic, {}).get("partitions", {}).get(
-            str(self._partition)
+        part = (
+            stats.get("topics", {})
+            .get(self._topic, {})
+            .get("partitions", {})
+            .get(str(self._partition))
         )
         if not part or part.get("ls_offset", -1) < 0:
             return

@@ -85,7 +85,9 @@ class Settings(BaseSettings):
     )
 
     # Kafka
-    kafka_bootstrap_servers: str = Field("localhost:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    kafka_bootstrap_servers: str = Field(
+        "localhost:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS"
+    )
     topic: str = Field("stock.ticks", validation_alias="STOCKPIPE_TOPIC")
     topic_partitions: int = Field(4, ge=1, le=1024, validation_alias="STOCKPIPE_TOPIC_PARTITIONS")
     kafka_data_dir: Path = Field(Path("./data/kafka"), validation_alias="STOCKPIPE_KAFKA_DATA_DIR")
@@ -102,7 +104,9 @@ class Settings(BaseSettings):
     restate_horizon: Duration = Field(3600.0, validation_alias="STOCKPIPE_RESTATE_HORIZON")
     dedup_horizon: Duration = Field(600.0, validation_alias="STOCKPIPE_DEDUP_HORIZON")
     recovery_dir: Path = Field(Path("./data/recovery"), validation_alias="STOCKPIPE_RECOVERY_DIR")
-    recovery_partitions: int = Field(4, ge=1, le=256, validation_alias="STOCKPIPE_RECOVERY_PARTITIONS")
+    recovery_partitions: int = Field(
+        4, ge=1, le=256, validation_alias="STOCKPIPE_RECOVERY_PARTITIONS"
+    )
     epoch_interval: Duration = Field(5.0, validation_alias="STOCKPIPE_EPOCH_INTERVAL")
     # Set by `stockpipe stream --exit-when-idle` for the worker processes it starts.
     exit_when_idle: Duration | None = Field(None, validation_alias="STOCKPIPE_EXIT_WHEN_IDLE")
@@ -116,11 +120,15 @@ class Settings(BaseSettings):
     flush_interval: Duration = Field(10.0, validation_alias="STOCKPIPE_FLUSH_INTERVAL")
 
     # Warehouse
-    warehouse: str = Field("duckdb:///./data/warehouse.duckdb", validation_alias="STOCKPIPE_WAREHOUSE")
+    warehouse: str = Field(
+        "duckdb:///./data/warehouse.duckdb", validation_alias="STOCKPIPE_WAREHOUSE"
+    )
     snowflake_account: str | None = Field(None, validation_alias="SNOWFLAKE_ACCOUNT")
     snowflake_user: str | None = Field(None, validation_alias="SNOWFLAKE_USER")
     snowflake_password: SecretStr | None = Field(None, validation_alias="SNOWFLAKE_PASSWORD")
-    snowflake_private_key_path: Path | None = Field(None, validation_alias="SNOWFLAKE_PRIVATE_KEY_PATH")
+    snowflake_private_key_path: Path | None = Field(
+        None, validation_alias="SNOWFLAKE_PRIVATE_KEY_PATH"
+    )
     snowflake_private_key_passphrase: SecretStr | None = Field(
         None, validation_alias="SNOWFLAKE_PRIVATE_KEY_PASSPHRASE"
     )
@@ -138,8 +146,12 @@ class Settings(BaseSettings):
     finnhub_api_key: SecretStr | None = Field(None, validation_alias="FINNHUB_API_KEY")
     finnhub_ws_url: str = Field("wss://ws.finnhub.io", validation_alias="FINNHUB_WS_URL")
     finnhub_rest_url: str = Field("https://finnhub.io/api/v1", validation_alias="FINNHUB_REST_URL")
-    finnhub_stall_timeout: Duration = Field(30.0, validation_alias="STOCKPIPE_FINNHUB_STALL_TIMEOUT")
-    finnhub_calls_per_minute: int = Field(60, ge=1, validation_alias="STOCKPIPE_FINNHUB_CALLS_PER_MINUTE")
+    finnhub_stall_timeout: Duration = Field(
+        30.0, validation_alias="STOCKPIPE_FINNHUB_STALL_TIMEOUT"
+    )
+    finnhub_calls_per_minute: int = Field(
+        60, ge=1, validation_alias="STOCKPIPE_FINNHUB_CALLS_PER_MINUTE"
+    )
     outage_log: Path = Field(Path("./data/outages.jsonl"), validation_alias="STOCKPIPE_OUTAGE_LOG")
 
     # Orchestration and reporting
@@ -151,7 +163,9 @@ class Settings(BaseSettings):
     dbt_target: str = Field("duckdb", validation_alias="STOCKPIPE_DBT_TARGET")
     # dbt artifacts (manifest, catalog, docs); None means the repo's dbt/target
     dbt_target_path: Path | None = Field(None, validation_alias="STOCKPIPE_DBT_TARGET_PATH")
-    report_path: Path = Field(Path("./reports/stockpipe.html"), validation_alias="STOCKPIPE_REPORT_PATH")
+    report_path: Path = Field(
+        Path("./reports/stockpipe.html"), validation_alias="STOCKPIPE_REPORT_PATH"
+    )
 
     @field_validator("topic")
     @classmethod

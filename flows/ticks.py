@@ -142,7 +142,9 @@ def parse_tick(value: bytes | None, key: bytes | None, now_ms: int) -> Tick:
     elif isinstance(conditions_raw, list) and all(isinstance(c, str) for c in conditions_raw):
         conditions = tuple(conditions_raw)
     else:
-        raise BadTick("bad-conditions", f"conditions must be a list of strings, got {conditions_raw!r}")
+        raise BadTick(
+            "bad-conditions", f"conditions must be a list of strings, got {conditions_raw!r}"
+        )
 
     source = obj.get("source")
     if source is not None and not isinstance(source, str):
@@ -152,7 +154,9 @@ def parse_tick(value: bytes | None, key: bytes | None, now_ms: int) -> Tick:
     if tid is None:
         tid = tick_id(symbol, ts, price, volume, conditions)  # type: ignore[arg-type]
     elif not isinstance(tid, str) or not tid or len(tid) > MAX_ID_LEN:
-        raise BadTick("bad-id", f"id must be a non-empty string of at most {MAX_ID_LEN} chars, got {tid!r}")
+        raise BadTick(
+            "bad-id", f"id must be a non-empty string of at most {MAX_ID_LEN} chars, got {tid!r}"
+        )
 
     return Tick(symbol, ts, price, volume, tid, source, conditions)  # type: ignore[arg-type]
 

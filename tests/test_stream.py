@@ -326,3 +326,38 @@ def test_consumer_lag_is_exported_as_a_prometheus_gauge(new_topic, settings_for,
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+def test_bytewax_run_entry_point_with_recovery(new_topic, settings_for, golden_dir, tmp_path):
+    """`python -m bytewax.run flows.ohlc:flow -r DIR -s 2 -b 0`, the documented way in."""
+    topic = new_topic("bwrun")
+    settings = settings_for(topic=topic)
+    produce_raw(
+        settings.kafka_bootstrap_servers,
+        topic,
+        [(m["key"].encode(), m["value"].encode()) for m in golden_messages(golden_dir)],
+    )
+    recovery = tmp_path / "bytewax-recovery"
+    recovery.mkdir()
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "2"], check=True)
+    env = {**os.environ, **settings.to_env(), "STOCKPIPE_EXIT_WHEN_IDLE": "2"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bytewax.run",
+            "flows.ohlc:flow",
+            "-r",
+            str(recovery),
+            "-s",
+            "2",
+            "-b",
+            "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_bars_equal(final_bars(read_lake_bars(settings.lake_url)), golden_bars(golden_dir))

@@ -1,0 +1,68 @@
+"""`stockpipe demo`, the README's main command, end to end (shortened: 30 days, a 20 s session)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+def test_demo_builds_marts_docs_and_report_for_the_default_symbols(kafka_bootstrap):
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "COLUMNS": "200"}
+    env.pop("FINNHUB_API_KEY", None)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "demo",
+            "--history-days",
+            "30",
+            "--session-seconds",
+            "20",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    root = REPO / "data" / "demo"
+    assert f"report:     {root / 'report.html'}" in done.stdout
+
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        symbols = {
+            r[0] for r in con.sql("select distinct symbol from gold.fct_bars_daily").fetchall()
+        }
+        assert symbols == {"COIN", "MARA", "MSTR", "BLK"}
+        sessions = con.sql("select count(distinct trade_date) from gold.fct_bars_daily").fetchone()[
+            0
+        ]
+        assert sessions >= 15  # 30 calendar days of history plus the session
+        # the session leads on from the history: no day change beyond +-50%
+        worst = con.sql(
+            """select max(abs(close / lag_close - 1)) from (
+                 select close, lag(close) over (partition by symbol order by trade_date) as lag_close
+                 from gold.fct_bars_daily) where lag_close is not null"""
+        ).fetchone()[0]
+        assert worst < 0.5
+        restated = con.sql("select count(*) from bronze.bars where revision > 0").fetchone()[0]
+        assert restated > 0  # late ticks were injected and restated their bars
+
+    html = (root / "report.html").read_text()
+    assert all(f'id="symbol-{s}"' in html for s in ["COIN", "MARA", "MSTR", "BLK"])
+    manifest = (root / "dbt" / "manifest.json").read_text()
+    assert (
+        "model.stockpipe.mart_trend_daily" in manifest
+        and "source.stockpipe.bronze.bars" in manifest
+    )
+    assert (root / "dbt" / "index.html").exists() and (root / "dbt" / "catalog.json").exists()
