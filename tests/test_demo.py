@@ -41,21 +41,21 @@ def test_demo_builds_marts_docs_and_report_for_the_default_symbols(kafka_bootstr
 
     with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
         symbols = {
-            r[0] for r in con.sql("select distinct symbol from gold.fct_bars_daily").fetchall()
+            r[0] for r in con.execute("select distinct symbol from gold.fct_bars_daily").fetchall()
         }
         assert symbols == {"COIN", "MARA", "MSTR", "BLK"}
-        sessions = con.sql("select count(distinct trade_date) from gold.fct_bars_daily").fetchone()[
-            0
-        ]
+        sessions = con.execute(
+            "select count(distinct trade_date) from gold.fct_bars_daily"
+        ).fetchone()[0]
         assert sessions >= 15  # 30 calendar days of history plus the session
         # the session leads on from the history: no day change beyond +-50%
-        worst = con.sql(
+        worst = con.execute(
             """select max(abs(close / lag_close - 1)) from (
                  select close, lag(close) over (partition by symbol order by trade_date) as lag_close
                  from gold.fct_bars_daily) where lag_close is not null"""
         ).fetchone()[0]
         assert worst < 0.5
-        restated = con.sql("select count(*) from bronze.bars where revision > 0").fetchone()[0]
+        restated = con.execute("select count(*) from bronze.bars where revision > 0").fetchone()[0]
         assert restated > 0  # late ticks were injected and restated their bars
 
     html = (root / "report.html").read_text()
