@@ -66,3 +66,45 @@ def test_demo_builds_marts_docs_and_report_for_the_default_symbols(kafka_bootstr
         and "source.stockpipe.bronze.bars" in manifest
     )
     assert (root / "dbt" / "index.html").exists() and (root / "dbt" / "catalog.json").exists()
+
+
+def test_ctrl_c_stops_every_process_the_demo_started(kafka_bootstrap):
+    import signal
+    import time
+
+    import psutil
+
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "COLUMNS": "200"}
+    env.pop("FINNHUB_API_KEY", None)
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "demo",
+            "--history-days",
+            "30",
+            "--session-seconds",
+            "600",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    parent = psutil.Process(demo.pid)
+    children: list[psutil.Process] = []
+    deadline = time.time() + 120
+    while time.time() < deadline and len(children) < 2:  # the worker and the producer
+        time.sleep(0.5)
+        children = [
+            c for c in parent.children(recursive=True) if "flows.cli" in " ".join(c.cmdline())
+        ]
+    assert len(children) >= 2, "the demo did not start its worker and producer"
+    demo.send_signal(signal.SIGINT)
+    out, _ = demo.communicate(timeout=120)
+    assert demo.returncode != 0
+    assert "stopping every process the demo started" in out
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"still running: {[p.cmdline() for p in alive]}"
