@@ -108,3 +108,83 @@ def test_ctrl_c_stops_every_process_the_demo_started(kafka_bootstrap):
     assert "stopping every process the demo started" in out
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"still running: {[p.cmdline() for p in alive]}"
+
+
+def test_demo_on_live_finnhub_trades(kafka_bootstrap):
+    """`stockpipe demo --source finnhub` against a loopback server speaking Finnhub's websocket."""
+    import asyncio
+    import threading
+    import time
+
+    from fakes.finnhub_server import PING, FakeFinnhubWS, trade, trades
+
+    symbols = ["COIN", "MARA", "MSTR", "BLK"]
+    now = int(time.time() * 1000)
+    script = []
+    for i in range(240):  # ~50 s of live trades, a frame every 0.2 s, pings in between
+        t = now + 5_000 + i * 200
+        script.append(
+            trades(*(trade(s, 100.0 + k + (i % 7) / 10, t + k, 10) for k, s in enumerate(symbols)))
+        )
+        script.append(("sleep", 0.2))
+        if i % 25 == 0:
+            script.append(PING)
+    script.append(("hold", None))
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict = {}
+
+    async def serve_until_stopped() -> None:
+        async with FakeFinnhubWS([script], token="demo-key", subscriptions=len(symbols)) as server:
+            holder["server"] = server
+            holder["stop"] = asyncio.Event()
+            ready.set()
+            await holder["stop"].wait()
+
+    thread = threading.Thread(
+        target=lambda: loop.run_until_complete(serve_until_stopped()), daemon=True
+    )
+    thread.start()
+    assert ready.wait(10)
+    try:
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "FINNHUB_API_KEY": "demo-key",
+            "FINNHUB_WS_URL": holder["server"].url,
+            "COLUMNS": "200",
+        }
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "demo",
+                "--history-days",
+                "30",
+                "--live-minutes",
+                "1",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+    finally:
+        loop.call_soon_threadsafe(holder["stop"].set)
+        thread.join(10)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "live Finnhub trades" in done.stdout
+    root = REPO / "data" / "demo"
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        live = con.execute(
+            "select symbol, sum(trade_count) from ("
+            "  select * from bronze.bars where window_start >= to_timestamp(?) "
+            "  qualify row_number() over (partition by symbol, window_start order by revision desc) = 1"
+            ") group by symbol order by symbol",
+            [(now - 60_000) / 1000],  # the window holding the first live trade
+        ).fetchall()
+    # every live trade the server sent reached the warehouse, once per symbol and frame
+    assert dict(live) == dict.fromkeys(sorted(symbols), 240)
