@@ -13,6 +13,7 @@ starts clean. Ctrl-C stops every process the demo started.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -97,15 +98,16 @@ class Children:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, settings: Settings, *args: str, log: Path) -> subprocess.Popen:
-        env = {**__import__("os").environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
         log.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", *args],
-            env=env,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
+        with log.open("w") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "flows.cli", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
         self.procs.append(proc)
         return proc
 
@@ -144,7 +146,7 @@ def _drop_old_demo_topics(settings: Settings) -> None:
 def run_load_dag(settings: Settings, airflow_home: Path, log: Path) -> None:
     """The `stockpipe_load` DAG, in-process in a child Python (`dag.test()`, SQLite metadata)."""
     env = {
-        **__import__("os").environ,
+        **os.environ,
         **settings.to_env(),
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),

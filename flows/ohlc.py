@@ -11,7 +11,6 @@ Bar arithmetic lives in `flows/bars.py`; this module only wires it to Bytewax.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -28,8 +27,6 @@ from flows.lake import LakeSink
 from flows.lakefs import open_lake
 from flows.settings import Settings, SettingsError, load_settings
 from flows.ticks import BadTick, Tick, parse_tick
-
-log = logging.getLogger(__name__)
 
 Decoded = tuple[str, Any]  # ("ok", (symbol, [(seq, Tick), ...])) or ("bad", KafkaSinkMessage)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import polars as pl
 import pytest
 from helpers import assert_bars_equal, batch_bars, golden_bars, golden_messages
@@ -233,9 +234,7 @@ def test_random_streams_equal_batch_computation(seed, n, gap):
     for symbol in spec.symbols:
         ticks = []
         for i, (_, m) in enumerate([(s, m) for s, m in stream if s == symbol]):
-            parsed = parse_tick(
-                __import__("orjson").dumps(m), symbol.encode(), int(time.time() * 1000)
-            )
+            parsed = parse_tick(orjson.dumps(m), symbol.encode(), int(time.time() * 1000))
             ticks.append(TickIn(parsed.ts, i, parsed.price, parsed.volume, parsed.id))
         final, emitted, late = run_symbol_stream(ticks)
         frames.append(to_frame(symbol, final))
