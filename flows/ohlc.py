@@ -100,17 +100,17 @@ class BarLogic(StatefulBatchLogic[list, tuple, tuple]):
                         rows.append(("late", self._late_row(tick, now)))
                     else:
                         rows.append(("bar", self._bar_row(result, now)))
-        return rows, StatefulBatchLogic.RETAIN
+        return rows, self.RETAIN
 
     def on_notify(self) -> tuple[list[tuple], bool]:
         now = time.time()
-        return [("bar", self._bar_row(o, now)) for o in self.state.on_wallclock(now)], False
+        return [("bar", self._bar_row(o, now)) for o in self.state.on_wallclock(now)], self.RETAIN
 
     def on_eof(self) -> tuple[list[tuple], bool]:
         # End of input (--exit-when-idle): emit every open window; keep them
         # restatable, a later run resumes from this state.
         now = time.time()
-        return [("bar", self._bar_row(o, now)) for o in self.state.flush()], False
+        return [("bar", self._bar_row(o, now)) for o in self.state.flush()], self.RETAIN
 
     def notify_at(self) -> datetime | None:
         at = self.state.next_close_at()
