@@ -1,26 +1,42 @@
-"""Bar arithmetic and the per-symbol event-time state machine (contract 2), engine-free.
+"""Bar arithmetic and the event-time state of one Kafka partition (contract 2), engine-free.
 
-Nothing here imports Bytewax: `flows/ohlc.py` drives `SymbolBars` from a
-stateful operator, the tests drive it directly, and a benchmark or another
-engine could too.
+Nothing here imports Bytewax: `flows/ohlc.py` drives `PartitionBars` from a
+stateful operator keyed by Kafka partition, the tests drive it directly, and
+a benchmark or another engine could too.
 
-Ordering. Every tick carries `(ts, seq)`: its event time and its position in
-its Kafka partition (`seq`, partition-major). open/close are the price at the
-smallest/largest `(ts, seq)`, so ties on `ts` go to partition order and a
-partial bar can be merged with another in any order and give the same result.
+Purity. Every output is a function of the partition's records in offset
+order and their log times (the Kafka record timestamps; see contract 2): no
+wall clock, no process-dependent hash, no dependence on how the records were
+batched. A run resumed from any snapshot therefore writes exactly the rows the
+first run wrote, and cuts the same files.
+
+Ordering. Every tick carries its offset in the partition; open/close are the
+price at the smallest/largest `(ts, offset)`, so ties on `ts` go to partition
+order and partial bars merge in any order to the same result.
 
 Closing. The watermark of a symbol is its largest event time minus the allowed
-lateness, advanced by wall-clock time since that tick arrived. A window whose
-end is at or below the watermark is closed: its bar is emitted with
-revision 0. A later tick for a closed window within the restate horizon is
-folded into it and the bar is emitted again with revision + 1, once per tick,
-so the content of every revision depends only on the order of the input, never
-on how it was batched. Older ticks are "too late": they go to `late/`.
+lateness, advanced by how far the partition's log time has moved since the
+record that brought that largest event time. A window whose end is at or below
+the watermark is closed and emitted with revision 0. Log time only moves with
+records, so quiet partitions get heartbeat records (from the stream and the
+producers), and `--exit-when-idle` closes everything through a flush marker
+written into the log.
+
+Late ticks. A tick for a closed window within the restate horizon (event
+time) is folded into it; the window is emitted again with revision + 1 once
+`restate_interval` of log time has passed since its first unemitted late tick,
+so a burst of late ticks makes one row, not one per tick. Older ticks are
+"too late" and go to `late/`. Tick ids are remembered per window (64-bit
+hashes) for as long as the window can be restated, so a duplicate never
+changes a bar however late it comes, and dedup state is bounded by the
+horizon.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import hashlib
+import heapq
+from array import array
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -29,7 +45,7 @@ class TickIn(NamedTuple):
     """What the bar state needs of a valid tick."""
 
     ts: int  # event time, epoch ms
-    seq: int  # position in the source partition (partition-major), for ties
+    seq: int  # position in the source partition (its offset), for ties
     price: float
     volume: float | None
     id: str
@@ -129,6 +145,11 @@ def fold_ticks(ticks: list[TickIn], bar_ms: int) -> dict[int, PartialBar]:
     return bars
 
 
+def id_hash(tick_id: str) -> int:
+    """A stable 64-bit hash of a tick id (Python's `hash` differs between processes)."""
+    return int.from_bytes(hashlib.blake2b(tick_id.encode(), digest_size=8).digest(), "little")
+
+
 class BarOut(NamedTuple):
     """One emission of a bar: the window, its aggregate, and its revision."""
 
@@ -144,7 +165,7 @@ class BarRules:
     bar_ms: int = 60_000
     lateness_ms: int = 5_000
     restate_ms: int = 3_600_000
-    dedup_ms: int = 600_000
+    restate_interval_ms: int = 1_000
 
     @classmethod
     def from_settings(cls, settings: Any) -> BarRules:
@@ -152,190 +173,446 @@ class BarRules:
             bar_ms=int(settings.bar_seconds * 1000),
             lateness_ms=int(settings.allowed_lateness * 1000),
             restate_ms=int(settings.restate_horizon * 1000),
-            dedup_ms=int(settings.dedup_horizon * 1000),
+            restate_interval_ms=int(settings.restate_interval * 1000),
         )
 
 
-class SymbolBars:
-    """Event-time OHLCV state of one symbol: dedup, open windows, restatable closed bars.
+class Window:
+    """One (symbol, window) of the state: its aggregate, its tick ids, its emission state."""
 
-    `on_tick` returns what the tick caused, in order: `BarOut`s (closings and
-    restatements) and, for a too-late tick, the string "too-late". State stays
-    bounded: ids live for the dedup horizon of event time after they were
-    seen, closed bars for the restate horizon.
+    __slots__ = ("bar", "ids", "revision", "dirty_since")
+
+    def __init__(self, bar: PartialBar, ids: set[int], revision: int, dirty_since: int | None):
+        self.bar = bar
+        self.ids = ids
+        self.revision = revision  # last emitted revision; -1 before the first emission
+        self.dirty_since = dirty_since  # log time of the first late tick not emitted yet
+
+    def snapshot(self) -> tuple:
+        return (
+            self.bar.to_tuple(),
+            array("Q", self.ids).tobytes(),
+            self.revision,
+            self.dirty_since,
+        )
+
+    @classmethod
+    def restore(cls, snap: tuple) -> Window:
+        bar, ids, revision, dirty = snap
+        return cls(PartialBar(*bar), set(array("Q", ids)), revision, dirty)
+
+
+TOO_LATE = "too-late"
+DUPLICATE = "duplicate"
+
+
+class SymbolBars:
+    """Event-time OHLCV state of one symbol: open windows and restatable closed ones.
+
+    Times are event time (`ts`, ms) and log time (`log`, ms: the Kafka record
+    timestamp that `PartitionBars` passes down). `on_tick` returns what the
+    tick caused: `BarOut`s, or `TOO_LATE`/`DUPLICATE`.
     """
 
-    __slots__ = (
-        "rules",
-        "max_ts",
-        "arrived_at",
-        "open",
-        "closed",
-        "seen",
-        "expiry",
-        "min_open_end",
-        "duplicates",
-        "too_late",
-        "evicted_through",
-    )
+    __slots__ = ("rules", "max_ts", "max_log", "open", "closed", "evicted_through")
 
     def __init__(self, rules: BarRules):
         self.rules = rules
         self.max_ts: int | None = None  # largest event time seen
-        self.arrived_at: float = 0.0  # wall-clock seconds when max_ts arrived
-        self.open: dict[int, PartialBar] = {}  # window start -> aggregate
-        self.closed: dict[int, tuple[PartialBar, int]] = {}  # window start -> (bar, revision)
-        self.seen: dict[str, int] = {}  # tick id -> expiry (event-time ms)
-        self.expiry: deque[tuple[int, str]] = deque()  # (expiry, id), expiry ascending
-        self.min_open_end: int | None = None
-        self.duplicates = 0
-        self.too_late = 0
-        self.evicted_through = -1  # horizon (ms) of the last closed-bar eviction
+        self.max_log = 0  # the partition's log time when max_ts arrived
+        self.open: dict[int, Window] = {}  # window start -> window not emitted yet
+        self.closed: dict[int, Window] = {}  # window start -> window inside the restate horizon
+        self.evicted_through = -1  # horizon (ms) of the last closed-window eviction
 
     # -- the event-time clock -------------------------------------------------
 
-    def watermark(self, now: float | None = None) -> int | None:
-        """Largest event time minus lateness, advanced by wall-clock time since it arrived."""
+    def watermark(self, log: int) -> int | None:
+        """Largest event time minus lateness, advanced by log time since it arrived."""
         if self.max_ts is None:
             return None
-        wm = self.max_ts - self.rules.lateness_ms
-        if now is not None and now > self.arrived_at:
-            wm += int((now - self.arrived_at) * 1000)
-        return wm
+        return self.max_ts - self.rules.lateness_ms + max(log - self.max_log, 0)
 
-    def next_close_at(self) -> float | None:
-        """Wall-clock time (seconds) at which the earliest open window closes if no tick comes."""
-        if self.min_open_end is None or self.max_ts is None:
+    def close_due(self) -> int | None:
+        """Log time at which the earliest open window closes if no newer tick comes."""
+        if not self.open or self.max_ts is None:
             return None
-        gap_ms = self.min_open_end - (self.max_ts - self.rules.lateness_ms)
-        return self.arrived_at + max(gap_ms, 0) / 1000.0
+        end = min(self.open) + self.rules.bar_ms
+        return self.max_log + max(end - (self.max_ts - self.rules.lateness_ms), 0)
 
-    # -- input ------------------------------------------------------------------
+    # -- input ----------------------------------------------------------------
 
-    def on_tick(self, t: TickIn, now: float) -> list[BarOut | str]:
-        """Process one valid tick that arrived at wall-clock `now` (seconds)."""
+    def on_tick(self, t: TickIn, idh: int, log: int) -> list[BarOut] | str:
+        """Fold one valid tick read at partition log time `log`; returns the bars it emitted."""
         rules = self.rules
-        out: list[BarOut | str] = []
-
-        # Dedup first: a duplicate never counts, whatever its lateness.
-        if t.id in self.seen:
-            self.duplicates += 1
-            return out
-        reference = t.ts if self.max_ts is None or t.ts > self.max_ts else self.max_ts
-        expiry = reference + rules.dedup_ms
-        self.seen[t.id] = expiry
-        self.expiry.append((expiry, t.id))
-
-        if self.max_ts is None or t.ts > self.max_ts:
-            self.max_ts = t.ts
-            self.arrived_at = now
-            self._expire()
         bar_ms = rules.bar_ms
         ws = t.ts - t.ts % bar_ms
-        event_wm = self.max_ts - rules.lateness_ms
+        win = self.open.get(ws)
+        closed = self.closed.get(ws) if win is None else None
+        known = win or closed
+        if known is not None and idh in known.ids:
+            return DUPLICATE
 
-        bar = self.open.get(ws)
-        if bar is not None:
-            bar.fold(t.ts, t.seq, t.price, t.volume)
-        elif ws + bar_ms > event_wm and ws not in self.closed:
-            # A window that is still open by event time (wall-clock closings
-            # are handled below; a window closed by them is in `closed`).
-            self.open[ws] = PartialBar.of(t.ts, t.seq, t.price, t.volume)
-            if self.min_open_end is None or ws + bar_ms < self.min_open_end:
-                self.min_open_end = ws + bar_ms
-        elif ws + bar_ms <= event_wm - rules.restate_ms:
-            self.too_late += 1
-            out.append("too-late")
-            return out
+        out: list[BarOut] = []
+        if self.max_ts is None or t.ts > self.max_ts:
+            self.max_ts = t.ts
+            self.max_log = log
+            out.extend(self._evict())
+            closed = self.closed.get(ws) if win is None else None
+        wm = self.max_ts - rules.lateness_ms + (log - self.max_log)
+
+        if win is not None:
+            win.bar.fold(t.ts, t.seq, t.price, t.volume)
+            win.ids.add(idh)
+        elif closed is None and ws + bar_ms > wm:
+            self.open[ws] = Window(PartialBar.of(t.ts, t.seq, t.price, t.volume), {idh}, -1, None)
+        elif ws + bar_ms <= self.max_ts - rules.lateness_ms - rules.restate_ms:
+            return TOO_LATE
+        elif closed is None:  # the first tick of a window already closed by time: it waits
+            bar = PartialBar.of(t.ts, t.seq, t.price, t.volume)
+            self.closed[ws] = Window(bar, {idh}, -1, log)
         else:
-            entry = self.closed.get(ws)
-            if entry is None:  # first emission of a window that only got late ticks
-                restated = BarOut(ws, PartialBar.of(t.ts, t.seq, t.price, t.volume), 0)
-            else:
-                old, revision = entry
-                old.fold(t.ts, t.seq, t.price, t.volume)
-                restated = BarOut(ws, old, revision + 1)
-            self.closed[ws] = (restated.bar, restated.revision)
-            out.append(_frozen(restated))
-
-        if self.min_open_end is not None and self.min_open_end <= event_wm:
-            out.extend(self._close_through(event_wm))
+            closed.bar.fold(t.ts, t.seq, t.price, t.volume)
+            closed.ids.add(idh)
+            if closed.dirty_since is None:
+                closed.dirty_since = log
+        out.extend(self.close_through(wm))
         return out
 
-    def on_wallclock(self, now: float) -> list[BarOut]:
-        """Close the windows that the wall-clock-advanced watermark has passed."""
-        wm = self.watermark(now)
-        if wm is None or self.min_open_end is None or self.min_open_end > wm:
+    def close_through(self, wm: int) -> list[BarOut]:
+        """Emit (revision 0) and close every open window whose end is at or below `wm`."""
+        bar_ms = self.rules.bar_ms
+        due = [ws for ws in self.open if ws + bar_ms <= wm]
+        if not due:
             return []
-        return self._close_through(wm)
+        out = []
+        for ws in sorted(due):
+            win = self.open.pop(ws)
+            win.revision = 0
+            self.closed[ws] = win
+            out.append(BarOut(ws, _copy(win.bar), 0))
+        return out
+
+    def restate_due(self) -> list[tuple[int, int]]:
+        """(log time, window start) at which each window with unemitted late ticks is due."""
+        interval = self.rules.restate_interval_ms
+        return [
+            (w.dirty_since + interval, ws)
+            for ws, w in self.closed.items()
+            if w.dirty_since is not None
+        ]
+
+    def restate(self, ws: int, log: int, force: bool = False) -> BarOut | None:
+        """Emit window `ws` again if it has late ticks and is due at log time `log`."""
+        win = self.closed.get(ws)
+        if win is None or win.dirty_since is None:
+            return None
+        if not force and win.dirty_since + self.rules.restate_interval_ms > log:
+            return None
+        win.revision += 1
+        win.dirty_since = None
+        return BarOut(ws, _copy(win.bar), win.revision)
 
     def flush(self) -> list[BarOut]:
-        """Close every open window now (end of input); they stay restatable."""
-        if not self.open:
-            return []
-        return self._close_through(max(ws + self.rules.bar_ms for ws in self.open))
-
-    # -- internals ---------------------------------------------------------------
-
-    def _close_through(self, wm: int) -> list[BarOut]:
-        bar_ms = self.rules.bar_ms
-        out = []
-        for ws in sorted(w for w in self.open if w + bar_ms <= wm):
-            bar = self.open.pop(ws)
-            self.closed[ws] = (bar, 0)
-            out.append(_frozen(BarOut(ws, bar, 0)))
-        self.min_open_end = min(self.open) + bar_ms if self.open else None
+        """End of input (a flush marker): emit every open window and every pending restatement."""
+        out = [o for ws in sorted(self.closed) if (o := self.restate(ws, 0, force=True))]
+        if self.open:
+            out.extend(self.close_through(max(self.open) + self.rules.bar_ms))
         return out
 
-    def _expire(self) -> None:
-        """Forget ids and closed bars that have left their horizons (bounded state)."""
-        max_ts = self.max_ts
-        expiry, seen = self.expiry, self.seen
-        while expiry and expiry[0][0] < max_ts:
-            _, tid = expiry.popleft()
-            seen.pop(tid, None)
-        # Closed bars can only leave the horizon when it crosses a window boundary:
-        # look at them once per window of event time, not on every tick.
-        bar_ms = self.rules.bar_ms
-        horizon = max_ts - self.rules.lateness_ms - self.rules.restate_ms
-        horizon -= horizon % bar_ms
-        if horizon > self.evicted_through:
-            self.evicted_through = horizon
-            for ws in [w for w in self.closed if w + bar_ms <= horizon]:
-                del self.closed[ws]
+    # -- internals ------------------------------------------------------------
 
-    # -- recovery ------------------------------------------------------------------
+    def _evict(self) -> list[BarOut]:
+        """Forget closed windows (and their ids) that left the restate horizon.
+
+        A window with unemitted late ticks is emitted first, so no tick that
+        was accepted into a bar is ever lost from it.
+        """
+        bar_ms = self.rules.bar_ms
+        horizon = self.max_ts - self.rules.lateness_ms - self.rules.restate_ms  # type: ignore[operator]
+        horizon -= horizon % bar_ms
+        if horizon <= self.evicted_through:
+            return []
+        self.evicted_through = horizon
+        out = []
+        for ws in sorted(w for w in self.closed if w + bar_ms <= horizon):
+            emitted = self.restate(ws, 0, force=True)
+            if emitted is not None:
+                out.append(emitted)
+            del self.closed[ws]
+        return out
+
+    # -- recovery -------------------------------------------------------------
 
     def snapshot(self) -> tuple:
         return (
-            1,  # snapshot format version
             self.max_ts,
-            self.arrived_at,
-            {ws: b.to_tuple() for ws, b in self.open.items()},
-            {ws: (b.to_tuple(), r) for ws, (b, r) in self.closed.items()},
-            list(self.expiry),
-            self.duplicates,
-            self.too_late,
+            self.max_log,
+            {ws: w.snapshot() for ws, w in self.open.items()},
+            {ws: w.snapshot() for ws, w in self.closed.items()},
+            self.evicted_through,
         )
 
     @classmethod
     def restore(cls, rules: BarRules, snap: tuple) -> SymbolBars:
-        version, max_ts, arrived_at, open_, closed, expiry, dups, late = snap
-        if version != 1:
-            raise ValueError(f"unknown bar-state snapshot version {version!r}")
+        max_ts, max_log, open_, closed, evicted = snap
         state = cls(rules)
         state.max_ts = max_ts
-        state.arrived_at = arrived_at
-        state.open = {ws: PartialBar(*t) for ws, t in open_.items()}
-        state.closed = {ws: (PartialBar(*t), r) for ws, (t, r) in closed.items()}
-        state.expiry = deque(tuple(e) for e in expiry)
-        state.seen = {tid: exp for exp, tid in state.expiry}
-        state.min_open_end = min(state.open) + rules.bar_ms if state.open else None
-        state.duplicates = dups
-        state.too_late = late
+        state.max_log = max_log
+        state.open = {ws: Window.restore(w) for ws, w in open_.items()}
+        state.closed = {ws: Window.restore(w) for ws, w in closed.items()}
+        state.evicted_through = evicted
         return state
 
 
-def _frozen(out: BarOut) -> BarOut:
+def _copy(bar: PartialBar) -> PartialBar:
     """A copy, so a later restatement cannot change what was already emitted."""
-    return BarOut(out.window_start, PartialBar(*out.bar.to_tuple()), out.revision)
+    return PartialBar(*bar.to_tuple())
+
+
+# -- one Kafka partition: every symbol in it, log time, and the files it cuts ----------
+
+TICK, HEARTBEAT, FLUSH, BAD = 0, 1, 2, 3
+
+
+class Record(NamedTuple):
+    """One Kafka record as the bar state sees it, in offset order."""
+
+    offset: int
+    log_ts: int  # the record's timestamp (ms): LogAppendTime on topics stockpipe creates
+    kind: int  # TICK, HEARTBEAT, FLUSH or BAD (bad records move log time too)
+    tick: Any = None  # flows.ticks.Tick for TICK
+
+
+class FileBatch(NamedTuple):
+    """A sealed micro-batch: the rows caused by records `first_offset..last_offset`.
+
+    Its boundaries are decided from the log alone (row count, log time, flush
+    markers), so a replay seals the same batch and the lake sink rewrites the
+    same file under the same name.
+    """
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    bars: list[tuple]
+    late: list[tuple]
+
+
+@dataclass(frozen=True, slots=True)
+class FileRules:
+    """When a micro-batch is sealed: at `max_rows` rows or `max_age_ms` of log time."""
+
+    max_rows: int = 50_000
+    max_age_ms: int = 10_000
+
+
+class PartitionBars:
+    """The bars of every symbol of one Kafka partition, driven by its records in order.
+
+    `on_record` returns the micro-batches that the record sealed. Outputs are
+    rows in the lake schemas of `flows/lake.py` (timestamps in microseconds),
+    with `emitted_at`/`received_at` = the log time of the record that caused
+    them.
+    """
+
+    def __init__(self, rules: BarRules, files: FileRules, topic: str, partition: int):
+        self.rules = rules
+        self.files = files
+        self.topic = topic
+        self.partition = partition
+        self.log = 0  # log time: the largest record timestamp read so far (ms)
+        self.symbols: dict[str, SymbolBars] = {}
+        self.duplicates = 0
+        self.too_late = 0
+        self.ticks = 0
+        # The micro-batch being filled.
+        self._bars: list[tuple] = []
+        self._late: list[tuple] = []
+        self._first_offset = -1
+        self._last_offset = -1
+        self._first_log = 0
+        # Due closings and restatements: (log time, symbol, window start or -1 for a
+        # closing). Entries may be stale: a closing counts only if it is the one in
+        # `_scheduled`, a restatement only if its window is still due.
+        self._due: list[tuple[int, str, int]] = []
+        self._scheduled: dict[str, int] = {}
+
+    # -- input ----------------------------------------------------------------
+
+    def on_record(self, rec: Record) -> list[FileBatch]:
+        sealed: list[FileBatch] = []
+        if rec.log_ts > self.log:
+            self.log = rec.log_ts
+        log = self.log
+        if (self._bars or self._late) and log - self._first_log >= self.files.max_age_ms:
+            sealed.append(self._seal())
+        due = self._due
+        while due and due[0][0] <= log:
+            at, symbol, ws = heapq.heappop(due)
+            self._fire(at, symbol, ws, rec.offset)
+        kind = rec.kind
+        if kind == TICK:
+            self._on_tick(rec.tick, rec.offset)
+        elif kind == FLUSH:
+            for symbol in sorted(self.symbols):
+                self._emit(symbol, self.symbols[symbol].flush(), rec.offset)
+            self._scheduled.clear()
+            if self._bars or self._late:
+                sealed.append(self._seal())
+        if len(self._bars) + len(self._late) >= self.files.max_rows:
+            sealed.append(self._seal())
+        return sealed
+
+    def _on_tick(self, tick: Any, offset: int) -> None:
+        self.ticks += 1
+        symbol = tick.symbol
+        state = self.symbols.get(symbol)
+        if state is None:
+            state = self.symbols[symbol] = SymbolBars(self.rules)
+        result = state.on_tick(
+            TickIn(tick.ts, offset, tick.price, tick.volume, tick.id), id_hash(tick.id), self.log
+        )
+        if result is DUPLICATE:
+            self.duplicates += 1
+            return
+        if result is TOO_LATE:
+            self.too_late += 1
+            self._late_row(state, tick, offset)
+            return
+        self._emit(symbol, result, offset)
+        self._schedule_closing(symbol, state)
+        ws = tick.ts - tick.ts % self.rules.bar_ms
+        win = state.closed.get(ws)
+        if win is not None and win.dirty_since == self.log:
+            heapq.heappush(self._due, (self.log + self.rules.restate_interval_ms, symbol, ws))
+
+    def _schedule_closing(self, symbol: str, state: SymbolBars) -> None:
+        due = state.close_due()
+        if due is None:
+            self._scheduled.pop(symbol, None)
+        elif self._scheduled.get(symbol) != due:
+            self._scheduled[symbol] = due
+            heapq.heappush(self._due, (due, symbol, -1))
+
+    def _fire(self, at: int, symbol: str, ws: int, offset: int) -> None:
+        state = self.symbols[symbol]
+        if ws == -1:  # a closing: the watermark has passed the earliest open window
+            if self._scheduled.get(symbol) != at:
+                return  # superseded by a later scheduling
+            del self._scheduled[symbol]
+            self._emit(symbol, state.close_through(state.watermark(self.log)), offset)  # type: ignore[arg-type]
+            self._schedule_closing(symbol, state)
+        else:
+            restated = state.restate(ws, self.log)
+            if restated is not None:
+                self._emit(symbol, [restated], offset)
+
+    # -- output ---------------------------------------------------------------
+
+    def _touch(self, offset: int) -> None:
+        """Record that `offset` caused rows of the batch being filled."""
+        if not self._bars and not self._late:
+            self._first_offset = offset
+            self._first_log = self.log
+        self._last_offset = offset
+
+    def _emit(self, symbol: str, outs: list[BarOut], offset: int) -> None:
+        if not outs:
+            return
+        self._touch(offset)
+        bar_ms = self.rules.bar_ms
+        emitted_at = self.log * 1000
+        for o in outs:
+            bar = o.bar
+            self._bars.append(
+                (
+                    symbol,
+                    bar_ms // 1000,
+                    o.window_start * 1000,
+                    (o.window_start + bar_ms) * 1000,
+                    bar.open,
+                    bar.high,
+                    bar.low,
+                    bar.close,
+                    bar.volume,
+                    bar.vwap,
+                    bar.trade_count,
+                    bar.first_ts * 1000,
+                    bar.last_ts * 1000,
+                    o.revision,
+                    emitted_at,
+                )
+            )
+
+    def _late_row(self, state: SymbolBars, tick: Any, offset: int) -> None:
+        self._touch(offset)
+        start = tick.ts - tick.ts % self.rules.bar_ms
+        watermark = state.max_ts - self.rules.lateness_ms  # type: ignore[operator]
+        self._late.append(
+            (
+                tick.symbol,
+                tick.ts * 1000,
+                tick.price,
+                tick.volume,
+                tick.id,
+                tick.source,
+                start * 1000,
+                watermark * 1000,
+                self.log * 1000,
+            )
+        )
+
+    def _seal(self) -> FileBatch:
+        batch = FileBatch(
+            self.topic,
+            self.partition,
+            self._first_offset,
+            self._last_offset,
+            sorted(self._bars, key=_bar_order),
+            sorted(self._late, key=_late_order),
+        )
+        self._bars, self._late = [], []
+        return batch
+
+    # -- recovery -------------------------------------------------------------
+
+    def snapshot(self) -> tuple:
+        return (
+            1,  # snapshot format version
+            self.topic,
+            self.partition,
+            self.log,
+            {s: b.snapshot() for s, b in self.symbols.items()},
+            (self.duplicates, self.too_late, self.ticks),
+            (self._bars, self._late, self._first_offset, self._last_offset, self._first_log),
+        )
+
+    @classmethod
+    def restore(cls, rules: BarRules, files: FileRules, snap: tuple) -> PartitionBars:
+        version, topic, partition, log, symbols, counts, pending = snap
+        if version != 1:
+            raise ValueError(f"unknown bar-state snapshot version {version!r}")
+        state = cls(rules, files, topic, partition)
+        state.log = log
+        state.symbols = {s: SymbolBars.restore(rules, b) for s, b in symbols.items()}
+        state.duplicates, state.too_late, state.ticks = counts
+        bars, late, state._first_offset, state._last_offset, state._first_log = pending
+        state._bars, state._late = list(bars), list(late)
+        for symbol, bars_state in state.symbols.items():  # the due list is derived state
+            due = bars_state.close_due()
+            if due is not None:
+                state._due.append((due, symbol, -1))
+                state._scheduled[symbol] = due
+            for at, ws in bars_state.restate_due():
+                state._due.append((at, symbol, ws))
+        heapq.heapify(state._due)
+        return state
+
+
+def _bar_order(row: tuple) -> tuple:
+    return (row[0], row[2], row[13])
+
+
+def _late_order(row: tuple) -> tuple:
+    return (row[0], row[1], row[4])

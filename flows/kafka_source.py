@@ -1,27 +1,54 @@
-"""Kafka input for the dataflow: one Bytewax partition per Kafka partition.
+"""Kafka input for the dataflow: one Bytewax partition per Kafka partition, with log time.
 
 Why not `bytewax.connectors.kafka.KafkaSource`: it wraps every message in a
-dataclass (measurable at 100k+ msgs/s), cannot stop when the topic goes idle
-(`stockpipe stream --exit-when-idle`), and reports lag only when the offset
-is positive. This source emits plain tuples, keeps its offset in the recovery
-store exactly like Bytewax's (offsets live there, not in a consumer group), and
-publishes consumer lag as a Prometheus gauge and in its log lines.
+dataclass, drops the record timestamps the bar logic runs on (log time,
+contract 2), cannot keep a quiet partition's log time moving, cannot stop
+through a flush marker in the log (`stockpipe stream --exit-when-idle`), and
+resets silently when a resumed offset is gone. This source:
+
+- emits one item per fetched batch, `(partition key, PartitionBatch)`, so the
+  stateful step keyed by partition gets its records in offset order;
+- keeps its offset in the recovery store exactly like Bytewax's (offsets live
+  there, not in a consumer group) and exports consumer lag as a gauge;
+- appends a heartbeat record to its partition when the partition has been
+  quiet for `heartbeat_interval` while the stream is caught up, so windows of
+  a quiet feed close (a heartbeat only moves log time; while catching up on a
+  backlog, log time comes from the backlog, so nothing closes early);
+- with `exit_when_idle`, once idle and caught up, appends a flush marker,
+  reads up to it (the stateful step closes everything there) and ends: the
+  close is in the log, so a replay sees it at the same point;
+- uses `auto.offset.reset=error`: a resume offset that retention or a
+  re-created topic removed stops the stream with a message, unless the user
+  chose `--reset-offsets earliest|latest`.
+
+Heartbeats, flush markers and the exit decision use the wall clock; that is
+fine because their effect on the bars goes through records in the log.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Gauge
 
-from flows.errors import ServiceUnavailable
+from flows.bars import FLUSH, HEARTBEAT, TICK
+from flows.errors import ServiceUnavailable, StockpipeError
+from flows.producers.kafka_out import FLUSH_HEADER, HEARTBEAT_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -30,40 +57,90 @@ LAG = Gauge(
     "Messages in the partition not yet read by the dataflow (end offset - next offset).",
     ["topic", "partition"],
 )
-SEQ_SHIFT = 40  # seq = partition << 40 | offset: partition-major position of a message
+LOG_TIME = Gauge(
+    "stockpipe_partition_log_time_seconds",
+    "Log time of the partition: the largest record timestamp the dataflow has read.",
+    ["topic", "partition"],
+)
+
+RESET_CHOICES = ("earliest", "latest")
 
 
 class RawMessage(NamedTuple):
-    """One Kafka message as the decode step needs it."""
+    """One Kafka record as the decode step needs it."""
 
-    topic: str
-    partition: int
     offset: int
+    timestamp: int  # the record's timestamp, ms (its log time on LogAppendTime topics)
+    kind: int  # flows.bars.TICK (any record with a value, or a tombstone), HEARTBEAT or FLUSH
     key: bytes | None
     value: bytes | None
 
 
-class _Partition(StatefulSourcePartition[RawMessage, int]):
+class PartitionBatch(NamedTuple):
+    """Consecutive records of one partition, in offset order."""
+
+    topic: str
+    partition: int
+    messages: list[RawMessage]
+
+
+def partition_key(topic: str, partition: int) -> str:
+    """The key of the stateful step: one bar state per Kafka partition."""
+    return f"{topic}#{partition}"
+
+
+def _kind(headers: list | None) -> int:
+    """What a record without a value is, from its headers (a tombstone is a bad tick)."""
+    if headers:
+        for name, _ in headers:
+            if name == HEARTBEAT_HEADER:
+                return HEARTBEAT
+            if name == FLUSH_HEADER:
+                return FLUSH
+    return TICK
+
+
+class OffsetGone(StockpipeError):
+    """The offset the stream must resume from is no longer in the partition."""
+
+
+class _Partition(StatefulSourcePartition[tuple[str, PartitionBatch], int]):
     def __init__(
         self,
         config: dict,
         topic: str,
         partition: int,
         offset: int,
+        *,
         batch_size: int,
+        heartbeat_interval: float,
         exit_when_idle: float | None,
     ):
         self._topic = topic
         self._partition = partition
+        self._key = partition_key(topic, partition)
         self._offset = offset
         self._batch_size = batch_size
+        self._heartbeat_interval = heartbeat_interval
         self._exit_when_idle = exit_when_idle
-        self._last_data = time.monotonic()
+        now = time.monotonic()
+        self._last_record = now  # any record, heartbeats included
+        self._last_data = now  # a record that is not a heartbeat
         self._awake: datetime | None = None
+        self._marker: bytes | None = None  # our flush marker, once written
+        self._done = False
         self._labels = (topic, str(partition))
-        config = dict(config, stats_cb=self._on_stats)
-        self._consumer = Consumer(config)
+        self._tp = TopicPartition(topic, partition)
+        self._consumer = Consumer(dict(config, stats_cb=self._on_stats))
         self._consumer.assign([TopicPartition(topic, partition, offset)])
+        self._producer = Producer(
+            {
+                "bootstrap.servers": config["bootstrap.servers"],
+                "linger.ms": 0,
+                "acks": "all",
+                "enable.idempotence": True,
+            }
+        )
 
     def _on_stats(self, stats_json: str) -> None:
         stats = orjson.loads(stats_json)
@@ -75,54 +152,90 @@ class _Partition(StatefulSourcePartition[RawMessage, int]):
         )
         if not part or part.get("ls_offset", -1) < 0:
             return
-        # Before the first message the position is the partition's start.
         position = self._offset if self._offset >= 0 else part.get("lo_offset", -1)
         if position >= 0:
             LAG.labels(*self._labels).set(max(part["ls_offset"] - position, 0))
 
-    def next_batch(self) -> list[RawMessage]:
+    def next_batch(self) -> list[tuple[str, PartitionBatch]]:
+        if self._done:
+            raise StopIteration
         msgs = self._consumer.consume(self._batch_size, 0)
         batch: list[RawMessage] = []
+        data = False
         for msg in msgs:
             error = msg.error()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if error.fatal() or not error.retriable():
-                    raise KafkaException(error)
-                log.warning("kafka %s[%d]: %s (retrying)", self._topic, self._partition, error)
+                self._on_error(error)
                 continue
-            batch.append(
-                RawMessage(self._topic, self._partition, msg.offset(), msg.key(), msg.value())
-            )
+            value = msg.value()
+            kind = TICK if value is not None else _kind(msg.headers())
+            batch.append(RawMessage(msg.offset(), msg.timestamp()[1], kind, msg.key(), value))
+            if kind == TICK:
+                data = True
+            elif kind == FLUSH and self._marker is not None and msg.key() == self._marker:
+                self._done = True  # our own marker came back: everything before it is read
         now = time.monotonic()
-        if batch:
-            self._offset = batch[-1].offset + 1
-            self._last_data = now
-            self._awake = None
-        else:
-            self._maybe_finish(now)
-            # Nothing there: look again shortly without blocking the worker.
+        if not batch:
+            self._when_quiet(now)
             self._awake = datetime.now(UTC) + timedelta(milliseconds=50)
-        return batch
+            return []
+        self._offset = batch[-1].offset + 1
+        self._last_record = now
+        if data:
+            self._last_data = now
+        self._awake = None
+        LOG_TIME.labels(*self._labels).set(max(m.timestamp for m in batch) / 1000)
+        return [(self._key, PartitionBatch(self._topic, self._partition, batch))]
 
-    def _maybe_finish(self, now: float) -> None:
-        if self._exit_when_idle is None or now - self._last_data < self._exit_when_idle:
+    def _on_error(self, error: KafkaError) -> None:
+        code = error.code()
+        if code == KafkaError._PARTITION_EOF:
             return
-        low, high = self._consumer.get_watermark_offsets(
-            TopicPartition(self._topic, self._partition), timeout=10
+        if code in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+            low, high = self._consumer.get_watermark_offsets(self._tp, timeout=10)
+            raise OffsetGone(_gone_message(self._topic, self._partition, self._offset, low, high))
+        if error.fatal() or not error.retriable():
+            raise KafkaException(error)
+        log.warning("kafka %s[%d]: %s (retrying)", self._topic, self._partition, error)
+
+    def _when_quiet(self, now: float) -> None:
+        """Nothing fetched: send a heartbeat, or end through a flush marker, once caught up."""
+        wants_heartbeat = now - self._last_record >= self._heartbeat_interval
+        wants_exit = (
+            self._exit_when_idle is not None
+            and self._marker is None
+            and now - self._last_data >= self._exit_when_idle
         )
-        position = self._offset if self._offset >= 0 else low  # nothing read yet
-        if position >= high:
+        if not (wants_heartbeat or wants_exit) or not self._caught_up():
+            return
+        if wants_exit:
+            self._marker = f"stockpipe-flush-{uuid.uuid4().hex}".encode()
             log.info(
-                "kafka %s[%d]: idle for %.1fs at offset %d, input done",
+                "kafka %s[%d]: idle for %.1fs at offset %d: writing a flush marker, then done",
                 self._topic,
                 self._partition,
                 now - self._last_data,
                 self._offset,
             )
-            raise StopIteration
-        self._last_data = now  # more data is on its way; it is not idle
+            self._append(FLUSH_HEADER, self._marker)
+        else:
+            self._append(HEARTBEAT_HEADER, None)
+        self._last_record = now
+
+    def _caught_up(self) -> bool:
+        low, high = self._consumer.get_watermark_offsets(self._tp, timeout=10)
+        position = self._offset if self._offset >= 0 else low
+        return position >= high
+
+    def _append(self, header: str, key: bytes | None) -> None:
+        self._producer.produce(
+            self._topic, key=key, value=None, partition=self._partition, headers=[(header, b"1")]
+        )
+        if self._producer.flush(30) > 0:
+            raise ServiceUnavailable(
+                f"could not append a {header} record to {self._topic}[{self._partition}] "
+                "within 30 s: is Kafka reachable?"
+            )
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -132,9 +245,20 @@ class _Partition(StatefulSourcePartition[RawMessage, int]):
 
     def close(self) -> None:
         self._consumer.close()
+        self._producer.flush(10)
 
 
-class TickSource(FixedPartitionedSource[RawMessage, int]):
+def _gone_message(topic: str, partition: int, offset: int, low: int, high: int) -> str:
+    return (
+        f"{topic}[{partition}]: the stream must resume at offset {offset}, but the partition "
+        f"now holds offsets {low}..{max(high - 1, low)} (retention removed older records, or "
+        "the topic was re-created). Nothing was skipped. To go on deliberately, rerun with "
+        "`stockpipe stream --reset-offsets earliest` (replay what is left) or "
+        "`--reset-offsets latest` (only new records)."
+    )
+
+
+class TickSource(FixedPartitionedSource[tuple[str, PartitionBatch], int]):
     """Every partition of one topic, from the beginning or from the recovered offset."""
 
     def __init__(
@@ -143,13 +267,21 @@ class TickSource(FixedPartitionedSource[RawMessage, int]):
         topic: str,
         *,
         batch_size: int = 5000,
+        heartbeat_interval: float = 1.0,
         exit_when_idle: float | None = None,
+        reset_offsets: str | None = None,
         add_config: dict | None = None,
     ):
+        if reset_offsets is not None and reset_offsets not in RESET_CHOICES:
+            raise StockpipeError(
+                f"--reset-offsets must be earliest or latest, got {reset_offsets!r}"
+            )
         self._brokers = brokers
         self._topic = topic
         self._batch_size = batch_size
+        self._heartbeat_interval = heartbeat_interval
         self._exit_when_idle = exit_when_idle
+        self._reset_offsets = reset_offsets
         self._add_config = add_config or {}
 
     def list_parts(self) -> list[str]:
@@ -171,11 +303,13 @@ class TickSource(FixedPartitionedSource[RawMessage, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
         idx, topic = for_part.split("-", 1)
+        partition = int(idx)
         config = {
             "bootstrap.servers": self._brokers,
             "group.id": "stockpipe-bytewax",  # required by librdkafka; offsets are not committed
             "enable.auto.commit": "false",
             "enable.partition.eof": "false",
+            "auto.offset.reset": "error",
             "statistics.interval.ms": 5000,
             "fetch.wait.max.ms": 50,
             "queued.min.messages": 200_000,
@@ -183,5 +317,34 @@ class TickSource(FixedPartitionedSource[RawMessage, int]):
             "queued.max.messages.kbytes": 16_384,
             **self._add_config,
         }
-        offset = OFFSET_BEGINNING if resume_state is None else resume_state
-        return _Partition(config, topic, int(idx), offset, self._batch_size, self._exit_when_idle)
+        offset = (
+            OFFSET_BEGINNING
+            if resume_state is None
+            else self._resume_at(config, topic, partition, resume_state)
+        )
+        return _Partition(
+            config,
+            topic,
+            partition,
+            offset,
+            batch_size=self._batch_size,
+            heartbeat_interval=self._heartbeat_interval,
+            exit_when_idle=self._exit_when_idle,
+        )
+
+    def _resume_at(self, config: dict, topic: str, partition: int, offset: int) -> int:
+        """The recovered offset, checked against what the partition still holds."""
+        probe = Consumer({k: v for k, v in config.items() if k != "statistics.interval.ms"})
+        try:
+            low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
+        finally:
+            probe.close()
+        if low <= offset <= high:
+            return offset
+        if self._reset_offsets == "earliest":
+            log.warning("%s[%d]: offset %d is gone, resuming at %d", topic, partition, offset, low)
+            return low
+        if self._reset_offsets == "latest":
+            log.warning("%s[%d]: offset %d is gone, resuming at %d", topic, partition, offset, high)
+            return high
+        raise OffsetGone(_gone_message(topic, partition, offset, low, high))

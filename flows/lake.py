@@ -1,29 +1,33 @@
 """The Parquet side of the lake (contract 2): schemas, atomic file writes, the Bytewax sink.
 
-Files are immutable and appear atomically: a local file is written under a
-hidden temporary name and renamed; an S3 object only exists once its upload
-completed. Names are unique (time, sink partition, random suffix), so a replay
-after a crash adds files and never overwrites one. A failing object store is
-retried with backoff for as long as it takes: the dataflow waits (back
-pressure) rather than skipping a batch.
+Files appear atomically: a local file is written under a hidden temporary name
+and renamed; an S3 object only exists once its upload completed. A file is
+named after what it holds, the source topic, partition and offset range of the
+records that caused its rows (`flows.bars.FileBatch`), and the bar state cuts
+batches from the log alone, so a replay after a crash rewrites the same file
+with the same rows instead of adding a copy (Kafka Connect's S3 sink works the
+same way). Rows inside a file are sorted, so the bytes are the same too.
+
+A transient store error is retried with backoff for as long as it takes (the
+dataflow waits rather than skipping a batch); a permanent one (no bucket,
+access denied, a path through a file) stops the worker at once with a message
+naming the URL: recovery makes that safe (`flows.lake_retry`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
-import threading
-import time
-import uuid
-import zlib
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from flows.bars import FileBatch
+from flows.lake_retry import put_with_retry
 from flows.lakefs import BARS_PREFIX, LATE_PREFIX, Lake
 
 log = logging.getLogger(__name__)
@@ -60,7 +64,7 @@ LATE_SCHEMA = pa.schema(
         pa.field("source", pa.string(), nullable=True),
         pa.field("window_start", TS, nullable=False),
         pa.field("watermark", TS, nullable=False),
-        pa.field("received_at", TS, nullable=False),
+        pa.field("received_at", TS, nullable=False),  # log time of the tick's record
     ]
 )
 
@@ -86,57 +90,48 @@ class LakeWriter:
 
     def __init__(self, lake: Lake, name_tag: str = "w", retry_cap_s: float = 30.0):
         self.lake = lake
-        self.name_tag = name_tag
+        self.name_tag = name_tag  # names files written outside the stream (write_bars)
         self.retry_cap_s = retry_cap_s
-        self.failed_attempts = 0  # store failures survived so far (retried, never skipped)
+        self.failed_attempts = 0  # transient store failures survived so far (retried)
 
-    def write_bars(self, rows: list[BarRow], interval_s: int) -> list[str]:
-        """One file per `date` partition of window_start; returns the paths written."""
-        by_date: dict[str, list[tuple]] = defaultdict(list)
-        for row in rows:
-            by_date[_date_of(row[2])].append(row)
-        return [
-            self._write(
-                self.lake.path(BARS_PREFIX, f"interval_s={interval_s}", f"date={date}"),
-                table_of(part, BAR_SCHEMA),
-            )
-            for date, part in sorted(by_date.items())
-        ]
+    def write_bars(self, rows: list[BarRow], interval_s: int | None = None) -> list[str]:
+        """Bar rows from outside the stream (tests, benchmarks, backfills), one file per date.
+
+        Named after a hash of their content, so writing the same rows twice
+        gives the same file.
+        """
+        return self.write_batch(self._manual_batch(rows, []))
 
     def write_late(self, rows: list[LateRow]) -> list[str]:
-        by_date: dict[str, list[tuple]] = defaultdict(list)
-        for row in rows:
-            by_date[_date_of(row[1])].append(row)
-        return [
-            self._write(self.lake.path(LATE_PREFIX, f"date={date}"), table_of(part, LATE_SCHEMA))
-            for date, part in sorted(by_date.items())
-        ]
+        return self.write_batch(self._manual_batch([], rows))
 
-    def _write(self, folder: str, table: pa.Table) -> str:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        name = f"{stamp}-{self.name_tag}-{uuid.uuid4().hex[:12]}.parquet"
+    def _manual_batch(self, bars: list[tuple], late: list[tuple]) -> FileBatch:
+        digest = hashlib.blake2b(repr((bars, late)).encode(), digest_size=8).hexdigest()
+        return FileBatch(f"{self.name_tag}-{digest}", 0, 0, 0, bars, late)
+
+    def write_batch(self, batch: FileBatch) -> list[str]:
+        """The files of one sealed micro-batch: one per `date` partition and kind."""
+        name = batch_name(batch)
+        paths = []
+        for interval_s, date, rows in _by_date(batch.bars, ts_col=2, interval_col=1):
+            folder = self.lake.path(BARS_PREFIX, f"interval_s={interval_s}", f"date={date}")
+            paths.append(self._write(folder, name, table_of(rows, BAR_SCHEMA)))
+        for _, date, rows in _by_date(batch.late, ts_col=1, interval_col=None):
+            folder = self.lake.path(LATE_PREFIX, f"date={date}")
+            paths.append(self._write(folder, name, table_of(rows, LATE_SCHEMA)))
+        return paths
+
+    def _write(self, folder: str, name: str, table: pa.Table) -> str:
         path = f"{folder}/{name}"
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         data = buf.getvalue()
-        delay = 0.5
-        attempt = 1
-        while True:
-            try:
-                self._put_atomically(folder, name, data)
-                return path
-            except Exception as exc:  # noqa: BLE001 - any store failure is retried, never skipped
-                self.failed_attempts += 1
-                log.warning(
-                    "lake write of %s failed (attempt %d): %s; retrying in %.1fs",
-                    path,
-                    attempt,
-                    exc,
-                    delay,
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, self.retry_cap_s)
-                attempt += 1
+        self.failed_attempts += put_with_retry(
+            lambda: self._put_atomically(folder, name, data),
+            self.lake.url(path),
+            retry_cap_s=self.retry_cap_s,
+        )
+        return path
 
     def _put_atomically(self, folder: str, name: str, data: bytes) -> None:
         fs = self.lake.fs
@@ -146,106 +141,45 @@ class LakeWriter:
             tmp = f"{folder}/.{name}.tmp"
             with fs.open(tmp, "wb") as fh:
                 fh.write(data)
-            fs.mv(tmp, final)  # a rename inside one folder: atomic
+            fs.mv(tmp, final)  # a rename inside one folder: atomic, and replaces a replay's copy
         else:
             fs.pipe_file(final, data)  # an object store shows an object only once complete
 
 
-class _SinkPartition(StatefulSinkPartition[tuple, tuple]):
-    """Buffers bar and late rows; flushes by row count or age, whichever comes first.
+def batch_name(batch: FileBatch) -> str:
+    """`<topic>+<partition>+<first offset>-<last offset>.parquet`: what the file holds."""
+    return f"{batch.topic}+{batch.partition}+{batch.first_offset:019d}-{batch.last_offset:019d}.parquet"
 
-    The buffer is part of the recovery snapshot, so a row accepted by the sink
-    is written even if the worker dies before the next flush.
+
+def _by_date(rows: list[tuple], ts_col: int, interval_col: int | None):
+    """(interval, date, rows) groups of rows by the UTC date of `ts_col`, in order."""
+    groups: dict[tuple, list[tuple]] = defaultdict(list)
+    for row in rows:
+        interval = row[interval_col] if interval_col is not None else None
+        groups[(interval, _date_of(row[ts_col]))].append(row)
+    return [(k[0], k[1], v) for k, v in sorted(groups.items(), key=lambda kv: kv[0][1])]
+
+
+class _SinkPartition(StatelessSinkPartition[tuple[str, FileBatch]]):
+    def __init__(self, writer: LakeWriter):
+        self._writer = writer
+
+    def write_batch(self, items: list[tuple[str, FileBatch]]) -> None:
+        for _key, batch in items:
+            paths = self._writer.write_batch(batch)
+            log.debug("wrote %s", paths)
+
+
+class LakeSink(DynamicSink[tuple[str, FileBatch]]):
+    """Sealed micro-batches (`flows.bars.FileBatch`) into Parquet files, written at once.
+
+    The sink holds no state: the rows of a batch not sealed yet live in the bar
+    state's snapshot, and a sealed batch is written before its epoch ends.
     """
 
-    def __init__(
-        self,
-        writer: LakeWriter,
-        interval_s: int,
-        flush_rows: int,
-        flush_interval: float,
-        resume: tuple | None,
-    ):
-        self._writer = writer
-        self._interval_s = interval_s
-        self._flush_rows = flush_rows
-        self._flush_interval = flush_interval
-        self._bars: list[tuple] = list(resume[0]) if resume else []
-        self._late: list[tuple] = list(resume[1]) if resume else []
-        self._oldest: float | None = time.monotonic() if (self._bars or self._late) else None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._timer = threading.Thread(target=self._age_flusher, daemon=True)
-        self._timer.start()
-
-    def write_batch(self, items: list[tuple]) -> None:
-        with self._lock:
-            for kind, row in items:
-                (self._bars if kind == "bar" else self._late).append(row)
-            if items and self._oldest is None:
-                self._oldest = time.monotonic()
-            if len(self._bars) + len(self._late) >= self._flush_rows or self._too_old():
-                self._flush()
-
-    def _too_old(self) -> bool:
-        return self._oldest is not None and time.monotonic() - self._oldest >= self._flush_interval
-
-    def _age_flusher(self) -> None:
-        # Without new items write_batch is not called; the age bound must hold anyway.
-        while not self._stop.wait(min(1.0, self._flush_interval / 2)):
-            with self._lock:
-                if self._too_old():
-                    self._flush()
-
-    def _flush(self) -> None:
-        if self._bars:
-            self._writer.write_bars(self._bars, self._interval_s)
-            self._bars = []
-        if self._late:
-            self._writer.write_late(self._late)
-            self._late = []
-        self._oldest = None
-
-    def snapshot(self) -> tuple:
-        with self._lock:
-            return (list(self._bars), list(self._late))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._timer.join(timeout=5)
-        with self._lock:
-            self._flush()
-
-
-class LakeSink(FixedPartitionedSink[tuple, tuple]):
-    """`(symbol, ("bar"|"late", row))` items into Parquet files; partitioned by symbol."""
-
-    def __init__(
-        self,
-        lake: Lake,
-        *,
-        interval_s: int,
-        flush_rows: int,
-        flush_interval: float,
-        partitions: int = 4,
-    ):
+    def __init__(self, lake: Lake, retry_cap_s: float = 30.0):
         self._lake = lake
-        self._interval_s = interval_s
-        self._flush_rows = flush_rows
-        self._flush_interval = flush_interval
-        self._partitions = partitions
+        self._retry_cap_s = retry_cap_s
 
-    def list_parts(self) -> list[str]:
-        return [f"p{i}" for i in range(self._partitions)]
-
-    def part_fn(self, item_key: str) -> int:
-        return zlib.crc32(item_key.encode())  # stable across processes, unlike hash()
-
-    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _SinkPartition:
-        return _SinkPartition(
-            LakeWriter(self._lake, name_tag=for_part),
-            self._interval_s,
-            self._flush_rows,
-            self._flush_interval,
-            resume_state,
-        )
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _SinkPartition:
+        return _SinkPartition(LakeWriter(self._lake, self._retry_cap_s))

@@ -1,10 +1,11 @@
 """`stockpipe stream`: run the dataflow with recovery, in one or several processes.
 
-Recovery is always on: Bytewax snapshots the Kafka offsets, the per-symbol bar
-state and the sink's buffered rows every epoch into SQLite partitions under
-`STOCKPIPE_RECOVERY_DIR/<topic>`, so a killed worker resumes where the last
-snapshot was taken and replays from there (a replay may repeat a bar
-revision; it never changes one).
+Recovery is always on: Bytewax snapshots the Kafka offsets and the bar state
+of each Kafka partition (with the rows of its micro-batch not sealed yet)
+every epoch into SQLite partitions under `STOCKPIPE_RECOVERY_DIR/<topic>`, so
+a killed worker resumes where the last snapshot was taken and replays from
+there. Every row is a function of the log, so the replay writes exactly the
+rows (and files) the first run wrote.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from flows.errors import ServiceUnavailable, StockpipeError
-from flows.settings import Settings, load_settings
+from flows.settings import Settings, load_settings, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def check_input(settings: Settings) -> int:
             "produce to it first (`stockpipe produce`) or set STOCKPIPE_TOPIC"
         )
     if settings.dlq_topic not in meta.topics:
-        for future in admin.create_topics([NewTopic(settings.dlq_topic, 1)]).values():
+        dlq = NewTopic(settings.dlq_topic, 1, config={"message.timestamp.type": "LogAppendTime"})
+        for future in admin.create_topics([dlq]).values():
             try:
                 future.result(timeout=30)
             except KafkaException as exc:  # created meanwhile by another worker: fine
@@ -81,6 +83,7 @@ def run_stream(
     *,
     workers: int = 1,
     exit_when_idle: float | None = None,
+    reset_offsets: str | None = None,
     process_id: int | None = None,
     addresses: list[str] | None = None,
 ) -> int:
@@ -93,32 +96,54 @@ def run_stream(
     check_input(settings)
     recovery = ensure_recovery(settings)
     if workers > 1 and process_id is None:
-        return _run_local_cluster(settings, workers, exit_when_idle)
+        return _run_local_cluster(settings, workers, exit_when_idle, reset_offsets)
 
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
     from flows.ohlc import build_flow
 
-    flow = build_flow(settings, exit_when_idle=exit_when_idle)
-    cli_main(
-        flow,
-        workers_per_process=1,
-        process_id=process_id,
-        addresses=addresses,
-        epoch_interval=timedelta(seconds=settings.epoch_interval),
-        recovery_config=RecoveryConfig(str(recovery), backup_interval=timedelta(0)),
-    )
+    flow = build_flow(settings, exit_when_idle=exit_when_idle, reset_offsets=reset_offsets)
+    try:
+        cli_main(
+            flow,
+            workers_per_process=1,
+            process_id=process_id,
+            addresses=addresses,
+            epoch_interval=timedelta(seconds=settings.epoch_interval),
+            recovery_config=RecoveryConfig(str(recovery), backup_interval=timedelta(0)),
+        )
+    except Exception as exc:
+        user_error = _user_error(exc)
+        if user_error is not None:  # Bytewax wraps it: show the user's error, not the chain
+            raise user_error from None
+        raise
     return 0
 
 
-def _run_local_cluster(settings: Settings, workers: int, exit_when_idle: float | None) -> int:
+def _user_error(exc: BaseException) -> StockpipeError | None:
+    """The `StockpipeError` (e.g. a vanished offset, a lake permanently failing) behind `exc`."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, StockpipeError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _run_local_cluster(
+    settings: Settings, workers: int, exit_when_idle: float | None, reset_offsets: str | None
+) -> int:
     addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(workers))
     env = {**os.environ, **settings.to_env()}
     # Each process is this same command joined to a cluster on loopback.
     args = [sys.executable, "-m", "flows.cli", "stream", "--addresses", addresses]
     if exit_when_idle is not None:
         args += ["--exit-when-idle", str(exit_when_idle)]
+    if reset_offsets is not None:
+        args += ["--reset-offsets", reset_offsets]
     procs = [subprocess.Popen([*args, "--process-id", str(i)], env=env) for i in range(workers)]
 
     def forward(signum: int, _frame: object) -> None:
@@ -147,11 +172,19 @@ def stream_command(
         int, typer.Option("--workers", "-w", min=1, max=64, help="Worker processes on this host.")
     ] = 1,
     exit_when_idle: Annotated[
-        float | None,
+        str | None,
         typer.Option(
             "--exit-when-idle",
-            help="Stop after this many seconds without new ticks, emitting every open window "
-            "and flushing every file first.",
+            help="Stop after this long without new ticks (e.g. 10s), first closing every open "
+            "window and writing every file, through a flush marker in the log.",
+        ),
+    ] = None,
+    reset_offsets: Annotated[
+        str | None,
+        typer.Option(
+            "--reset-offsets",
+            help="Only when a partition no longer holds the offset to resume from: go on from "
+            "its earliest or latest offset (earliest|latest).",
         ),
     ] = None,
     process_id: Annotated[
@@ -172,11 +205,18 @@ def stream_command(
     if (process_id is None) != (addresses is None):
         raise StockpipeError("--process-id and --addresses go together")
     settings = load_settings()
+    if reset_offsets not in (None, "earliest", "latest"):
+        raise StockpipeError(f"--reset-offsets must be earliest or latest, got {reset_offsets!r}")
+    try:
+        idle = None if exit_when_idle is None else parse_duration(exit_when_idle)
+    except ValueError as exc:
+        raise StockpipeError(f"--exit-when-idle: {exc}") from None
     raise typer.Exit(
         run_stream(
             settings,
             workers=workers,
-            exit_when_idle=exit_when_idle,
+            exit_when_idle=idle,
+            reset_offsets=reset_offsets,
             process_id=process_id,
             addresses=addresses.split(";") if addresses else None,
         )

@@ -47,8 +47,14 @@ def new_topic(kafka_bootstrap: str) -> Callable[..., str]:
 
     def make(prefix: str = "test", partitions: int = 4) -> str:
         name = f"{prefix}.{uuid.uuid4().hex[:10]}"
+        # As the project creates its topics: record timestamps are the broker's (log time).
+        config = {"message.timestamp.type": "LogAppendTime"}
         futures = admin.create_topics(
-            [NewTopic(name, partitions, 1), NewTopic(f"{name}.dlq", 1, 1)], operation_timeout=30
+            [
+                NewTopic(name, partitions, 1, config=config),
+                NewTopic(f"{name}.dlq", 1, 1, config=config),
+            ],
+            operation_timeout=30,
         )
         for future in futures.values():
             future.result(timeout=30)
