@@ -44,18 +44,27 @@ class Probe:
         import flows.lake as lake
         import flows.ohlc as ohlc
 
-        probe = self
-        decode = ohlc.decode_batch
+        from flows.bars import TICK
 
-        def timed_decode(batch: list) -> Any:
-            if probe.first is None and batch:
-                probe.first = time.perf_counter()
-            return decode(batch)
+        probe = self
+        make_decoder = ohlc.make_decoder
+
+        def timed_make_decoder(*args: Any) -> Any:
+            decode = make_decoder(*args)
+
+            def timed_decode(item: Any) -> Any:
+                if probe.first is None:
+                    probe.first = time.perf_counter()
+                return decode(item)
+
+            return timed_decode
 
         class TimedBarLogic(ohlc.BarLogic):
             def on_batch(self, values: list) -> Any:
                 out = super().on_batch(values)
-                probe.seen += sum(len(ticks) for ticks in values)
+                probe.seen += sum(
+                    sum(1 for rec in records if rec.kind == TICK) for _t, _p, records in values
+                )
                 if probe.last is None and probe.seen >= probe.ticks:
                     probe.last = time.perf_counter()
                 return out
@@ -67,15 +76,15 @@ class Probe:
 
         write = lake.LakeWriter._write
 
-        def timed_write(writer: Any, folder: str, table: Any) -> str:
+        def timed_write(writer: Any, folder: str, name: str, table: Any) -> str:
             start = time.perf_counter()
             try:
-                return write(writer, folder, table)
+                return write(writer, folder, name, table)
             finally:
                 probe.writes.append((start, time.perf_counter()))
 
         # build_flow looks these names up when it runs, so the flow gets the wrapped ones.
-        ohlc.decode_batch = timed_decode
+        ohlc.make_decoder = timed_make_decoder
         ohlc.BarLogic = TimedBarLogic
         lake.LakeWriter._write = timed_write
 

@@ -102,7 +102,15 @@ class Settings(BaseSettings):
     bar_seconds: int = Field(60, ge=1, le=86400, validation_alias="STOCKPIPE_BAR_SECONDS")
     allowed_lateness: Duration = Field(5.0, validation_alias="STOCKPIPE_ALLOWED_LATENESS")
     restate_horizon: Duration = Field(3600.0, validation_alias="STOCKPIPE_RESTATE_HORIZON")
-    dedup_horizon: Duration = Field(600.0, validation_alias="STOCKPIPE_DEDUP_HORIZON")
+    # Contract 1: a tick more than this ahead of its Kafka record's timestamp is `future-ts`
+    max_clock_skew: Duration = Field(60.0, validation_alias="STOCKPIPE_MAX_CLOCK_SKEW")
+    max_message_bytes: int = Field(
+        65_536, ge=256, le=16 * 1024 * 1024, validation_alias="STOCKPIPE_MAX_MESSAGE_BYTES"
+    )
+    # Contract 2: a quiet partition gets a heartbeat record after this long (moves log time)
+    heartbeat_interval: Duration = Field(1.0, validation_alias="STOCKPIPE_HEARTBEAT_INTERVAL")
+    # Contract 2: at most one restatement per window per this much log time
+    restate_interval: Duration = Field(1.0, validation_alias="STOCKPIPE_RESTATE_INTERVAL")
     recovery_dir: Path = Field(Path("./data/recovery"), validation_alias="STOCKPIPE_RECOVERY_DIR")
     recovery_partitions: int = Field(
         4, ge=1, le=256, validation_alias="STOCKPIPE_RECOVERY_PARTITIONS"
@@ -141,6 +149,23 @@ class Settings(BaseSettings):
     snowflake_protocol: str | None = Field(None, validation_alias="SNOWFLAKE_PROTOCOL")
     load_batch_files: int = Field(200, ge=1, validation_alias="STOCKPIPE_LOAD_BATCH_FILES")
     snowflake_login_timeout: Duration = Field(60.0, validation_alias="SNOWFLAKE_LOGIN_TIMEOUT")
+    # A load run commits at most this many batches; the rest waits for the next run.
+    load_max_batches: int = Field(50, ge=1, validation_alias="STOCKPIPE_LOAD_MAX_BATCHES")
+    # Days before the newest loaded `date=` partition (on top of the restate horizon)
+    # that the loader lists again for late files; older partitions are never listed.
+    load_lookback_days: int = Field(
+        1, ge=0, le=366, validation_alias="STOCKPIPE_LOAD_LOOKBACK_DAYS"
+    )
+    # Roles of infra/snowflake/setup.sql: the loader (PUT + COPY) and dbt (silver, gold).
+    # Unset, both fall back to SNOWFLAKE_ROLE (or the user's default role).
+    snowflake_loader_role: str | None = Field(None, validation_alias="SNOWFLAKE_LOADER_ROLE")
+    snowflake_transform_role: str | None = Field(None, validation_alias="SNOWFLAKE_TRANSFORM_ROLE")
+    # Session settings of the loader: how long a load waits for another load's lock,
+    # and the longest any one statement (a COPY) may run.
+    snowflake_lock_timeout: Duration = Field(300.0, validation_alias="SNOWFLAKE_LOCK_TIMEOUT")
+    snowflake_statement_timeout: Duration = Field(
+        3600.0, validation_alias="SNOWFLAKE_STATEMENT_TIMEOUT"
+    )
 
     # Sources
     finnhub_api_key: SecretStr | None = Field(None, validation_alias="FINNHUB_API_KEY")
@@ -153,6 +178,15 @@ class Settings(BaseSettings):
         60, ge=1, validation_alias="STOCKPIPE_FINNHUB_CALLS_PER_MINUTE"
     )
     outage_log: Path = Field(Path("./data/outages.jsonl"), validation_alias="STOCKPIPE_OUTAGE_LOG")
+    # Producers: while Kafka is unreachable, records wait in a disk spool of at most this size;
+    # on stop, undelivered records get this long to drain before they go to the outage log
+    spool_dir: Path = Field(Path("./data/spool"), validation_alias="STOCKPIPE_SPOOL_DIR")
+    spool_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, validation_alias="STOCKPIPE_SPOOL_MAX_BYTES"
+    )
+    producer_drain_timeout: Duration = Field(
+        30.0, validation_alias="STOCKPIPE_PRODUCER_DRAIN_TIMEOUT"
+    )
 
     # Orchestration and reporting
     load_interval: Duration = Field(300.0, validation_alias="STOCKPIPE_LOAD_INTERVAL")

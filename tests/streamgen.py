@@ -1,9 +1,10 @@
 """Random tick streams with every kind of trouble, and the answer a batch computation gives.
 
 A stream is a list of (symbol, message dict) in arrival order. `expected_ticks`
-replays the contract's rules the obvious way (global dedup by id, a running
-max of event time for the too-late cut) and returns the ticks that must end
-up in bars, for `helpers.batch_bars`.
+replays the contract's rules the obvious way (a running max of event time for
+the too-late cut, then dedup by id among the ticks accepted into bars, whose
+windows are still restatable) and returns the ticks that must end up in bars,
+for `helpers.batch_bars`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class StreamSpec:
     p_too_late: float = 0.02
     p_null_volume: float = 0.03
     p_no_id: float = 0.3
+    p_far_dup: float = 0.0  # re-send any earlier tick of the symbol, however long ago
 
 
 def make_stream(seed: int, spec: StreamSpec | None = None) -> list[tuple[str, dict]]:
@@ -59,6 +61,8 @@ def make_stream(seed: int, spec: StreamSpec | None = None) -> list[tuple[str, di
             events.append(msg)
             if rng.random() < spec.p_dup:
                 events.append(dict(events[rng.randrange(max(0, len(events) - 4), len(events))]))
+            if rng.random() < spec.p_far_dup:
+                events.append(dict(events[rng.randrange(0, len(events))]))
         for i in range(len(events) - 1):
             if rng.random() < spec.p_swap:
                 events[i], events[i + 1] = events[i + 1], events[i]
@@ -81,12 +85,16 @@ def expected_ticks(
     bar_ms: int = 60_000,
     lateness_ms: int = 5_000,
     restate_ms: int = 3_600_000,
-    dedup_ms: int = 600_000,
 ) -> tuple[list[dict], list[dict]]:
-    """(ticks that belong in bars, too-late ticks), each with `seq` = per-symbol arrival index."""
+    """(ticks that belong in bars, too-late ticks), each with `seq` = per-symbol arrival index.
+
+    A copy of a tick is only possible in the same window (ids come from the
+    content), so "remembered while the window can be restated" means: too
+    late first, else a duplicate if the id was accepted before.
+    """
     from flows.ticks import tick_id
 
-    seen: dict[tuple[str, str], int] = {}  # id -> remembered until this event time
+    accepted: set[tuple[str, str]] = set()
     max_ts: dict[str, int] = {}
     seq: dict[str, int] = {}
     good, late = [], []
@@ -98,10 +106,7 @@ def expected_ticks(
             float(msg["price"]),
             None if msg["volume"] is None else float(msg["volume"]),
         )
-        if seen.get((symbol, tid), -1) >= max_ts.get(symbol, 0):
-            continue  # a duplicate within the dedup horizon (contract 2)
         max_ts[symbol] = max(max_ts.get(symbol, msg["ts"]), msg["ts"])
-        seen[(symbol, tid)] = max_ts[symbol] + dedup_ms
         ws = msg["ts"] - msg["ts"] % bar_ms
         tick = {
             "symbol": symbol,
@@ -113,6 +118,7 @@ def expected_ticks(
         }
         if ws + bar_ms <= max_ts[symbol] - lateness_ms - restate_ms:
             late.append(tick)
-        else:
+        elif (symbol, tid) not in accepted:
+            accepted.add((symbol, tid))
             good.append(tick)
     return good, late
