@@ -19,8 +19,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_LOG_APPEND_TIME,
+    Consumer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from conftest import GOLDEN_DIR
 from fakes.finnhub_server import PING, FakeFinnhubREST, FakeFinnhubWS, trade, trades
 
@@ -29,6 +34,7 @@ from flows.producers import TickWriter, ensure_topics, simulate
 from flows.producers.command import pump
 from flows.producers.finnhub_rest import QuotePoller
 from flows.producers.finnhub_ws import FinnhubStream
+from flows.producers.kafka_out import HEARTBEAT_HEADER
 from flows.producers.pacing import Pacer
 from flows.producers.replay import read_replay
 from flows.settings import load_settings
@@ -42,7 +48,18 @@ START = int(datetime(2025, 3, 4, 15, 0, tzinfo=UTC).timestamp() * 1000)  # 10:00
 def read_topic(
     bootstrap: str, topic: str, timeout: float = 30.0
 ) -> list[tuple[str | None, bytes | None, int]]:
-    """Every message in `topic` as (key, value, partition), in partition order."""
+    """Every message in `topic` as (key, value, partition), in partition order; no heartbeats."""
+    return [
+        (key, value, partition)
+        for key, value, partition, headers in read_records(bootstrap, topic, timeout)
+        if HEARTBEAT_HEADER not in headers
+    ]
+
+
+def read_records(
+    bootstrap: str, topic: str, timeout: float = 30.0
+) -> list[tuple[str | None, bytes | None, int, dict[str, bytes]]]:
+    """Every record in `topic` as (key, value, partition, headers), in partition order."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -57,14 +74,15 @@ def read_topic(
             for p in partitions
         }
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        out: list[tuple[str | None, bytes | None, int]] = []
+        out: list[tuple[str | None, bytes | None, int, dict[str, bytes]]] = []
         done = {p: high[p] == 0 for p in partitions}
         deadline = time.monotonic() + timeout
         while not all(done.values()) and time.monotonic() < deadline:
             for msg in consumer.consume(1000, timeout=0.5):
                 assert msg.error() is None, msg.error()
                 key = msg.key().decode() if msg.key() is not None else None
-                out.append((key, msg.value(), msg.partition()))
+                headers = dict(msg.headers() or [])
+                out.append((key, msg.value(), msg.partition(), headers))
                 if msg.offset() + 1 >= high[msg.partition()]:
                     done[msg.partition()] = True
         assert all(done.values()), f"could not read all of {topic} within {timeout}s"
@@ -96,9 +114,62 @@ def test_missing_topics_are_created_with_the_configured_partitions(settings_for,
     settings = settings_for(topic=topic, topic_partitions=3)
     assert sorted(ensure_topics(settings)) == [topic, f"{topic}.dlq"]
     assert ensure_topics(settings) == []  # idempotent
-    meta = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    meta = admin.list_topics(timeout=10).topics
     assert len(meta[topic].partitions) == 3
     assert len(meta[f"{topic}.dlq"].partitions) == 1
+
+
+def test_created_topics_take_the_brokers_clock_as_record_time(settings_for, kafka_bootstrap):
+    topic = f"test.logtime.{time.time_ns()}"
+    settings = settings_for(topic=topic, topic_partitions=2)
+    assert sorted(ensure_topics(settings)) == [topic, f"{topic}.dlq"]
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in (topic, f"{topic}.dlq")]
+    for resource, future in admin.describe_configs(resources).items():
+        configs = future.result(timeout=30)
+        assert configs["message.timestamp.type"].value == "LogAppendTime", resource
+    # and a record written with an explicit (ancient) create time carries the append time
+    with TickWriter(settings, heartbeat_interval=0) as writer:
+        writer._producer.produce(topic, b"{}", b"COIN", timestamp=1_000)
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"t-{time.time_ns()}"})
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(2)])
+        msg = None
+        deadline = time.monotonic() + 30
+        while msg is None and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+        assert msg is not None and msg.error() is None
+        kind, ts = msg.timestamp()
+        assert kind == TIMESTAMP_LOG_APPEND_TIME and ts > 1_000_000_000_000
+    finally:
+        consumer.close()
+
+
+def test_every_partition_of_a_quiet_topic_gets_heartbeats_while_a_writer_runs(
+    settings_for, kafka_bootstrap
+):
+    topic = f"test.heartbeat.{time.time_ns()}"
+    settings = settings_for(topic=topic, topic_partitions=4, heartbeat_interval=0.2)
+    counts: Counter[int] = Counter()
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"t-{time.time_ns()}"})
+    try:
+        with TickWriter(settings) as writer:
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(4)])
+            deadline = time.monotonic() + 40
+            while (len(counts) < 4 or min(counts.values()) < 2) and time.monotonic() < deadline:
+                for msg in consumer.consume(100, timeout=0.5):
+                    assert msg.error() is None, msg.error()
+                    assert msg.key() is None and msg.value() is None
+                    assert dict(msg.headers() or []) == {HEARTBEAT_HEADER: b"1"}
+                    assert msg.timestamp()[0] == TIMESTAMP_LOG_APPEND_TIME
+                    counts[msg.partition()] += 1
+        assert sorted(counts) == [0, 1, 2, 3]
+        assert min(counts.values()) >= 2  # repeated while quiet, not a one-off
+        assert writer.heartbeats >= sum(counts.values())
+        assert writer.acknowledged == 0 and not writer.delivered  # heartbeats are not ticks
+    finally:
+        consumer.close()
 
 
 # --------------------------------------------------------------------------- simulator

@@ -1,7 +1,8 @@
 """`stockpipe produce`: ticks into Kafka from the simulator, Finnhub, or a replay file.
 
-Ctrl-C / SIGTERM stop the source, flush everything queued to the broker, print
-how many ticks were acknowledged per symbol, and exit 0.
+Ctrl-C / SIGTERM stop the source, flush everything queued or spooled to the
+broker, print how many ticks were acknowledged per symbol, and exit 0 (non-zero,
+with the outage log named, when some could not be delivered).
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ def _print_summary(writer: TickWriter, started: float) -> None:
         extra = f" ({n_raw} raw)" if n_raw else ""
         typer.echo(f"  {key or '(no key)'}: {writer.delivered.get(key, 0) + n_raw}{extra}")
     if writer.failed:
-        typer.echo(f"{writer.failed} messages were NOT delivered")
+        typer.echo(
+            f"{writer.failed} messages were NOT delivered (listed in the outage log {writer.outage_log})"
+        )
 
 
 async def _run_async(runner, stop_flag: threading.Event) -> None:  # noqa: ANN001
@@ -267,8 +270,10 @@ def produce_command(
         try:
             job(writer, stop)
         finally:
-            writer.flush()
-            _print_summary(writer, started)
+            try:  # drains (bounded), ledgers what Kafka never took, raises if anything was lost
+                writer.close()
+            finally:
+                _print_summary(writer, started)
 
 
 Job = Callable[[TickWriter, threading.Event], None]

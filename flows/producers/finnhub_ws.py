@@ -22,7 +22,6 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from flows.errors import StockpipeError
 from flows.producers.kafka_out import Item, TickWriter
+from flows.producers.ledger import Outage, append_outage
 from flows.producers.pacing import as_float, checked, now_ms
 from flows.settings import Settings
 from flows.ticks import tick_id
@@ -93,32 +93,6 @@ def trades_from_frame(message: dict[str, Any], now: int | None = None) -> list[I
             obj["conditions"] = conditions
         items.append(checked(obj, symbol if isinstance(symbol, str) else None, now))
     return items
-
-
-@dataclass
-class Outage:
-    """A stretch without data: from the last message received to the next subscription."""
-
-    start_ms: int
-    symbols: list[str]
-    reason: str
-    end_ms: int | None = None
-    attempts: int = 0
-    source: str = SOURCE
-    reasons: list[str] = field(default_factory=list)
-
-    def line(self) -> bytes:
-        obj = asdict(self)
-        obj["start"] = datetime.fromtimestamp(self.start_ms / 1000, UTC).isoformat()
-        obj["end"] = datetime.fromtimestamp((self.end_ms or self.start_ms) / 1000, UTC).isoformat()
-        return orjson.dumps(obj) + b"\n"
-
-
-def append_outage(path: Path, outage: Outage) -> None:
-    """Append one outage as a JSON line (the file is what backfill jobs read)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as fh:
-        fh.write(outage.line())
 
 
 class _Stalled(Exception):
@@ -196,7 +170,12 @@ class FinnhubStream:
                     break
                 reason = _describe(exc, self.stall_timeout)
                 if outage is None:
-                    outage = Outage(start_ms=last_seen, symbols=list(self.symbols), reason=reason)
+                    outage = Outage(
+                        start_ms=last_seen,
+                        symbols=list(self.symbols),
+                        reason=reason,
+                        source=SOURCE,
+                    )
                 outage.attempts += 1
                 outage.reasons.append(reason)
                 delay = min(self.backoff_max, self.backoff_initial * 2**failures)
