@@ -37,13 +37,38 @@ pair_returns as (
 ),
 
 rolling as (
+    {#- Snowflake's CORR takes no ORDER BY or window frame, so the rolling Pearson
+        correlation is built from rolling sums: SUM and COUNT take a ROWS frame on
+        every target. Like CORR, only rows where both returns exist count.
+        (Snowflake has no named WINDOW clause, hence the Jinja variable.) -#}
+    {%- set last_20 -%}
+        partition by symbol_a, symbol_b order by trade_date rows between 19 preceding and current row
+    {%- endset %}
     select
         *,
-        corr(log_return_a, log_return_b) over (
-            partition by symbol_a, symbol_b order by trade_date
-            rows between 19 preceding and current row
-        ) as correlation
-    from pair_returns
+        count(xy_pair) over ({{ last_20 }}) as pair_count,
+        sum(x) over ({{ last_20 }}) as sum_x,
+        sum(y) over ({{ last_20 }}) as sum_y,
+        sum(x * y) over ({{ last_20 }}) as sum_xy,
+        sum(x * x) over ({{ last_20 }}) as sum_xx,
+        sum(y * y) over ({{ last_20 }}) as sum_yy
+    from (
+        select
+            *,
+            case when log_return_b is not null then log_return_a end as x,
+            case when log_return_a is not null then log_return_b end as y,
+            case when log_return_a is not null and log_return_b is not null then 1 end as xy_pair
+        from pair_returns
+    ) as paired
+),
+
+moments as (
+    select
+        *,
+        pair_count * sum_xy - sum_x * sum_y as co_moment,
+        pair_count * sum_xx - sum_x * sum_x as moment_x,
+        pair_count * sum_yy - sum_y * sum_y as moment_y
+    from rolling
 ),
 
 final as (
@@ -53,8 +78,18 @@ final as (
         trade_date,
         log_return_a,
         log_return_b,
-        case when idx >= 20 then correlation end as correlation_20d
-    from rolling
+        {#- NULL until 20 returns exist, and where either variance is zero: below 1e-12 of
+            n·Σx², a difference of sums that small is rounding (it can even come out
+            negative). Each square root is taken apart so their product cannot underflow. #}
+        case
+            when idx >= 20
+                and moment_x > 1e-12 * pair_count * sum_xx
+                and moment_y > 1e-12 * pair_count * sum_yy
+                then greatest(-1.0, least(1.0,
+                    co_moment / nullif(sqrt(moment_x) * sqrt(moment_y), 0)
+                ))
+        end as correlation_20d
+    from moments
 )
 
 select * from final
