@@ -43,7 +43,6 @@ class Probe:
         """Wrap decode, the bar logic and the lake writer; call before the flow is built."""
         import flows.lake as lake
         import flows.ohlc as ohlc
-
         from flows.bars import TICK
 
         probe = self
