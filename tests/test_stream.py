@@ -15,17 +15,20 @@ import polars as pl
 import pytest
 from helpers import (
     assert_bars_equal,
-    batch_bars,
+    assert_each_row_once,
+    assert_revisions_never_change,
     consume_all,
+    expected_bars,
     final_bars,
     golden_bars,
     golden_messages,
     produce_raw,
     read_lake_bars,
+    run_stockpipe,
+    stockpipe,
+    stream_messages,
 )
-from streamgen import StreamSpec, expected_ticks, make_stream
-
-from flows.settings import Settings
+from streamgen import StreamSpec, make_stream
 
 pytestmark = pytest.mark.kafka
 
@@ -41,39 +44,6 @@ GOLDEN_REASONS = {  # the golden file's label -> the reason code the DLQ carries
     "bad:negative-volume": "negative-volume",
     "bad:nan-price": "non-finite-price",
 }
-
-
-def stockpipe(settings: Settings, *args: str, **popen: object) -> subprocess.Popen:
-    """The real console command, with these settings in its environment."""
-    env = {**os.environ, **settings.to_env()}
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], env=env, **popen)
-
-
-def run_stockpipe(
-    settings: Settings, *args: str, timeout: float = 180
-) -> subprocess.CompletedProcess:
-    proc = stockpipe(settings, *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = proc.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, None)
-
-
-def stream_messages(stream: list[tuple[str, dict]]) -> list[tuple[bytes, bytes]]:
-    return [(symbol.encode(), orjson.dumps(msg)) for symbol, msg in stream]
-
-
-def expected_bars(stream: list[tuple[str, dict]]) -> pl.DataFrame:
-    good, _late = expected_ticks(stream)
-    return batch_bars(good)
-
-
-def assert_revisions_never_change(rows: pl.DataFrame) -> None:
-    """A replay may repeat a bar revision, never change it."""
-    content = ["open", "high", "low", "close", "volume", "trade_count", "first_ts", "last_ts"]
-    distinct = rows.select(["symbol", "window_start", "revision", *content]).unique()
-    dupes = (
-        distinct.group_by(["symbol", "window_start", "revision"]).len().filter(pl.col("len") > 1)
-    )
-    assert dupes.height == 0, f"revisions with two contents: {dupes}"
 
 
 def test_golden_stream_through_kafka_gives_golden_bars_dlq_and_late(
@@ -126,9 +96,10 @@ def test_two_worker_processes_give_the_same_bars_as_batch(new_topic, settings_fo
 
     rows = read_lake_bars(settings.lake_url)
     assert_bars_equal(final_bars(rows), expected_bars(stream))
-    # both processes wrote: the sink partitions are spread over the workers
-    names = {p.name.split("-")[1] for p in Path(settings.lake_url).rglob("*.parquet")}
-    assert len(names) >= 2
+    # files are named <topic>+<partition>+<first offset>-<last offset>: every partition wrote
+    names = {p.name.split("+")[1] for p in Path(settings.lake_url).rglob("*.parquet")}
+    assert names == {"0", "1", "2", "3"}
+    assert_each_row_once(rows)
 
 
 def test_bad_records_go_to_dlq_and_the_flow_keeps_going(new_topic, settings_for):
@@ -212,6 +183,7 @@ def test_killed_worker_resumes_without_losing_or_double_counting(new_topic, sett
     rows = read_lake_bars(settings.lake_url)
     assert_bars_equal(final_bars(rows), expected_bars(stream))
     assert_revisions_never_change(rows)
+    assert_each_row_once(rows)  # the replay rewrote the files it had written, it added none
     assert not list(lake.rglob(".*.tmp")), "half-written files left behind"
 
 
@@ -247,8 +219,8 @@ def test_second_run_resumes_and_restates_bars_flushed_at_idle(new_topic, setting
     produce_raw(settings.kafka_bootstrap_servers, topic, second)
     assert run_stockpipe(settings, "stream", "--exit-when-idle", "2").returncode == 0
     rows = read_lake_bars(settings.lake_url).sort("revision")
-    # Resuming may repeat revision 0 (identical); it never changes it.
     assert_revisions_never_change(rows)
+    assert_each_row_once(rows)
     distinct = rows.select(["revision", "trade_count", "close", "volume"]).unique().sort("revision")
     assert distinct.rows() == [(0, 1, 900.0, 10.0), (1, 2, 905.0, 40.0)]
     rows = final_bars(rows)
