@@ -38,7 +38,7 @@ from flows.kafka_source import PartitionBatch, RawMessage, TickSource
 from flows.lake import LakeSink
 from flows.lakefs import open_lake
 from flows.settings import Settings, SettingsError, load_settings
-from flows.ticks import BadTick, decode_tick
+from flows.ticks import MAX_TS_MS, BadTick, decode_tick
 
 # What the decode step sends on: ("ok", (key, (batch, records))) or ("bad", KafkaSinkMessage).
 Decoded = tuple[str, object]
@@ -58,8 +58,11 @@ def make_decoder(max_skew_ms: int, max_bytes: int) -> Callable[[tuple[str, Parti
             if msg.kind == FLUSH:
                 records.append(Record(msg.offset, msg.timestamp, FLUSH))
                 continue
+            # A record without a timestamp (-1, old message formats) cannot be held to
+            # the clock-skew rule; it also never moves log time.
+            log_ts = msg.timestamp if msg.timestamp >= 0 else MAX_TS_MS
             tick = decode_tick(
-                msg.value, msg.key, msg.timestamp, max_skew_ms=max_skew_ms, max_bytes=max_bytes
+                msg.value, msg.key, log_ts, max_skew_ms=max_skew_ms, max_bytes=max_bytes
             )
             if isinstance(tick, BadTick):
                 records.append(Record(msg.offset, msg.timestamp, BAD))
