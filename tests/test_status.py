@@ -1,0 +1,382 @@
+"""`stockpipe status`: values checked against what was produced, streamed, written and loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import duckdb
+import orjson
+import pytest
+from helpers import consume_all, produce_raw
+
+from flows.settings import Settings, load_settings
+from flows.status import (
+    BARS_STEP,
+    SOURCE_STEP,
+    read_recovery_store,
+    stream_status,
+    warehouse_status,
+)
+
+SYMBOLS = ("AAA", "BBB", "CCC", "DDD", "EEE")
+
+
+def run(settings: Settings, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real console command with these settings (and `env` on top)."""
+    full = {**os.environ, **settings.to_env(), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def status_json(settings: Settings, env: dict | None = None) -> dict:
+    done = run(settings, "status", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    return json.loads(done.stdout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.kafka
+def test_status_after_stream_and_load_matches_what_was_produced(new_topic, settings_for):
+    topic = new_topic("status", partitions=3)
+    settings = settings_for(topic=topic)
+    base = (int(time.time() * 1000) - 20 * 60_000) // 60_000 * 60_000
+    ticks = []
+    for i in range(40):
+        for k, symbol in enumerate(SYMBOLS):
+            ts = base + i * 7_000 + k * 13  # ~4.6 minutes of event time per symbol
+            tick = {"symbol": symbol, "price": 10.0 + i, "volume": 1 + k, "ts": ts}
+            ticks.append({**tick, "id": f"{symbol}-{i}"})
+    # One late tick under a smaller ts (never the max) and one duplicate of an earlier tick.
+    ticks.append({"symbol": "AAA", "price": 99.0, "volume": 1, "ts": base + 1, "id": "AAA-late"})
+    ticks.append(dict(ticks[5 * len(SYMBOLS)]))  # same id: a duplicate of AAA-5
+    produce_raw(
+        settings.kafka_bootstrap_servers,
+        topic,
+        [(t["symbol"].encode(), orjson.dumps(t)) for t in ticks],
+    )
+
+    streamed = run(settings, "stream", "--exit-when-idle", "2s")
+    assert streamed.returncode == 0, streamed.stderr[-3000:]
+    loaded = run(settings, "load")
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+
+    report = status_json(settings)
+
+    # What the log holds now (ticks, heartbeats, the flush markers), per partition.
+    records: dict[int, list] = {}
+    for msg in consume_all(settings.kafka_bootstrap_servers, topic):
+        records.setdefault(msg.partition(), []).append(msg)
+    assert report["broker"] == {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "reachable": True,
+        "error": None,
+        "brokers": 1,
+    }
+    assert report["topic"]["exists"] is True
+    topic_parts = {p["partition"]: p for p in report["topic"]["partitions"]}
+    stream_parts = {p["partition"]: p for p in report["stream"]["partitions"]}
+    assert set(topic_parts) == set(stream_parts) == {0, 1, 2}
+    lateness = int(settings.allowed_lateness * 1000)
+    want_symbols = {}
+    for p in range(3):
+        msgs = records.get(p, [])
+        end = msgs[-1].offset() + 1 if msgs else 0
+        last_log = msgs[-1].timestamp()[1] if msgs else None
+        assert topic_parts[p]["end"] == end and topic_parts[p]["low"] == 0
+        assert topic_parts[p]["log_time_ms"] == last_log
+        sp = stream_parts[p]
+        assert sp["committed"] == end and sp["end"] == end and sp["lag"] == 0, sp
+        assert sp["log_time_ms"] == last_log  # the bar state has read up to the flush marker
+        valid = [m for m in msgs if m.value() is not None]
+        assert sp["ticks"] == len(valid)
+        assert sp["open_windows"] == 0 and sp["pending_restatements"] == 0  # flushed
+        assert sp["unsealed_rows"] == 0
+        ids = [orjson.loads(m.value())["id"] for m in valid]
+        assert sp["duplicates"] == len(ids) - len(set(ids))
+        # Per symbol: the max event time, and the log time of the record that first brought it.
+        for symbol in {orjson.loads(m.value())["symbol"] for m in valid}:
+            mine = [(orjson.loads(m.value())["ts"], m) for m in valid if m.key() == symbol.encode()]
+            max_ts = max(ts for ts, _ in mine)
+            brought = next(m for ts, m in mine if ts == max_ts).timestamp()[1]
+            want_symbols[symbol] = {
+                "partition": p,
+                "max_ts_ms": max_ts,
+                "watermark_ms": max_ts - lateness + (last_log - brought),
+            }
+    assert sum(p["duplicates"] for p in stream_parts.values()) == 1
+    got_symbols = {
+        s["symbol"]: {k: s[k] for k in ("partition", "max_ts_ms", "watermark_ms")}
+        for s in report["stream"]["symbols"]
+    }
+    assert got_symbols == want_symbols
+    assert set(got_symbols) == set(SYMBOLS)
+    for symbol in SYMBOLS:  # and the max event time is what was produced
+        assert got_symbols[symbol]["max_ts_ms"] == max(
+            t["ts"] for t in ticks if t["symbol"] == symbol
+        )
+
+    # The lake: the newest date= folder and its newest file.
+    lake = Path(settings.lake_url)
+    newest_day = max(datetime.fromtimestamp(t["ts"] / 1000, UTC).date() for t in ticks).isoformat()
+    folder = lake / "bars" / "interval_s=60" / f"date={newest_day}"
+    files = sorted(folder.glob("*.parquet"))
+    assert report["lake"]["found"] is True
+    assert report["lake"]["newest_partition"] == newest_day
+    assert report["lake"]["files_in_newest_partition"] == len(files) > 0
+    newest = Path(report["lake"]["newest_file"])
+    assert newest.exists() and newest.parent == folder
+    assert report["lake"]["newest_file_size"] == newest.stat().st_size
+    assert newest.stat().st_mtime == max(f.stat().st_mtime for f in files)
+
+    # The warehouse: one load of every bar file (the marts are not built here).
+    import pyarrow.parquet as pq
+
+    all_files = sorted((lake / "bars").rglob("*.parquet"))
+    total_rows = sum(pq.read_metadata(f).num_rows for f in all_files)
+    wh = report["warehouse"]
+    assert wh["checked"] is True and wh["error"] is None
+    assert wh["manifest_files"] == len(all_files)
+    assert wh["bronze_rows"] == total_rows
+    assert wh["last_load"]["files"] == len(all_files)
+    assert wh["last_load"]["rows"] == total_rows
+    if wh["has_load_seq"]:
+        assert wh["last_load"]["load_seq"] == 1
+    assert [(m["table"], m["exists"]) for m in report["marts"]] == [
+        ("silver.fct_bars_1m", False),
+        ("gold.fct_bars_daily", False),
+    ]
+
+    # The tables render too (exit 0, the lag and the newest file on screen).
+    shown = run(settings, "status", env={"COLUMNS": "400"})
+    assert shown.returncode == 0, shown.stderr
+    assert "reachable" in shown.stdout and newest.name in shown.stdout
+    assert "does not exist yet" in shown.stdout
+
+
+def test_status_without_broker_and_without_anything_else_exits_0(tmp_path):
+    settings = load_settings(
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",  # nothing listens there
+        topic="nothing.here",
+        lake_url=str(tmp_path / "lake"),
+        recovery_dir=tmp_path / "recovery",
+        warehouse=f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
+    )
+    report = status_json(settings)
+    broker = report["broker"]
+    assert broker["reachable"] is False
+    assert broker["error"].startswith(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}")
+    assert "\n" not in broker["error"]
+    assert report["topic"]["checked"] is False and report["topic"]["partitions"] == []
+    assert report["stream"]["found"] is False and "has not run" in report["stream"]["error"]
+    assert report["lake"]["found"] is False
+    assert report["warehouse"]["checked"] is False
+    assert "no DuckDB file" in report["warehouse"]["error"]
+    assert not (tmp_path / "warehouse.duckdb").exists()  # status never creates it
+    assert [m["exists"] for m in report["marts"]] == [None, None]
+
+    shown = run(settings, "status")
+    assert shown.returncode == 0
+    assert "Traceback" not in shown.stderr and shown.stderr == ""
+    assert "unreachable" in shown.stdout
+
+
+# ---------------------------------------------------------------- the recovery store
+
+
+def _insert(path: Path, sql: str, rows: list[tuple]) -> None:
+    with sqlite3.connect(path) as con:
+        con.executemany(sql, rows)
+
+
+def test_recovery_store_takes_the_newest_snapshot_below_the_resume_epoch(tmp_path):
+    from bytewax.recovery import init_db_dir
+
+    init_db_dir(tmp_path, 2)  # Bytewax's own schema
+    p0, p1 = tmp_path / "part-0.sqlite3", tmp_path / "part-1.sqlite3"
+    # Execution 0 (1 worker) then execution 1 with 2 workers resuming at epoch 4; worker 0
+    # finished epoch 6, worker 1 epoch 8: a restart resumes at 6, so epochs < 6 are committed.
+    _insert(p0, "INSERT INTO exs VALUES (CURRENT_TIMESTAMP, ?, ?, ?)", [(0, 1, 1), (1, 2, 4)])
+    _insert(
+        p1,
+        "INSERT INTO fronts VALUES (CURRENT_TIMESTAMP, ?, ?, ?)",
+        [(0, 0, 9), (1, 0, 6), (1, 1, 8)],
+    )
+    _insert(p0, "INSERT INTO commits VALUES (CURRENT_TIMESTAMP, ?, ?)", [(0, 5)])
+    snap = "INSERT INTO snaps VALUES (CURRENT_TIMESTAMP, ?, ?, ?, ?)"
+    _insert(
+        p0,
+        snap,
+        [
+            (SOURCE_STEP, "0-t", 3, pickle.dumps(100)),
+            (SOURCE_STEP, "0-t", 5, pickle.dumps(200)),
+            (SOURCE_STEP, "0-t", 7, pickle.dumps(300)),  # not committed: worker 0 is at 6
+            (SOURCE_STEP, "1-t", 7, pickle.dumps(50)),  # only uncommitted snapshots
+            ("other.step", "x", 1, pickle.dumps("ignored")),
+        ],
+    )
+    _insert(
+        p1,
+        snap,
+        [(SOURCE_STEP, "2-t", 2, pickle.dumps(10)), (SOURCE_STEP, "2-t", 4, None)],  # discarded
+    )
+    store = read_recovery_store(tmp_path)
+    assert (store.execution, store.worker_count, store.resume_epoch) == (1, 2, 6)
+    assert store.commit_epochs == {0: 5}
+    assert store.snapshots == {
+        (
+            SOURCE_STEP,
+            "0-t",
+        ): (5, 200),
+        (SOURCE_STEP, "2-t"): (4, None),
+    }
+
+
+def test_stream_status_reads_offsets_and_bar_state_without_a_broker(tmp_path):
+    """A never-read partition (offset -2) counts as not committed; bar state gives watermarks."""
+    from bytewax.recovery import init_db_dir
+
+    from flows.bars import BarRules, FileRules, PartitionBars, Record
+    from flows.ticks import decode_tick
+
+    settings = load_settings(
+        kafka_bootstrap_servers="127.0.0.1:1",
+        topic="t.x",
+        recovery_dir=tmp_path,
+        allowed_lateness="5s",
+    )
+    store = tmp_path / "t.x"
+    store.mkdir()
+    init_db_dir(store, 1)
+    state = PartitionBars(BarRules.from_settings(settings), FileRules(), "t.x", 1)
+    t0 = 1_750_000_000_000
+    for offset, (ts, log) in enumerate([(t0, t0 + 10), (t0 + 30_000, t0 + 20), (t0 + 5, t0 + 40)]):
+        value = orjson.dumps({"symbol": "ZZZ", "price": 1.5, "volume": 1, "ts": ts})
+        tick = decode_tick(value, b"ZZZ", log, max_skew_ms=60_000, max_bytes=65_536)
+        state.on_record(Record(offset, log, 0, tick))
+    state.on_record(Record(3, t0 + 2_000, 1))  # a heartbeat moves log time
+    part = store / "part-0.sqlite3"
+    _insert(part, "INSERT INTO exs VALUES (CURRENT_TIMESTAMP, ?, ?, ?)", [(0, 1, 1)])
+    _insert(part, "INSERT INTO fronts VALUES (CURRENT_TIMESTAMP, ?, ?, ?)", [(0, 0, 3)])
+    _insert(
+        part,
+        "INSERT INTO snaps VALUES (CURRENT_TIMESTAMP, ?, ?, ?, ?)",
+        [
+            (SOURCE_STEP, "1-t.x", 2, pickle.dumps(4)),
+            (SOURCE_STEP, "0-t.x", 2, pickle.dumps(-2)),  # OFFSET_BEGINNING: nothing read
+            (BARS_STEP, "t.x#1", 2, pickle.dumps(state.snapshot())),
+        ],
+    )
+    status = stream_status(settings)
+    assert status.found and status.resume_epoch == 3 and status.error is None
+    by_part = {p.partition: p for p in status.partitions}
+    assert by_part[0].committed is None and by_part[0].lag is None  # no end offsets known
+    p1 = by_part[1]
+    assert (p1.committed, p1.snapshot_epoch, p1.log_time_ms, p1.ticks) == (4, 2, t0 + 2_000, 3)
+    assert p1.open_windows == 1  # [t0+30s window] still open: watermark below its end
+    [sym] = status.symbols
+    assert sym.max_ts_ms == t0 + 30_000
+    # max ts - lateness, advanced by log time since the record that brought it (t0 + 20)
+    assert sym.watermark_ms == t0 + 30_000 - 5_000 + (t0 + 2_000 - (t0 + 20))
+
+
+# --------------------------------------------------------------------------- warehouse
+
+
+def _settings_with_duckdb(tmp_path: Path) -> Settings:
+    return load_settings(warehouse=f"duckdb:///{tmp_path / 'wh.duckdb'}", lake_url=str(tmp_path))
+
+
+def test_warehouse_status_on_an_older_warehouse_and_the_marts(tmp_path):
+    """No load_seq column (before the migration): the last load is the newest batch."""
+    settings = _settings_with_duckdb(tmp_path)
+    with duckdb.connect(str(settings.duckdb_path)) as con:
+        con.execute("CREATE SCHEMA bronze; CREATE SCHEMA silver; CREATE SCHEMA gold")
+        con.execute(
+            "CREATE TABLE bronze.load_manifest (path VARCHAR, target_table VARCHAR, "
+            "size_bytes BIGINT, row_count BIGINT, batch_id VARCHAR, loaded_at TIMESTAMPTZ)"
+        )
+        con.execute(
+            "INSERT INTO bronze.load_manifest VALUES "
+            "('a', 'bars', 1, 10, 'b1', '2025-01-02 10:00:00+00'),"
+            "('b', 'bars', 1, 20, 'b2', '2025-01-02 11:00:00+00'),"
+            "('c', 'bars', 1, 5, 'b2', '2025-01-02 11:00:00+00')"
+        )
+        con.execute("CREATE TABLE bronze.bars AS SELECT range AS x FROM range(35)")
+        con.execute(
+            "CREATE TABLE silver.fct_bars_1m AS SELECT TIMESTAMPTZ '2025-01-02 15:59:00+00' "
+            "AS window_start UNION ALL SELECT TIMESTAMPTZ '2025-01-02 14:30:00+00'"
+        )
+    wh, marts = warehouse_status(settings)
+    assert wh.checked and wh.error is None and wh.has_load_seq is False
+    assert (wh.manifest_files, wh.bronze_rows) == (3, 35)
+    assert wh.last_load is not None
+    assert (wh.last_load.load_seq, wh.last_load.batch_id) == (None, "b2")
+    assert (wh.last_load.files, wh.last_load.rows) == (2, 25)
+    assert wh.last_load.loaded_at == "2025-01-02T11:00:00+00:00"
+    silver, gold = marts
+    assert (silver.exists, silver.latest, silver.rows) == (True, "2025-01-02T15:59:00+00:00", 2)
+    assert (gold.exists, gold.latest) == (False, None)
+
+    # Migrated and loaded again: the last load is the greatest load sequence.
+    with duckdb.connect(str(settings.duckdb_path)) as con:
+        con.execute("ALTER TABLE bronze.load_manifest ADD COLUMN load_seq BIGINT")
+        con.execute(
+            "INSERT INTO bronze.load_manifest VALUES "
+            "('d', 'bars', 1, 7, 'b3', '2025-01-03 09:00:00+00', 1),"
+            "('e', 'bars', 1, 8, 'b4', '2025-01-03 09:05:00+00', 2),"
+            "('f', 'bars', 1, 9, 'b4', '2025-01-03 09:05:00+00', 2)"
+        )
+        con.execute("CREATE TABLE gold.fct_bars_daily AS SELECT DATE '2025-01-02' AS trade_date")
+    wh, (silver, gold) = warehouse_status(settings)
+    assert wh.has_load_seq is True
+    assert (wh.last_load.load_seq, wh.last_load.files, wh.last_load.rows) == (2, 2, 17)
+    assert (gold.exists, gold.latest, gold.rows) == (True, date(2025, 1, 2).isoformat(), 1)
+
+
+def test_warehouse_status_when_the_duckdb_file_is_locked(tmp_path):
+    settings = _settings_with_duckdb(tmp_path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time\n"
+            f"con = duckdb.connect({str(settings.duckdb_path)!r})\n"
+            "con.execute('CREATE SCHEMA bronze')\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        wh, marts = warehouse_status(settings)
+        assert wh.checked is False and "locked by another process" in wh.error
+        assert "\n" not in wh.error
+        assert [m.exists for m in marts] == [None, None]
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    wh, _ = warehouse_status(settings)  # released: readable, nothing loaded yet
+    assert wh.checked is True and "no bronze.load_manifest" in wh.error
