@@ -33,29 +33,14 @@ from flows.bars import (
     TickIn,
     fold_ticks,
 )
+from flows.lake import BAR_SCHEMA
 from flows.ticks import BadTick, Tick, decode_tick
 
 RULES = BarRules()
 FILES = FileRules(max_rows=1_000_000, max_age_ms=10**12)  # one file unless a test says otherwise
 T0 = 1_741_100_400_000  # 15:00:00Z, a window boundary
 LOG0 = 1_796_000_000_000  # a log time (2026) later than every event time here
-BAR_COLS = [
-    "symbol",
-    "interval_s",
-    "window_start",
-    "window_end",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "vwap",
-    "trade_count",
-    "first_ts",
-    "last_ts",
-    "revision",
-    "emitted_at",
-]
+BAR_COLS = BAR_SCHEMA.names
 
 
 def tick(symbol: str, ts: int, price: float, volume: float | None = 1.0, tid: str = "") -> Tick:

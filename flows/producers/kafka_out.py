@@ -275,7 +275,7 @@ class _Loss:
             self.last_ms = ts if self.last_ms is None else max(self.last_ms, ts)
 
 
-def _value_ts(value: bytes | None) -> int | None:
+def value_ts(value: bytes | None) -> int | None:
     """The event ts in a record's JSON value, when it has a readable integer one."""
     if not value:
         return None
@@ -408,7 +408,7 @@ class TickWriter:
                 reason = self._shutdown_reason()
             else:
                 reason = f"delivery failed: {err.str()}"
-            self._lose(reason, key, _value_ts(msg.value()))
+            self._lose(reason, key, value_ts(msg.value()))
 
     def _on_heartbeat(self, err: KafkaError | None, msg: Message) -> None:
         with self._lock:
@@ -472,7 +472,7 @@ class TickWriter:
             return False
         except KafkaException as exc:  # e.g. larger than message.max.bytes, or a fatal error
             self.last_error = exc.args[0] if exc.args else None
-            self._lose(f"rejected by the producer: {exc}", key, _value_ts(value))
+            self._lose(f"rejected by the producer: {exc}", key, value_ts(value))
             return True
         self.queued += 1
         return True
@@ -534,7 +534,7 @@ class TickWriter:
         """Queue a record verbatim (e.g. a deliberately bad one that must reach the DLQ as is)."""
         if isinstance(key, str):
             key = key.encode()
-        self._send(_RAW, _value_ts(value), key, value)
+        self._send(_RAW, value_ts(value), key, value)
 
     def write(self, item: Item) -> None:
         """`send` a Tick, `send_raw` a (key, bytes) pair."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from flows.producers.kafka_out import Item
+from flows.producers.kafka_out import Item, value_ts
 from flows.ticks import MAX_AHEAD_MS, MIN_TS_MS, BadTick, Tick, parse_tick
 
 log = logging.getLogger(__name__)
@@ -47,14 +47,8 @@ def event_ts(item: Item) -> int | None:
     """The event time of an item, when it has a readable one (raw records: best effort)."""
     if isinstance(item, Tick):
         return item.ts
-    value = item[1]
-    if not value:
-        return None
-    try:
-        ts = orjson.loads(value).get("ts")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    if not isinstance(ts, int) or isinstance(ts, bool):
+    ts = value_ts(item[1])
+    if ts is None:
         return None
     # A deliberately bad record's ts (year 2100, 1999, ...) must not move the pacing
     # clock: one future ts would hold back everything after it.
