@@ -82,13 +82,15 @@ def build_naive_flow(bootstrap: str, topic: str, counter: _Counter) -> Dataflow:
     flow = Dataflow("naive_ohlc")
     msgs = op.input("kafka", flow, KafkaSource([bootstrap], [topic], tail=False))
 
-    def decode(msg: Any) -> dict:
+    def decode(msg: Any) -> list[dict]:
+        if msg.value is None:  # a heartbeat or flush marker another consumer wrote: no tick
+            return []
         if counter.first is None:
             counter.first = time.perf_counter()
         counter.ticks += 1
-        return json.loads(msg.value)
+        return [json.loads(msg.value)]
 
-    ticks = op.map("json", msgs, decode)
+    ticks = op.flat_map("json", msgs, decode)
     keyed = op.key_on("symbol", ticks, lambda tick: tick["symbol"])
     clock = EventClock(
         lambda tick: datetime.fromtimestamp(tick["ts"] / 1000, UTC),

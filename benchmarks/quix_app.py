@@ -45,7 +45,7 @@ def add_tick(bar: dict, tick: dict) -> dict:
 
 
 def tick_time(value: Any, headers: Any, timestamp: int, timestamp_type: Any) -> int:
-    return value["ts"]
+    return timestamp if value is None else value["ts"]  # None: a heartbeat, no tick
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         return bar
 
     sdf = app.dataframe(topic)
+    sdf = sdf.filter(lambda tick: tick is not None)  # heartbeats and flush markers: no tick
     sdf = sdf.tumbling_window(60_000).reduce(fold, first_fold).final()
     # The idle timeout only matters if ticks go missing (e.g. dropped as late): no hang.
     app.run(sdf, timeout=IDLE_STOP_S, collect=False)
