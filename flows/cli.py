@@ -12,11 +12,13 @@ import typer
 from rich.console import Console
 
 from flows.bench import bench_command
+from flows.chaos import chaos_command
 from flows.demo import demo_command
 from flows.errors import StockpipeError
 from flows.kafka_local import kafka_app
 from flows.producers.command import produce_command
 from flows.report import report_command
+from flows.status import status_command
 from flows.stream import stream_command
 from flows.transform import transform_command
 from flows.warehouse.command import load_command
@@ -36,6 +38,8 @@ app.command("load")(load_command)
 app.command("transform")(transform_command)
 app.command("bench")(bench_command)
 app.command("report")(report_command)
+app.command("status")(status_command)
+app.command("chaos")(chaos_command)
 
 err = Console(stderr=True)
 

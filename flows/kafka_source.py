@@ -133,12 +133,14 @@ class _Partition(StatefulSourcePartition[tuple[str, PartitionBatch], int]):
         self._tp = TopicPartition(topic, partition)
         self._consumer = Consumer(dict(config, stats_cb=self._on_stats))
         self._consumer.assign([TopicPartition(topic, partition, offset)])
+        self._warned_at = 0.0
         self._producer = Producer(
             {
                 "bootstrap.servers": config["bootstrap.servers"],
                 "linger.ms": 0,
                 "acks": "all",
                 "enable.idempotence": True,
+                "message.timeout.ms": 0,  # a marker waits out a broker outage, never dropped
             }
         )
 
@@ -192,11 +194,27 @@ class _Partition(StatefulSourcePartition[tuple[str, PartitionBatch], int]):
         if code == KafkaError._PARTITION_EOF:
             return
         if code in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
-            low, high = self._consumer.get_watermark_offsets(self._tp, timeout=10)
+            low, high = self._watermarks() or (-1, -1)
             raise OffsetGone(_gone_message(self._topic, self._partition, self._offset, low, high))
-        if error.fatal() or not error.retriable():
+        if error.fatal():
             raise KafkaException(error)
-        log.warning("kafka %s[%d]: %s (retrying)", self._topic, self._partition, error)
+        # Anything else (a broker restarting, a leader moving, the network) is the
+        # client's to retry: the stream waits, it does not crash.
+        self._warn(f"{error} (the client retries)")
+
+    def _warn(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= 10:  # one line per 10 s, not one per poll
+            self._warned_at = now
+            log.warning("kafka %s[%d]: %s", self._topic, self._partition, text)
+
+    def _watermarks(self) -> tuple[int, int] | None:
+        """(low, high) offsets of the partition, or None while the broker does not answer."""
+        try:
+            return self._consumer.get_watermark_offsets(self._tp, timeout=5)
+        except KafkaException as exc:
+            self._warn(f"no watermark offsets ({exc.args[0]}); retrying")
+            return None
 
     def _when_quiet(self, now: float) -> None:
         """Nothing fetched: send a heartbeat, or end through a flush marker, once caught up."""
@@ -206,8 +224,11 @@ class _Partition(StatefulSourcePartition[tuple[str, PartitionBatch], int]):
             and self._marker is None
             and now - self._last_data >= self._exit_when_idle
         )
-        if not (wants_heartbeat or wants_exit) or not self._caught_up():
+        if not (wants_heartbeat or wants_exit):
             return
+        self._producer.poll(0)
+        if len(self._producer) > 0 or not self._caught_up():
+            return  # the last record we appended is not in the log yet, or there is more to read
         if wants_exit:
             self._marker = f"stockpipe-flush-{uuid.uuid4().hex}".encode()
             log.info(
@@ -223,19 +244,19 @@ class _Partition(StatefulSourcePartition[tuple[str, PartitionBatch], int]):
         self._last_record = now
 
     def _caught_up(self) -> bool:
-        low, high = self._consumer.get_watermark_offsets(self._tp, timeout=10)
+        marks = self._watermarks()
+        if marks is None:
+            return False  # the broker is away: nothing new can be in the log either
+        low, high = marks
         position = self._offset if self._offset >= 0 else low
         return position >= high
 
     def _append(self, header: str, key: bytes | None) -> None:
+        """Queue a heartbeat or flush marker; the idempotent producer delivers it when it can."""
         self._producer.produce(
             self._topic, key=key, value=None, partition=self._partition, headers=[(header, b"1")]
         )
-        if self._producer.flush(30) > 0:
-            raise ServiceUnavailable(
-                f"could not append a {header} record to {self._topic}[{self._partition}] "
-                "within 30 s: is Kafka reachable?"
-            )
+        self._producer.poll(0)
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -335,8 +356,22 @@ class TickSource(FixedPartitionedSource[tuple[str, PartitionBatch], int]):
     def _resume_at(self, config: dict, topic: str, partition: int, offset: int) -> int:
         """The recovered offset, checked against what the partition still holds."""
         probe = Consumer({k: v for k, v in config.items() if k != "statistics.interval.ms"})
+        deadline = time.monotonic() + 120  # a broker restarting: wait for it, as the client does
         try:
-            low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
+            while True:
+                try:
+                    low, high = probe.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=10
+                    )
+                    break
+                except KafkaException as exc:
+                    if time.monotonic() > deadline:
+                        raise ServiceUnavailable(
+                            f"{topic}[{partition}]: no answer from Kafka at "
+                            f"{self._brokers} for 2 minutes ({exc.args[0]})"
+                        ) from None
+                    log.warning("%s[%d]: %s; retrying", topic, partition, exc.args[0])
+                    time.sleep(2)
         finally:
             probe.close()
         if low <= offset <= high:
