@@ -92,7 +92,7 @@ class LakeWriter:
         self.lake = lake
         self.name_tag = name_tag  # names files written outside the stream (write_bars)
         self.retry_cap_s = retry_cap_s
-        self.failed_attempts = 0  # transient store failures survived so far (retried)
+        self.failed_attempts = 0  # store failures so far (transient ones are retried)
 
     def write_bars(self, rows: list[BarRow], interval_s: int | None = None) -> list[str]:
         """Bar rows from outside the stream (tests, benchmarks, backfills), one file per date.
@@ -126,11 +126,14 @@ class LakeWriter:
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         data = buf.getvalue()
-        self.failed_attempts += put_with_retry(
-            lambda: self._put_atomically(folder, name, data),
-            self.lake.url(path),
-            retry_cap_s=self.retry_cap_s,
-        )
+        def attempt() -> None:
+            try:
+                self._put_atomically(folder, name, data)
+            except Exception:
+                self.failed_attempts += 1  # counted as they happen, for lag and tests
+                raise
+
+        put_with_retry(attempt, self.lake.url(path), retry_cap_s=self.retry_cap_s)
         return path
 
     def _put_atomically(self, folder: str, name: str, data: bytes) -> None:
