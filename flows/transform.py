@@ -52,7 +52,10 @@ class TransformResult:
 
 def dbt_environment(settings: Settings) -> dict[str, str]:
     """The variables `dbt/profiles.yml` reads, from the settings (secrets stay in memory)."""
-    env = {"STOCKPIPE_DBT_TARGET": settings.dbt_target}
+    env = {
+        "STOCKPIPE_DBT_TARGET": settings.dbt_target,
+        "STOCKPIPE_BAR_SECONDS": str(settings.bar_seconds),
+    }
     if settings.dbt_target == "duckdb":
         path = settings.duckdb_path.expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +67,9 @@ def dbt_environment(settings: Settings) -> dict[str, str]:
         "SNOWFLAKE_PRIVATE_KEY_PATH": settings.snowflake_private_key_path,
         "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE": settings.snowflake_private_key_passphrase,
         "SNOWFLAKE_ROLE": settings.snowflake_role,
+        # dbt's own role (infra/snowflake/setup.sql's transformer), not the loader's;
+        # unset, it falls back to SNOWFLAKE_ROLE as dbt/profiles.yml does.
+        "SNOWFLAKE_TRANSFORM_ROLE": settings.snowflake_transform_role or settings.snowflake_role,
         "SNOWFLAKE_WAREHOUSE": settings.snowflake_warehouse,
         "SNOWFLAKE_DATABASE": settings.snowflake_database,
         "SNOWFLAKE_HOST": settings.snowflake_host,

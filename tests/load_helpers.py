@@ -9,6 +9,7 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from flows.warehouse.base import BAR_ARROW_SCHEMA
 
@@ -96,3 +97,21 @@ def expected_rows(files: dict[str, list[dict]], url_of: Any = lambda p: p) -> li
 
 def _sort_key(row: tuple) -> tuple:
     return (row[-1], row[0], row[2])
+
+
+class CountingLocalFS(LocalFileSystem):
+    """A real local filesystem that records every folder it lists (`ls`)."""
+
+    cachable = False  # a fresh instance per test, never fsspec's shared one
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.listed: list[str] = []
+
+    def ls(self, path: str, detail: bool = False, **kwargs: Any) -> Any:
+        self.listed.append(self._strip_protocol(path).rstrip("/"))
+        return super().ls(path, detail=detail, **kwargs)
+
+
+def day_folder(lake_root: str, day: str) -> str:
+    return f"{lake_root.rstrip('/')}/bars/interval_s=60/date={day}"

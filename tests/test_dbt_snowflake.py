@@ -45,7 +45,7 @@ create table bronze.bars (
     symbol varchar, interval_s integer, window_start timestamp_tz, window_end timestamp_tz,
     open double, high double, low double, close double, volume double, vwap double,
     trade_count bigint, first_ts timestamp_tz, last_ts timestamp_tz, revision integer,
-    emitted_at timestamp_tz, _source_file varchar, _loaded_at timestamp_tz
+    emitted_at timestamp_tz, _source_file varchar, _loaded_at timestamp_tz, _load_seq bigint
 )
 """
 
@@ -101,7 +101,9 @@ def both_targets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str
         con.cursor().execute(SNOWFLAKE_DDL)
         results = []
         for batch in batches:
-            write_pandas(con, batch.rename(columns=str.upper), "BARS", schema="BRONZE")
+            # numbered as load_bronze numbers the DuckDB side's loads: one per _loaded_at
+            numbered = batch.assign(_load_seq=batch._loaded_at.rank(method="dense").astype("int64"))
+            write_pandas(con, numbered.rename(columns=str.upper), "BARS", schema="BRONZE")
             results.append(transform(sf_settings))
         snow = {
             t: _normalized(con.cursor().execute(f"select * from {t}").fetch_pandas_all(), k)

@@ -61,7 +61,7 @@ create table if not exists bronze.bars (
     window_start timestamptz, window_end timestamptz,
     open double, high double, low double, close double, volume double, vwap double,
     trade_count bigint, first_ts timestamptz, last_ts timestamptz, revision integer,
-    emitted_at timestamptz, _source_file varchar, _loaded_at timestamptz
+    emitted_at timestamptz, _source_file varchar, _loaded_at timestamptz, _load_seq bigint
 );
 """
 
@@ -127,7 +127,7 @@ class Loads:
     first: pd.DataFrame  # bronze rows of the first load
     second: pd.DataFrame  # bronze rows of the second load
     third: pd.DataFrame  # one restated bar of the last session
-    fourth: pd.DataFrame  # another, a little later in that session
+    fourth: pd.DataFrame  # another, a little later in that session, stamped by a slow clock
     final: pd.DataFrame  # the bar that must win for every (symbol, window_start)
     split: pd.Timestamp  # first window_start of the second load's new sessions
     holiday_print: pd.Timestamp
@@ -227,12 +227,13 @@ def generate_loads(schedule: pd.DataFrame, seed: int = 7) -> Loads:
         repeats["_loaded_at"] = rows["_loaded_at"].iloc[0] + pd.Timedelta(minutes=2)
         return pd.concat([rows, repeats], ignore_index=True)[BRONZE_COLUMNS]
 
-    # two tiny loads restate one bar each in the last session; the run after the
-    # second of them re-reads both (the reload window) and must rebuild only AAA
-    # from the last real bar before the first restated one
+    # two tiny loads (each followed by a run) restate one bar each in the last
+    # session: each run rebuilds only AAA from the last real bar before its load's
+    # restated bar. The fourth commits after the third but its loader's clock is
+    # behind: its `_loaded_at` is earlier than the third's, its `_load_seq` is not.
     last_open = schedule.market_open.iloc[-1]
     restatements = []
-    for minutes, loaded_at in ((30, "2025-05-01"), (90, "2025-06-01")):
+    for minutes, loaded_at in ((30, "2025-05-01 12:00"), (90, "2025-05-01 09:00")):
         start = last_open + pd.Timedelta(minutes=minutes)
         target = final.index[(final.symbol == "AAA") & (final.window_start >= start)][0]
         final.loc[target, "revision"] += 1
@@ -240,7 +241,7 @@ def generate_loads(schedule: pd.DataFrame, seed: int = 7) -> Loads:
         final.loc[target, "high"] = max(final.loc[target, "high"], final.loc[target, "close"])
         restatements.append(
             final.loc[[target], :].assign(
-                _source_file=f"bars/{loaded_at}/0.parquet",
+                _source_file=f"bars/restated-{minutes}/0.parquet",
                 _loaded_at=pd.Timestamp(loaded_at, tz="UTC"),
             )[BRONZE_COLUMNS]
         )
@@ -346,17 +347,27 @@ class Built:
     second: TransformResult
     third: TransformResult
     fourth: TransformResult
+    load_seqs: dict[str, int]  # the (last) `_load_seq` each load was given
 
     def query(self, sql: str) -> pd.DataFrame:
         with duckdb.connect(str(self.db), read_only=True) as con:
             return con.execute(sql).df()
 
 
-def load_bronze(db: Path, rows: pd.DataFrame) -> None:
+def load_bronze(db: Path, rows: pd.DataFrame) -> int:
+    """Insert the rows as `stockpipe load` would: every `_loaded_at` in them is one load,
+    numbered in commit order after the last load (`_load_seq`), whatever its clock says.
+    Returns the number of the last of these loads."""
     with duckdb.connect(str(db)) as con:
         con.execute(BRONZE_DDL)
-        con.register("rows_df", rows)
-        con.execute("insert into bronze.bars select * from rows_df")
+        (last,) = con.execute("select coalesce(max(_load_seq), 0) from bronze.bars").fetchall()[0]
+        seq = last + rows._loaded_at.rank(method="dense").astype("int64")
+        con.register("rows_df", rows[BRONZE_COLUMNS].assign(_load_seq=seq.to_numpy()))
+        con.execute(
+            f"insert into bronze.bars ({', '.join(BRONZE_COLUMNS)}, _load_seq) "
+            "select * from rows_df"
+        )
+        return int(seq.max())
 
 
 @pytest.fixture(scope="module")
@@ -366,15 +377,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     settings = load_settings(warehouse=f"duckdb:///{db}", dbt_target_path=tmp / "target")
     schedule = nyse_schedule()
     loads = generate_loads(schedule)
-    load_bronze(db, loads.first)
+    seqs = {"first": load_bronze(db, loads.first)}
     first = transform(settings)
-    load_bronze(db, loads.second)
+    seqs["second"] = load_bronze(db, loads.second)
     second = transform(settings)
-    load_bronze(db, loads.third)
+    seqs["third"] = load_bronze(db, loads.third)
     third = transform(settings)
-    load_bronze(db, loads.fourth)
+    seqs["fourth"] = load_bronze(db, loads.fourth)
     fourth = transform(settings)
-    return Built(db, loads, schedule, first, second, third, fourth)
+    return Built(db, loads, schedule, first, second, third, fourth, seqs)
 
 
 @pytest.fixture(scope="module")
@@ -428,18 +439,69 @@ def test_every_run_builds_every_node(built: Built) -> None:
 def test_a_restated_bar_rebuilds_only_itself_and_what_follows(
     built: Built, silver_actual: pd.DataFrame
 ) -> None:
-    restated = built.loads.third.window_start.iloc[0]
-    last_run = pd.Timestamp("2025-06-01", tz="UTC")
+    # The last run sees only the fourth load (the run before processed the third), so
+    # it rebuilds AAA from the last real bar before the fourth load's restated bar
+    # (14:59 UTC for its 15:00 bar), not from before the third's (13:59).
+    restated = built.loads.fourth.window_start.iloc[0]
+    last_load = built.load_seqs["fourth"]
     aaa = silver_actual[silver_actual.symbol == "AAA"]
     previous_real = aaa[(aaa.window_start < restated) & ~aaa.is_synthetic].window_start.max()
-    rebuilt = silver_actual[silver_actual._loaded_at == last_run]
+    assert previous_real == restated - pd.Timedelta(minutes=1)  # 14:59 traded
+    rebuilt = silver_actual[silver_actual._load_seq == last_load]
     assert set(rebuilt.symbol) == {"AAA"}
     assert rebuilt.window_start.min() == previous_real
     assert rebuilt.window_start.max() == aaa.window_start.max()
+    # what the run before rebuilt for the third load, up to 14:59, keeps its number
+    earlier = aaa[
+        (aaa.window_start >= built.loads.third.window_start.iloc[0])
+        & (aaa.window_start < previous_real)
+    ]
+    assert len(earlier) > 0
+    assert (earlier._load_seq == built.load_seqs["third"]).all()
     daily = built.query(
-        "select trade_date, _loaded_at from gold.fct_bars_daily where symbol = 'AAA'"
+        "select trade_date, _load_seq from gold.fct_bars_daily where symbol = 'AAA'"
     )
-    assert (daily._loaded_at == last_run).sum() == 1
+    assert (daily._load_seq == last_load).sum() == 1
+
+
+def test_a_load_stamped_earlier_but_committed_later_reaches_gold(
+    built: Built, silver_actual: pd.DataFrame, daily_expected: pd.DataFrame
+) -> None:
+    # The fourth load committed after the third with a loader clock behind the third's:
+    # picking new rows by `_loaded_at` would never process it; `_load_seq` does.
+    third, fourth = built.loads.third, built.loads.fourth
+    assert fourth._loaded_at.iloc[0] < third._loaded_at.iloc[0]
+    seq = built.load_seqs["fourth"]
+    assert seq > built.load_seqs["third"]
+    restated = fourth.iloc[0]
+
+    bar = silver_actual[
+        (silver_actual.symbol == "AAA") & (silver_actual.window_start == restated.window_start)
+    ]
+    assert len(bar) == 1
+    assert bar.revision.iloc[0] == restated.revision
+    assert bar.close.iloc[0] == pytest.approx(restated.close, rel=RTOL)
+    assert bar["_load_seq"].iloc[0] == seq
+
+    day = restated.window_start.tz_convert(NEW_YORK).date()
+    gold = built.query(
+        "select daily.trade_date, daily.high, daily.close, daily._load_seq, "
+        "vol.intraday_realized_vol from gold.fct_bars_daily as daily "
+        "join gold.mart_volatility_daily as vol using (symbol, trade_date) "
+        "where symbol = 'AAA'"
+    )
+    gold["trade_date"] = pd.to_datetime(gold.trade_date).dt.date
+    row = gold[gold.trade_date == day]
+    expected = daily_expected[(daily_expected.symbol == "AAA") & (daily_expected.trade_date == day)]
+    assert len(row) == 1 and len(expected) == 1
+    assert row["_load_seq"].iloc[0] == seq
+    # the restated close moves the day's minute returns, hence its realised volatility
+    for column in ("high", "close", "intraday_realized_vol"):
+        assert_close(row[column], expected[column], f"AAA {day} {column}")
+    hourly = built.query(
+        "select max(_load_seq) as seq from gold.mart_intraday_hourly where symbol = 'AAA'"
+    )
+    assert hourly.seq.iloc[0] == seq
 
 
 def test_silver_has_one_row_per_symbol_minute_with_the_highest_revision(

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import re
+import threading
+import time
+from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
 import fsspec
 import pytest
 import typer
-from load_helpers import bar_rows, bars_table, expected_rows, write_bars, write_many
+from load_helpers import (
+    T0,
+    CountingLocalFS,
+    bar_rows,
+    bars_table,
+    day_folder,
+    expected_rows,
+    write_bars,
+    write_many,
+)
 from typer.testing import CliRunner
 
+from flows.lakefs import Lake, open_lake
 from flows.settings import Settings, SettingsError, load_settings
-from flows.warehouse import LoadError, load, load_files, pending_files
-from flows.warehouse.base import BAR_COLUMN_NAMES
+from flows.warehouse import ContentConflict, LoadError, load, load_files, pending_files
+from flows.warehouse.base import BAR_COLUMN_NAMES, LakeFile, ManifestEntry
 from flows.warehouse.command import load_command
+from flows.warehouse.loader import content_difference, high_water_mark
 
 FS = fsspec.filesystem("file", auto_mkdir=True)
 SELECT_BARS = (
@@ -267,3 +282,217 @@ def test_load_command_with_a_bad_warehouse_raises_a_settings_error(
 
     assert isinstance(result.exception, SettingsError)
     assert "STOCKPIPE_WAREHOUSE='sqlite:///x.db'" in str(result.exception)
+
+
+# ---------------------------------------------------------- contract 3: load sequence
+
+
+def test_each_load_gets_the_next_sequence_number_on_all_its_rows(
+    settings: Settings, lake: str
+) -> None:
+    files = write_many(FS, lake, 5)
+
+    first = load(settings, batch_files=2, progress=False)
+    later = write_bars(FS, lake, bar_rows(2, symbol="LATE", seed=5), name="later")
+    second = load(settings, progress=False)
+
+    assert first.load_seqs == (1, 2, 3) and second.load_seqs == (4,)
+    # one sequence number per load, the same on every row and manifest entry of that load
+    per_file = query(
+        settings,
+        "SELECT b._source_file, min(b._load_seq), max(b._load_seq), any_value(m.load_seq) "
+        "FROM bronze.bars b JOIN bronze.load_manifest m ON m.path = b._source_file "
+        "GROUP BY 1 ORDER BY 1",
+    )
+    assert [p for p, *_ in per_file] == sorted([*files, later])
+    assert all(lo == hi == seq for _, lo, hi, seq in per_file)
+    per_load = query(
+        settings,
+        "SELECT load_seq, count(DISTINCT batch_id), count(*) FROM bronze.load_manifest "
+        "GROUP BY 1 ORDER BY 1",
+    )
+    assert per_load == [(1, 1, 2), (2, 1, 2), (3, 1, 1), (4, 1, 1)]
+    assert query(settings, "SELECT last_seq FROM bronze.load_state") == [(4,)]
+
+
+def test_a_crashed_load_does_not_use_up_a_sequence_number(settings: Settings, lake: str) -> None:
+    write_many(FS, lake, 2)
+    with pytest.raises(Crash):
+        load(settings, progress=False, before_commit=crash_on_call(1))
+
+    assert load(settings, progress=False).load_seqs == (1,)
+
+
+def test_concurrent_loaders_load_each_file_exactly_once(settings: Settings, lake: str) -> None:
+    files = write_many(FS, lake, 6)
+    results: list[object] = []
+
+    def slow_commit() -> None:
+        time.sleep(0.2)  # hold the transaction open while the other loader runs
+
+    def run() -> None:
+        try:
+            results.append(load(settings, batch_files=2, progress=False, before_commit=slow_commit))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            results.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert all(not isinstance(r, Exception) for r in results), results
+    assert sum(r.files_loaded for r in results) == 6  # type: ignore[attr-defined]
+    assert query(settings, SELECT_BARS) == expected_rows(files)
+    seqs = query(
+        settings, "SELECT load_seq, count(DISTINCT batch_id) FROM bronze.load_manifest GROUP BY 1"
+    )
+    assert sorted(s for s, _ in seqs) == list(range(1, len(seqs) + 1))
+    assert all(batches == 1 for _, batches in seqs)
+
+
+# ---------------------------------------------------- contract 3: a name seen again
+
+
+def test_same_name_rewritten_with_identical_content_is_skipped_quietly(
+    settings: Settings, lake: str
+) -> None:
+    rows = bar_rows(3)
+    path = write_bars(FS, lake, rows, name="replayed")
+    load(settings, progress=False)
+    time.sleep(0.01)
+    assert write_bars(FS, lake, rows, name="replayed") == path  # a crash replay rewrites it
+
+    again = load(settings, progress=False)
+
+    assert again.nothing_new and again.files_unchanged == 1
+    assert counts(settings) == (3, 1)
+
+
+def test_same_name_with_other_content_is_an_error_naming_the_file(
+    settings: Settings, lake: str
+) -> None:
+    path = write_bars(FS, lake, bar_rows(3), name="rewritten")
+    load(settings, progress=False)
+    write_bars(FS, lake, bar_rows(4, seed=1), name="rewritten")
+    other = write_bars(FS, lake, bar_rows(2, symbol="MSTR"), name="fresh")
+
+    with pytest.raises(
+        ContentConflict, match=rf"{re.escape(path)} was loaded .*size .*rows 3 -> 4"
+    ):
+        load(settings, progress=False)
+
+    # the conflicting file is never loaded again; every other new file is
+    assert query(settings, "SELECT path FROM bronze.load_manifest ORDER BY path") == sorted(
+        [(path,), (other,)]
+    )
+    with pytest.raises(ContentConflict, match="rewritten.parquet"):
+        pending_files(settings)
+
+
+def test_same_size_other_bytes_is_told_by_the_checksum(settings: Settings, lake: str) -> None:
+    path = write_bars(FS, lake, bar_rows(3), name="same-size")
+    lake_fs = open_lake(settings)
+    file = LakeFile(url=path, path=path, size=FS.size(path), version="mtime:2")
+    entry = ManifestEntry(path, FS.size(path), 3, "0" * 32, "mtime:1", 7)
+
+    message = content_difference(lake_fs, file, entry)
+
+    assert message is not None and message.startswith(f"{path} was loaded (load 7)")
+    assert "checksum (MD5) 00000000000000000000000000000000 -> " in message
+    told = message.removeprefix(path)
+    assert "bytes" not in told and "rows " not in told
+    # unchanged size and version: equal without reading the file
+    assert (
+        content_difference(lake_fs, file, ManifestEntry(path, file.size, 3, "x", "mtime:2", 7))
+        is None
+    )
+
+
+# -------------------------------------------------- contract 3: what the loader lists
+
+
+def test_high_water_mark_covers_the_restate_horizon(settings: Settings) -> None:
+    newest = "/lake/bars/interval_s=60/date=2024-11-26/a.parquet"
+    today = date(2025, 1, 1)
+    assert high_water_mark(None, settings, today) is None  # nothing loaded: list everything
+    assert high_water_mark(newest, settings, today) == date(2024, 11, 24)  # 1h horizon + 1 day
+    longer = settings.model_copy(update={"restate_horizon": 3 * 86400, "load_lookback_days": 0})
+    assert high_water_mark(newest, longer, today) == date(2024, 11, 23)
+    # a far-future partition cannot hide the present
+    future = "/lake/bars/interval_s=60/date=2099-01-01/a.parquet"
+    assert high_water_mark(future, settings, today) == date(2024, 12, 30)
+
+
+def test_listing_touches_only_partitions_at_or_after_the_high_water_mark(
+    settings: Settings, lake: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = date(2024, 10, 1)
+    for n in range(40):  # 40 old days, loaded
+        write_bars(FS, lake, bar_rows(1, start=T0.replace(month=10, day=1) + timedelta(days=n)))
+    assert load(settings, progress=False).files_loaded == 40
+    newest = start + timedelta(days=39)
+    write_bars(FS, lake, bar_rows(2, start=T0.replace(month=10, day=1) + timedelta(days=41)))
+    counting = CountingLocalFS(auto_mkdir=True)
+    monkeypatch.setattr(
+        "flows.warehouse.loader.open_lake",
+        lambda s: Lake(counting, counting._strip_protocol(s.lake_url), "file"),
+    )
+
+    summary = load(settings, progress=False)
+
+    assert (summary.files_loaded, summary.files_found, summary.files_unchanged) == (1, 4, 3)
+    listed_days = sorted(p.rsplit("date=", 1)[1] for p in counting.listed if "date=" in p)
+    hwm = newest - timedelta(days=2)
+    assert listed_days == [
+        d.isoformat() for d in (hwm, hwm + timedelta(days=1), newest, newest + timedelta(days=2))
+    ]
+    # folder names are listed once per level, never the old partitions' contents
+    assert counting.listed.count(day_folder(lake, "x").rsplit("/", 1)[0]) == 1
+
+
+def test_a_backfill_of_old_dates_is_loaded_with_since(settings: Settings, lake: str) -> None:
+    write_bars(FS, lake, bar_rows(1, start=T0 + timedelta(days=30)))
+    load(settings, progress=False)
+    old = write_bars(FS, lake, bar_rows(2, start=T0 - timedelta(days=300)), name="backfill")
+
+    assert load(settings, progress=False).nothing_new  # below the high-water mark
+    summary = load(settings, progress=False, since=(T0 - timedelta(days=300)).date())
+    assert summary.files_loaded == 1
+    assert query(
+        settings, "SELECT count(*) FROM bronze.bars WHERE _source_file = ?".replace("?", f"'{old}'")
+    ) == [(2,)]
+
+
+def test_a_run_commits_at_most_max_batches(settings: Settings, lake: str) -> None:
+    write_many(FS, lake, 5)
+
+    first = load(settings, batch_files=2, max_batches=2, progress=False)
+    second = load(settings, batch_files=2, max_batches=2, progress=False)
+
+    assert (first.files_loaded, first.batches, first.files_left) == (4, 2, 1)
+    assert (second.files_loaded, second.files_left) == (1, 0)
+
+
+def test_an_older_warehouse_is_migrated_in_place(settings: Settings, lake: str) -> None:
+    path = write_bars(FS, lake, bar_rows(2), name="old")
+    settings.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(settings.duckdb_path)) as con:  # the tables as they were
+        con.execute("CREATE SCHEMA bronze")
+        con.execute(
+            "CREATE TABLE bronze.load_manifest (path VARCHAR, target_table VARCHAR, "
+            "size_bytes BIGINT, row_count BIGINT, batch_id VARCHAR, loaded_at TIMESTAMPTZ, "
+            "PRIMARY KEY (path))"
+        )
+        con.execute(
+            "INSERT INTO bronze.load_manifest VALUES (?, 'bars', ?, 2, 'b0', now())",
+            [path, FS.size(path)],
+        )
+    new = write_bars(FS, lake, bar_rows(1, symbol="NEW"), name="new")
+
+    summary = load(settings, progress=False)
+
+    assert (summary.files_loaded, summary.files_unchanged) == (1, 1)  # old: same size and rows
+    assert query(settings, "SELECT _source_file, _load_seq FROM bronze.bars") == [(new, 1)]
+    load(settings, progress=False)  # idempotent

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,16 +22,25 @@ import snowflake.connector
 from load_helpers import bar_rows, expected_rows, write_bars, write_many
 
 from flows.errors import ServiceUnavailable, StockpipeError
+from flows.lakefs import open_lake
 from flows.settings import Settings, SettingsError, load_settings
-from flows.warehouse import LoadError, load, load_files, open_warehouse, pending_files
+from flows.warehouse import (
+    ContentConflict,
+    LoadError,
+    load,
+    load_files,
+    open_warehouse,
+    pending_files,
+)
 from flows.warehouse.base import (
     BAR_COLUMN_NAMES,
     BAR_COLUMNS,
     LOAD_COLUMNS,
     MANIFEST_COLUMNS,
+    STATE_COLUMNS,
     LakeFile,
 )
-from flows.warehouse.snowflake_warehouse import connect_kwargs
+from flows.warehouse.snowflake_warehouse import SnowflakeWarehouse, connect_kwargs, copy_statement
 
 FS = fsspec.filesystem("file", auto_mkdir=True)
 PASSWORD = "pw-Zq8#never-in-logs"
@@ -46,7 +57,8 @@ class Crash(RuntimeError):
 
 @pytest.fixture
 def fake_snowflake() -> Iterator[None]:
-    with fakesnow.patch():
+    # The emulator cannot parse REMOVE: a no-op there (the real statement is asserted below).
+    with fakesnow.patch(nop_regexes=["^REMOVE "]):
         yield
 
 
@@ -324,3 +336,192 @@ def test_setup_sql_tables_match_the_loader() -> None:
     assert _create_table_columns(sql, r"STOCKPIPE\.BRONZE\.LOAD_MANIFEST") == [
         (c.name, c.snowflake) for c in MANIFEST_COLUMNS
     ]
+    assert _create_table_columns(sql, r"STOCKPIPE\.BRONZE\.LOAD_STATE") == [
+        (c.name, c.snowflake) for c in STATE_COLUMNS
+    ]
+
+
+# ------------------------------------------------------- contract 3 on Snowflake
+
+STAGE = '"STOCKPIPE"."BRONZE"."LAKE_STAGE"'
+BARS = '"STOCKPIPE"."BRONZE"."BARS"'
+
+
+def test_the_copy_statement_is_snowflakes_documented_syntax() -> None:
+    import sqlglot
+    from sqlglot import exp
+
+    sql = copy_statement(BARS, f"@{STAGE}/batch_abc/")
+
+    assert sql == (
+        f"COPY INTO {BARS} FROM @{STAGE}/batch_abc/ FILE_FORMAT = (TYPE = PARQUET) "
+        "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE "
+        'INCLUDE_METADATA = ("_SOURCE_FILE" = METADATA$FILENAME)'
+    )
+    parsed = sqlglot.parse_one(sql, read="snowflake")
+    assert isinstance(parsed, exp.Copy)
+    params = {p.this.name.upper(): p for p in parsed.args["params"]}
+    assert set(params) == {"FILE_FORMAT", "MATCH_BY_COLUMN_NAME", "INCLUDE_METADATA"}
+    assert "METADATA$FILENAME" in params["INCLUDE_METADATA"].sql("snowflake")
+
+
+class _Cursor:
+    def __init__(self, log: list[str], sql: str, staged: list[str]) -> None:
+        log.append(sql)
+        head = sql.split()[0].upper()
+        self.description: list[tuple[str]] = [("x",)]
+        self.rows: list[tuple] = []
+        self.rowcount = 1
+        if head == "COPY":
+            self.description = [("file",), ("status",), ("rows_loaded",)]
+            self.rows = [(f"lake_stage/batch_x/{name}", "LOADED", 3) for name in staged]
+        elif head == "UPDATE" and '"BARS"' in sql:
+            self.rowcount = 3 * len(staged)
+        elif "max(" in sql.lower() or "count(" in sql.lower():
+            self.rows = [(7,)]
+
+    def execute(self, *_: object) -> _Cursor:
+        return self
+
+    def fetchall(self) -> list[tuple]:
+        return self.rows
+
+    def fetchone(self) -> tuple | None:
+        return self.rows[0] if self.rows else None
+
+
+def _recording_warehouse(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, staged: list[str]
+) -> tuple[SnowflakeWarehouse, list[str]]:
+    """The real (not emulated) statement path, with every statement recorded."""
+    sent: list[str] = []
+    warehouse = SnowflakeWarehouse(settings, open_lake(settings))
+    warehouse.emulated = False
+    monkeypatch.setattr(warehouse, "_execute", lambda sql, params=None: _Cursor(sent, sql, staged))
+    fake_conn = type("C", (), {"cursor": lambda self: _Cursor_factory(sent, staged)})()
+    monkeypatch.setattr(warehouse, "conn", fake_conn)
+    return warehouse, sent
+
+
+def _Cursor_factory(sent: list[str], staged: list[str]) -> object:
+    class _Lazy:
+        def execute(self, sql: str, params: object = None) -> _Cursor:
+            return _Cursor(sent, sql, staged)
+
+    return _Lazy()
+
+
+def test_real_path_sends_one_copy_per_batch_and_removes_the_stage_path(
+    settings: Settings, lake: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = sorted(write_many(FS, lake, 3))
+    staged = [f"f{i:05d}.parquet" for i in range(3)]
+    warehouse, sent = _recording_warehouse(settings, monkeypatch, staged)
+    batch = [LakeFile(url=p, path=p, size=FS.size(p)) for p in files]
+
+    result = warehouse.load_batch(batch)
+
+    kinds = [s.split()[0].upper() for s in sent]
+    assert kinds == ["PUT"] * 3 + [
+        "BEGIN",
+        "UPDATE",
+        "SELECT",
+        "SELECT",
+        "COPY",
+        "UPDATE",
+        "INSERT",
+        "COMMIT",
+        "REMOVE",
+    ]
+    assert sent[kinds.index("COPY")] == copy_statement(BARS, f"@{STAGE}/batch_{result.batch_id}/")
+    assert sent[-1] == f"REMOVE @{STAGE}/batch_{result.batch_id}/"
+    assert result.load_seq == 7 and result.rows == 9
+
+    def crash() -> None:
+        raise Crash("before COMMIT")
+
+    sent.clear()
+    with pytest.raises(Crash):
+        warehouse.load_batch(batch, before_commit=crash)
+    kinds = [s.split()[0].upper() for s in sent]
+    assert kinds[-2:] == ["ROLLBACK", "REMOVE"] and kinds.count("COPY") == 1
+
+
+def test_session_settings_and_loader_role(settings: Settings) -> None:
+    kwargs = connect_kwargs(
+        settings.model_copy(
+            update={
+                "snowflake_role": "STOCKPIPE_TRANSFORMER",
+                "snowflake_loader_role": "STOCKPIPE_LOADER",
+            }
+        )
+    )
+    assert kwargs["role"] == "STOCKPIPE_LOADER"
+    assert kwargs["session_parameters"] == {
+        "TIMEZONE": "UTC",
+        "LOCK_TIMEOUT": 300,
+        "STATEMENT_TIMEOUT_IN_SECONDS": 3600,
+    }
+    assert connect_kwargs(settings.model_copy(update={"snowflake_role": "R"}))["role"] == "R"
+
+
+def test_load_seq_increases_per_load_and_is_shared_by_its_rows(
+    settings: Settings, lake: str
+) -> None:
+    write_many(FS, lake, 5)
+
+    first = load(settings, batch_files=2, progress=False)
+    write_bars(FS, lake, bar_rows(2, symbol="LATE"), name="later")
+    second = load(settings, progress=False)
+
+    assert first.load_seqs == (1, 2, 3) and second.load_seqs == (4,)
+    rows = query(
+        "SELECT b._source_file, min(b._load_seq), max(b._load_seq), min(m.load_seq) "
+        "FROM stockpipe.bronze.bars b JOIN stockpipe.bronze.load_manifest m "
+        "ON m.path = b._source_file GROUP BY 1"
+    )
+    assert len(rows) == 6 and all(lo == hi == seq for _, lo, hi, seq in rows)
+    assert query("SELECT count(*) FROM stockpipe.bronze.bars WHERE _load_seq IS NULL") == [(0,)]
+
+
+def test_concurrent_loaders_load_each_file_exactly_once(settings: Settings, lake: str) -> None:
+    files = write_many(FS, lake, 4)
+    other: list[object] = []
+
+    def run_other() -> None:
+        try:
+            other.append(load(settings, progress=False))
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            other.append(exc)
+
+    thread = threading.Thread(target=run_other)
+
+    def start_the_other_while_holding_the_lock() -> None:
+        thread.start()
+        time.sleep(0.5)
+
+    first = load(settings, progress=False, before_commit=start_the_other_while_holding_the_lock)
+    thread.join(60)
+
+    assert first.files_loaded == 4
+    assert not isinstance(other[0], Exception), other
+    assert other[0].files_loaded == 0  # type: ignore[attr-defined]
+    assert query(SELECT_BARS) == expected_rows(files)
+    assert counts() == (12, 4)
+
+
+def test_same_name_identical_is_skipped_other_content_is_an_error(
+    settings: Settings, lake: str
+) -> None:
+    rows = bar_rows(3)
+    path = write_bars(FS, lake, rows, name="again")
+    load(settings, progress=False)
+    write_bars(FS, lake, rows, name="again")
+    assert load(settings, progress=False).files_unchanged == 1
+
+    write_bars(FS, lake, bar_rows(5, seed=2), name="again")
+    with pytest.raises(
+        ContentConflict, match=rf"{re.escape(path)} was loaded \(load 1\).*rows 3 -> 5"
+    ):
+        load(settings, progress=False)
+    assert counts() == (3, 1)

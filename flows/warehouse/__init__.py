@@ -1,14 +1,14 @@
 """`stockpipe load`: new lake files into the warehouse (DuckDB or Snowflake), exactly once.
 
-summary = load(settings)                      # everything new, in bounded batches
+summary = load(settings)                      # what is new, in bounded batches
 for batch in chunks(pending_files(settings)): # or, as the Airflow DAG does it
     load_files(settings, batch)
 """
 
-from flows.warehouse.base import LakeFile, LoadError, LoadResult, Warehouse
+from flows.warehouse.base import ContentConflict, LakeFile, LoadError, LoadResult, Warehouse
 from flows.warehouse.loader import (
     LoadSummary,
-    list_lake_files,
+    list_new_candidates,
     load,
     load_files,
     open_warehouse,
@@ -16,12 +16,13 @@ from flows.warehouse.loader import (
 )
 
 __all__ = [
+    "ContentConflict",
     "LakeFile",
     "LoadError",
     "LoadResult",
     "LoadSummary",
     "Warehouse",
-    "list_lake_files",
+    "list_new_candidates",
     "load",
     "load_files",
     "open_warehouse",

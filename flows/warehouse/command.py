@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -20,13 +21,40 @@ def load_command(
             help="Files per transaction [default: STOCKPIPE_LOAD_BATCH_FILES].",
         ),
     ] = None,
+    max_batches: Annotated[
+        int | None,
+        typer.Option(
+            "--max-batches",
+            min=1,
+            help="Batches committed by this run, the rest next run [default: STOCKPIPE_LOAD_MAX_BATCHES].",
+        ),
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            "--since",
+            formats=["%Y-%m-%d"],
+            help="List the date= partitions from this date on (a backfill of old dates) "
+            "instead of from the high-water mark.",
+        ),
+    ] = None,
+    full_scan: Annotated[
+        bool, typer.Option("--full-scan", help="List every date= partition of the lake.")
+    ] = False,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
     ] = True,
 ) -> None:
     """Load new lake files into the warehouse (bronze.bars), each file exactly once."""
     settings = load_settings()
-    summary = load(settings, batch_files=batch_files, progress=progress)
+    summary = load(
+        settings,
+        batch_files=batch_files,
+        max_batches=max_batches,
+        since=since.date() if since else None,
+        full_scan=full_scan,
+        progress=progress,
+    )
     target = (
         f"Snowflake {settings.snowflake_account}/{settings.snowflake_database}"
         if settings.warehouse == "snowflake"
@@ -35,11 +63,14 @@ def load_command(
     out = Console(highlight=False)
     if summary.nothing_new:
         out.print(
-            f"nothing new to load: all {summary.files_found} lake file(s) are in {target} already"
+            f"nothing new to load: all {summary.files_found} file(s) of the partitions listed "
+            f"are in {target} already"
         )
         return
     out.print(
         f"loaded {summary.files_loaded} file(s), {summary.rows} row(s) in {summary.batches} "
         f"batch(es) into {target} in {summary.seconds:.1f}s "
-        f"({summary.files_found} file(s) in the lake)"
+        f"({summary.files_found} file(s) in the partitions listed)"
     )
+    if summary.files_left:
+        out.print(f"{summary.files_left} new file(s) left for the next run (--max-batches)")

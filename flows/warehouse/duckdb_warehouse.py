@@ -2,12 +2,19 @@
 
 Files are read with pyarrow through the lake's fsspec filesystem (local or
 s3://), so DuckDB needs no httpfs extension. Each batch is one DuckDB
-transaction holding the bar rows and the manifest rows.
+transaction holding the load-sequence bump, the bar rows and the manifest rows.
+
+Concurrency: one process at a time can open the file for writing (DuckDB's
+file lock); loads of the same file inside one process are serialized by a
+per-file mutex, and `UPDATE load_state` would fail with a write-write conflict
+if anything still raced, so load numbers follow commit order.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import threading
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -27,18 +34,34 @@ from flows.warehouse.base import (
     LOAD_COLUMNS,
     MANIFEST_COLUMNS,
     MANIFEST_TABLE,
+    MIGRATED_COLUMNS,
+    STATE_COLUMNS,
+    STATE_TABLE,
     BeforeCommit,
     Column,
+    ConcurrentLoad,
     LakeFile,
     LoadError,
     LoadResult,
+    ManifestEntry,
     check_bar_schema,
+    chunks,
+    md5_hex,
     quote,
 )
 
 log = logging.getLogger(__name__)
 
 _VIEW = "_stockpipe_load_file"
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _process_lock(path: Path) -> threading.Lock:
+    """One mutex per DuckDB file, shared by every warehouse object of this process."""
+    key = str(path.resolve())
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.Lock())
 
 
 def _columns_ddl(columns: Sequence[Column]) -> str:
@@ -46,7 +69,7 @@ def _columns_ddl(columns: Sequence[Column]) -> str:
 
 
 class DuckDBWarehouse:
-    """bronze.bars and bronze.load_manifest in a DuckDB file."""
+    """bronze.bars, bronze.load_manifest and bronze.load_state in a DuckDB file."""
 
     name = "duckdb"
 
@@ -59,23 +82,47 @@ class DuckDBWarehouse:
         except duckdb.Error as exc:
             # Most often another process (a running load, a dbt build) holds the file lock.
             raise ServiceUnavailable(f"cannot open the DuckDB warehouse {path}: {exc}") from None
+        self._lock = _process_lock(path)
         self._bars = f"{quote(BRONZE_SCHEMA)}.{quote(BARS_TABLE)}"
         self._manifest = f"{quote(BRONZE_SCHEMA)}.{quote(MANIFEST_TABLE)}"
+        self._state = f"{quote(BRONZE_SCHEMA)}.{quote(STATE_TABLE)}"
 
     def ensure_schema(self) -> None:
-        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(BRONZE_SCHEMA)}")
-        self.con.execute(
-            f"CREATE TABLE IF NOT EXISTS {self._bars} ({_columns_ddl(BAR_COLUMNS + LOAD_COLUMNS)})"
-        )
-        # The primary key makes a double load fail at commit instead of duplicating rows.
-        self.con.execute(
-            f"CREATE TABLE IF NOT EXISTS {self._manifest} "
-            f"({_columns_ddl(MANIFEST_COLUMNS)}, PRIMARY KEY ({quote('path')}))"
-        )
+        with self._lock:
+            self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(BRONZE_SCHEMA)}")
+            self.con.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._bars} "
+                f"({_columns_ddl(BAR_COLUMNS + LOAD_COLUMNS)})"
+            )
+            # The primary key makes a double load fail at commit instead of duplicating rows.
+            self.con.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._manifest} "
+                f"({_columns_ddl(MANIFEST_COLUMNS)}, PRIMARY KEY ({quote('path')}))"
+            )
+            # Migration of warehouses created before the load sequence (idempotent).
+            for table, columns in MIGRATED_COLUMNS.items():
+                for column in columns:
+                    self.con.execute(
+                        f"ALTER TABLE {quote(BRONZE_SCHEMA)}.{quote(table)} "
+                        f"ADD COLUMN IF NOT EXISTS {quote(column.name)} {column.duckdb}"
+                    )
+            self.con.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._state} ({_columns_ddl(STATE_COLUMNS)})"
+            )
+            self.con.execute(
+                f"INSERT INTO {self._state} "
+                f"SELECT (SELECT coalesce(max(load_seq), 0) FROM {self._manifest}), now() "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {self._state})"
+            )
 
-    def loaded_files(self) -> set[str]:
-        rows = self.con.execute(f"SELECT {quote('path')} FROM {self._manifest}").fetchall()
-        return {row[0] for row in rows}
+    def manifest_entries(self, urls: Sequence[str]) -> dict[str, ManifestEntry]:
+        return _manifest_entries(self.con, self._manifest, urls)
+
+    def max_loaded_path(self, prefix: str) -> str | None:
+        row = self.con.execute(
+            f"SELECT max(path) FROM {self._manifest} WHERE starts_with(path, ?)", [prefix]
+        ).fetchone()
+        return row[0] if row else None
 
     def load_batch(
         self, files: Sequence[LakeFile], *, before_commit: BeforeCommit | None = None
@@ -85,45 +132,85 @@ class DuckDBWarehouse:
         if not files:
             return LoadResult(batch_id=batch_id, files=0, rows=0, loaded_at=loaded_at)
         columns = ", ".join(quote(name) for name in BAR_COLUMN_NAMES)
+        load_cols = ", ".join(quote(c.name) for c in LOAD_COLUMNS)
         insert_bars = (
-            f"INSERT INTO {self._bars} ({columns}, {quote('_source_file')}, {quote('_loaded_at')}) "
-            f"SELECT {columns}, ?, ? FROM {_VIEW}"
+            f"INSERT INTO {self._bars} ({columns}, {load_cols}) "
+            f"SELECT {columns}, ?, ?, ? FROM {_VIEW}"
         )
         manifest_cols = ", ".join(quote(c.name) for c in MANIFEST_COLUMNS)
-        insert_manifest = (
-            f"INSERT INTO {self._manifest} ({manifest_cols}) VALUES (?, ?, ?, ?, ?, ?)"
-        )
+        placeholders = ", ".join(["?"] * len(MANIFEST_COLUMNS))
+        insert_manifest = f"INSERT INTO {self._manifest} ({manifest_cols}) VALUES ({placeholders})"
 
         total = 0
-        self.con.begin()
-        try:
-            for file in files:
-                table = self._read(file)
-                self.con.register(_VIEW, table)
-                try:
-                    self.con.execute(insert_bars, [file.url, loaded_at])
-                finally:
-                    self.con.unregister(_VIEW)
-                self.con.execute(
-                    insert_manifest,
-                    [file.url, BARS_TABLE, file.size, table.num_rows, batch_id, loaded_at],
-                )
-                total += table.num_rows
-            if before_commit is not None:
-                before_commit()
-            self.con.commit()
-        except BaseException:
-            self.con.rollback()
-            raise
-        log.info("batch %s: loaded %d file(s), %d row(s) into DuckDB", batch_id, len(files), total)
-        return LoadResult(batch_id=batch_id, files=len(files), rows=total, loaded_at=loaded_at)
+        with self._lock:
+            self.con.begin()
+            try:
+                seq = self._next_seq(loaded_at)
+                if clash := _manifest_entries(self.con, self._manifest, [f.url for f in files]):
+                    raise ConcurrentLoad(
+                        f"{len(clash)} file(s) were loaded by another run meanwhile "
+                        f"(e.g. {min(clash)}); nothing of this batch was kept, run the load again",
+                        sorted(clash),
+                    )
+                for file in files:
+                    table, md5 = self._read(file)
+                    self.con.register(_VIEW, table)
+                    try:
+                        self.con.execute(insert_bars, [file.url, loaded_at, seq])
+                    finally:
+                        self.con.unregister(_VIEW)
+                    self.con.execute(
+                        insert_manifest,
+                        [
+                            file.url,
+                            BARS_TABLE,
+                            file.size,
+                            table.num_rows,
+                            batch_id,
+                            loaded_at,
+                            seq,
+                            md5,
+                            file.version,
+                        ],
+                    )
+                    total += table.num_rows
+                if before_commit is not None:
+                    before_commit()
+                self.con.commit()
+            except BaseException:
+                self.con.rollback()
+                raise
+        log.info(
+            "batch %s (load %d): loaded %d file(s), %d row(s) into DuckDB",
+            batch_id,
+            seq,
+            len(files),
+            total,
+        )
+        return LoadResult(
+            batch_id=batch_id, files=len(files), rows=total, loaded_at=loaded_at, load_seq=seq
+        )
 
-    def _read(self, file: LakeFile) -> pa.Table:
+    def _next_seq(self, loaded_at: datetime) -> int:
+        """This load's number, taken inside its transaction (see flows/warehouse/base.py)."""
         try:
-            with self.lake.fs.open(file.path, "rb") as handle:
-                parquet = pq.ParquetFile(handle)
-                check_bar_schema(parquet.schema_arrow, file.url)
-                return parquet.read(columns=list(BAR_COLUMN_NAMES))
+            row = self.con.execute(
+                f"UPDATE {self._state} SET last_seq = last_seq + 1, updated_at = ? "
+                "RETURNING last_seq",
+                [loaded_at],
+            ).fetchall()
+        except duckdb.TransactionException as exc:
+            raise ConcurrentLoad(f"another load of {self.path} is running: {exc}") from None
+        if len(row) != 1:
+            raise LoadError(f"{self._state} must hold exactly one row, found {len(row)}")
+        return int(row[0][0])
+
+    def _read(self, file: LakeFile) -> tuple[pa.Table, str]:
+        try:
+            data = self.lake.fs.cat_file(file.path)
+            parquet = pq.ParquetFile(io.BytesIO(data))
+            check_bar_schema(parquet.schema_arrow, file.url)
+            return parquet.read(columns=list(BAR_COLUMN_NAMES)), md5_hex(data)
         except FileNotFoundError:
             raise LoadError(f"{file.url} vanished from the lake before it was loaded") from None
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
@@ -131,3 +218,17 @@ class DuckDBWarehouse:
 
     def close(self) -> None:
         self.con.close()
+
+
+def _manifest_entries(
+    con: duckdb.DuckDBPyConnection, manifest: str, urls: Sequence[str]
+) -> dict[str, ManifestEntry]:
+    out: dict[str, ManifestEntry] = {}
+    for part in chunks(list(dict.fromkeys(urls))):
+        rows = con.execute(
+            "SELECT path, size_bytes, row_count, content_md5, source_version, load_seq "
+            f"FROM {manifest} WHERE path IN ({', '.join(['?'] * len(part))})",
+            list(part),
+        ).fetchall()
+        out.update({row[0]: ManifestEntry(*row) for row in rows})
+    return out

@@ -1,38 +1,91 @@
-"""Find lake files the warehouse has not loaded yet and load them in bounded batches."""
+"""Find lake files the warehouse has not loaded yet and load them in bounded batches.
+
+Finding new files costs time in proportion to the new files, not to the lake:
+per `bars/interval_s=N/` folder the loader lists only the `date=` partitions
+at or after its high-water mark,
+
+    min(newest loaded date there, today UTC) - (ceil(STOCKPIPE_RESTATE_HORIZON / 1 day)
+                                               + STOCKPIPE_LOAD_LOOKBACK_DAYS) days,
+
+(every partition when nothing is loaded there yet; `since`/`full_scan` for
+backfills of older dates), and asks the manifest about just the files it
+found. A file already in the manifest is skipped when its content is the same
+(size + version, else MD5 of its bytes) and is an error naming it otherwise.
+A run commits at most STOCKPIPE_LOAD_MAX_BATCHES batches; the rest waits.
+"""
 
 from __future__ import annotations
 
+import io
 import logging
+import math
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flows.errors import ServiceUnavailable
-from flows.lakefs import BARS_PREFIX, Lake, open_lake
+from flows.lakefs import (
+    BARS_PREFIX,
+    Lake,
+    LakeEntry,
+    list_data_files,
+    list_partitions,
+    open_lake,
+    partitions_from,
+    stat_file,
+)
 from flows.settings import Settings, SettingsError
-from flows.warehouse.base import BeforeCommit, LakeFile, LoadError, Warehouse
+from flows.warehouse.base import (
+    BeforeCommit,
+    ConcurrentLoad,
+    ContentConflict,
+    LakeFile,
+    LoadError,
+    ManifestEntry,
+    Warehouse,
+    md5_hex,
+)
 
 log = logging.getLogger(__name__)
+
+_DATE_RE = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
+_ATTEMPTS = 4  # per batch, when another load holds the lock or loaded some files meanwhile
 
 
 @dataclass(frozen=True)
 class LoadSummary:
     """What one `load` (or `load_files`) run found and loaded."""
 
-    files_found: int
+    files_found: int  # files in the partitions listed (or given)
     files_new: int
     files_loaded: int
     rows: int
     batches: int
     seconds: float
+    files_unchanged: int = 0  # in the manifest already, same content
+    files_left: int = 0  # new, left for the next run (STOCKPIPE_LOAD_MAX_BATCHES)
+    load_seqs: tuple[int, ...] = ()
 
     @property
     def nothing_new(self) -> bool:
         return self.files_new == 0
+
+
+@dataclass
+class Scan:
+    """Lake files sorted into new, unchanged and conflicting (loaded with other content)."""
+
+    found: int = 0
+    new: list[LakeFile] = field(default_factory=list)
+    unchanged: int = 0
+    conflicts: list[str] = field(default_factory=list)
 
 
 def open_warehouse(settings: Settings, lake: Lake | None = None) -> Warehouse:
@@ -67,25 +120,116 @@ def _warehouse(settings: Settings, lake: Lake) -> Iterator[Warehouse]:
         warehouse.close()
 
 
-def list_lake_files(lake: Lake, prefix: str = BARS_PREFIX) -> list[LakeFile]:
-    """Every Parquet file under `prefix`, sorted by path (so by partition date, then name)."""
-    root = lake.path(prefix)
+def lookback_days(settings: Settings) -> int:
+    """Days before the newest loaded date that may still receive files."""
+    return math.ceil(settings.restate_horizon / 86400) + settings.load_lookback_days
+
+
+def high_water_mark(
+    newest_loaded: str | None, settings: Settings, today: date | None = None
+) -> date | None:
+    """The oldest `date=` partition to list, from the newest loaded path (None: list all).
+
+    Capped by today (UTC), so one file of a far-future date cannot hide the present.
+    """
+    match = _DATE_RE.search(newest_loaded or "")
+    if not match:
+        return None
+    newest = min(date.fromisoformat(match[1]), today or datetime.now(UTC).date())
+    return newest - timedelta(days=lookback_days(settings))
+
+
+def list_new_candidates(
+    lake: Lake,
+    warehouse: Warehouse,
+    settings: Settings,
+    *,
+    since: date | None = None,
+    full_scan: bool = False,
+) -> list[LakeFile]:
+    """The files of the partitions at or after the high-water mark (or `since`), by path."""
     try:
-        # s3fs caches listings per process; a long-lived worker must see new files.
-        lake.fs.invalidate_cache(root)
-        if not lake.fs.exists(root):
-            return []
-        found = lake.fs.find(root, detail=True)
+        partitions = list_partitions(lake, BARS_PREFIX)
+        files: list[LakeFile] = []
+        for parent, found in partitions.items():
+            if full_scan:
+                start = None
+            elif since is not None:
+                start = since
+            else:
+                start = high_water_mark(warehouse.max_loaded_path(lake.url(parent) + "/"), settings)
+            for partition in partitions_from(found, start):
+                files += [_lake_file(lake, e) for e in list_data_files(lake, partition.path)]
     except OSError as exc:
-        raise ServiceUnavailable(f"cannot list the lake at {lake.url(root)}: {exc}") from None
-    files = []
-    for path, info in found.items():
-        name = path.rsplit("/", 1)[-1]
-        # Writers may leave hidden or temporary files (".x.parquet.tmp", "_SUCCESS") beside the data.
-        if info.get("type") == "directory" or not name.endswith(".parquet") or name[0] in "._":
-            continue
-        files.append(LakeFile(url=lake.url(path), path=path, size=int(info.get("size") or 0)))
+        raise ServiceUnavailable(f"cannot list the lake at {lake.url(lake.root)}: {exc}") from None
     return sorted(files, key=lambda f: f.path)
+
+
+def _lake_file(lake: Lake, entry: LakeEntry) -> LakeFile:
+    return LakeFile(
+        url=lake.url(entry.path), path=entry.path, size=entry.size, version=entry.version
+    )
+
+
+def scan(lake: Lake, warehouse: Warehouse, files: Sequence[LakeFile]) -> Scan:
+    """Sort `files` by what the manifest says of just them."""
+    out = Scan(found=len(files))
+    entries = warehouse.manifest_entries([f.url for f in files])
+    for file in files:
+        entry = entries.get(file.url)
+        if entry is None:
+            out.new.append(file)
+        elif difference := content_difference(lake, file, entry):
+            out.conflicts.append(difference)
+        else:
+            out.unchanged += 1
+    return out
+
+
+def content_difference(lake: Lake, file: LakeFile, entry: ManifestEntry) -> str | None:
+    """None when `file` holds what was loaded under its name, else what differs.
+
+    Cheap first: same size and same version (S3 ETag, local mtime) means unchanged
+    without reading; otherwise the bytes are hashed. Rows loaded before the
+    manifest kept an MD5 can only be compared by size and row count.
+    """
+    if entry.size == file.size and file.version and file.version == entry.source_version:
+        return None
+    data: bytes | None = None
+    md5: str | None = None
+    if entry.size == file.size and entry.content_md5 is not None:
+        data = _read(lake, file)
+        md5 = md5_hex(data)
+        if md5 == entry.content_md5:
+            return None
+    rows = _row_count(lake, file, data)
+    if entry.size == file.size and entry.content_md5 is None and rows == entry.rows:
+        return None
+    what = []
+    if entry.size != file.size:
+        what.append(f"size {entry.size} -> {file.size} bytes")
+    if rows != entry.rows:
+        what.append(f"rows {entry.rows} -> {rows}")
+    if md5 is not None:
+        what.append(f"checksum (MD5) {entry.content_md5} -> {md5}")
+    return f"{file.url} was loaded (load {entry.load_seq}) with other content: {', '.join(what)}"
+
+
+def _read(lake: Lake, file: LakeFile) -> bytes:
+    try:
+        return lake.fs.cat_file(file.path)
+    except FileNotFoundError:
+        raise LoadError(f"{file.url} vanished from the lake while it was checked") from None
+
+
+def _row_count(lake: Lake, file: LakeFile, data: bytes | None) -> int | None:
+    try:
+        if data is not None:
+            return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+        with lake.fs.open(file.path, "rb") as handle:
+            return pq.ParquetFile(handle).metadata.num_rows
+    except (OSError, ValueError):
+        return None  # not Parquet any more: size or checksum tells the difference
 
 
 def _path_of(lake: Lake, url: str) -> str:
@@ -102,19 +246,42 @@ def _stat(lake: Lake, urls: Sequence[str]) -> list[LakeFile]:
     for url in urls:
         path = _path_of(lake, url)
         try:
-            info = lake.fs.info(path)
+            entry = stat_file(lake, path)
         except FileNotFoundError:
             raise LoadError(f"{url} is not in the lake") from None
-        files.append(LakeFile(url=url, path=path, size=int(info.get("size") or 0)))
+        files.append(LakeFile(url=url, path=path, size=entry.size, version=entry.version))
     return files
 
 
-def pending_files(settings: Settings) -> list[str]:
-    """URLs of the lake's bar files that are not in the manifest yet, oldest partition first."""
+def _bound(settings: Settings, batch_files: int | None, max_batches: int | None) -> tuple[int, int]:
+    per_batch = batch_files or settings.load_batch_files
+    batches = max_batches or settings.load_max_batches
+    if per_batch < 1 or batches < 1:
+        raise SettingsError(
+            f"batch size and batches per run must be at least 1, got {per_batch} and {batches}"
+        )
+    return per_batch, batches
+
+
+def pending_files(
+    settings: Settings, *, since: date | None = None, full_scan: bool = False
+) -> list[str]:
+    """URLs of new bar files, oldest partition first, at most one run's worth.
+
+    A run's worth is STOCKPIPE_LOAD_MAX_BATCHES x STOCKPIPE_LOAD_BATCH_FILES; the
+    rest is found by the next call. Raises `ContentConflict` for files loaded
+    before with other content.
+    """
+    per_batch, batches = _bound(settings, None, None)
     lake = open_lake(settings)
     with _warehouse(settings, lake) as warehouse:
-        loaded = warehouse.loaded_files()
-    return [f.url for f in list_lake_files(lake) if f.url not in loaded]
+        found = scan(
+            lake,
+            warehouse,
+            list_new_candidates(lake, warehouse, settings, since=since, full_scan=full_scan),
+        )
+    _raise_conflicts(found.conflicts)
+    return [f.url for f in found.new[: per_batch * batches]]
 
 
 def load_files(
@@ -130,15 +297,16 @@ def load_files(
     Safe to retry: an Airflow task that died after its commit loads nothing the second time.
     """
     started = time.monotonic()
+    per_batch, _ = _bound(settings, batch_files, None)
     lake = open_lake(settings)
     with _warehouse(settings, lake) as warehouse:
-        loaded = warehouse.loaded_files()
-        new = [url for url in dict.fromkeys(files) if url not in loaded]
+        found = scan(lake, warehouse, _stat(lake, list(dict.fromkeys(files))))
         return _load(
+            lake,
             warehouse,
-            _stat(lake, new),
-            found=len(files),
-            batch_files=batch_files or settings.load_batch_files,
+            found,
+            batch_files=per_batch,
+            max_batches=None,
             progress=progress,
             before_commit=before_commit,
             started=started,
@@ -149,24 +317,33 @@ def load(
     settings: Settings,
     *,
     batch_files: int | None = None,
+    max_batches: int | None = None,
+    since: date | None = None,
+    full_scan: bool = False,
     progress: bool = True,
     before_commit: BeforeCommit | None = None,
 ) -> LoadSummary:
-    """Load every new bar file of the lake, in batches of `batch_files` (STOCKPIPE_LOAD_BATCH_FILES).
+    """Load new bar files of the lake, oldest first, in batches of `batch_files`.
 
+    At most `max_batches` (STOCKPIPE_LOAD_MAX_BATCHES) batches commit per run.
     Each batch commits its rows and manifest entries together; `before_commit`
     runs inside each batch's transaction just before COMMIT (tests inject crashes there).
+    `since` lists the partitions from that date on instead of from the
+    high-water mark (for backfills of old dates); `full_scan` lists them all.
     """
     started = time.monotonic()
+    per_batch, batches = _bound(settings, batch_files, max_batches)
     lake = open_lake(settings)
     with _warehouse(settings, lake) as warehouse:
-        found = list_lake_files(lake)
-        loaded = warehouse.loaded_files()
+        candidates = list_new_candidates(
+            lake, warehouse, settings, since=since, full_scan=full_scan
+        )
         return _load(
+            lake,
             warehouse,
-            [f for f in found if f.url not in loaded],
-            found=len(found),
-            batch_files=batch_files or settings.load_batch_files,
+            scan(lake, warehouse, candidates),
+            batch_files=per_batch,
+            max_batches=batches,
             progress=progress,
             before_commit=before_commit,
             started=started,
@@ -174,35 +351,74 @@ def load(
 
 
 def _load(
+    lake: Lake,
     warehouse: Warehouse,
-    new: list[LakeFile],
+    found: Scan,
     *,
-    found: int,
     batch_files: int,
+    max_batches: int | None,
     progress: bool,
     before_commit: BeforeCommit | None,
     started: float,
 ) -> LoadSummary:
-    if batch_files < 1:
-        raise SettingsError(f"batch size must be at least 1, got {batch_files}")
+    new = found.new
     batches = [new[i : i + batch_files] for i in range(0, len(new), batch_files)]
-    files_loaded = rows = 0
-    with _progress(progress and bool(new), len(new), warehouse.name) as advance:
+    left = sum(len(b) for b in batches[max_batches:]) if max_batches else 0
+    batches = batches[:max_batches] if max_batches else batches
+    files_loaded = rows = committed = 0
+    seqs: list[int] = []
+    unchanged = found.unchanged
+    conflicts = list(found.conflicts)
+    with _progress(progress and bool(new), len(new) - left, warehouse.name) as advance:
         for batch in batches:
-            result = warehouse.load_batch(batch, before_commit=before_commit)
-            files_loaded += result.files
-            rows += result.rows
-            advance(result.files)
+            for attempt in range(_ATTEMPTS):
+                try:
+                    result = warehouse.load_batch(batch, before_commit=before_commit)
+                except ConcurrentLoad as exc:
+                    if attempt == _ATTEMPTS - 1:
+                        raise
+                    log.info("batch of %d file(s): %s; checking again", len(batch), exc)
+                    again = scan(lake, warehouse, batch)
+                    unchanged += again.unchanged
+                    conflicts += again.conflicts
+                    batch = again.new
+                    if not batch:
+                        break
+                    time.sleep(0.2 * 2**attempt)
+                    continue
+                files_loaded += result.files
+                rows += result.rows
+                committed += 1
+                if result.load_seq is not None:
+                    seqs.append(result.load_seq)
+                advance(result.files)
+                break
     summary = LoadSummary(
-        files_found=found,
+        files_found=found.found,
         files_new=len(new),
         files_loaded=files_loaded,
         rows=rows,
-        batches=len(batches),
+        batches=committed,
         seconds=time.monotonic() - started,
+        files_unchanged=unchanged,
+        files_left=left,
+        load_seqs=tuple(seqs),
     )
     log.info("load into %s: %s", warehouse.name, summary)
+    _raise_conflicts(conflicts)
     return summary
+
+
+def _raise_conflicts(conflicts: Sequence[str]) -> None:
+    if conflicts:
+        raise ContentConflict(
+            f"{len(conflicts)} lake file(s) were loaded before under the same name with other "
+            "content, so they were not loaded again (every other file was): "
+            + "; ".join(conflicts[:10])
+            + ("; ..." if len(conflicts) > 10 else "")
+            + ". A file name must always hold the same rows: move the file out of the lake "
+            "and write its rows under a new name."
+        )
 
 
 @contextmanager

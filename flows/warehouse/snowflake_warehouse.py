@@ -1,30 +1,45 @@
 """The production warehouse: Snowflake through snowflake-connector-python.
 
-A batch is loaded in three steps:
+A batch is loaded in these steps (the loader's role, SNOWFLAKE_LOADER_ROLE):
 
-1. each lake file is copied to a local temp dir (downloaded from s3://) and
-   PUT to a stage path of its own, `@stage/batch_<uuid>/f00000/`; the batch's
-   fresh path means Snowflake's load metadata never skips a file that a
-   crashed run had already staged or copied;
-2. in one transaction: per file, `COPY INTO bronze.bars FROM @stage/batch_<uuid>/fNNNNN/`
-   (FILE_FORMAT in the statement, MATCH_BY_COLUMN_NAME) followed by an UPDATE
-   that stamps `_source_file` and `_loaded_at` on the rows that COPY just
-   inserted, then the manifest rows;
-3. COMMIT.
+1. each lake file is copied to a local temp dir (downloaded from s3://) as
+   `fNNNNN.parquet` (its MD5 and row count taken on the way) and PUT to the
+   batch's own stage path `@stage/batch_<uuid>/`; the fresh path means
+   Snowflake's load metadata never skips a file that a crashed run had
+   already staged or copied. PUT is not transactional, so it runs first;
+2. in one transaction:
+     UPDATE bronze.load_state SET last_seq = last_seq + 1   -- the load lock
+     SELECT max(last_seq) FROM bronze.load_state              -- this load's number
+     SELECT ... FROM bronze.load_manifest WHERE path IN (...)  -- loaded meanwhile?
+     COPY INTO bronze.bars FROM @stage/batch_<uuid>/ FILE_FORMAT = (TYPE = PARQUET)
+         MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE
+         INCLUDE_METADATA = (_source_file = METADATA$FILENAME)      -- one COPY
+     UPDATE bronze.bars SET _source_file = <lake URL of the staged name>,
+         _load_seq = <n>, _loaded_at = <t> WHERE <this batch's new rows>  -- one UPDATE
+     INSERT INTO bronze.load_manifest VALUES (...), (...)
+     COMMIT
+3. `REMOVE @stage/batch_<uuid>/`, after success and after failure.
 
-Why COPY + UPDATE and not `METADATA$FILENAME`: Snowflake forbids COPY
-transformations together with MATCH_BY_COLUMN_NAME, and the local emulator
-(fakesnow) supports neither INCLUDE_METADATA nor METADATA$ columns. Rows that
-have no `_source_file` yet can only be this transaction's: every committed
-row got one in its own transaction.
+The UPDATE is needed because COPY with MATCH_BY_COLUMN_NAME takes no
+transformations, so `_load_seq` cannot come from the COPY itself; it only
+touches the batch's rows (`_load_seq IS NULL`, which prunes to the COPY's new
+micro-partitions, and the batch's unique stage path in `_source_file`).
+
+The local emulator (fakesnow) supports neither INCLUDE_METADATA nor REMOVE: on
+it (and only there) the COPY step runs `_copy_emulated` instead, which emulates
+INCLUDE_METADATA with one COPY + UPDATE per file, and cleanup is skipped; the
+real statements are asserted in tests/test_load_snowflake.py and parsed with
+sqlglot's Snowflake dialect.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,13 +58,20 @@ from flows.warehouse.base import (
     LOAD_COLUMNS,
     MANIFEST_COLUMNS,
     MANIFEST_TABLE,
+    MIGRATED_COLUMNS,
+    STATE_COLUMNS,
+    STATE_TABLE,
     BeforeCommit,
     Column,
+    ConcurrentLoad,
     LakeFile,
     LoadError,
     LoadResult,
+    ManifestEntry,
     check_bar_schema,
     check_identifier,
+    chunks,
+    md5_hex,
 )
 
 log = logging.getLogger(__name__)
@@ -57,6 +79,7 @@ log = logging.getLogger(__name__)
 # The file format lives in the COPY statement, not on the stage, so the load
 # does not depend on how the stage was created.
 PARQUET_FORMAT = "FILE_FORMAT = (TYPE = PARQUET USE_VECTORIZED_SCANNER = TRUE)"
+_STAGED_NAME_LEN = len("f00000.parquet")
 
 
 def _q(identifier: str) -> str:
@@ -112,6 +135,15 @@ def _private_key_der(path: Path, passphrase: str | None) -> bytes:
     )
 
 
+def session_parameters(settings: Settings) -> dict[str, Any]:
+    """Set at login: UTC timestamps, bounded lock waits and statements."""
+    return {
+        "TIMEZONE": "UTC",
+        "LOCK_TIMEOUT": max(1, math.ceil(settings.snowflake_lock_timeout)),
+        "STATEMENT_TIMEOUT_IN_SECONDS": max(1, math.ceil(settings.snowflake_statement_timeout)),
+    }
+
+
 def connect_kwargs(settings: Settings) -> dict[str, Any]:
     """Arguments for `snowflake.connector.connect` (holds secrets: never log the result)."""
     if not settings.snowflake_account or not settings.snowflake_user:
@@ -142,10 +174,14 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
             "STOCKPIPE_WAREHOUSE=snowflake needs SNOWFLAKE_PRIVATE_KEY_PATH (key-pair auth) "
             "or SNOWFLAKE_PASSWORD"
         )
-    for name in ("role", "warehouse"):
-        value = getattr(settings, f"snowflake_{name}")
-        if value:
-            kwargs[name] = check_identifier(value, f"SNOWFLAKE_{name.upper()}")
+    # The loader works as the loader role of infra/snowflake/setup.sql; dbt uses its own.
+    if settings.snowflake_loader_role:
+        kwargs["role"] = check_identifier(settings.snowflake_loader_role, "SNOWFLAKE_LOADER_ROLE")
+    elif settings.snowflake_role:
+        kwargs["role"] = check_identifier(settings.snowflake_role, "SNOWFLAKE_ROLE")
+    if settings.snowflake_warehouse:
+        kwargs["warehouse"] = check_identifier(settings.snowflake_warehouse, "SNOWFLAKE_WAREHOUSE")
+    kwargs["session_parameters"] = session_parameters(settings)
     # host/port/protocol point the connector at a proxy or a local emulator.
     for name in ("host", "port", "protocol"):
         value = getattr(settings, f"snowflake_{name}")
@@ -155,7 +191,7 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 class SnowflakeWarehouse:
-    """bronze.bars and bronze.load_manifest in Snowflake, loaded by PUT + COPY INTO."""
+    """bronze.bars, bronze.load_manifest and bronze.load_state in Snowflake: PUT + one COPY INTO."""
 
     name = "snowflake"
 
@@ -170,9 +206,12 @@ class SnowflakeWarehouse:
                 f"cannot connect to Snowflake account {settings.snowflake_account!r} "
                 f"as user {settings.snowflake_user!r}: {exc.msg or exc}"
             ) from None
+        # EMULATOR ONLY: fakesnow cannot run INCLUDE_METADATA; see `_copy_emulated`.
+        self.emulated = type(self.conn).__module__.startswith("fakesnow")
         self._schema = f"{_q(kwargs['database'])}.{_q(BRONZE_SCHEMA)}"
         self._bars = f"{self._schema}.{_q(BARS_TABLE)}"
         self._manifest = f"{self._schema}.{_q(MANIFEST_TABLE)}"
+        self._state = f"{self._schema}.{_q(STATE_TABLE)}"
         self._stage_schema = f"{_q(stage_database)}.{_q(stage_schema)}"
         self._stage = f"{self._stage_schema}.{_q(stage)}"
 
@@ -187,23 +226,40 @@ class SnowflakeWarehouse:
                 f"lost the connection to Snowflake: {exc.msg or exc}"
             ) from None
 
+    def _works(self, sql: str) -> bool:
+        try:
+            self._execute(sql)
+        except LoadError:
+            return False
+        return True
+
     def ensure_schema(self) -> None:
         # In production infra/snowflake/setup.sql created everything and the loader's role
-        # may not hold CREATE privileges, so only run DDL when a table is missing.
-        try:
-            for table in (self._bars, self._manifest):
-                self._execute(f"SELECT 1 FROM {table} LIMIT 0")
-            return
-        except LoadError:
-            pass
-        statements = [
-            f"CREATE SCHEMA IF NOT EXISTS {self._schema}",
-            f"CREATE SCHEMA IF NOT EXISTS {self._stage_schema}",
-            f"CREATE STAGE IF NOT EXISTS {self._stage}",
-            f"CREATE TABLE IF NOT EXISTS {self._bars} ({_columns_ddl(BAR_COLUMNS + LOAD_COLUMNS)})",
-            f"CREATE TABLE IF NOT EXISTS {self._manifest} "
-            f"({_columns_ddl(MANIFEST_COLUMNS)}, PRIMARY KEY ({_q('path')}))",
-        ]
+        # may not hold CREATE or ALTER privileges, so only run DDL for what is missing.
+        statements = []
+        if not all(
+            self._works(f"SELECT 1 FROM {table} LIMIT 0")
+            for table in (self._bars, self._manifest, self._state)
+        ):
+            statements += [
+                f"CREATE SCHEMA IF NOT EXISTS {self._schema}",
+                f"CREATE SCHEMA IF NOT EXISTS {self._stage_schema}",
+                f"CREATE STAGE IF NOT EXISTS {self._stage}",
+                f"CREATE TABLE IF NOT EXISTS {self._bars} "
+                f"({_columns_ddl(BAR_COLUMNS + LOAD_COLUMNS)})",
+                f"CREATE TABLE IF NOT EXISTS {self._manifest} "
+                f"({_columns_ddl(MANIFEST_COLUMNS)}, PRIMARY KEY ({_q('path')}))",
+                f"CREATE TABLE IF NOT EXISTS {self._state} ({_columns_ddl(STATE_COLUMNS)})",
+            ]
+        # Migration of warehouses created before the load sequence (idempotent).
+        for table, columns in MIGRATED_COLUMNS.items():
+            target = f"{self._schema}.{_q(table)}"
+            names = ", ".join(_q(c.name) for c in columns)
+            if statements or not self._works(f"SELECT {names} FROM {target} LIMIT 0"):
+                statements += [
+                    f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {_q(c.name)} {c.snowflake}"
+                    for c in columns
+                ]
         for sql in statements:
             try:
                 self._execute(sql)
@@ -211,10 +267,32 @@ class SnowflakeWarehouse:
                 raise StockpipeError(
                     f"{exc}; run infra/snowflake/setup.sql as an administrator first"
                 ) from None
+        if self._execute(f"SELECT count(*) FROM {self._state}").fetchone()[0] == 0:
+            self._execute(
+                f"INSERT INTO {self._state} ({_q('last_seq')}, {_q('updated_at')}) "
+                f"SELECT coalesce(max({_q('load_seq')}), 0), current_timestamp() "
+                f"FROM {self._manifest}"
+            )
 
-    def loaded_files(self) -> set[str]:
-        cur = self._execute(f"SELECT {_q('path')} FROM {self._manifest}")
-        return {row[0] for row in cur.fetchall()}
+    def manifest_entries(self, urls: Sequence[str]) -> dict[str, ManifestEntry]:
+        out: dict[str, ManifestEntry] = {}
+        columns = ("path", "size_bytes", "row_count", "content_md5", "source_version", "load_seq")
+        for part in chunks(list(dict.fromkeys(urls))):
+            cur = self._execute(
+                f"SELECT {', '.join(_q(c) for c in columns)} FROM {self._manifest} "
+                f"WHERE {_q('path')} IN ({', '.join(['%s'] * len(part))})",
+                list(part),
+            )
+            out.update({row[0]: ManifestEntry(*row) for row in cur.fetchall()})
+        return out
+
+    def max_loaded_path(self, prefix: str) -> str | None:
+        cur = self._execute(
+            f"SELECT max({_q('path')}) FROM {self._manifest} WHERE startswith({_q('path')}, %s)",
+            [prefix],
+        )
+        row = cur.fetchone()
+        return row[0] if row else None
 
     def load_batch(
         self, files: Sequence[LakeFile], *, before_commit: BeforeCommit | None = None
@@ -223,69 +301,97 @@ class SnowflakeWarehouse:
         loaded_at = datetime.now(UTC)
         if not files:
             return LoadResult(batch_id=batch_id, files=0, rows=0, loaded_at=loaded_at)
-        stage_path = f"@{self._stage}/batch_{batch_id}"
-        with tempfile.TemporaryDirectory(prefix="stockpipe-load-") as tmp:
-            # PUT is not transactional: staging happens before BEGIN, under paths nobody else uses.
-            for index, file in enumerate(files):
-                local = Path(tmp) / f"f{index:05d}.parquet"
-                self._fetch(file, local)
-                self._execute(
-                    f"PUT '{local.as_uri()}' {stage_path}/f{index:05d}/ "
-                    "AUTO_COMPRESS = FALSE OVERWRITE = TRUE"
-                )
-        rows_per_file = self._copy_in_transaction(
-            files, stage_path, batch_id, loaded_at, before_commit
-        )
-        total = sum(rows_per_file)
+        stage_dir = f"batch_{batch_id}"
+        stage_path = f"@{self._stage}/{stage_dir}/"
+        staged: list[_Staged] = []
+        try:
+            with tempfile.TemporaryDirectory(prefix="stockpipe-load-") as tmp:
+                # PUT is not transactional: staging happens before BEGIN, under a path
+                # nobody else uses.
+                for index, file in enumerate(files):
+                    local = Path(tmp) / f"f{index:05d}.parquet"
+                    staged.append(self._fetch(file, local))
+                    self._execute(
+                        f"PUT '{local.as_uri()}' {stage_path} AUTO_COMPRESS = FALSE OVERWRITE = TRUE"
+                    )
+            seq = self._copy_in_transaction(
+                files, staged, stage_dir, stage_path, loaded_at, batch_id, before_commit
+            )
+        finally:
+            self._remove_staged(stage_path)
+        total = sum(s.rows for s in staged)
         log.info(
-            "batch %s: loaded %d file(s), %d row(s) into Snowflake", batch_id, len(files), total
+            "batch %s (load %d): loaded %d file(s), %d row(s) into Snowflake",
+            batch_id,
+            seq,
+            len(files),
+            total,
         )
-        return LoadResult(batch_id=batch_id, files=len(files), rows=total, loaded_at=loaded_at)
+        return LoadResult(
+            batch_id=batch_id, files=len(files), rows=total, loaded_at=loaded_at, load_seq=seq
+        )
 
-    def _fetch(self, file: LakeFile, local: Path) -> None:
+    def _fetch(self, file: LakeFile, local: Path) -> _Staged:
         try:
             self.lake.fs.get_file(file.path, str(local))
         except FileNotFoundError:
             raise LoadError(f"{file.url} vanished from the lake before it was loaded") from None
         try:
-            schema = pq.read_schema(local)
+            parquet = pq.ParquetFile(local)
+            check_bar_schema(parquet.schema_arrow, file.url)
+            rows = parquet.metadata.num_rows
         except (OSError, ValueError) as exc:
             raise LoadError(f"cannot read {file.url}: {exc}") from None
-        check_bar_schema(schema, file.url)
+        return _Staged(local.name, rows, md5_hex(local.read_bytes()))
 
     def _copy_in_transaction(
         self,
         files: Sequence[LakeFile],
+        staged: Sequence[_Staged],
+        stage_dir: str,
         stage_path: str,
-        batch_id: str,
         loaded_at: datetime,
+        batch_id: str,
         before_commit: BeforeCommit | None,
-    ) -> list[int]:
-        source, stamped = _q("_source_file"), _q("_loaded_at")
-        rows_per_file: list[int] = []
+    ) -> int:
         self._execute("BEGIN")
         try:
-            for index, file in enumerate(files):
-                cur = self._execute(
-                    f"COPY INTO {self._bars} FROM {stage_path}/f{index:05d}/ "
-                    f"{PARQUET_FORMAT} MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE PURGE = TRUE"
+            seq = self._next_seq()
+            if clash := self.manifest_entries([f.url for f in files]):
+                raise ConcurrentLoad(
+                    f"{len(clash)} file(s) were loaded by another run meanwhile "
+                    f"(e.g. {min(clash)}); nothing of this batch was kept, run the load again",
+                    sorted(clash),
                 )
-                rows = _rows_loaded(cur, file)
-                cur = self._execute(
-                    f"UPDATE {self._bars} SET {source} = %s, {stamped} = %s WHERE {source} IS NULL",
-                    (file.url, loaded_at),
+            if self.emulated:
+                results = self._copy_emulated(stage_dir, stage_path, staged)
+            else:
+                results = _copy_results(self._execute(copy_statement(self._bars, stage_path)))
+            _check_copied(results, files, staged)
+            sql, params = stamp_statement(self._bars, stage_dir, files, staged, seq, loaded_at)
+            cur = self._execute(sql, params)
+            total = sum(s.rows for s in staged)
+            if cur.rowcount != total:
+                raise LoadError(
+                    f"batch {batch_id}: COPY loaded {total} row(s) but {cur.rowcount} were "
+                    "stamped with the load sequence"
                 )
-                if cur.rowcount != rows:
-                    raise LoadError(
-                        f"{file.url}: COPY loaded {rows} row(s) but {cur.rowcount} got a source "
-                        f"file; is another process writing rows without {source}?"
-                    )
-                rows_per_file.append(rows)
-            self._check_not_loaded_meanwhile(files)
-            placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(files))
-            params: list[Any] = []
-            for file, rows in zip(files, rows_per_file, strict=True):
-                params += [file.url, BARS_TABLE, file.size, rows, batch_id, loaded_at]
+            placeholders = ", ".join(
+                ["(" + ", ".join(["%s"] * len(MANIFEST_COLUMNS)) + ")"] * len(files)
+            )
+            params = []
+            for file, done in zip(files, staged, strict=True):
+                params += [
+                    file.url,
+                    BARS_TABLE,
+                    file.size,
+                    done.rows,
+                    batch_id,
+                    loaded_at,
+                    seq,
+                    done.md5,
+                    file.version,
+                ]
             columns = ", ".join(_q(c.name) for c in MANIFEST_COLUMNS)
             self._execute(f"INSERT INTO {self._manifest} ({columns}) VALUES {placeholders}", params)
             if before_commit is not None:
@@ -294,35 +400,125 @@ class SnowflakeWarehouse:
         except BaseException:
             try:
                 self.conn.cursor().execute("ROLLBACK")
-            except snowflake.connector.errors.Error as exc:
-                log.warning(
-                    "ROLLBACK failed (Snowflake aborts the transaction itself): %s", exc.msg
-                )
+            except Exception as exc:  # noqa: BLE001 - Snowflake aborts the transaction itself
+                log.warning("ROLLBACK failed (Snowflake aborts the transaction itself): %s", exc)
             raise
-        return rows_per_file
+        return seq
 
-    def _check_not_loaded_meanwhile(self, files: Sequence[LakeFile]) -> None:
-        # Our UPDATE holds bronze.bars' lock, so a concurrent load of the same files
-        # has committed by now, and READ COMMITTED shows its manifest rows.
-        placeholders = ", ".join(["%s"] * len(files))
-        cur = self._execute(
-            f"SELECT {_q('path')} FROM {self._manifest} WHERE {_q('path')} IN ({placeholders})",
-            [file.url for file in files],
+    def _next_seq(self) -> int:
+        """Take the load lock and this load's number (see flows/warehouse/base.py)."""
+        sql = (
+            f"UPDATE {self._state} SET {_q('last_seq')} = {_q('last_seq')} + 1, "
+            f"{_q('updated_at')} = current_timestamp()"
         )
-        if clash := sorted(row[0] for row in cur.fetchall()):
-            raise LoadError(
-                f"{len(clash)} file(s) were loaded by another run meanwhile (e.g. {clash[0]}); "
-                "nothing of this batch was kept, run the load again"
+        try:
+            # Snowflake waits up to LOCK_TIMEOUT for another load's transaction, then fails;
+            # the emulator (DuckDB) fails at once with a write-write conflict.
+            cur = self.conn.cursor().execute(sql)
+        except Exception as exc:
+            text = str(getattr(exc, "msg", None) or exc)
+            if "lock" in text.lower() or "conflict" in text.lower():
+                raise ConcurrentLoad(f"another load holds the load lock: {text}") from None
+            if isinstance(exc, snowflake.connector.errors.ProgrammingError):
+                raise LoadError(f"Snowflake rejected a statement: {text}") from None
+            raise
+        if not cur.rowcount:
+            raise LoadError(f"{self._state} is empty: run the load again to initialise it")
+        row = self._execute(f"SELECT max({_q('last_seq')}) FROM {self._state}").fetchone()
+        return int(row[0])
+
+    def _copy_emulated(
+        self, stage_dir: str, stage_path: str, staged: Sequence[_Staged]
+    ) -> list[dict[str, Any]]:
+        """EMULATOR ONLY (fakesnow lacks INCLUDE_METADATA): the same rows the real COPY
+        gives, by one COPY per file and an UPDATE that sets what METADATA$FILENAME would.
+        Never runs against Snowflake, where `copy_statement` is the one COPY per batch."""
+        source = _q("_source_file")
+        results: list[dict[str, Any]] = []
+        for done in staged:
+            cur = self._execute(
+                f"COPY INTO {self._bars} FROM {stage_path}{done.name} FILE_FORMAT = (TYPE = PARQUET) "
+                "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE"
             )
+            results += _copy_results(cur)
+            self._execute(
+                f"UPDATE {self._bars} SET {source} = %s "
+                f"WHERE {source} IS NULL AND {_q('_load_seq')} IS NULL",
+                (f"{stage_dir}/{done.name}",),
+            )
+        return results
+
+    def _remove_staged(self, stage_path: str) -> None:
+        """Drop the batch's staged copies, whether the load committed or failed."""
+        try:
+            self._execute(f"REMOVE {stage_path}")
+        except Exception as exc:  # noqa: BLE001 - never hide the load's own outcome
+            log.warning("could not remove %s (remove it by hand): %s", stage_path, exc)
 
     def close(self) -> None:
         self.conn.close()
 
 
-def _rows_loaded(cur: Any, file: LakeFile) -> int:
-    """rows_loaded of a one-file COPY result; raise unless that file was LOADED."""
+@dataclass(frozen=True)
+class _Staged:
+    """A lake file as staged for one batch: its stage name, rows and MD5."""
+
+    name: str  # fNNNNN.parquet under the batch's stage path
+    rows: int
+    md5: str
+
+
+def copy_statement(bars: str, stage_path: str) -> str:
+    """The batch's one COPY (Snowflake's documented syntax; see the module docstring)."""
+    return (
+        f"COPY INTO {bars} FROM {stage_path} FILE_FORMAT = (TYPE = PARQUET) "
+        "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE "
+        f"INCLUDE_METADATA = ({_q('_source_file')} = METADATA$FILENAME)"
+    )
+
+
+def stamp_statement(
+    bars: str,
+    stage_dir: str,
+    files: Sequence[LakeFile],
+    staged: Sequence[_Staged],
+    seq: int,
+    loaded_at: datetime,
+) -> tuple[str, list[Any]]:
+    """The batch's one UPDATE: lake URL for the staged name, load sequence and load time.
+
+    Only this batch's rows match: `_load_seq IS NULL` (rows of committed loads all
+    have one) and the batch's unique stage path in METADATA$FILENAME.
+    """
+    source, seq_col = _q("_source_file"), _q("_load_seq")
+    whens = " ".join(["WHEN %s THEN %s"] * len(files))
+    sql = (
+        f"UPDATE {bars} SET {source} = CASE right({source}, {_STAGED_NAME_LEN}) {whens} END, "
+        f"{seq_col} = %s, {_q('_loaded_at')} = %s "
+        f"WHERE {seq_col} IS NULL AND contains({source}, %s)"
+    )
+    params: list[Any] = []
+    for file, done in zip(files, staged, strict=True):
+        params += [done.name, file.url]
+    return sql, [*params, seq, loaded_at, f"{stage_dir}/"]
+
+
+def _copy_results(cur: Any) -> list[dict[str, Any]]:
     names = [d[0].lower() for d in cur.description]
-    results = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-    if len(results) != 1 or str(results[0].get("status", "")).upper() != "LOADED":
-        raise LoadError(f"COPY INTO did not load {file.url}: {results}")
-    return int(results[0]["rows_loaded"])
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _check_copied(
+    results: list[dict[str, Any]], files: Sequence[LakeFile], staged: Sequence[_Staged]
+) -> None:
+    """Raise unless COPY loaded every staged file, each with the rows its footer counts."""
+    by_name = {str(r.get("file", "")).rsplit("/", 1)[-1]: r for r in results}
+    for file, done in zip(files, staged, strict=True):
+        result = by_name.get(done.name)
+        if result is None or str(result.get("status", "")).upper() != "LOADED":
+            raise LoadError(f"COPY INTO did not load {file.url}: {result or results}")
+        if int(result.get("rows_loaded") or 0) != done.rows:
+            raise LoadError(
+                f"COPY INTO loaded {result.get('rows_loaded')} row(s) of {file.url}, "
+                f"which holds {done.rows}"
+            )

@@ -4,7 +4,8 @@
 --   snowsql -a <account> -u <admin> -f infra/snowflake/setup.sql
 -- It is idempotent: re-running changes nothing that exists. If you rename anything,
 -- set the matching SNOWFLAKE_DATABASE / SNOWFLAKE_STAGE / SNOWFLAKE_WAREHOUSE /
--- SNOWFLAKE_ROLE for stockpipe and the dbt profile.
+-- SNOWFLAKE_LOADER_ROLE (stockpipe load) / SNOWFLAKE_TRANSFORM_ROLE (dbt), which
+-- both fall back to SNOWFLAKE_ROLE.
 --
 -- The bronze tables must match flows/warehouse/base.py (tests/test_load_snowflake.py
 -- checks that they do); the loader creates the same tables itself when they are
@@ -37,8 +38,9 @@ CREATE FILE FORMAT IF NOT EXISTS STOCKPIPE.BRONZE.PARQUET_FORMAT
     USE_VECTORIZED_SCANNER = TRUE
     COMMENT = 'contract-2 bar files';
 
--- Internal stage: each load batch PUTs its files under @LAKE_STAGE/batch_<uuid>/
--- and COPY ... PURGE = TRUE removes them once loaded.
+-- Internal stage: each load batch PUTs its files under @LAKE_STAGE/batch_<uuid>/,
+-- loads them with one COPY, and then REMOVEs that batch path (after success and
+-- after failure alike; the loader never uses COPY ... PURGE).
 CREATE STAGE IF NOT EXISTS STOCKPIPE.BRONZE.LAKE_STAGE
     FILE_FORMAT = STOCKPIPE.BRONZE.PARQUET_FORMAT
     ENCRYPTION = (TYPE = 'SNOWFLAKE_SSE')
@@ -63,11 +65,13 @@ CREATE TABLE IF NOT EXISTS STOCKPIPE.BRONZE.BARS (
     REVISION INTEGER,
     EMITTED_AT TIMESTAMP_TZ,
     _SOURCE_FILE VARCHAR,
-    _LOADED_AT TIMESTAMP_TZ
+    _LOADED_AT TIMESTAMP_TZ,
+    _LOAD_SEQ BIGINT
 );
 
 -- One row per loaded lake file, written in the same transaction as its rows:
--- the loader's only record of what is loaded.
+-- the loader's only record of what is loaded (and with what content: MD5 of the
+-- bytes, and the S3 ETag or local mtime they were listed with).
 CREATE TABLE IF NOT EXISTS STOCKPIPE.BRONZE.LOAD_MANIFEST (
     PATH VARCHAR,
     TARGET_TABLE VARCHAR,
@@ -75,8 +79,36 @@ CREATE TABLE IF NOT EXISTS STOCKPIPE.BRONZE.LOAD_MANIFEST (
     ROW_COUNT BIGINT,
     BATCH_ID VARCHAR,
     LOADED_AT TIMESTAMP_TZ,
+    LOAD_SEQ BIGINT,
+    CONTENT_MD5 VARCHAR,
+    SOURCE_VERSION VARCHAR,
     PRIMARY KEY (PATH)
 );
+
+-- One row: the number of the last load. Each load increments it first thing in its
+-- transaction, which holds the table's lock until COMMIT, so loads commit in the
+-- order of their numbers (_LOAD_SEQ on their rows; dbt selects new rows by it).
+CREATE TABLE IF NOT EXISTS STOCKPIPE.BRONZE.LOAD_STATE (
+    LAST_SEQ BIGINT,
+    UPDATED_AT TIMESTAMP_TZ
+);
+
+-- Warehouses created before the load sequence: add its columns (rows loaded
+-- before it keep NULL, which dbt reads as load 0) and start numbering after
+-- the highest number already used. Both statements change nothing on a re-run.
+ALTER TABLE STOCKPIPE.BRONZE.BARS ADD COLUMN IF NOT EXISTS _LOAD_SEQ BIGINT;
+ALTER TABLE STOCKPIPE.BRONZE.LOAD_MANIFEST ADD COLUMN IF NOT EXISTS LOAD_SEQ BIGINT;
+ALTER TABLE STOCKPIPE.BRONZE.LOAD_MANIFEST ADD COLUMN IF NOT EXISTS CONTENT_MD5 VARCHAR;
+ALTER TABLE STOCKPIPE.BRONZE.LOAD_MANIFEST ADD COLUMN IF NOT EXISTS SOURCE_VERSION VARCHAR;
+
+-- The aggregate sits in a subquery: an aggregate without GROUP BY returns a row even
+-- when its WHERE matches nothing, so `SELECT max(...) FROM ... WHERE NOT EXISTS (...)`
+-- would add a second row on every re-run.
+USE WAREHOUSE STOCKPIPE_WH;
+INSERT INTO STOCKPIPE.BRONZE.LOAD_STATE (LAST_SEQ, UPDATED_AT)
+    SELECT LAST_SEQ, CURRENT_TIMESTAMP()
+    FROM (SELECT COALESCE(MAX(LOAD_SEQ), 0) AS LAST_SEQ FROM STOCKPIPE.BRONZE.LOAD_MANIFEST)
+    WHERE NOT EXISTS (SELECT 1 FROM STOCKPIPE.BRONZE.LOAD_STATE);
 
 ------------------------------------------------------------------------------
 -- Access: a role per job, granted to SYSADMIN so administrators keep control.
@@ -97,12 +129,15 @@ GRANT USAGE ON DATABASE STOCKPIPE TO ROLE STOCKPIPE_LOADER;
 GRANT USAGE ON DATABASE STOCKPIPE TO ROLE STOCKPIPE_TRANSFORMER;
 GRANT USAGE ON DATABASE STOCKPIPE TO ROLE STOCKPIPE_ANALYST;
 
--- Loader: stage files, insert bars (COPY), stamp _source_file (UPDATE), write the manifest.
+-- Loader: stage and REMOVE files, insert bars (COPY), stamp _source_file, _load_seq and
+-- _loaded_at (UPDATE), write the manifest, take the next load number (UPDATE LOAD_STATE;
+-- INSERT only to initialise it).
 GRANT USAGE ON SCHEMA STOCKPIPE.BRONZE TO ROLE STOCKPIPE_LOADER;
 GRANT READ, WRITE ON STAGE STOCKPIPE.BRONZE.LAKE_STAGE TO ROLE STOCKPIPE_LOADER;
 GRANT USAGE ON FILE FORMAT STOCKPIPE.BRONZE.PARQUET_FORMAT TO ROLE STOCKPIPE_LOADER;
 GRANT SELECT, INSERT, UPDATE ON TABLE STOCKPIPE.BRONZE.BARS TO ROLE STOCKPIPE_LOADER;
 GRANT SELECT, INSERT ON TABLE STOCKPIPE.BRONZE.LOAD_MANIFEST TO ROLE STOCKPIPE_LOADER;
+GRANT SELECT, INSERT, UPDATE ON TABLE STOCKPIPE.BRONZE.LOAD_STATE TO ROLE STOCKPIPE_LOADER;
 
 -- Transformer (dbt): read bronze, create and replace models in silver and gold.
 GRANT USAGE ON SCHEMA STOCKPIPE.BRONZE TO ROLE STOCKPIPE_TRANSFORMER;

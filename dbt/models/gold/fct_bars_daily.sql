@@ -8,7 +8,8 @@
 }}
 
 {#- Incremental runs recompute the (symbol, trade_date) pairs that silver rebuilt
-    since this model last ran; silver stamps every rebuilt row with the load it reflects. -#}
+    since this model last ran (silver `_load_seq` above this model's max); silver stamps
+    every rebuilt row with the load it reflects. -#}
 
 with
 
@@ -20,7 +21,7 @@ regular_bars as (
 {% if is_incremental() %}
 
 previous_run as (
-    select max(_loaded_at) as loaded_at from {{ this }}
+    select max(_load_seq) as load_seq from {{ this }}
 ),
 
 changed_days as (
@@ -29,8 +30,8 @@ changed_days as (
         bars.trade_date
     from {{ ref('fct_bars_1m') }} as bars
     cross join previous_run
-    where previous_run.loaded_at is null
-        or bars._loaded_at > previous_run.loaded_at
+    where previous_run.load_seq is null
+        or bars._load_seq > previous_run.load_seq
 ),
 
 session_bars as (
@@ -72,6 +73,7 @@ minute_returns as (
         symbol,
         trade_date,
         _loaded_at,
+        _load_seq,
         ln(close / lag(close) over (partition by symbol, trade_date order by window_start)) as log_return
     from session_bars
 ),
@@ -81,7 +83,8 @@ variance_summary as (
         symbol,
         trade_date,
         sum(log_return * log_return) as realized_variance_1m,
-        max(_loaded_at) as _loaded_at
+        max(_loaded_at) as _loaded_at,
+        max(_load_seq) as _load_seq
     from minute_returns
     group by symbol, trade_date
 ),
@@ -98,7 +101,8 @@ final as (
         real_bar_summary.vwap,
         real_bar_summary.bar_count,
         coalesce(variance_summary.realized_variance_1m, 0) as realized_variance_1m,
-        variance_summary._loaded_at
+        variance_summary._loaded_at,
+        variance_summary._load_seq
     from real_bar_summary
     inner join variance_summary
         on variance_summary.symbol = real_bar_summary.symbol

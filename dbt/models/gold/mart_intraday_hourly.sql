@@ -19,7 +19,7 @@ bars as (
 {% if is_incremental() %}
 
 previous_run as (
-    select max(_loaded_at) as loaded_at from {{ this }}
+    select max(_load_seq) as load_seq from {{ this }}
 ),
 
 changed_hours as (
@@ -28,8 +28,8 @@ changed_hours as (
         bars.hour_start
     from bars
     cross join previous_run
-    where previous_run.loaded_at is null
-        or bars._loaded_at > previous_run.loaded_at
+    where previous_run.load_seq is null
+        or bars._load_seq > previous_run.load_seq
 ),
 
 hour_bars as (
@@ -83,7 +83,8 @@ return_summary as (
         hour_start,
         sum(case when is_synthetic then 1 else 0 end) as synthetic_bar_count,
         sqrt(sum(log_return * log_return)) as realized_vol,
-        max(_loaded_at) as _loaded_at
+        max(_loaded_at) as _loaded_at,
+        max(_load_seq) as _load_seq
     from minute_returns
     group by symbol, hour_start
 ),
@@ -102,7 +103,8 @@ final as (
         real_bar_summary.bar_count,
         return_summary.synthetic_bar_count,
         return_summary.realized_vol,
-        return_summary._loaded_at
+        return_summary._loaded_at,
+        return_summary._load_seq
     from real_bar_summary
     inner join return_summary
         on return_summary.symbol = real_bar_summary.symbol

@@ -11,8 +11,9 @@
     Incremental runs rebuild, per symbol, everything from the last real bar before
     the earliest bar loaded since the previous run: a restated or late bar changes
     itself and the synthetic bars after it, never anything before that real bar.
-    The bronze load time (not event time, and never the wall clock) decides what
-    is new, so restatements of any age are picked up.
+    The bronze load sequence (`_load_seq`, numbered in commit order; not event
+    time, not the loader's clock, never the wall clock) decides what is new, so
+    restatements of any age are picked up and no late commit is missed.
 -#}
 
 with
@@ -32,7 +33,7 @@ minutes_of_day as (
 {% if is_incremental() %}
 
 previous_run as (
-    select max(_loaded_at) as loaded_at from {{ this }}
+    select max(_load_seq) as load_seq from {{ this }}
 ),
 
 newly_loaded as (
@@ -41,8 +42,8 @@ newly_loaded as (
         min(bars.window_start) as first_new_start
     from bars
     cross join previous_run
-    where previous_run.loaded_at is null
-        or bars._loaded_at > {{ dbt.dateadd('minute', -var('bronze_reload_minutes'), 'previous_run.loaded_at') }}
+    where previous_run.load_seq is null
+        or bars._load_seq > previous_run.load_seq
     group by bars.symbol
 ),
 
@@ -80,7 +81,7 @@ deduplicated as (
     from bars_to_rebuild
     qualify row_number() over (
         partition by symbol, window_start
-        order by revision desc, emitted_at desc, _loaded_at desc, _source_file
+        order by revision desc, emitted_at desc, _load_seq desc, _source_file
     ) = 1
 ),
 
@@ -231,7 +232,8 @@ final as (
     select
         unioned.*,
         -- the bronze load this row reflects: downstream incremental models rebuild what changed
-        (select max(_loaded_at) from bars) as _loaded_at
+        (select max(_loaded_at) from bars) as _loaded_at,
+        (select max(_load_seq) from bars) as _load_seq
     from unioned
 )
 
