@@ -5,9 +5,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format kafka-start kafka-stop clean
+.PHONY: install system-deps demo test lint format kafka-start kafka-stop clean
 
-install: $(STAMP)
+install: system-deps $(STAMP)
+
+# Debian packages the suite uses beyond Python, Java and Maven (Chromium for the
+# report's browser test, docker-compose to validate docker-compose.yml, PostgreSQL
+# for the Airflow scheduler test); the script says what it installs and does
+# nothing when they are there.
+system-deps:
+	@bash infra/ci/install-system-deps.sh
 
 $(STAMP): pyproject.toml constraints.txt infra/kafka/pom.xml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

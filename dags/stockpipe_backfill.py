@@ -13,6 +13,16 @@ loaded bar, and gold recomputes the affected days and the indicators after them,
 however old the range is. `full_refresh=true` rebuilds every model from all of
 bronze instead (`dbt build --full-refresh`), e.g. after a model's logic changed.
 dbt runs even when no file was missing, so a backfill is also a way to re-run dbt.
+
+On DuckDB every task that opens the warehouse (find_missing_files, load_batch,
+each dbt node) runs in the one-slot pool `stockpipe_duckdb` it shares with
+stockpipe_load, so the two DAGs can run together without fighting over the file
+lock (why a pool and not one dbt task: see stockpipe_load). Limits: task
+`execution_timeout`s, `dagrun_timeout` BACKFILL_DAGRUN_TIMEOUT, one active run,
+and at most STOCKPIPE_LOAD_MAX_BATCHES (and max_map_length) mapped load tasks
+(larger batches rather than fewer files). One run loads at most the loader's
+run's worth of files (STOCKPIPE_LOAD_MAX_BATCHES x STOCKPIPE_LOAD_BATCH_FILES,
+oldest first; a warning in find_missing_files says so): run it again for more.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ GOLD_MARTS = Asset(orchestration.GOLD_MARTS_URI)
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
+    dagrun_timeout=orchestration.BACKFILL_DAGRUN_TIMEOUT,
     default_args=orchestration.default_args(SETTINGS),
     on_failure_callback=orchestration.on_failure,
     params={
@@ -58,12 +69,15 @@ def stockpipe_backfill() -> None:
         first, last = orchestration.parse_date_range(start, end)
         return [first.isoformat(), last.isoformat()]
 
-    @task
+    @task(**orchestration.warehouse_task_args(SETTINGS, orchestration.FIND_TIMEOUT))
     def find_missing_files(day_range: list[str]) -> list[list[str]]:
         first, last = orchestration.parse_date_range(*day_range)
         return orchestration.missing_batches(load_settings(), first, last)
 
-    @task(max_active_tis_per_dag=1)
+    @task(
+        max_active_tis_per_dag=1,
+        **orchestration.warehouse_task_args(SETTINGS, orchestration.LOAD_BATCH_TIMEOUT),
+    )
     def load_batch(files: list[str]) -> dict[str, Any]:
         return orchestration.load_batch(load_settings(), files)
 

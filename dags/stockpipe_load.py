@@ -9,6 +9,23 @@ Loading is exactly once (the manifest and the rows commit together), so any run,
 retry or overlap with `stockpipe load` is safe. When the lake has nothing new, the
 load and dbt tasks are skipped, freshness is still checked, and no asset event is
 emitted. Everything heavy is imported inside the tasks (see flows/orchestration.py).
+
+Under a real scheduler (LocalExecutor, parallelism > 1), on DuckDB: every task
+that opens the warehouse file (find_new_files, load_batch, each dbt node,
+source_freshness) runs in the one-slot pool `stockpipe_duckdb`, shared with
+stockpipe_backfill. DuckDB takes one process per file, so without it parallel dbt
+nodes and the other DAG's tasks fail with "Could not set lock on file" and only
+get through by retries. A pool, rather than collapsing dbt into one task, because
+it also orders the loads and the other DAG's tasks (a single dbt task would
+still collide with them), keeps one task, log and retry per model, and costs
+nothing on Snowflake, where no pool is set and independent models run in
+parallel. Create the pool once: `infra/airflow/pools.sh`.
+
+Limits: each task has an `execution_timeout` (orchestration.*_TIMEOUT), a run
+`dagrun_timeout` (LOAD_DAGRUN_TIMEOUT, which counts time waiting for the pool),
+one active run (`max_active_runs=1`), and at most STOCKPIPE_LOAD_MAX_BATCHES
+mapped load tasks, never more than Airflow's max_map_length (the rest waits for
+the next run).
 """
 
 from __future__ import annotations
@@ -32,24 +49,31 @@ GOLD_MARTS = Asset(orchestration.GOLD_MARTS_URI)
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
+    dagrun_timeout=orchestration.LOAD_DAGRUN_TIMEOUT,
     default_args=orchestration.default_args(SETTINGS),
     on_failure_callback=orchestration.on_failure,
     doc_md=__doc__,
     tags=["stockpipe"],
 )
 def stockpipe_load() -> None:
-    @task
+    @task(**orchestration.warehouse_task_args(SETTINGS, orchestration.FIND_TIMEOUT))
     def find_new_files() -> list[list[str]]:
         """Lake files missing from bronze.load_manifest, in bounded batches."""
         return orchestration.pending_batches(load_settings())
 
     # One batch at a time: DuckDB takes one writing process, and batches commit oldest first.
-    @task(max_active_tis_per_dag=1)
+    @task(
+        max_active_tis_per_dag=1,
+        **orchestration.warehouse_task_args(SETTINGS, orchestration.LOAD_BATCH_TIMEOUT),
+    )
     def load_batch(files: list[str]) -> dict[str, Any]:
         """Load one batch into bronze.bars (a retry skips files its first try committed)."""
         return orchestration.load_batch(load_settings(), files)
 
-    @task(trigger_rule="none_failed")
+    @task(
+        trigger_rule="none_failed",
+        **orchestration.warehouse_task_args(SETTINGS, orchestration.FRESHNESS_TIMEOUT),
+    )
     def source_freshness() -> list[str]:
         """`dbt source freshness`; runs even when nothing was loaded, since that is when it matters."""
         return orchestration.source_freshness(load_settings())

@@ -9,12 +9,22 @@ dbt runs inside Airflow as an astronomer-cosmos `DbtTaskGroup`: one `dbt build
 --select <node>` task per seed and model (its tests included), run in the task
 process through dbtRunner. Cosmos reads the project graph from dbt's
 manifest.json, which `dbt_manifest` keeps current with `dbt parse`.
+
+Under a real scheduler (LocalExecutor, parallelism > 1) a DuckDB warehouse is
+one file that takes one process at a time (reader or writer): every task of
+either DAG that opens it (finding, loading, every dbt node, source freshness)
+runs in the one-slot pool DUCKDB_POOL (`duckdb_pool`), so two of them never
+overlap, within a run, across runs or across the two DAGs. The pool must exist
+before the scheduler can queue those tasks: `infra/airflow/pools.sh` creates it
+(`airflow pools set stockpipe_duckdb 1 …`). On Snowflake there is no pool and
+independent dbt nodes run in parallel.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -39,6 +49,17 @@ GOLD_MARTS_URI = "stockpipe://gold/marts"
 ALERT_TIMEOUT_SECONDS = 5.0
 BACKFILL_MAX_DAYS = 366
 MAX_RETRY_DELAY = timedelta(minutes=10)
+DUCKDB_POOL = "stockpipe_duckdb"
+DEFAULT_MAX_MAP_LENGTH = 1024  # Airflow's [core] max_map_length default
+# Task and run time limits: generous for years of history, short enough that a hung
+# task (a stalled object store, a lock never released) frees the pool and alerts.
+TASK_TIMEOUT = timedelta(hours=1)  # any task without a limit of its own
+FIND_TIMEOUT = timedelta(minutes=15)  # listing the lake and the manifest
+LOAD_BATCH_TIMEOUT = timedelta(minutes=30)  # one bounded batch
+DBT_NODE_TIMEOUT = timedelta(hours=1)  # one `dbt build --select <node>` (full refresh included)
+FRESHNESS_TIMEOUT = timedelta(minutes=15)
+LOAD_DAGRUN_TIMEOUT = timedelta(hours=3)  # includes waiting for the pool behind a backfill
+BACKFILL_DAGRUN_TIMEOUT = timedelta(hours=12)
 _DATE_PARTITION = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
 
 
@@ -123,15 +144,31 @@ def on_failure(context: Mapping[str, Any]) -> None:
 
 
 def default_args(settings: Settings) -> dict[str, Any]:
-    """Every task's retries (exponential backoff) and failure callback."""
+    """Every task's retries (exponential backoff), time limit and failure callback."""
     return {
         "owner": "stockpipe",
         "retries": settings.task_retries,
         "retry_delay": timedelta(seconds=settings.retry_delay),
         "retry_exponential_backoff": True,
         "max_retry_delay": MAX_RETRY_DELAY,
+        "execution_timeout": TASK_TIMEOUT,
         "on_failure_callback": on_failure,
     }
+
+
+def duckdb_pool(settings: Settings) -> str | None:
+    """The one-slot pool of the tasks that open the warehouse: DUCKDB_POOL on DuckDB, else None.
+
+    DuckDB allows one process per database file, so those tasks must take turns;
+    Snowflake takes any number of sessions, so there they run in the default pool.
+    """
+    return DUCKDB_POOL if settings.warehouse != "snowflake" else None
+
+
+def warehouse_task_args(settings: Settings, timeout: timedelta) -> dict[str, Any]:
+    """Operator arguments of a task that opens the warehouse: its pool (on DuckDB), its limit."""
+    pool = duckdb_pool(settings)
+    return {"execution_timeout": timeout, **({"pool": pool} if pool else {})}
 
 
 # ------------------------------------------------------------------ loading
@@ -144,13 +181,46 @@ def chunked(items: Sequence[str], size: int) -> list[list[str]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
+def max_mapped_tasks(settings: Settings) -> int:
+    """How many mapped load tasks one run may make: STOCKPIPE_LOAD_MAX_BATCHES, and never
+    more than Airflow's [core] max_map_length (past it the whole mapping fails)."""
+    limit = DEFAULT_MAX_MAP_LENGTH
+    try:
+        from airflow.configuration import conf
+
+        limit = conf.getint("core", "max_map_length", fallback=DEFAULT_MAX_MAP_LENGTH)
+    except Exception:  # outside Airflow (the CLI, tests): its default
+        pass
+    return max(1, min(limit, int(getattr(settings, "load_max_batches", limit))))
+
+
 def pending_batches(settings: Settings) -> list[list[str]]:
-    """The lake files not loaded yet, in batches of STOCKPIPE_LOAD_BATCH_FILES."""
+    """The lake files not loaded yet, in batches of STOCKPIPE_LOAD_BATCH_FILES.
+
+    At most `max_mapped_tasks` batches: the files past them wait for the next run.
+    """
     from flows.warehouse import pending_files
 
     files = pending_files(settings)
-    log.info("%d lake files are not in the load manifest yet", len(files))
-    return chunked(files, settings.load_batch_files)
+    batches = chunked(files, settings.load_batch_files)
+    limit = max_mapped_tasks(settings)
+    if len(batches) > limit:
+        left = sum(len(batch) for batch in batches[limit:])
+        log.info("%d lake files wait for the next run (%d batches per run)", left, limit)
+        batches = batches[:limit]
+    log.info(
+        "%d lake files are not in the load manifest yet, in %d batches",
+        sum(len(batch) for batch in batches),
+        len(batches),
+    )
+    return batches
+
+
+def batches_within(files: Sequence[str], size: int, limit: int) -> list[list[str]]:
+    """`files` in batches of `size`, made larger if needed so there are at most `limit`."""
+    if len(files) > size * limit:
+        size = math.ceil(len(files) / limit)
+    return chunked(files, size)
 
 
 def parse_date_range(start: Any, end: Any) -> tuple[date, date]:
@@ -186,16 +256,28 @@ def partition_date(url: str) -> date | None:
 
 
 def missing_batches(settings: Settings, first: date, last: date) -> list[list[str]]:
-    """Files of partitions first..last (inclusive) missing from the load manifest, batched."""
+    """Files of partitions first..last (inclusive) missing from the load manifest, batched.
+
+    Lists the lake from `first` on (older than the loader's high-water mark is the
+    point of a backfill). At most `max_mapped_tasks` batches: larger ones rather
+    than fewer files. The loader itself returns at most one run's worth
+    (STOCKPIPE_LOAD_MAX_BATCHES x STOCKPIPE_LOAD_BATCH_FILES) per call, from the
+    oldest partition on; a warning says when the range may hold more.
+    """
     from flows.warehouse import pending_files
 
+    found = pending_files(settings, since=first)
     files = [
-        url
-        for url in pending_files(settings)
-        if (day := partition_date(url)) is not None and first <= day <= last
+        url for url in found if (day := partition_date(url)) is not None and first <= day <= last
     ]
+    if len(found) >= settings.load_batch_files * getattr(settings, "load_max_batches", 0):
+        log.warning(
+            "the loader finds at most one run's worth of files per call (%d): the range may"
+            " hold more missing files, run the backfill again once this run is done",
+            len(found),
+        )
     log.info("%d lake files of %s..%s are missing from the load manifest", len(files), first, last)
-    return chunked(files, settings.load_batch_files)
+    return batches_within(files, settings.load_batch_files, max_mapped_tasks(settings))
 
 
 def load_batch(settings: Settings, files: Sequence[str]) -> dict[str, Any]:
@@ -369,6 +451,8 @@ def dbt_task_group(
             "trigger_rule": trigger_rule,
             "interceptors": [_export_profile_env],
             "callback": _release_dbt_duckdb,
+            # on DuckDB every node takes the one warehouse slot: see the module docstring
+            **warehouse_task_args(settings, DBT_NODE_TIMEOUT),
         },
         default_args=dict(default_args or {}),
     )

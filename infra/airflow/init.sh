@@ -14,6 +14,8 @@ passwords_file="${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:?}"
 admin="${AIRFLOW_ADMIN_USERNAME:-admin}"
 
 airflow db migrate
+# The one-slot pool the DAGs' DuckDB tasks share (see infra/airflow/pools.sh)
+bash "$(dirname "$0")/pools.sh"
 
 mkdir -p "$(dirname "$passwords_file")"
 python - "$passwords_file" "$admin" <<'PY'
