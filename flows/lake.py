@@ -126,6 +126,7 @@ class LakeWriter:
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         data = buf.getvalue()
+
         def attempt() -> None:
             try:
                 self._put_atomically(folder, name, data)

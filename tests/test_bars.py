@@ -186,7 +186,10 @@ def test_restatements_of_a_window_are_at_least_one_interval_of_log_time_apart():
     emitted = rows["emitted_at"].to_list()
     assert rows["revision"].to_list() == list(range(len(rows)))
     assert 3 <= len(rows) <= 7  # revision 0, then about one per second, not 50
-    assert all(b - a >= RULES.restate_interval_ms * 1000 for a, b in zip(emitted[1:], emitted[2:], strict=False))
+    assert all(
+        b - a >= RULES.restate_interval_ms * 1000
+        for a, b in zip(emitted[1:], emitted[2:], strict=False)
+    )
     assert rows["trade_count"][-1] == 51
 
 
