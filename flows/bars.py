@@ -590,9 +590,9 @@ class PartitionBars:
 
     @classmethod
     def restore(cls, rules: BarRules, files: FileRules, snap: tuple) -> PartitionBars:
-        version, topic, partition, log, symbols, counts, pending = snap
-        if version != 1:
-            raise ValueError(f"unknown bar-state snapshot version {version!r}")
+        if not isinstance(snap, tuple) or len(snap) != 7 or snap[0] != 1:
+            raise ValueError(f"not a version-1 partition bar-state snapshot: {str(snap)[:80]}")
+        _version, topic, partition, log, symbols, counts, pending = snap
         state = cls(rules, files, topic, partition)
         state.log = log
         state.symbols = {s: SymbolBars.restore(rules, b) for s, b in symbols.items()}

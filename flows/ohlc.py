@@ -34,6 +34,7 @@ from flows.bars import (
     PartitionBars,
     Record,
 )
+from flows.errors import StockpipeError
 from flows.kafka_source import PartitionBatch, RawMessage, TickSource
 from flows.lake import LakeSink
 from flows.lakefs import open_lake
@@ -95,7 +96,15 @@ class BarLogic(StatefulBatchLogic[tuple, FileBatch, tuple]):
         self.files = files
         # stateful_batch's builder is not given the key: the partition comes
         # with the first batch and is kept in the snapshot.
-        self.state = None if resume is None else PartitionBars.restore(rules, files, resume)
+        try:
+            self.state = None if resume is None else PartitionBars.restore(rules, files, resume)
+        except (ValueError, TypeError) as exc:
+            raise StockpipeError(
+                f"the recovery store holds bar state this version cannot read ({exc}): it was "
+                "written by an older stockpipe. Stop every stream worker, delete "
+                "STOCKPIPE_RECOVERY_DIR/<topic>, and run the stream again: it replays the "
+                "topic from its earliest offset and rewrites the same bars."
+            ) from None
 
     def on_batch(self, values: list[tuple]) -> tuple[list[FileBatch], bool]:
         sealed: list[FileBatch] = []

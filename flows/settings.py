@@ -201,6 +201,15 @@ class Settings(BaseSettings):
         Path("./reports/stockpipe.html"), validation_alias="STOCKPIPE_REPORT_PATH"
     )
 
+    @field_validator("heartbeat_interval")
+    @classmethod
+    def _heartbeat(cls, value: float) -> float:
+        if value < 0.05:
+            raise ValueError(
+                f"must be at least 50ms (a heartbeat per poll would flood the log), got {value}s"
+            )
+        return value
+
     @field_validator("topic")
     @classmethod
     def _topic_name(cls, value: str) -> str:

@@ -14,6 +14,7 @@ import zlib
 
 import orjson
 import polars as pl
+import pytest
 from helpers import assert_bars_equal, batch_bars, golden_bars, golden_messages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -365,3 +366,25 @@ def test_merging_partial_bars_in_any_split_equals_one_fold(ticks, data):
         whole.trade_count,
     )
     assert abs(merged.volume - whole.volume) <= 1e-9 * max(1.0, whole.volume)
+
+
+def test_a_snapshot_of_another_format_is_refused_not_misread():
+    old = ("COIN", (1, 1_741_100_400_000, 0.0, {}, {}, [], 0, 0))  # per-symbol state, v0.1
+    with pytest.raises(ValueError, match="not a version-1 partition bar-state snapshot"):
+        PartitionBars.restore(RULES, FILES, old)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("heartbeat_interval", "0", "STOCKPIPE_HEARTBEAT_INTERVAL='0': must be at least 50ms"),
+        ("restate_interval", "soon", "STOCKPIPE_RESTATE_INTERVAL='soon': not a duration"),
+        ("max_clock_skew", "-1s", "STOCKPIPE_MAX_CLOCK_SKEW='-1s'"),
+    ],
+)
+def test_log_time_settings_say_what_is_wrong(variable, value, says):
+    from flows.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError) as err:
+        load_settings(**{variable: value})
+    assert says in str(err.value)

@@ -211,3 +211,13 @@ def test_a_vanished_resume_offset_stops_the_stream_with_a_message(new_topic, set
     assert done.returncode == 0, done.stdout
     got = final_bars(read_lake_bars(settings.lake_url))
     assert got["trade_count"].sum() == 10 + 3  # the first run's ticks, then what was left
+
+
+def test_bar_state_from_an_older_stockpipe_stops_with_what_to_do():
+    from flows.bars import BarRules, FileRules
+    from flows.errors import StockpipeError
+    from flows.ohlc import BarLogic
+
+    old = ("COIN", (1, 1_741_100_400_000, 0.0, {}, {}, [], 0, 0))
+    with pytest.raises(StockpipeError, match="delete STOCKPIPE_RECOVERY_DIR"):
+        BarLogic(BarRules(), FileRules(), old)
