@@ -246,6 +246,13 @@ class SymbolBars:
         rules = self.rules
         bar_ms = rules.bar_ms
         ws = t.ts - t.ts % bar_ms
+        if (
+            self.max_ts is not None
+            and ws + bar_ms <= self.max_ts - rules.lateness_ms - rules.restate_ms
+        ):
+            # Too late, a copy or not: its window can no longer be restated (and may
+            # linger in `closed` until the next eviction pass, but is never consulted).
+            return TOO_LATE
         win = self.open.get(ws)
         closed = self.closed.get(ws) if win is None else None
         known = win or closed
@@ -265,8 +272,6 @@ class SymbolBars:
             win.ids.add(idh)
         elif closed is None and ws + bar_ms > wm:
             self.open[ws] = Window(PartialBar.of(t.ts, t.seq, t.price, t.volume), {idh}, -1, None)
-        elif ws + bar_ms <= self.max_ts - rules.lateness_ms - rules.restate_ms:
-            return TOO_LATE
         elif closed is None:  # the first tick of a window already closed by time: it waits
             bar = PartialBar.of(t.ts, t.seq, t.price, t.volume)
             self.closed[ws] = Window(bar, {idh}, -1, log)

@@ -287,7 +287,7 @@ def run_records(state: PartitionBars, records: list[Record]) -> list[list[FileBa
     return [state.on_record(rec) for rec in records]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10**6), data=st.data())
 def test_resuming_from_any_snapshot_after_a_crash_rewrites_the_same_rows(seed, data):
     spec = StreamSpec(
@@ -300,7 +300,9 @@ def test_resuming_from_any_snapshot_after_a_crash_rewrites_the_same_rows(seed, d
     records, stream = stream_records(seed, spec)
     first = PartitionBars(RULES, files, "t", 0)
     snap_at = data.draw(st.integers(0, len(records) - 1))
-    crash_at = data.draw(st.integers(snap_at, len(records)))
+    # A snapshot is committed only after the outputs of what it covers were written
+    # (Bytewax closes an epoch's outputs before its snapshot): the crash comes later.
+    crash_at = data.draw(st.integers(snap_at + 1, len(records)))
     out1: list[list[FileBatch]] = []
     for i, rec in enumerate(records):
         out1.append(first.on_record(rec))
