@@ -1,11 +1,16 @@
 """Generate dbt's exchange-calendar seed from exchange-calendars (XNYS).
 
 `python -m flows.calendar_seed` rewrites `dbt/seeds/xnys_calendar.csv`: one row
-per calendar day from 2000-01-01 through the end of next year, with the NYSE
+per calendar day from 2000-01-01 through the end of the year after next (run in
+2026, it covers 2000-2028), with the NYSE
 session boundaries in UTC (pre-market 04:00, open 09:30, close 16:00 or 13:00 on
 half days, post-market until 20:00 or 17:00 New York time). The output is
 committed, so dbt never needs exchange-calendars (or the network) at run time;
-re-run it once a year, or when the NYSE announces a new holiday.
+re-run it once a year, or when the NYSE announces a new holiday. exchange-calendars
+(4.13) has no upper bound for XNYS: it projects the holiday rules onto any year
+(its default `end` is only today + 1 year, which is why the range is explicit
+here), so years past the announced ones follow the rules but miss ad-hoc closures.
+A bar dated outside the seed fails dbt's `assert_loaded_dates_within_calendar`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ START = dt.date(2000, 1, 1)
 NEW_YORK = ZoneInfo("America/New_York")
 UTC = dt.UTC
 PRE_OPEN = dt.time(4, 0)
+# Years past the current one that the seed covers by default: next year and the one after.
+YEARS_AHEAD = 2
 # Extended hours end four hours after the regular close (20:00, or 17:00 on half days).
 POST_HOURS = dt.timedelta(hours=4)
 COLUMNS = [
@@ -79,8 +86,9 @@ def calendar_rows(start: dt.date, end: dt.date) -> list[dict[str, str]]:
 
 
 def write_seed(path: Path = SEED_PATH, *, end_year: int | None = None) -> int:
-    """Write the seed CSV (through Dec 31 of `end_year`, default next year); returns its rows."""
-    end = dt.date(end_year or dt.date.today().year + 1, 12, 31)
+    """Write the seed CSV (through Dec 31 of `end_year`, default the year after next); returns
+    its rows."""
+    end = dt.date(end_year or dt.date.today().year + YEARS_AHEAD, 12, 31)
     rows = calendar_rows(START, end)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:

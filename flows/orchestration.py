@@ -30,9 +30,10 @@ import re
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,24 +70,69 @@ _DATE_PARTITION = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
 def send_alert(settings: Settings, message: Mapping[str, Any]) -> bool:
     """POST `message` as JSON to STOCKPIPE_ALERT_WEBHOOK; True if it was accepted.
 
-    Never raises: an alert that cannot be delivered is logged, and the pipeline
-    goes on. The webhook URL may carry a token, so it is never logged.
+    The payload is Slack-compatible: a `text` line (made from the event when the
+    message has none) beside the structured fields. Every secret of the settings is
+    masked in it. Never raises: an alert that cannot be delivered is logged, and the
+    pipeline goes on. The webhook URL may carry a token, so it is never logged.
     """
     if settings.alert_webhook is None:
         return False
-    body = json.dumps(message, default=str).encode()
-    request = urllib.request.Request(
-        settings.alert_webhook.get_secret_value(),
-        data=body,
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
+    url = settings.alert_webhook.get_secret_value()
+    payload = {"text": _alert_text(message), **message}
     try:
+        body = _redact(json.dumps(payload, default=str), settings).encode()
+        request = urllib.request.Request(
+            url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
         with urllib.request.urlopen(request, timeout=ALERT_TIMEOUT_SECONDS) as response:
             return 200 <= response.status < 300
     except Exception as exc:  # any failure to alert must not become a second failure
-        log.warning("could not deliver the alert to STOCKPIPE_ALERT_WEBHOOK: %s", exc)
+        # The URL is a secret, and error texts quote it or its path: say only the kind of
+        # error, and the network's own reason (refused, timed out) where there is one.
+        cause = getattr(exc, "reason", None)
+        detail = type(exc).__name__
+        if isinstance(cause, OSError):
+            detail += f" ({type(cause).__name__}, errno {cause.errno})"
+        elif isinstance(exc, urllib.error.HTTPError):
+            detail += f" (HTTP {exc.code})"
+        log.warning("could not deliver the alert to STOCKPIPE_ALERT_WEBHOOK: %s", detail)
         return False
+
+
+def _secrets(settings: Settings) -> list[str]:
+    values = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name, None)
+        if hasattr(value, "get_secret_value"):
+            secret = str(value.get_secret_value() or "")
+            if len(secret) >= 4:  # masking a 1-3 character "secret" would mangle the text
+                values.append(secret)
+    return sorted(values, key=len, reverse=True)
+
+
+def _redact(text: str, settings: Settings) -> str:
+    """`text` with every secret of the settings (webhook URL included) replaced by ***."""
+    for secret in _secrets(settings):
+        text = text.replace(secret, "***")
+        text = text.replace(json.dumps(secret)[1:-1], "***")  # as escaped inside JSON
+    return text
+
+
+def _alert_text(message: Mapping[str, Any]) -> str:
+    """One human line for chat (Slack's `text`), from the message's fields."""
+    if message.get("text"):
+        return str(message["text"])
+    if message.get("event") == "stockpipe.failure":
+        where = ".".join(str(p) for p in (message.get("dag_id"), message.get("task_id")) if p)
+        text = f":red_circle: stockpipe {message.get('level', 'task')} failed: {where or '?'}"
+        if message.get("run_id"):
+            text += f" (run {message['run_id']}, try {message.get('try_number')})"
+        if message.get("exception"):
+            text += f": {message['exception']}"
+        if message.get("log_url"):
+            text += f" <{message['log_url']}|logs>"
+        return text
+    return f"stockpipe: {message.get('event', 'alert')}"
 
 
 def failure_message(context: Mapping[str, Any]) -> dict[str, Any]:
@@ -458,24 +504,107 @@ def dbt_task_group(
     )
 
 
-def source_freshness(settings: Settings) -> list[str]:
-    """`dbt source freshness`: stale sources are logged and alerted, and never raise.
+# ------------------------------------------------------------------ freshness alerts
 
-    Returns the stale sources as `unique_id: status` lines. Raises only when dbt
-    itself cannot run.
+# Alerts go out once per state change, not every run: the last alerted state of each
+# source is kept in a small JSON file beside dbt's artifacts (STOCKPIPE_DBT_TARGET_PATH).
+# It is read and written once per freshness check (cheap, no metadata-DB round trip),
+# survives restarts, and works the same under Airflow and the CLI; on DuckDB the
+# freshness task holds the one-slot warehouse pool, so two writers never overlap, and
+# the file is replaced atomically. Losing it (`dbt clean`) costs at most one repeated
+# alert. No secret is ever written to it.
+ALERT_STATE_FILE = "alert_state.json"
+
+
+def alert_state_path(settings: Settings) -> Path:
+    return dbt_target_path(settings) / ALERT_STATE_FILE
+
+
+def read_alert_state(settings: Settings) -> dict[str, Any]:
+    path = alert_state_path(settings)
+    try:
+        state = json.loads(path.read_text())
+        return state if isinstance(state, dict) else {}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:  # unreadable: start over (one repeated alert at most)
+        log.warning("ignoring the unreadable alert state %s: %s", path, exc)
+        return {}
+
+
+def write_alert_state(settings: Settings, state: Mapping[str, Any]) -> None:
+    path = alert_state_path(settings)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", dir=path.parent, prefix=".alert_state.", delete=False
+        ) as fh:
+            json.dump(state, fh, indent=2, sort_keys=True, default=str)
+        os.replace(fh.name, path)
+    except OSError as exc:
+        log.warning("could not save the alert state %s: %s", path, exc)
+
+
+def freshness_message(result: Any, previous: str | None) -> dict[str, Any]:
+    """The alert for a source whose state changed (`result` is a transform.SourceFreshness)."""
+    state = "stale" if result.stale else "fresh"
+    icon = ":warning:" if result.stale else ":white_check_mark:"
+    text = f"{icon} stockpipe: {result.describe()}"
+    if not result.stale and previous == "stale":
+        text = f"{icon} stockpipe: recovered: {result.describe()}"
+    return {
+        "text": text,
+        "event": "stockpipe.stale_source" if result.stale else "stockpipe.source_fresh",
+        "state": state,
+        "previous_state": previous,
+        "source": result.source,
+        "calendar": result.calendar,
+        "newest_window_end": result.newest_window_end.isoformat(),
+        "checked_at": result.checked_at.isoformat(),
+        "trading_lag_seconds": round(result.trading_lag.total_seconds()),
+        "stale_after_seconds": round(result.stale_after.total_seconds()),
+        "stale": [f"{result.source}: warn"] if result.stale else [],
+    }
+
+
+def alert_freshness_changes(settings: Settings, results: Sequence[Any]) -> list[dict[str, Any]]:
+    """Alert each source whose state changed since its last alert; returns the alerts sent.
+
+    A source first seen fresh is recorded without an alert; first seen stale, it alerts.
+    A state is only recorded once its alert was delivered (or when no webhook is set),
+    so an alert lost to a webhook outage is sent again on the next run.
     """
-    from flows.transform import dbt_session, invoke
+    state = read_alert_state(settings)
+    sources = state.setdefault("sources", {})
+    sent = []
+    for result in results:
+        now = "stale" if result.stale else "fresh"
+        previous = (sources.get(result.key) or {}).get("state")
+        if now == previous or (previous is None and now == "fresh"):
+            sources.setdefault(result.key, {"state": now, "since": result.checked_at.isoformat()})
+            continue
+        message = freshness_message(result, previous)
+        if send_alert(settings, message) or settings.alert_webhook is None:
+            sources[result.key] = {"state": now, "since": result.checked_at.isoformat()}
+            sent.append(message)
+    write_alert_state(settings, state)
+    return sent
+
+
+def source_freshness(settings: Settings, *, now: datetime | None = None) -> list[str]:
+    """Session-aware source freshness (event time, trading time): stale sources are logged,
+    alerted once per change of state (stale, then fresh again), and never raise.
+
+    Returns the stale sources as `unique_id: warn` lines. `now` is for tests.
+    """
+    from flows.transform import check_freshness, dbt_session, stale_lines
 
     with dbt_session(settings, dbt_target_path(settings) / "freshness") as common:
-        outcome = invoke(["source", "freshness"], common)
-    stale = [
-        f"{r.node.unique_id}: {r.status}"
-        for r in getattr(outcome.result, "results", None) or []
-        if str(r.status) != "pass"
-    ]
+        results = check_freshness(settings, common, now=now)
+    stale = stale_lines(results)
     if stale:
-        log.warning("stale sources: %s", "; ".join(stale))
-        send_alert(settings, {"event": "stockpipe.stale_source", "stale": stale})
+        log.warning("stale sources: %s", "; ".join(r.describe() for r in results if r.stale))
     else:
         log.info("every source is fresh")
+    alert_freshness_changes(settings, results)
     return stale

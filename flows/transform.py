@@ -5,15 +5,26 @@ folder with the profiles beside it. The profiles read everything from the
 environment, so `transform` exports stockpipe's settings (including values that
 came from `.env`) for the duration of the run. Stale sources only warn: old or
 paused history never fails a transform; a failing model or test does, naming it.
+
+Freshness is measured on event time (the newest bar's `window_end`) and counts
+only trading time: the NYSE sessions of the calendar seed for plain tickers, the
+wall clock for 24/7 `X:Y` crypto pairs. A weekend, a holiday or a night is never
+"stale"; a feed silent for more than the source's `warn_after` of trading time is.
+(`dbt source freshness` alone can only compare a timestamp with now.)
 """
 
 from __future__ import annotations
 
+import bisect
+import csv
+import datetime as dt
+import functools
 import gc
+import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +35,8 @@ from rich.console import Console
 
 from flows.errors import StockpipeError
 from flows.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt"
 _FAILED = {"error", "fail", "runtime error"}
@@ -39,6 +52,7 @@ class TransformResult:
     docs_seconds: float
     node_statuses: dict[str, str] = field(default_factory=dict)
     stale_sources: list[str] = field(default_factory=list)
+    freshness: list[SourceFreshness] = field(default_factory=list)
 
     @property
     def status_counts(self) -> Counter[str]:
@@ -121,6 +135,177 @@ def _failures(outcome: Any) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------ freshness
+
+BARS_SOURCE = "source.stockpipe.bronze.bars"
+XNYS = "XNYS"
+ALWAYS_OPEN = "24/7"
+DEFAULT_STALE_AFTER = dt.timedelta(minutes=30)
+_PERIODS = {"minute": "minutes", "hour": "hours", "day": "days"}
+# newest event time per calendar, read through dbt so it runs the same on either target
+_NEWEST_BARS_SQL = """
+select
+    case when symbol like '%:%' then '24/7' else 'XNYS' end as calendar_code,
+    max(window_end) as newest_window_end
+from {{ source('bronze', 'bars') }}
+group by 1
+"""
+
+
+@dataclass(frozen=True)
+class SourceFreshness:
+    """How far behind one calendar's bars of a source are, in trading time."""
+
+    source: str  # dbt unique id, e.g. source.stockpipe.bronze.bars
+    calendar: str  # XNYS (plain tickers) or 24/7 (X:Y crypto pairs)
+    newest_window_end: dt.datetime  # event time of the newest bar (UTC)
+    checked_at: dt.datetime  # the wall clock, when checked (UTC)
+    trading_lag: dt.timedelta  # trading time between the two
+    stale_after: dt.timedelta
+
+    @property
+    def stale(self) -> bool:
+        return self.trading_lag > self.stale_after
+
+    @property
+    def key(self) -> str:
+        """What the alert state is kept under: the source and its calendar."""
+        return f"{self.source}[{self.calendar}]"
+
+    def describe(self) -> str:
+        state = "stale" if self.stale else "fresh"
+        return (
+            f"{self.source} ({self.calendar}) is {state}: newest bar ends "
+            f"{self.newest_window_end:%Y-%m-%d %H:%M} UTC, "
+            f"{_duration(self.trading_lag)} of trading time ago "
+            f"(stale after {_duration(self.stale_after)})"
+        )
+
+
+def _duration(delta: dt.timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    days, minutes = divmod(minutes, 1440)
+    hours, minutes = divmod(minutes, 60)
+    parts = [f"{days}d" if days else "", f"{hours}h" if hours else "", f"{minutes}m"]
+    return " ".join(p for p in parts if p and (p != "0m" or not (days or hours)))
+
+
+def _as_utc(value: Any) -> dt.datetime:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:  # a timestamp without zone is UTC in bronze
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+@functools.lru_cache(maxsize=4)
+def nyse_sessions(
+    seed: Path = DBT_PROJECT_DIR / "seeds" / "xnys_calendar.csv",
+) -> tuple[list[dt.datetime], list[dt.datetime], dt.datetime]:
+    """Regular NYSE sessions from the calendar seed: opens, closes (UTC, ascending), and
+    the end of the seed's last day (after it, every minute counts: never silently fresh)."""
+    opens, closes, last_day = [], [], None
+    with seed.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            last_day = row["calendar_date"]
+            if row["is_trading_day"] == "true":
+                opens.append(_as_utc(row["market_open_utc"]))
+                closes.append(_as_utc(row["market_close_utc"]))
+    if last_day is None:
+        raise StockpipeError(
+            f"the calendar seed {seed} is empty: run python -m flows.calendar_seed"
+        )
+    end = dt.datetime.combine(dt.date.fromisoformat(last_day), dt.time(0), dt.UTC)
+    return opens, closes, end + dt.timedelta(days=1)
+
+
+def trading_time_between(calendar: str, start: dt.datetime, end: dt.datetime) -> dt.timedelta:
+    """Trading time in [start, end): all of it for 24/7, NYSE regular sessions for XNYS."""
+    start, end = _as_utc(start), _as_utc(end)
+    if end <= start:
+        return dt.timedelta(0)
+    if calendar != XNYS:
+        return end - start
+    opens, closes, calendar_end = nyse_sessions()
+    total = dt.timedelta(0)
+    i = bisect.bisect_right(closes, start)  # the first session closing after `start`
+    while i < len(opens) and opens[i] < end:
+        total += min(closes[i], end) - max(opens[i], start)
+        i += 1
+    if end > calendar_end:
+        total += end - max(start, calendar_end)
+    return total
+
+
+def stale_after(
+    sources_yml: Path = DBT_PROJECT_DIR / "models" / "staging" / "_sources.yml",
+) -> dt.timedelta:
+    """bronze.bars' `warn_after` from _sources.yml, read as trading time."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(sources_yml.read_text())
+        (bronze,) = [s for s in config["sources"] if s["name"] == "bronze"]
+        (bars,) = [t for t in bronze["tables"] if t["name"] == "bars"]
+        warn_after = bars["config"]["freshness"]["warn_after"]
+        return dt.timedelta(**{_PERIODS[warn_after["period"]]: int(warn_after["count"])})
+    except Exception as exc:  # a config we cannot read must not stop the transform
+        log.warning(
+            "no freshness warn_after in %s (%s): using %s", sources_yml, exc, DEFAULT_STALE_AFTER
+        )
+        return DEFAULT_STALE_AFTER
+
+
+def assess_freshness(
+    newest: Mapping[str, dt.datetime], now: dt.datetime, limit: dt.timedelta
+) -> list[SourceFreshness]:
+    """Freshness of bronze.bars per calendar, from each calendar's newest `window_end`."""
+    now = _as_utc(now)
+    return [
+        SourceFreshness(
+            source=BARS_SOURCE,
+            calendar=calendar,
+            newest_window_end=_as_utc(newest_end),
+            checked_at=now,
+            trading_lag=trading_time_between(calendar, newest_end, now),
+            stale_after=limit,
+        )
+        for calendar, newest_end in sorted(newest.items())
+        if newest_end is not None
+    ]
+
+
+def newest_bars(common: list[str]) -> dict[str, dt.datetime]:
+    """The newest bar's `window_end` per calendar in bronze.bars (`dbt show`, either target)."""
+    outcome = invoke(["show", "--inline", _NEWEST_BARS_SQL, "--limit", "10"], common)
+    if not outcome.success:
+        raise StockpipeError("; ".join(_failures(outcome)) or "dbt show failed")
+    (result,) = outcome.result.results
+    table = result.agate_table
+    return {str(row[0]): row[1] for row in table.rows if row[1] is not None}
+
+
+def check_freshness(
+    settings: Settings, common: list[str], *, now: dt.datetime | None = None
+) -> list[SourceFreshness]:
+    """Session-aware freshness of the sources, inside a `dbt_session`. Never raises:
+    a check that cannot run (no bronze.bars yet, say) is logged and returns nothing."""
+    try:
+        newest = newest_bars(common)
+    except Exception as exc:
+        log.warning("could not check source freshness on %s: %s", settings.dbt_target, exc)
+        return []
+    results = assess_freshness(newest, now or dt.datetime.now(dt.UTC), stale_after())
+    for result in results:
+        (log.warning if result.stale else log.info)("%s", result.describe())
+    return results
+
+
+def stale_lines(results: list[SourceFreshness]) -> list[str]:
+    """`unique_id: warn` once per stale source (what `dbt source freshness` would say)."""
+    return sorted({f"{r.source}: warn" for r in results if r.stale})
+
+
 def release_duckdb() -> None:
     """Close the DuckDB database dbt-duckdb keeps open for the life of the process.
 
@@ -183,12 +368,8 @@ def _build_and_document(
     settings: Settings, select: str | None, target_path: Path, common: list[str]
 ) -> TransformResult:
     """Freshness (warn only), build, docs: the body of `transform`."""
-    freshness = invoke(["source", "freshness"], common)
-    stale = [
-        f"{r.node.unique_id}: {r.status}"
-        for r in getattr(freshness.result, "results", None) or []
-        if str(r.status) != "pass"
-    ]
+    freshness = check_freshness(settings, common)
+    stale = stale_lines(freshness)
 
     started = time.perf_counter()
     build = invoke(["build", *(["--select", select] if select else [])], common)
@@ -216,6 +397,7 @@ def _build_and_document(
         docs_seconds=docs_seconds,
         node_statuses=statuses,
         stale_sources=stale,
+        freshness=freshness,
     )
 
 
@@ -234,6 +416,7 @@ def transform_command(
         f"dbt build on {result.target}: {counts} in {result.build_seconds:.1f}s; "
         f"docs in {result.docs_seconds:.1f}s"
     )
-    for line in result.stale_sources:
-        console.print(f"[yellow]stale source[/]: {line}")
+    for line in result.freshness:
+        if line.stale:
+            console.print(f"[yellow]stale source[/]: {line.describe()}")
     console.print(f"dbt docs: {result.docs_index}")

@@ -5,6 +5,45 @@
 
 with
 
+-- the regular session's minutes from the day's first real trade on: the synthetic bars
+-- before it carry an earlier close (the day before, or pre-market), so a return across
+-- them would count the overnight move as intraday volatility
+session_minutes as (
+    select
+        symbol,
+        trade_date,
+        window_start,
+        open,
+        close,
+        min(case when not is_synthetic then window_start end) over (
+            partition by symbol, trade_date
+        ) as first_real_start
+    from {{ ref('fct_bars_1m') }}
+    where session = 'regular'
+),
+
+-- the first return is the first real bar's own (open to close), then close to close
+minute_returns as (
+    select
+        symbol,
+        trade_date,
+        case
+            when window_start = first_real_start then ln(close / open)
+            else ln(close / lag(close) over (partition by symbol, trade_date order by window_start))
+        end as log_return
+    from session_minutes
+    where window_start >= first_real_start
+),
+
+intraday as (
+    select
+        symbol,
+        trade_date,
+        sum(log_return * log_return) as realized_variance_1m
+    from minute_returns
+    group by symbol, trade_date
+),
+
 daily as (
     select
         symbol,
@@ -13,7 +52,6 @@ daily as (
         high,
         low,
         close,
-        realized_variance_1m,
         lag(close) over (partition by symbol order by trade_date) as previous_close,
         row_number() over (partition by symbol order by trade_date) - 1 as idx
     from {{ ref('fct_bars_daily') }}
@@ -43,7 +81,6 @@ rolling as (
         trade_date,
         idx,
         log_return,
-        realized_variance_1m,
         stddev_samp(log_return) over (
             partition by symbol order by idx rows between 19 preceding and current row
         ) as log_return_stddev_20,
@@ -71,11 +108,14 @@ final as (
                 then sqrt(252 * rolling.garman_klass_mean_20)
         end as garman_klass_vol_20d,
         atr_14.atr_14,
-        sqrt(rolling.realized_variance_1m) * sqrt(252) as intraday_realized_vol
+        sqrt(coalesce(intraday.realized_variance_1m, 0)) * sqrt(252) as intraday_realized_vol
     from rolling
     inner join atr_14
         on atr_14.symbol = rolling.symbol
         and atr_14.idx = rolling.idx
+    left join intraday
+        on intraday.symbol = rolling.symbol
+        and intraday.trade_date = rolling.trade_date
 )
 
 select * from final
