@@ -333,7 +333,9 @@ def _compile(target_path: Path) -> dict[str, tuple[str, str, str, str]]:
         dbt_target_path=target_path,
     )
     with dbt_session(settings, target_path) as common:
-        outcome = invoke(["compile"], common)
+        # One thread: dbt's parallel connections would race to create the same schema
+        # in the emulator (a DuckDB catalog write-write conflict), not in Snowflake.
+        outcome = invoke(["compile", "--threads", "1"], common)
     assert outcome.success, f"dbt compile failed on the snowflake target: {outcome.exception}"
     return {
         r.node.unique_id: (
