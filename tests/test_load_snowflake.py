@@ -1,8 +1,11 @@
-"""`stockpipe load` into Snowflake: PUT + COPY INTO + manifest, against fakesnow in-process.
+"""`stockpipe load` into Snowflake: PUT + COPY INTO landing + INSERT ... SELECT + manifest,
+against fakesnow in-process.
 
 fakesnow runs the same connector calls and SQL the loader sends to Snowflake
 (PUT to an internal stage, Parquet COPY INTO with MATCH_BY_COLUMN_NAME,
-explicit transactions) on an in-memory DuckDB.
+explicit transactions) on an in-memory DuckDB. It lacks INCLUDE_METADATA and
+REMOVE: the real statements are asserted as text (parsed with sqlglot's
+Snowflake dialect) and their order recorded with a recording cursor.
 """
 
 from __future__ import annotations
@@ -40,7 +43,12 @@ from flows.warehouse.base import (
     STATE_COLUMNS,
     LakeFile,
 )
-from flows.warehouse.snowflake_warehouse import SnowflakeWarehouse, connect_kwargs, copy_statement
+from flows.warehouse.snowflake_warehouse import (
+    SnowflakeWarehouse,
+    connect_kwargs,
+    copy_statement,
+    insert_statement,
+)
 
 FS = fsspec.filesystem("file", auto_mkdir=True)
 PASSWORD = "pw-Zq8#never-in-logs"
@@ -94,6 +102,10 @@ def counts() -> tuple[int, int]:
     )
 
 
+def landing_rows() -> int:
+    return query("SELECT count(*) FROM stockpipe.bronze.bars_landing")[0][0]
+
+
 def test_put_copy_loads_every_row_with_source_file_and_manifest(
     settings: Settings, lake: str
 ) -> None:
@@ -119,6 +131,7 @@ def test_put_copy_loads_every_row_with_source_file_and_manifest(
     assert [m[3] for m in manifest] == [len(files[p]) for p in sorted(files)]
     assert {m[1] for m in manifest} == {"bars"} and len({m[4] for m in manifest}) == 1
     assert query("SELECT DISTINCT _loaded_at FROM stockpipe.bronze.bars") == [(manifest[0][5],)]
+    assert landing_rows() == 0
 
 
 def test_rerun_skips_loaded_files(settings: Settings, lake: str) -> None:
@@ -137,13 +150,15 @@ def test_crash_between_copy_and_manifest_commit_then_rerun_loads_exactly_once(
     files = write_many(FS, lake, 3)
 
     def crash() -> None:
-        # COPY and the UPDATE ran and the manifest rows are written, all uncommitted.
+        # COPY into landing ran; the INSERT into bars and the manifest rows are uncommitted.
+        assert landing_rows() == 9
         raise Crash("simulated crash before COMMIT")
 
     with pytest.raises(Crash):
         load(settings, progress=False, before_commit=crash)
 
     assert counts() == (0, 0)
+    assert landing_rows() == 0
     rerun = load(settings, progress=False)
     assert (rerun.files_loaded, rerun.rows) == (3, 9)
     assert query(SELECT_BARS) == expected_rows(files)
@@ -199,6 +214,7 @@ def test_batch_refuses_files_another_run_loaded_meanwhile(settings: Settings, la
     finally:
         warehouse.close()
     assert counts() == (6, 2)
+    assert landing_rows() == 0
 
 
 def test_password_never_appears_in_logs_or_output(
@@ -320,8 +336,8 @@ def test_key_pair_auth_reads_an_encrypted_key(tmp_path: Path) -> None:
         )
 
 
-def _create_table_columns(sql: str, table: str) -> list[tuple[str, str]]:
-    body = re.search(rf"CREATE TABLE IF NOT EXISTS {table} \((.*?)\n\);", sql, re.S)
+def _create_table_columns(sql: str, table: str, kind: str = "TABLE") -> list[tuple[str, str]]:
+    body = re.search(rf"CREATE {kind} IF NOT EXISTS {table} \((.*?)\n\)[^;]*;", sql, re.S)
     assert body, f"no CREATE TABLE {table} in setup.sql"
     columns = re.findall(r"^\s+(\w+) (\w+),?$", body.group(1), re.M)
     return [(name.lower(), kind) for name, kind in columns if name != "PRIMARY"]
@@ -339,22 +355,37 @@ def test_setup_sql_tables_match_the_loader() -> None:
     assert _create_table_columns(sql, r"STOCKPIPE\.BRONZE\.LOAD_STATE") == [
         (c.name, c.snowflake) for c in STATE_COLUMNS
     ]
+    # The COPY's scratch table: the columns of BARS, transient (no Time Travel, no Fail-safe).
+    assert _create_table_columns(
+        sql, r"STOCKPIPE\.BRONZE\.BARS_LANDING", kind="TRANSIENT TABLE"
+    ) == [(c.name, c.snowflake) for c in BAR_COLUMNS + LOAD_COLUMNS]
+    grants = {
+        table: set(re.split(r",\s*", privileges))
+        for privileges, table in re.findall(
+            r"^GRANT ([A-Z, ]+) ON TABLE STOCKPIPE\.BRONZE\.(\w+) TO ROLE STOCKPIPE_LOADER;",
+            sql,
+            re.M,
+        )
+    }
+    assert grants["BARS"] == {"SELECT", "INSERT"}  # written once, never updated
+    assert grants["BARS_LANDING"] == {"SELECT", "INSERT", "DELETE"}
 
 
 # ------------------------------------------------------- contract 3 on Snowflake
 
 STAGE = '"STOCKPIPE"."BRONZE"."LAKE_STAGE"'
 BARS = '"STOCKPIPE"."BRONZE"."BARS"'
+LANDING = '"STOCKPIPE"."BRONZE"."BARS_LANDING"'
 
 
 def test_the_copy_statement_is_snowflakes_documented_syntax() -> None:
     import sqlglot
     from sqlglot import exp
 
-    sql = copy_statement(BARS, f"@{STAGE}/batch_abc/")
+    sql = copy_statement(LANDING, f"@{STAGE}/batch_abc/")
 
     assert sql == (
-        f"COPY INTO {BARS} FROM @{STAGE}/batch_abc/ FILE_FORMAT = (TYPE = PARQUET) "
+        f"COPY INTO {LANDING} FROM @{STAGE}/batch_abc/ FILE_FORMAT = (TYPE = PARQUET) "
         "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE "
         'INCLUDE_METADATA = ("_SOURCE_FILE" = METADATA$FILENAME)'
     )
@@ -363,6 +394,38 @@ def test_the_copy_statement_is_snowflakes_documented_syntax() -> None:
     params = {p.this.name.upper(): p for p in parsed.args["params"]}
     assert set(params) == {"FILE_FORMAT", "MATCH_BY_COLUMN_NAME", "INCLUDE_METADATA"}
     assert "METADATA$FILENAME" in params["INCLUDE_METADATA"].sql("snowflake")
+
+
+def test_bars_are_written_once_by_insert_select_from_the_batchs_landing_rows() -> None:
+    import sqlglot
+    from sqlglot import exp
+
+    files = [LakeFile(url=f"s3://lake/bars/f{i}.parquet", path="", size=1) for i in range(2)]
+    staged = [type("S", (), {"name": f"f{i:05d}.parquet"})() for i in range(2)]
+    sql, params = insert_statement(BARS, LANDING, "batch_abc", files, staged, 7, "T")  # type: ignore[arg-type]
+
+    # The connector binds %s client-side; parse with the values' places marked by `?`.
+    parsed = sqlglot.parse_one(sql.replace("%s", "?"), read="snowflake")
+    assert isinstance(parsed, exp.Insert)
+    assert parsed.this.this.sql("snowflake") == BARS
+    target = [c.name.lower() for c in parsed.this.expressions]
+    assert target == [c.name for c in BAR_COLUMNS + LOAD_COLUMNS]
+    select = parsed.expression
+    assert isinstance(select, exp.Select)
+    assert select.find(exp.From).this.sql("snowflake") == LANDING
+    assert len(select.expressions) == len(target)
+    assert isinstance(select.expressions[len(BAR_COLUMNS)], exp.Case)
+    assert "CONTAINS" in select.args["where"].sql("snowflake").upper()
+    assert sql.count("%s") == len(params)
+    assert params == [
+        "f00000.parquet",
+        "s3://lake/bars/f0.parquet",
+        "f00001.parquet",
+        "s3://lake/bars/f1.parquet",
+        "T",
+        7,
+        "batch_abc/",
+    ]
 
 
 class _Cursor:
@@ -375,7 +438,7 @@ class _Cursor:
         if head == "COPY":
             self.description = [("file",), ("status",), ("rows_loaded",)]
             self.rows = [(f"lake_stage/batch_x/{name}", "LOADED", 3) for name in staged]
-        elif head == "UPDATE" and '"BARS"' in sql:
+        elif head == "INSERT" and '"BARS_LANDING"' in sql:
             self.rowcount = 3 * len(staged)
         elif "max(" in sql.lower() or "count(" in sql.lower():
             self.rows = [(7,)]
@@ -423,18 +486,28 @@ def test_real_path_sends_one_copy_per_batch_and_removes_the_stage_path(
 
     kinds = [s.split()[0].upper() for s in sent]
     assert kinds == ["PUT"] * 3 + [
+        "COPY",  # into the landing table, outside the transaction
         "BEGIN",
-        "UPDATE",
+        "UPDATE",  # load_state: the load lock
         "SELECT",
         "SELECT",
-        "COPY",
-        "UPDATE",
-        "INSERT",
+        "INSERT",  # bars ... SELECT FROM landing
+        "INSERT",  # manifest
         "COMMIT",
+        "DELETE",  # the batch's landing rows
         "REMOVE",
     ]
-    assert sent[kinds.index("COPY")] == copy_statement(BARS, f"@{STAGE}/batch_{result.batch_id}/")
-    assert sent[-1] == f"REMOVE @{STAGE}/batch_{result.batch_id}/"
+    batch_path = f"batch_{result.batch_id}/"
+    assert sent[kinds.index("COPY")] == copy_statement(LANDING, f"@{STAGE}/{batch_path}")
+    updates = [s for s in sent if s.split()[0].upper() == "UPDATE"]
+    assert len(updates) == 1 and '"LOAD_STATE"' in updates[0]
+    assert not any("BARS" in s for s in updates)
+    bars_insert = sent[kinds.index("INSERT")]
+    assert (
+        bars_insert.startswith(f"INSERT INTO {BARS} (") and f"FROM {LANDING} WHERE" in bars_insert
+    )
+    assert sent[-2] == f'DELETE FROM {LANDING} WHERE contains("_SOURCE_FILE", %s)'
+    assert sent[-1] == f"REMOVE @{STAGE}/{batch_path}"
     assert result.load_seq == 7 and result.rows == 9
 
     def crash() -> None:
@@ -444,7 +517,8 @@ def test_real_path_sends_one_copy_per_batch_and_removes_the_stage_path(
     with pytest.raises(Crash):
         warehouse.load_batch(batch, before_commit=crash)
     kinds = [s.split()[0].upper() for s in sent]
-    assert kinds[-2:] == ["ROLLBACK", "REMOVE"] and kinds.count("COPY") == 1
+    assert kinds[-3:] == ["ROLLBACK", "DELETE", "REMOVE"] and kinds.count("COPY") == 1
+    assert kinds.count("UPDATE") == 1 and LANDING in sent[-2]
 
 
 def test_session_settings_and_loader_role(settings: Settings) -> None:
@@ -508,6 +582,7 @@ def test_concurrent_loaders_load_each_file_exactly_once(settings: Settings, lake
     assert other[0].files_loaded == 0  # type: ignore[attr-defined]
     assert query(SELECT_BARS) == expected_rows(files)
     assert counts() == (12, 4)
+    assert landing_rows() == 0
 
 
 def test_same_name_identical_is_skipped_other_content_is_an_error(

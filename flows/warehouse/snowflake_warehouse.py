@@ -7,27 +7,39 @@ A batch is loaded in these steps (the loader's role, SNOWFLAKE_LOADER_ROLE):
    batch's own stage path `@stage/batch_<uuid>/`; the fresh path means
    Snowflake's load metadata never skips a file that a crashed run had
    already staged or copied. PUT is not transactional, so it runs first;
-2. in one transaction:
+2. one COPY into the landing table, outside the transaction (the results'
+   row counts are checked against the files' footers):
+     COPY INTO bronze.bars_landing FROM @stage/batch_<uuid>/
+         FILE_FORMAT = (TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE
+         INCLUDE_METADATA = (_source_file = METADATA$FILENAME)
+3. in one transaction:
      UPDATE bronze.load_state SET last_seq = last_seq + 1   -- the load lock
      SELECT max(last_seq) FROM bronze.load_state              -- this load's number
      SELECT ... FROM bronze.load_manifest WHERE path IN (...)  -- loaded meanwhile?
-     COPY INTO bronze.bars FROM @stage/batch_<uuid>/ FILE_FORMAT = (TYPE = PARQUET)
-         MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE
-         INCLUDE_METADATA = (_source_file = METADATA$FILENAME)      -- one COPY
-     UPDATE bronze.bars SET _source_file = <lake URL of the staged name>,
-         _load_seq = <n>, _loaded_at = <t> WHERE <this batch's new rows>  -- one UPDATE
+     INSERT INTO bronze.bars (<bar columns>, _source_file, _loaded_at, _load_seq)
+         SELECT <bar columns>, CASE right(_source_file, 14) WHEN 'fNNNNN.parquet'
+             THEN '<lake URL>' ... END, <t>, <n>
+         FROM bronze.bars_landing WHERE contains(_source_file, 'batch_<uuid>/')
      INSERT INTO bronze.load_manifest VALUES (...), (...)
      COMMIT
-3. `REMOVE @stage/batch_<uuid>/`, after success and after failure.
+4. after success and after failure alike:
+     DELETE FROM bronze.bars_landing WHERE contains(_source_file, 'batch_<uuid>/')
+     REMOVE @stage/batch_<uuid>/
 
-The UPDATE is needed because COPY with MATCH_BY_COLUMN_NAME takes no
-transformations, so `_load_seq` cannot come from the COPY itself; it only
-touches the batch's rows (`_load_seq IS NULL`, which prunes to the COPY's new
-micro-partitions, and the batch's unique stage path in `_source_file`).
+COPY with MATCH_BY_COLUMN_NAME takes no transformations, so `_load_seq` (only
+known inside the transaction) cannot come from the COPY itself. Copying into
+bronze.bars and stamping the rows with an UPDATE would write bronze.bars twice;
+instead the COPY fills `bronze.bars_landing` (a TRANSIENT scratch table with
+the columns of bronze.bars, shared by concurrent loaders: a batch's rows are
+the ones whose METADATA$FILENAME holds its own stage path) and bronze.bars is
+written once, by the INSERT ... SELECT. Landing rows are never updated on
+Snowflake and never read outside their batch; a crash that skips step 4 leaves
+rows under a batch path no later load uses, so they are never selected.
 
 The local emulator (fakesnow) supports neither INCLUDE_METADATA nor REMOVE: on
 it (and only there) the COPY step runs `_copy_emulated` instead, which emulates
-INCLUDE_METADATA with one COPY + UPDATE per file, and cleanup is skipped; the
+INCLUDE_METADATA with one COPY + UPDATE of the landing rows per file (never an
+UPDATE of bronze.bars), and REMOVE is a no-op; the
 real statements are asserted in tests/test_load_snowflake.py and parsed with
 sqlglot's Snowflake dialect.
 """
@@ -80,6 +92,8 @@ log = logging.getLogger(__name__)
 # does not depend on how the stage was created.
 PARQUET_FORMAT = "FILE_FORMAT = (TYPE = PARQUET USE_VECTORIZED_SCANNER = TRUE)"
 _STAGED_NAME_LEN = len("f00000.parquet")
+# Scratch for COPY (see the module docstring); the same columns as bronze.bars.
+LANDING_TABLE = "bars_landing"
 
 
 def _q(identifier: str) -> str:
@@ -210,6 +224,7 @@ class SnowflakeWarehouse:
         self.emulated = type(self.conn).__module__.startswith("fakesnow")
         self._schema = f"{_q(kwargs['database'])}.{_q(BRONZE_SCHEMA)}"
         self._bars = f"{self._schema}.{_q(BARS_TABLE)}"
+        self._landing = f"{self._schema}.{_q(LANDING_TABLE)}"
         self._manifest = f"{self._schema}.{_q(MANIFEST_TABLE)}"
         self._state = f"{self._schema}.{_q(STATE_TABLE)}"
         self._stage_schema = f"{_q(stage_database)}.{_q(stage_schema)}"
@@ -239,7 +254,7 @@ class SnowflakeWarehouse:
         statements = []
         if not all(
             self._works(f"SELECT 1 FROM {table} LIMIT 0")
-            for table in (self._bars, self._manifest, self._state)
+            for table in (self._bars, self._landing, self._manifest, self._state)
         ):
             statements += [
                 f"CREATE SCHEMA IF NOT EXISTS {self._schema}",
@@ -247,6 +262,8 @@ class SnowflakeWarehouse:
                 f"CREATE STAGE IF NOT EXISTS {self._stage}",
                 f"CREATE TABLE IF NOT EXISTS {self._bars} "
                 f"({_columns_ddl(BAR_COLUMNS + LOAD_COLUMNS)})",
+                f"CREATE TRANSIENT TABLE IF NOT EXISTS {self._landing} "
+                f"({_columns_ddl(BAR_COLUMNS + LOAD_COLUMNS)}) DATA_RETENTION_TIME_IN_DAYS = 0",
                 f"CREATE TABLE IF NOT EXISTS {self._manifest} "
                 f"({_columns_ddl(MANIFEST_COLUMNS)}, PRIMARY KEY ({_q('path')}))",
                 f"CREATE TABLE IF NOT EXISTS {self._state} ({_columns_ddl(STATE_COLUMNS)})",
@@ -304,6 +321,7 @@ class SnowflakeWarehouse:
         stage_dir = f"batch_{batch_id}"
         stage_path = f"@{self._stage}/{stage_dir}/"
         staged: list[_Staged] = []
+        copied = False
         try:
             with tempfile.TemporaryDirectory(prefix="stockpipe-load-") as tmp:
                 # PUT is not transactional: staging happens before BEGIN, under a path
@@ -314,10 +332,20 @@ class SnowflakeWarehouse:
                     self._execute(
                         f"PUT '{local.as_uri()}' {stage_path} AUTO_COMPRESS = FALSE OVERWRITE = TRUE"
                     )
-            seq = self._copy_in_transaction(
-                files, staged, stage_dir, stage_path, loaded_at, batch_id, before_commit
+            # COPY into the landing table is not part of the transaction either: its rows
+            # are this batch's scratch, told apart by the batch's stage path.
+            copied = True
+            if self.emulated:
+                results = self._copy_emulated(stage_dir, stage_path, staged)
+            else:
+                results = _copy_results(self._execute(copy_statement(self._landing, stage_path)))
+            _check_copied(results, files, staged)
+            seq = self._insert_in_transaction(
+                files, staged, stage_dir, loaded_at, batch_id, before_commit
             )
         finally:
+            if copied:
+                self._delete_landed(stage_dir)
             self._remove_staged(stage_path)
         total = sum(s.rows for s in staged)
         log.info(
@@ -344,12 +372,11 @@ class SnowflakeWarehouse:
             raise LoadError(f"cannot read {file.url}: {exc}") from None
         return _Staged(local.name, rows, md5_hex(local.read_bytes()))
 
-    def _copy_in_transaction(
+    def _insert_in_transaction(
         self,
         files: Sequence[LakeFile],
         staged: Sequence[_Staged],
         stage_dir: str,
-        stage_path: str,
         loaded_at: datetime,
         batch_id: str,
         before_commit: BeforeCommit | None,
@@ -363,18 +390,15 @@ class SnowflakeWarehouse:
                     f"(e.g. {min(clash)}); nothing of this batch was kept, run the load again",
                     sorted(clash),
                 )
-            if self.emulated:
-                results = self._copy_emulated(stage_dir, stage_path, staged)
-            else:
-                results = _copy_results(self._execute(copy_statement(self._bars, stage_path)))
-            _check_copied(results, files, staged)
-            sql, params = stamp_statement(self._bars, stage_dir, files, staged, seq, loaded_at)
+            sql, params = insert_statement(
+                self._bars, self._landing, stage_dir, files, staged, seq, loaded_at
+            )
             cur = self._execute(sql, params)
             total = sum(s.rows for s in staged)
             if cur.rowcount != total:
                 raise LoadError(
                     f"batch {batch_id}: COPY loaded {total} row(s) but {cur.rowcount} were "
-                    "stamped with the load sequence"
+                    f"inserted into {BARS_TABLE} from {LANDING_TABLE}"
                 )
             placeholders = ", ".join(
                 ["(" + ", ".join(["%s"] * len(MANIFEST_COLUMNS)) + ")"] * len(files)
@@ -430,23 +454,49 @@ class SnowflakeWarehouse:
     def _copy_emulated(
         self, stage_dir: str, stage_path: str, staged: Sequence[_Staged]
     ) -> list[dict[str, Any]]:
-        """EMULATOR ONLY (fakesnow lacks INCLUDE_METADATA): the same rows the real COPY
-        gives, by one COPY per file and an UPDATE that sets what METADATA$FILENAME would.
-        Never runs against Snowflake, where `copy_statement` is the one COPY per batch."""
+        """EMULATOR ONLY (fakesnow lacks INCLUDE_METADATA): the same landing rows the real
+        COPY gives, by one COPY per file into the landing table and an UPDATE of those
+        landing rows that sets what METADATA$FILENAME would. Its own transaction keeps a
+        concurrent loader's not yet labelled rows out of sight. Never runs against
+        Snowflake, where `copy_statement` is the one COPY per batch; never updates bars."""
         source = _q("_source_file")
         results: list[dict[str, Any]] = []
-        for done in staged:
-            cur = self._execute(
-                f"COPY INTO {self._bars} FROM {stage_path}{done.name} FILE_FORMAT = (TYPE = PARQUET) "
-                "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE"
-            )
-            results += _copy_results(cur)
-            self._execute(
-                f"UPDATE {self._bars} SET {source} = %s "
-                f"WHERE {source} IS NULL AND {_q('_load_seq')} IS NULL",
-                (f"{stage_dir}/{done.name}",),
-            )
+        self._execute("BEGIN")
+        try:
+            for done in staged:
+                cur = self._execute(
+                    f"COPY INTO {self._landing} FROM {stage_path}{done.name} "
+                    "FILE_FORMAT = (TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE"
+                )
+                results += _copy_results(cur)
+                self._execute(
+                    f"UPDATE {self._landing} SET {source} = %s WHERE {source} IS NULL",
+                    (f"{stage_dir}/{done.name}",),
+                )
+            self._execute("COMMIT")
+        except BaseException:
+            try:
+                self.conn.cursor().execute("ROLLBACK")
+            except Exception as exc:  # noqa: BLE001 - keep the COPY's own error
+                log.warning("ROLLBACK failed: %s", exc)
+            raise
         return results
+
+    def _delete_landed(self, stage_dir: str) -> None:
+        """Drop the batch's landing rows, whether the load committed or failed."""
+        try:
+            self._execute(
+                f"DELETE FROM {self._landing} WHERE contains({_q('_source_file')}, %s)",
+                (f"{stage_dir}/",),
+            )
+        except Exception as exc:  # noqa: BLE001 - never hide the load's own outcome
+            log.warning(
+                "could not delete the landing rows of %s from %s (they are never read "
+                "again; delete them by hand): %s",
+                stage_dir,
+                self._landing,
+                exc,
+            )
 
     def _remove_staged(self, stage_path: str) -> None:
         """Drop the batch's staged copies, whether the load committed or failed."""
@@ -468,39 +518,42 @@ class _Staged:
     md5: str
 
 
-def copy_statement(bars: str, stage_path: str) -> str:
+def copy_statement(landing: str, stage_path: str) -> str:
     """The batch's one COPY (Snowflake's documented syntax; see the module docstring)."""
     return (
-        f"COPY INTO {bars} FROM {stage_path} FILE_FORMAT = (TYPE = PARQUET) "
+        f"COPY INTO {landing} FROM {stage_path} FILE_FORMAT = (TYPE = PARQUET) "
         "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE "
         f"INCLUDE_METADATA = ({_q('_source_file')} = METADATA$FILENAME)"
     )
 
 
-def stamp_statement(
+def insert_statement(
     bars: str,
+    landing: str,
     stage_dir: str,
     files: Sequence[LakeFile],
     staged: Sequence[_Staged],
     seq: int,
     loaded_at: datetime,
 ) -> tuple[str, list[Any]]:
-    """The batch's one UPDATE: lake URL for the staged name, load sequence and load time.
+    """The batch's one write of bars: its landing rows with lake URL, load time and sequence.
 
-    Only this batch's rows match: `_load_seq IS NULL` (rows of committed loads all
-    have one) and the batch's unique stage path in METADATA$FILENAME.
+    Only this batch's landing rows match: the batch's unique stage path is in
+    their `_source_file` (METADATA$FILENAME).
     """
-    source, seq_col = _q("_source_file"), _q("_load_seq")
+    source = _q("_source_file")
+    bar_columns = ", ".join(_q(c.name) for c in BAR_COLUMNS)
+    load_columns = ", ".join(_q(name) for name in ("_source_file", "_loaded_at", "_load_seq"))
     whens = " ".join(["WHEN %s THEN %s"] * len(files))
     sql = (
-        f"UPDATE {bars} SET {source} = CASE right({source}, {_STAGED_NAME_LEN}) {whens} END, "
-        f"{seq_col} = %s, {_q('_loaded_at')} = %s "
-        f"WHERE {seq_col} IS NULL AND contains({source}, %s)"
+        f"INSERT INTO {bars} ({bar_columns}, {load_columns}) "
+        f"SELECT {bar_columns}, CASE right({source}, {_STAGED_NAME_LEN}) {whens} END, %s, %s "
+        f"FROM {landing} WHERE contains({source}, %s)"
     )
     params: list[Any] = []
     for file, done in zip(files, staged, strict=True):
         params += [done.name, file.url]
-    return sql, [*params, seq, loaded_at, f"{stage_dir}/"]
+    return sql, [*params, loaded_at, seq, f"{stage_dir}/"]
 
 
 def _copy_results(cur: Any) -> list[dict[str, Any]]:

@@ -39,8 +39,8 @@ CREATE FILE FORMAT IF NOT EXISTS STOCKPIPE.BRONZE.PARQUET_FORMAT
     COMMENT = 'contract-2 bar files';
 
 -- Internal stage: each load batch PUTs its files under @LAKE_STAGE/batch_<uuid>/,
--- loads them with one COPY, and then REMOVEs that batch path (after success and
--- after failure alike; the loader never uses COPY ... PURGE).
+-- loads them with one COPY into BARS_LANDING, and then REMOVEs that batch path (after
+-- success and after failure alike; the loader never uses COPY ... PURGE).
 CREATE STAGE IF NOT EXISTS STOCKPIPE.BRONZE.LAKE_STAGE
     FILE_FORMAT = STOCKPIPE.BRONZE.PARQUET_FORMAT
     ENCRYPTION = (TYPE = 'SNOWFLAKE_SSE')
@@ -68,6 +68,34 @@ CREATE TABLE IF NOT EXISTS STOCKPIPE.BRONZE.BARS (
     _LOADED_AT TIMESTAMP_TZ,
     _LOAD_SEQ BIGINT
 );
+
+-- Scratch for the loader's COPY (same columns as BARS): COPY with MATCH_BY_COLUMN_NAME
+-- takes no transformations, so each batch COPYs here (_SOURCE_FILE = the staged file's
+-- METADATA$FILENAME, under the batch's own stage path batch_<uuid>/) and then writes
+-- BARS once with INSERT ... SELECT of its own rows, stamped with the lake URL, load
+-- time and load number; it DELETEs its landing rows afterwards. Transient, no Time
+-- Travel: nothing here needs to survive; rows a crashed batch left are never read.
+CREATE TRANSIENT TABLE IF NOT EXISTS STOCKPIPE.BRONZE.BARS_LANDING (
+    SYMBOL VARCHAR,
+    INTERVAL_S INTEGER,
+    WINDOW_START TIMESTAMP_TZ,
+    WINDOW_END TIMESTAMP_TZ,
+    OPEN FLOAT,
+    HIGH FLOAT,
+    LOW FLOAT,
+    CLOSE FLOAT,
+    VOLUME FLOAT,
+    VWAP FLOAT,
+    TRADE_COUNT BIGINT,
+    FIRST_TS TIMESTAMP_TZ,
+    LAST_TS TIMESTAMP_TZ,
+    REVISION INTEGER,
+    EMITTED_AT TIMESTAMP_TZ,
+    _SOURCE_FILE VARCHAR,
+    _LOADED_AT TIMESTAMP_TZ,
+    _LOAD_SEQ BIGINT
+)
+DATA_RETENTION_TIME_IN_DAYS = 0;
 
 -- One row per loaded lake file, written in the same transaction as its rows:
 -- the loader's only record of what is loaded (and with what content: MD5 of the
@@ -129,13 +157,15 @@ GRANT USAGE ON DATABASE STOCKPIPE TO ROLE STOCKPIPE_LOADER;
 GRANT USAGE ON DATABASE STOCKPIPE TO ROLE STOCKPIPE_TRANSFORMER;
 GRANT USAGE ON DATABASE STOCKPIPE TO ROLE STOCKPIPE_ANALYST;
 
--- Loader: stage and REMOVE files, insert bars (COPY), stamp _source_file, _load_seq and
--- _loaded_at (UPDATE), write the manifest, take the next load number (UPDATE LOAD_STATE;
--- INSERT only to initialise it).
+-- Loader: stage and REMOVE files, COPY into BARS_LANDING and DELETE its batch's rows
+-- there, insert bars (INSERT ... SELECT from BARS_LANDING; BARS is never updated),
+-- write the manifest, take the next load number (UPDATE LOAD_STATE; INSERT only to
+-- initialise it).
 GRANT USAGE ON SCHEMA STOCKPIPE.BRONZE TO ROLE STOCKPIPE_LOADER;
 GRANT READ, WRITE ON STAGE STOCKPIPE.BRONZE.LAKE_STAGE TO ROLE STOCKPIPE_LOADER;
 GRANT USAGE ON FILE FORMAT STOCKPIPE.BRONZE.PARQUET_FORMAT TO ROLE STOCKPIPE_LOADER;
-GRANT SELECT, INSERT, UPDATE ON TABLE STOCKPIPE.BRONZE.BARS TO ROLE STOCKPIPE_LOADER;
+GRANT SELECT, INSERT ON TABLE STOCKPIPE.BRONZE.BARS TO ROLE STOCKPIPE_LOADER;
+GRANT SELECT, INSERT, DELETE ON TABLE STOCKPIPE.BRONZE.BARS_LANDING TO ROLE STOCKPIPE_LOADER;
 GRANT SELECT, INSERT ON TABLE STOCKPIPE.BRONZE.LOAD_MANIFEST TO ROLE STOCKPIPE_LOADER;
 GRANT SELECT, INSERT, UPDATE ON TABLE STOCKPIPE.BRONZE.LOAD_STATE TO ROLE STOCKPIPE_LOADER;
 
