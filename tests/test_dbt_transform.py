@@ -329,10 +329,38 @@ def expected_daily(silver: pd.DataFrame) -> pd.DataFrame:
         bar_count=("close", "size"),
     )
     daily["vwap"] = daily.pv / daily.v_with_vwap
-    returns = np.log(regular.close / regular.groupby(["symbol", "trade_date"]).close.shift())
-    variance = (returns**2).groupby([regular.symbol, regular.trade_date]).sum()
+    # Contract 3: the session's minutes from its first real trade on; the first return is
+    # that bar's own (open to close), then close to close.
+    first_real = real.groupby(["symbol", "trade_date"]).window_start.min().rename("first_real")
+    session = regular.join(first_real, on=["symbol", "trade_date"])
+    session = session[session.window_start >= session.first_real]
+    previous = session.groupby(["symbol", "trade_date"]).close.shift()
+    returns = np.log(session.close / previous.fillna(session.open))
+    variance = (returns**2).groupby([session.symbol, session.trade_date]).sum()
     daily["intraday_realized_vol"] = np.sqrt(variance.reindex(daily.index)) * np.sqrt(252)
     return daily.drop(columns=["pv", "v_with_vwap"]).reset_index()
+
+
+def expected_correlation(daily: pd.DataFrame) -> pd.DataFrame:
+    """pandas' rolling 20-day correlation of each pair's returns between common days."""
+    closes = daily.pivot(index="trade_date", columns="symbol", values="close")
+    parts = []
+    for i, a in enumerate(sorted(SYMBOLS)):
+        for b in sorted(SYMBOLS)[i + 1 :]:
+            pair = closes[[a, b]].dropna()
+            returns = np.log(pair / pair.shift())
+            corr = returns[a].rolling(20).corr(returns[b])
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "symbol_a": a,
+                        "symbol_b": b,
+                        "trade_date": pair.index,
+                        "corr": corr.to_numpy(),
+                    }
+                )
+            )
+    return pd.concat(parts, ignore_index=True)
 
 
 # ------------------------------------------------------------------ fixture
@@ -367,7 +395,7 @@ def load_bronze(db: Path, rows: pd.DataFrame) -> int:
             f"insert into bronze.bars ({', '.join(BRONZE_COLUMNS)}, _load_seq) "
             "select * from rows_df"
         )
-        return int(seq.max())
+        return int(seq.max()) if len(rows) else int(last)
 
 
 @pytest.fixture(scope="module")
@@ -441,23 +469,34 @@ def test_a_restated_bar_rebuilds_only_itself_and_what_follows(
 ) -> None:
     # The last run sees only the fourth load (the run before processed the third), so
     # it rebuilds AAA from the last real bar before the fourth load's restated bar
-    # (14:59 UTC for its 15:00 bar), not from before the third's (13:59).
+    # (14:59 UTC for its 15:00 bar), not from before the third's (13:59), up to the
+    # first real bar after it.
     restated = built.loads.fourth.window_start.iloc[0]
     last_load = built.load_seqs["fourth"]
     aaa = silver_actual[silver_actual.symbol == "AAA"]
     previous_real = aaa[(aaa.window_start < restated) & ~aaa.is_synthetic].window_start.max()
     assert previous_real == restated - pd.Timedelta(minutes=1)  # 14:59 traded
+    next_real = aaa[(aaa.window_start > restated) & ~aaa.is_synthetic].window_start.min()
     rebuilt = silver_actual[silver_actual._load_seq == last_load]
     assert set(rebuilt.symbol) == {"AAA"}
     assert rebuilt.window_start.min() == previous_real
-    assert rebuilt.window_start.max() == aaa.window_start.max()
-    # what the run before rebuilt for the third load, up to 14:59, keeps its number
-    earlier = aaa[
-        (aaa.window_start >= built.loads.third.window_start.iloc[0])
-        & (aaa.window_start < previous_real)
+    # ... up to the next real bar, not to the end of the history: the synthetic bars
+    # after that one carry its close, which did not change
+    assert rebuilt.window_start.max() == next_real < aaa.window_start.max()
+    assert len(rebuilt) == len(aaa[aaa.window_start.between(previous_real, next_real)])
+    # what the run before rebuilt for the third load (its restated bar's range, from
+    # the real bar before it to the real bar after it) keeps its number, and the rows
+    # between the two ranges still carry the second load's, which last rebuilt them
+    third = built.loads.third.window_start.iloc[0]
+    real = aaa[~aaa.is_synthetic].window_start
+    third_range = aaa.window_start.between(real[real < third].max(), real[real > third].min())
+    assert third_range.sum() >= 3
+    assert (aaa[third_range]._load_seq == built.load_seqs["third"]).all()
+    between = aaa[
+        (aaa.window_start > real[real > third].min()) & (aaa.window_start < previous_real)
     ]
-    assert len(earlier) > 0
-    assert (earlier._load_seq == built.load_seqs["third"]).all()
+    assert len(between) > 0
+    assert (between._load_seq == built.load_seqs["second"]).all()
     daily = built.query(
         "select trade_date, _load_seq from gold.fct_bars_daily where symbol = 'AAA'"
     )
@@ -661,17 +700,7 @@ def test_correlation_mart_equals_pandas_rolling_corr(
     actual = built.query(
         "select * from gold.mart_correlation_daily order by symbol_a, symbol_b, trade_date"
     )
-    closes = daily_expected.pivot(index="trade_date", columns="symbol", values="close")
-    expected_parts = []
-    for i, a in enumerate(sorted(SYMBOLS)):
-        for b in sorted(SYMBOLS)[i + 1 :]:
-            pair = closes[[a, b]].dropna()
-            returns = np.log(pair / pair.shift())
-            corr = returns[a].rolling(20).corr(returns[b])
-            expected_parts.append(
-                pd.DataFrame({"symbol_a": a, "symbol_b": b, "corr": corr.to_numpy()})
-            )
-    expected = pd.concat(expected_parts, ignore_index=True)
+    expected = expected_correlation(daily_expected)
     assert len(actual) == len(expected)
     assert (actual.symbol_a.to_numpy() == expected.symbol_a.to_numpy()).all()
     assert_close(actual.correlation_20d, expected["corr"], "correlation_20d", atol=1e-9)
@@ -733,3 +762,265 @@ def test_missing_bronze_fails_with_the_failing_node(tmp_path: Path) -> None:
     )
     with pytest.raises(StockpipeError, match="stg_bronze__bars"):
         transform(settings, select="stg_bronze__bars")
+
+
+# ------------------------------------------- incremental cost: a backfill of an old day
+
+BACKFILL_SESSIONS = 45
+BACKFILL_DAY = BACKFILL_SESSIONS // 3  # BBB's hour-long hole is on this session
+SILVER_KEY = ["symbol", "window_start"]
+PAIR_KEY = ["symbol_a", "symbol_b", "trade_date"]
+
+
+def winners(rows: pd.DataFrame) -> pd.DataFrame:
+    """The bar that wins per (symbol, window_start): highest revision, latest emission."""
+    ordered = rows.sort_values(["revision", "emitted_at"], ascending=False, kind="stable")
+    return ordered.drop_duplicates(SILVER_KEY).sort_values(SILVER_KEY).reset_index(drop=True)
+
+
+@dataclass
+class Backfilled:
+    db: Path
+    schedule: pd.DataFrame
+    day: object  # the backfilled (old) trade date
+    rows: pd.DataFrame  # the backfill load: restatements of AAA, a new bar in BBB's hole
+    seq: int  # its `_load_seq`
+    final: pd.DataFrame  # the winning bars after it
+    before: dict[str, pd.DataFrame]
+    after: dict[str, pd.DataFrame]
+    result: TransformResult
+
+
+def _tables(db: Path) -> dict[str, pd.DataFrame]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return {
+            "silver": con.execute(
+                "select * from silver.fct_bars_1m order by symbol, window_start"
+            ).df(),
+            "daily": con.execute(
+                "select * from gold.fct_bars_daily order by symbol, trade_date"
+            ).df(),
+            "correlation": con.execute(
+                "select * from gold.mart_correlation_daily order by symbol_a, symbol_b, trade_date"
+            ).df(),
+        }
+
+
+@pytest.fixture(scope="module")
+def backfilled(tmp_path_factory: pytest.TempPathFactory) -> Backfilled:
+    """Six weeks built, then one load restating bars of a day a month back: the
+    incremental run after it must rewrite that day's affected minutes only."""
+    tmp = tmp_path_factory.mktemp("backfill")
+    db = tmp / "warehouse.duckdb"
+    settings = load_settings(warehouse=f"duckdb:///{db}", dbt_target_path=tmp / "target")
+    schedule = nyse_schedule().iloc[:BACKFILL_SESSIONS]
+    loads = generate_loads(schedule)
+    history = pd.concat([loads.first, loads.second], ignore_index=True)
+    load_bronze(db, history)
+    transform(settings)
+    before = _tables(db)
+
+    day = schedule.trade_date.iloc[BACKFILL_DAY]
+    market_open = schedule.market_open.iloc[BACKFILL_DAY]
+    current = winners(history)
+    silver = before["silver"]
+    silver_aaa = silver[(silver.symbol == "AAA") & ~silver.is_synthetic]
+    real_aaa = set(silver_aaa.window_start.dt.tz_convert("UTC"))
+    synthetic_aaa = set(
+        silver[(silver.symbol == "AAA") & silver.is_synthetic].window_start.dt.tz_convert("UTC")
+    )
+    # AAA: revision + 1 with another close for two bars each followed by a synthetic
+    # minute (their close is carried on), and one bar in the middle of the session
+    followed = sorted(
+        t for t in real_aaa
+        if t >= market_open and t + pd.Timedelta(minutes=1) in synthetic_aaa
+        and t.tz_convert(NEW_YORK).date() == day
+    )  # fmt: skip
+    assert len(followed) >= 2, "no AAA bar followed by a gap on the backfilled day"
+    restated_starts = [followed[0], market_open + pd.Timedelta(minutes=200), followed[-1]]
+    restated = current[
+        (current.symbol == "AAA") & current.window_start.isin(restated_starts)
+    ].copy()
+    assert len(restated) == 3
+    restated["revision"] += 1
+    restated["close"] *= 1.003
+    restated["high"] = np.maximum(restated.high, restated.close)
+    restated["emitted_at"] += pd.Timedelta(days=30)
+    # BBB: a bar that never arrived, inside its hour-long hole (a synthetic minute
+    # turns real, and the synthetic minutes after it carry its close)
+    hole_start = market_open + pd.Timedelta(minutes=60)
+    inserted_at = hole_start + pd.Timedelta(minutes=10)
+    assert not ((current.symbol == "BBB") & (current.window_start == inserted_at)).any()
+    previous = current[(current.symbol == "BBB") & (current.window_start < hole_start)].iloc[-1]
+    inserted = previous.to_frame().T.assign(
+        window_start=inserted_at,
+        window_end=inserted_at + pd.Timedelta(minutes=1),
+        first_ts=inserted_at + pd.Timedelta(seconds=1),
+        last_ts=inserted_at + pd.Timedelta(seconds=59),
+        emitted_at=inserted_at + pd.Timedelta(days=30),
+        open=previous.close,
+        high=previous.close * 1.002,
+        low=previous.close,
+        close=previous.close * 1.002,
+        vwap=previous.close * 1.001,
+        volume=42.0,
+        trade_count=3,
+        revision=0,
+    )
+    rows = pd.concat([restated, inserted], ignore_index=True).assign(
+        _source_file="bars/backfill/0.parquet",
+        _loaded_at=pd.Timestamp("2025-06-01", tz="UTC"),
+    )[BRONZE_COLUMNS]
+    rows = rows.astype(history[BRONZE_COLUMNS].dtypes.to_dict())
+    seq = load_bronze(db, rows)
+    result = transform(settings)
+    return Backfilled(
+        db=db,
+        schedule=schedule,
+        day=day,
+        rows=rows,
+        seq=seq,
+        final=winners(pd.concat([history, rows], ignore_index=True)),
+        before=before,
+        after=_tables(db),
+        result=result,
+    )
+
+
+def _affected_range(silver: pd.DataFrame, symbol: str, starts: pd.Series) -> tuple:
+    """The last real bar before the first of `starts` and the first real bar after the last."""
+    real = silver[(silver.symbol == symbol) & ~silver.is_synthetic].window_start
+    return real[real < starts.min()].max(), real[real > starts.max()].min()
+
+
+def _split(frame: pd.DataFrame, key: list[str], inside: pd.Series) -> tuple:
+    frame = frame.set_index(key)
+    return frame[inside.to_numpy()], frame[~inside.to_numpy()]
+
+
+def test_a_backfilled_day_rewrites_only_its_affected_minutes(backfilled: Backfilled) -> None:
+    before, after = backfilled.before["silver"], backfilled.after["silver"]
+    assert set(backfilled.result.status_counts) <= {"success", "pass", "no-op"}
+
+    # the whole table is what a full build of every load gives
+    expected = expected_silver(backfilled.final, backfilled.schedule)
+    assert len(after) == len(expected)
+    assert (after.window_start.to_numpy() == expected.window_start.to_numpy()).all()
+    assert (after.is_synthetic.to_numpy() == expected.is_synthetic.to_numpy()).all()
+    for col in ("open", "high", "low", "close", "volume", "vwap"):
+        assert_close(after[col], expected[col], f"silver after the backfill: {col}")
+
+    # per symbol, the range from the last real bar before the backfilled bars to the
+    # first real bar after them (in the table before the run) ...
+    inside = pd.Series(False, index=after.index)
+    ranges = {}
+    for symbol, starts in backfilled.rows.groupby("symbol").window_start:
+        start, end = _affected_range(before, symbol, starts)
+        assert start.tz_convert(NEW_YORK).date() == end.tz_convert(NEW_YORK).date()
+        ranges[symbol] = (start, end)
+        inside |= (after.symbol == symbol) & after.window_start.between(start, end)
+    assert set(ranges) == {"AAA", "BBB"}
+    # ... is exactly what the run wrote (rewritten rows carry the backfill's load) ...
+    rewritten = after._load_seq == backfilled.seq
+    assert (rewritten == inside).all(), after[rewritten != inside][SILVER_KEY].head()
+    # (all on the backfilled day, of ~130,000 rows over 45 sessions)
+    assert set(after[rewritten].trade_date.map(pd.Timestamp)) == {pd.Timestamp(backfilled.day)}
+    day_rows = (after.symbol != CRYPTO) & (
+        after.trade_date.map(pd.Timestamp) == pd.Timestamp(backfilled.day)
+    )
+    assert 0 < rewritten.sum() <= day_rows.sum()
+    # ... and every row outside it is byte-identical to before, its `_load_seq` included
+    inside_before = pd.Series(False, index=before.index)
+    for symbol, (start, end) in ranges.items():
+        inside_before |= (before.symbol == symbol) & before.window_start.between(start, end)
+    _, kept_before = _split(before, SILVER_KEY, inside_before)
+    changed_after, kept_after = _split(after, SILVER_KEY, inside)
+    pd.testing.assert_frame_equal(kept_after, kept_before)
+    assert len(kept_after) == len(after) - rewritten.sum()
+
+    # inside: the restated closes are carried by the synthetic minutes after them, and
+    # BBB's new bar is real now, carried by the rest of the hole up to the next real bar
+    changed_before, _ = _split(before, SILVER_KEY, inside_before)
+    moved = changed_after.close.ne(changed_before.reindex(changed_after.index).close)
+    synthetic_moved = changed_after[moved & changed_after.is_synthetic]
+    assert set(synthetic_moved.index.get_level_values("symbol")) == {"AAA", "BBB"}
+    bbb = changed_after.loc["BBB"]
+    inserted = backfilled.rows[backfilled.rows.symbol == "BBB"].window_start.iloc[0]
+    assert not bbb.loc[inserted, "is_synthetic"]
+    assert (bbb[bbb.index > inserted].iloc[:-1].is_synthetic).all()
+    assert (bbb[bbb.index > inserted].iloc[:-1].close == bbb.loc[inserted, "close"]).all()
+
+
+def test_a_backfilled_day_rebuilds_only_the_correlations_it_reaches(
+    backfilled: Backfilled,
+) -> None:
+    before = backfilled.before["correlation"]
+    after = backfilled.after["correlation"]
+    day = pd.Timestamp(backfilled.day)
+    daily = expected_daily(expected_silver(backfilled.final, backfilled.schedule))
+
+    # the whole mart equals pandas on the final data
+    expected = expected_correlation(daily)
+    assert len(after) == len(expected)
+    assert_close(after.correlation_20d, expected["corr"], "correlation after the backfill", 1e-9)
+
+    # rewritten: for each pair (all have AAA or BBB), the backfilled day and the 20
+    # pair days after it, whose 20-day windows of returns reach the day's close
+    trade_date = pd.to_datetime(after.trade_date)
+    position = after.groupby(["symbol_a", "symbol_b"]).cumcount()
+    day_position = (
+        position.where(trade_date == day).groupby([after.symbol_a, after.symbol_b]).transform("max")
+    )
+    inside = position.between(day_position, day_position + 20)
+    rewritten = after._load_seq == backfilled.seq
+    assert (rewritten == inside).all(), after[rewritten != inside][PAIR_KEY].head()
+    assert rewritten.sum() == 3 * 21
+    changed, kept = _split(after, PAIR_KEY, inside)
+    _, kept_before = _split(
+        before, PAIR_KEY, pd.Series(before.set_index(PAIR_KEY).index.isin(changed.index))
+    )
+    pd.testing.assert_frame_equal(kept, kept_before)
+
+    # fct_bars_daily: the two restated days, nothing else
+    daily_after = backfilled.after["daily"]
+    rebuilt_days = daily_after[daily_after._load_seq == backfilled.seq]
+    assert sorted(rebuilt_days.symbol) == ["AAA", "BBB"]
+    assert set(pd.to_datetime(rebuilt_days.trade_date)) == {day}
+
+
+def test_data_tests_check_recent_days_unless_asked_for_the_full_history(
+    backfilled: Backfilled, tmp_path: Path
+) -> None:
+    """A broken row older than `test_since_days` before the latest trade date passes the
+    default build's tests and fails `--vars '{test_full_history: true}'`; a broken row
+    the latest run wrote (the backfilled day) fails them whatever its date."""
+    import shutil
+
+    from flows.transform import dbt_session, invoke
+
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(backfilled.db, db)
+    old_day = backfilled.schedule.trade_date.iloc[BACKFILL_DAY - 5]
+    settings = load_settings(warehouse=f"duckdb:///{db}", dbt_target_path=tmp_path / "target")
+    test = ["test", "--select", "non_negative_fct_bars_daily_volume"]
+
+    def break_volume(day: object) -> None:
+        with duckdb.connect(str(db)) as con:
+            con.execute(
+                "update gold.fct_bars_daily set volume = -1 "
+                "where symbol = 'AAA' and trade_date = ?",
+                [day],
+            )
+
+    break_volume(old_day)
+    with dbt_session(settings, tmp_path / "target") as common:
+        recent = invoke(test, common)
+        full = invoke([*test, "--vars", "{test_full_history: true}"], common)
+        wider = invoke([*test, "--vars", "{test_since_days: 60}"], common)
+    assert recent.success
+    assert not full.success
+    assert not wider.success
+
+    break_volume(backfilled.day)
+    with dbt_session(settings, tmp_path / "target") as common:
+        assert not invoke(test, common).success

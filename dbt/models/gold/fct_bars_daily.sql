@@ -67,25 +67,52 @@ real_bar_summary as (
     group by symbol, trade_date
 ),
 
--- synthetic bars count here: they make the minutes contiguous (a zero return each)
+-- the regular session's minutes from the day's first real trade on: synthetic bars
+-- before it carry an earlier close (the day before, or pre-market), so a return across
+-- them would count the overnight move as intraday volatility; synthetic bars after it
+-- keep the minutes contiguous (a zero return each)
+session_minutes as (
+    select
+        symbol,
+        trade_date,
+        window_start,
+        open,
+        close,
+        min(case when not is_synthetic then window_start end) over (
+            partition by symbol, trade_date
+        ) as first_real_start
+    from session_bars
+),
+
+-- the first return is the first real bar's own (open to close), then close to close
 minute_returns as (
     select
         symbol,
         trade_date,
-        _loaded_at,
-        _load_seq,
-        ln(close / lag(close) over (partition by symbol, trade_date order by window_start)) as log_return
-    from session_bars
+        case
+            when window_start = first_real_start then ln(close / open)
+            else ln(close / lag(close) over (partition by symbol, trade_date order by window_start))
+        end as log_return
+    from session_minutes
+    where window_start >= first_real_start
 ),
 
 variance_summary as (
     select
         symbol,
         trade_date,
-        sum(log_return * log_return) as realized_variance_1m,
+        sum(log_return * log_return) as realized_variance_1m
+    from minute_returns
+    group by symbol, trade_date
+),
+
+lineage as (
+    select
+        symbol,
+        trade_date,
         max(_loaded_at) as _loaded_at,
         max(_load_seq) as _load_seq
-    from minute_returns
+    from session_bars
     group by symbol, trade_date
 ),
 
@@ -101,10 +128,13 @@ final as (
         real_bar_summary.vwap,
         real_bar_summary.bar_count,
         coalesce(variance_summary.realized_variance_1m, 0) as realized_variance_1m,
-        variance_summary._loaded_at,
-        variance_summary._load_seq
+        lineage._loaded_at,
+        lineage._load_seq
     from real_bar_summary
-    inner join variance_summary
+    inner join lineage
+        on lineage.symbol = real_bar_summary.symbol
+        and lineage.trade_date = real_bar_summary.trade_date
+    left join variance_summary
         on variance_summary.symbol = real_bar_summary.symbol
         and variance_summary.trade_date = real_bar_summary.trade_date
 )

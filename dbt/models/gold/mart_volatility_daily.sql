@@ -5,43 +5,14 @@
 
 with
 
--- the regular session's minutes from the day's first real trade on: the synthetic bars
--- before it carry an earlier close (the day before, or pre-market), so a return across
--- them would count the overnight move as intraday volatility
-session_minutes as (
-    select
-        symbol,
-        trade_date,
-        window_start,
-        open,
-        close,
-        min(case when not is_synthetic then window_start end) over (
-            partition by symbol, trade_date
-        ) as first_real_start
-    from {{ ref('fct_bars_1m') }}
-    where session = 'regular'
-),
-
--- the first return is the first real bar's own (open to close), then close to close
-minute_returns as (
-    select
-        symbol,
-        trade_date,
-        case
-            when window_start = first_real_start then ln(close / open)
-            else ln(close / lag(close) over (partition by symbol, trade_date order by window_start))
-        end as log_return
-    from session_minutes
-    where window_start >= first_real_start
-),
-
+-- each regular session's realized variance from its first real trade on
+-- (fct_bars_daily.realized_variance_1m, kept incrementally there)
 intraday as (
     select
         symbol,
         trade_date,
-        sum(log_return * log_return) as realized_variance_1m
-    from minute_returns
-    group by symbol, trade_date
+        realized_variance_1m
+    from {{ ref('fct_bars_daily') }}
 ),
 
 daily as (

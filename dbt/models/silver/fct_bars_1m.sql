@@ -8,19 +8,31 @@
 }}
 
 {#-
-    Incremental runs rebuild, per symbol, everything from the last real bar before
-    the earliest bar loaded since the previous run: a restated or late bar changes
-    itself and the synthetic bars after it, never anything before that real bar.
+    Incremental runs rebuild, per symbol, one range: from the last real bar before
+    the earliest bar loaded since the previous run, up to the first real bar after
+    the latest one (to the end of the symbol's history when there is none).
+    Why that is enough: a synthetic bar carries the close of the last real bar
+    before it, so a new or restated bar changes itself and the synthetic bars
+    after it up to the next real bar, and nothing else; a bar inserted into a gap
+    turns that synthetic minute real and re-bases the synthetic minutes after it
+    up to the same next real bar; a bar before the symbol's first or after its
+    last bar widens the gap-filled span up to the old first or from the old last
+    bar, which are the range's ends. Rows outside the range are left as they are
+    (delete+insert by key only touches the range's keys, and every key of the
+    range in the table comes back: bars never leave bronze). Both ends are
+    unchanged real bars, rebuilt identically, so the gap-filling between them
+    runs exactly as the full build's does.
     The bronze load sequence (`_load_seq`, numbered in commit order; not event
     time, not the loader's clock, never the wall clock) decides what is new, so
-    restatements of any age are picked up and no late commit is missed.
+    restatements of any age are picked up and no late commit is missed; rebuilt
+    rows carry the new sequence number (the downstream models' change marker).
 -#}
 
-with
+{#- bronze is read through ref() at each use, never through one shared CTE: DuckDB
+    materializes a CTE used twice whole (every column of every bronze row), which
+    would make every incremental run cost in proportion to bronze. -#}
 
-bars as (
-    select * from {{ ref('stg_bronze__bars') }}
-),
+with
 
 sessions as (
     select * from {{ ref('stg_exchange_sessions') }}
@@ -39,38 +51,51 @@ previous_run as (
 newly_loaded as (
     select
         bars.symbol,
-        min(bars.window_start) as first_new_start
-    from bars
+        min(bars.window_start) as first_new_start,
+        max(bars.window_start) as last_new_start
+    from {{ ref('stg_bronze__bars') }} as bars
     cross join previous_run
     where previous_run.load_seq is null
         or bars._load_seq > previous_run.load_seq
     group by bars.symbol
 ),
 
-rebuild_from as (
+-- the real bars of the table just outside the new bars, per symbol
+rebuild_range as (
     select
         newly_loaded.symbol,
-        coalesce(max(existing.window_start), min(newly_loaded.first_new_start)) as rebuild_start
+        coalesce(
+            max(case when existing.window_start < newly_loaded.first_new_start
+                then existing.window_start end),
+            min(newly_loaded.first_new_start)
+        ) as rebuild_start,
+        -- null: no real bar after the new ones, the range runs to the end
+        min(case when existing.window_start > newly_loaded.last_new_start
+            then existing.window_start end) as rebuild_end
     from newly_loaded
     left join {{ this }} as existing
         on existing.symbol = newly_loaded.symbol
-        and existing.window_start < newly_loaded.first_new_start
         and not existing.is_synthetic
+        and (
+            existing.window_start < newly_loaded.first_new_start
+            or existing.window_start > newly_loaded.last_new_start
+        )
     group by newly_loaded.symbol
 ),
 
 bars_to_rebuild as (
     select bars.*
-    from bars
-    inner join rebuild_from
-        on rebuild_from.symbol = bars.symbol
-        and bars.window_start >= rebuild_from.rebuild_start
+    from {{ ref('stg_bronze__bars') }} as bars
+    inner join rebuild_range
+        on rebuild_range.symbol = bars.symbol
+        and bars.window_start >= rebuild_range.rebuild_start
+        and (rebuild_range.rebuild_end is null or bars.window_start <= rebuild_range.rebuild_end)
 ),
 
 {% else %}
 
 bars_to_rebuild as (
-    select * from bars
+    select * from {{ ref('stg_bronze__bars') }}
 ),
 
 {% endif %}
@@ -232,8 +257,8 @@ final as (
     select
         unioned.*,
         -- the bronze load this row reflects: downstream incremental models rebuild what changed
-        (select max(_loaded_at) from bars) as _loaded_at,
-        (select max(_load_seq) from bars) as _load_seq
+        (select max(_loaded_at) from {{ ref('stg_bronze__bars') }}) as _loaded_at,
+        (select max(_load_seq) from {{ ref('stg_bronze__bars') }}) as _load_seq
     from unioned
 )
 

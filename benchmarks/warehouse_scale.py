@@ -1,0 +1,325 @@
+"""Incremental warehouse cost at scale: one new day, and a one-day backfill 11 months back.
+
+    .venv/bin/python -m benchmarks.warehouse_scale --symbols 100 --days 252 --out data/bench-scale
+
+Writes `--days` NYSE sessions of 1-minute regular-session bars for `--symbols`
+symbols (a random walk each, ~1% of minutes without a trade, so silver gap-fills)
+as contract-2 lake files, loads them into a fresh DuckDB warehouse and builds
+it (`stockpipe load` + `stockpipe transform`, the library functions). Then,
+each timed as an incremental load + transform:
+
+  (a) new day:  the next session's file;
+  (b) backfill: a file restating (revision 1, other prices) ~2% of the bars of
+      the session ~11 months (231 sessions) before the last one, or the first
+      session of a shorter history, loaded with `since=` that date.
+
+Each is compared with the same day built alone: only that day's files (for
+(b) the day's original file and its restatement) loaded and transformed on an
+empty warehouse. The goal: each incremental run within 2x of the day alone.
+Prints a table, or JSON with --json. Nothing is asserted: it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from flows.lake import LakeWriter
+from flows.lakefs import open_lake
+from flows.settings import Settings, load_settings
+
+SESSIONS_IN_11_MONTHS = 231
+LAST_SESSION = "2025-10-31"
+
+
+@dataclass
+class Run:
+    name: str
+    load_s: float
+    transform_s: float
+    rows_loaded: int
+    silver_rows_rewritten: int | None = None
+    alone_load_s: float | None = None
+    alone_transform_s: float | None = None
+
+    @property
+    def total_s(self) -> float:
+        return self.load_s + self.transform_s
+
+    @property
+    def alone_total_s(self) -> float | None:
+        if self.alone_load_s is None or self.alone_transform_s is None:
+            return None
+        return self.alone_load_s + self.alone_transform_s
+
+    @property
+    def ratio(self) -> float | None:
+        alone = self.alone_total_s
+        return self.total_s / alone if alone else None
+
+
+def sessions(count: int) -> list[tuple[date, np.ndarray]]:
+    """The last `count` NYSE sessions up to LAST_SESSION: (date, epoch-µs minute starts)."""
+    import exchange_calendars as xcals
+
+    cal = xcals.get_calendar("XNYS", start="2019-01-01", end="2026-12-31")
+    days = cal.sessions_in_range("2020-01-01", LAST_SESSION)[-count:]
+    out = []
+    for session in days:
+        open_us = int(cal.session_open(session).timestamp()) * 1_000_000
+        close_us = int(cal.session_close(session).timestamp()) * 1_000_000
+        out.append((session.date(), np.arange(open_us, close_us, 60_000_000, dtype=np.int64)))
+    return out
+
+
+class BarMaker:
+    """A random walk per symbol, one session at a time."""
+
+    def __init__(self, n_symbols: int, seed: int = 1):
+        self.rng = np.random.default_rng(seed)
+        self.symbols = np.array([f"S{i:04d}" for i in range(n_symbols)])
+        self.price = self.rng.uniform(10, 500, n_symbols)
+
+    def day(self, minutes: np.ndarray, emitted_us: int) -> list[tuple]:
+        rng, n, m = self.rng, len(self.symbols), len(minutes)
+        close = self.price[:, None] * np.exp(np.cumsum(rng.normal(0, 8e-4, (n, m)), axis=1))
+        open_ = np.concatenate([self.price[:, None], close[:, :-1]], axis=1)
+        spread = np.abs(rng.normal(0, 5e-4, (n, m))) * close
+        high = np.maximum(open_, close) + spread
+        low = np.minimum(open_, close) - spread
+        self.price = close[:, -1]
+        keep = rng.uniform(0, 1, (n, m)) >= 0.01  # ~1% of minutes without a trade ...
+        keep[:, [0, -1]] = True  # ... never a session's first or last
+        return _rows(
+            np.repeat(self.symbols, m)[keep.ravel()],
+            np.tile(minutes, n)[keep.ravel()],
+            open_[keep],
+            high[keep],
+            low[keep],
+            close[keep],
+            rng.integers(100, 10_000, keep.sum()).astype(float),
+            rng.integers(5, 200, keep.sum()),
+            0,
+            emitted_us,
+        )
+
+    def restate(self, rows: list[tuple], fraction: float, emitted_us: int) -> list[tuple]:
+        """Revision 1 of a random `fraction` of the rows, with moved prices."""
+        picked = [r for r in rows if self.rng.uniform() < fraction]
+        factor = self.rng.uniform(0.995, 1.005, len(picked))
+        return _rows(
+            np.array([r[0] for r in picked]),
+            np.array([r[2] for r in picked], dtype=np.int64),
+            np.array([r[4] for r in picked]) * factor,
+            np.array([r[5] for r in picked]) * factor,
+            np.array([r[6] for r in picked]) * factor,
+            np.array([r[7] for r in picked]) * factor,
+            np.array([r[8] for r in picked]) + 1,
+            np.array([r[10] for r in picked]) + 1,
+            1,
+            emitted_us,
+        )
+
+
+def _rows(symbol, start_us, open_, high, low, close, volume, count, revision, emitted_us):
+    """Contract-2 bar tuples (BAR_SCHEMA order) from column arrays."""
+    start = start_us.tolist()
+    end = (start_us + 60_000_000).tolist()
+    vwap = ((high + low + close) / 3).tolist()
+    first = (start_us + 1_000_000).tolist()
+    last = (start_us + 59_000_000).tolist()
+    n = len(start)
+    return list(
+        zip(
+            symbol.tolist(), [60] * n, start, end, open_.tolist(), high.tolist(), low.tolist(),
+            close.tolist(), volume.tolist(), vwap, count.tolist(), first, last,
+            [revision] * n, [emitted_us] * n,
+            strict=True,
+        )
+    )  # fmt: skip
+
+
+def warehouse_settings(root: Path) -> Settings:
+    return load_settings(
+        lake_url=str(root / "lake"),
+        warehouse=f"duckdb:///{root / 'warehouse.duckdb'}",
+        dbt_target_path=root / "dbt",
+    )
+
+
+def writer(root: Path, tag: str) -> LakeWriter:
+    return LakeWriter(open_lake(load_settings(lake_url=str(root / "lake"))), name_tag=tag)
+
+
+def load_and_transform(settings: Settings, since: date | None = None) -> tuple[float, float, int]:
+    """`stockpipe load` (every pending file) then `stockpipe transform`: seconds each, rows."""
+    from flows.transform import transform
+    from flows.warehouse import load
+
+    started = time.perf_counter()
+    rows = 0
+    while True:
+        summary = load(settings, progress=False, since=since)
+        rows += summary.rows
+        if not summary.files_left:
+            break
+    loaded = time.perf_counter()
+    transform(settings)
+    return loaded - started, time.perf_counter() - loaded, rows
+
+
+def rows_rewritten(settings: Settings) -> int:
+    """Silver rows the last transform wrote: they carry the newest load sequence."""
+    path = str(settings.duckdb_path)
+    with duckdb.connect(path, read_only=True) as con:
+        return con.execute(
+            "select count(*) from silver.fct_bars_1m "
+            "where _load_seq = (select max(_load_seq) from bronze.bars)"
+        ).fetchone()[0]
+
+
+def alone(root: Path, batches: list[list[tuple]]) -> tuple[float, float]:
+    """The given files alone in a fresh lake and warehouse: load + transform seconds."""
+    if root.exists():
+        shutil.rmtree(root)
+    out = writer(root, "alone")
+    for rows in batches:
+        out.write_bars(rows, 60)
+    load_s, transform_s, _ = load_and_transform(warehouse_settings(root))
+    return load_s, transform_s
+
+
+def run(n_symbols: int, n_days: int, out: Path, log=print) -> dict:
+    if out.exists():
+        shutil.rmtree(out)
+    days = sessions(n_days + 1)
+    history, (new_day, new_minutes) = days[:-1], days[-1]
+    backfill_index = max(0, n_days - 1 - SESSIONS_IN_11_MONTHS)
+    maker = BarMaker(n_symbols)
+    emitted = int(time.time() * 1_000_000)
+
+    started = time.perf_counter()
+    lake = writer(out / "main", "bench")
+    backfill_rows: list[tuple] = []
+    bars = 0
+    for i, (_, minutes) in enumerate(history):
+        rows = maker.day(minutes, emitted)
+        lake.write_bars(rows, 60)
+        bars += len(rows)
+        if i == backfill_index:
+            backfill_rows = rows
+    log(f"wrote {bars:,} bars of {n_symbols} symbols x {n_days} sessions "
+        f"in {time.perf_counter() - started:.0f}s")  # fmt: skip
+
+    settings = warehouse_settings(out / "main")
+    load_s, transform_s, rows = load_and_transform(settings)
+    initial = Run("initial build (history)", load_s, transform_s, rows)
+    log(f"initial: load {load_s:.1f}s, transform {transform_s:.1f}s")
+
+    new_rows = maker.day(new_minutes, emitted + 1)
+    lake.write_bars(new_rows, 60)
+    load_s, transform_s, rows = load_and_transform(settings)
+    new_run = Run(f"(a) new day, {new_day}", load_s, transform_s, rows, rows_rewritten(settings))
+    log(f"new day: load {load_s:.1f}s, transform {transform_s:.1f}s")
+
+    backfill_day = history[backfill_index][0]
+    restated = maker.restate(backfill_rows, 0.02, emitted + 2)
+    lake.write_bars(restated, 60)
+    load_s, transform_s, rows = load_and_transform(settings, since=backfill_day)
+    backfill_run = Run(
+        f"(b) backfill, {backfill_day}: {len(restated):,} bars restated",
+        load_s,
+        transform_s,
+        rows,
+        rows_rewritten(settings),
+    )
+    log(f"backfill: load {load_s:.1f}s, transform {transform_s:.1f}s")
+
+    new_run.alone_load_s, new_run.alone_transform_s = alone(out / "alone-new", [new_rows])
+    backfill_run.alone_load_s, backfill_run.alone_transform_s = alone(
+        out / "alone-backfill", [backfill_rows, restated]
+    )
+    runs = [initial, new_run, backfill_run]
+    return {
+        "symbols": n_symbols,
+        "days": n_days,
+        "bars": bars,
+        "runs": [
+            asdict(r) | {"total_s": r.total_s, "alone_total_s": r.alone_total_s, "ratio": r.ratio}
+            for r in runs
+        ],
+    }
+
+
+def print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"{report['bars']:,} bars: {report['symbols']} symbols x {report['days']} sessions"
+    )
+    for column in (
+        "run",
+        "rows loaded",
+        "load s",
+        "transform s",
+        "total s",
+        "silver rows rewritten",
+        "same day alone s",
+        "ratio",
+    ):
+        table.add_column(column, justify="left" if column == "run" else "right")
+
+    def fmt(value: float | None, spec: str = ".1f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    for r in report["runs"]:
+        table.add_row(
+            r["name"],
+            f"{r['rows_loaded']:,}",
+            fmt(r["load_s"]),
+            fmt(r["transform_s"]),
+            fmt(r["total_s"]),
+            fmt(r["silver_rows_rewritten"], ","),
+            fmt(r["alone_total_s"]),
+            fmt(r["ratio"], ".2f"),
+        )
+    Console(width=160).print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--symbols", type=int, default=100)
+    parser.add_argument("--days", type=int, default=252, help="NYSE sessions of history")
+    parser.add_argument("--out", type=Path, default=Path("data/bench-scale"))
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    if args.days < 1 or args.symbols < 2:
+        parser.error("need at least 1 session and 2 symbols")
+    os.environ.setdefault("DBT_QUIET", "true")  # dbt's own log lines: the figures only
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    # progress and whatever the runs print go to stderr: stdout is the table or the JSON
+    with contextlib.redirect_stdout(sys.stderr):
+        report = run(args.symbols, args.days, args.out, log=log)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+
+
+if __name__ == "__main__":
+    main()

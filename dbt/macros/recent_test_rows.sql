@@ -1,0 +1,55 @@
+{#-
+    Data tests on the big tables check recent data only: a test configured with
+    `where: "__recent__(trade_date)"` (one such placeholder; dbt_project.yml sets
+    it for the silver and gold folders) reads only the rows whose trade_date is within
+    var('test_since_days', 7) days of the table's latest trade_date: relative to
+    the data, never to the wall clock, so old or paused history tests the same.
+    Where the model names its load-sequence column (`meta: {latest_run_column:
+    _load_seq}` in dbt_project.yml), the rows the latest run wrote are tested too,
+    whatever their date: a backfill's rows are checked by the run that wrote them.
+
+    The full history is tested with `--vars '{test_full_history: true}'` (or the
+    environment variable STOCKPIPE_TEST_FULL_HISTORY=1, e.g. for `stockpipe transform`):
+        dbt build --project-dir dbt --profiles-dir dbt --vars '{test_full_history: true}'
+
+    Any other `where` works as dbt's own does (this overrides dbt's
+    get_where_subquery, the documented hook for it).
+-#}
+{% macro get_where_subquery(relation) -%}
+    {%- set where = config.get('where') -%}
+    {%- if where and '__recent__(' in where -%}
+        {%- set full_history = var('test_full_history', false) | string | lower in ('true', '1', 'yes')
+            or env_var('STOCKPIPE_TEST_FULL_HISTORY', '') | lower in ('true', '1', 'yes') -%}
+        {%- set column = where.split('__recent__(')[1].split(')')[0] | trim -%}
+        {#- and the rows the latest run wrote, whatever their date (a backfill's) -#}
+        {#- (the model's `meta: {latest_run_column: ...}`, set in dbt_project.yml) -#}
+        {%- set found = namespace(column=none) -%}
+        {%- for node in graph.nodes.values() if execute and node.resource_type == 'model'
+            and (node.alias or node.name) | lower == (relation.identifier or '') | lower
+            and node.schema | lower == (relation.schema or '') | lower -%}
+            {%- set found.column = node.config.meta.get('latest_run_column') -%}
+        {%- endfor -%}
+        {%- set condition -%}
+            {%- if full_history -%}
+                1 = 1
+            {%- else -%}
+                {{ column }} >= (
+                    select {{ dbt.dateadd('day', -(var('test_since_days', 7) | int), 'max(' ~ column ~ ')') }}
+                    from {{ relation }}
+                )
+                {%- if found.column %}
+                or {{ found.column }} = (select max({{ found.column }}) from {{ relation }})
+                {%- endif -%}
+            {%- endif -%}
+        {%- endset -%}
+        {%- set where = where | replace('__recent__(' ~ column ~ ')', '(' ~ condition ~ ')') -%}
+        {%- if where | trim == '(1 = 1)' -%}
+            {%- do return(relation) -%}
+        {%- endif -%}
+        {%- do return('(select * from ' ~ relation ~ ' where ' ~ where ~ ') dbt_subquery') -%}
+    {%- elif where -%}
+        {%- do return('(select * from ' ~ relation ~ ' where ' ~ where ~ ') dbt_subquery') -%}
+    {%- else -%}
+        {%- do return(relation) -%}
+    {%- endif -%}
+{%- endmacro %}
