@@ -359,6 +359,14 @@ def transform(settings: Settings, *, select: str | None = None) -> TransformResu
     Raises `StockpipeError` naming every failing model or test. Stale sources are
     reported in `TransformResult.stale_sources` and never fail the run.
     """
+    if settings.bar_seconds != 60:
+        # Staging selects the configured bar size, but silver is a 1-minute grid (gap
+        # filling, sessions, every mart above it): other sizes would build wrong marts.
+        raise StockpipeError(
+            f"STOCKPIPE_BAR_SECONDS={settings.bar_seconds}: the dbt marts are built on "
+            "1-minute bars (silver.fct_bars_1m); stream other bar sizes for your own use, "
+            "but transform a lake of 60-second bars"
+        )
     target_path = dbt_target_path(settings)
     with dbt_session(settings, target_path) as common:
         return _build_and_document(settings, select, target_path, common)

@@ -112,3 +112,15 @@ def test_a_bar_dated_outside_the_calendar_fails_the_transform_naming_the_date(
     with pytest.raises(StockpipeError, match=r"2031-06-02.*outside the calendar") as failed:
         _build(tmp_path, pd.concat([inside, outside], ignore_index=True))
     assert "calendar_seed" in str(failed.value)  # says how to fix it
+
+
+def test_transform_refuses_a_bar_size_the_marts_are_not_built_on(tmp_path: Path) -> None:
+    from flows.errors import StockpipeError
+    from flows.settings import load_settings
+    from flows.transform import dbt_environment, transform
+
+    settings = load_settings(bar_seconds=30, warehouse=f"duckdb:///{tmp_path / 'w.duckdb'}")
+    assert dbt_environment(settings)["STOCKPIPE_BAR_SECONDS"] == "30"  # staging's filter
+    with pytest.raises(StockpipeError, match="STOCKPIPE_BAR_SECONDS=30: the dbt marts are built"):
+        transform(settings)
+    assert not (tmp_path / "w.duckdb").exists()
