@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import orjson
@@ -207,3 +211,57 @@ def assert_each_row_once(rows: pl.DataFrame) -> None:
     """The lake holds every (symbol, window, revision) once: a replay rewrote, never added."""
     held = rows.group_by(["symbol", "window_start", "revision"]).len().filter(pl.col("len") > 1)
     assert held.height == 0, f"rows held more than once: {held}"
+
+
+# -- local services -------------------------------------------------------------------------
+
+
+def free_port_pair() -> int:
+    """A loopback port p such that p and p + 1 (a local broker's controller) are both free."""
+    from flows import kafka_local
+
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port < 65535 and not kafka_local._port_open("127.0.0.1", port + 1, timeout=0.2):
+            return port
+    raise RuntimeError("no two adjacent free ports")
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    received: list[dict]
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        self.received.append(
+            {
+                "path": self.path,
+                "content_type": self.headers.get("Content-Type"),
+                "body": body,
+                "json": parsed,
+            }
+        )
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def recording_webhook(path: str) -> Iterator[tuple[str, list[dict]]]:
+    """A local HTTP endpoint on a free port: (its URL ending in `path`, the POSTs it got)."""
+    received: list[dict] = []
+    handler = type("Recorder", (_Recorder,), {"received": received})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}{path}", received
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -9,14 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import recording_webhook
 from test_dbt_transform import load_bronze, random_bars
 
 from flows import orchestration
@@ -74,34 +73,11 @@ def test_freshness_is_session_aware_per_calendar() -> None:
 # ------------------------------------------------------------ webhook alerts
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    received: list[dict]
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.received.append(
-            {"path": self.path, "content_type": self.headers["Content-Type"], "body": body}
-        )
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def webhook() -> Iterator[tuple[str, list[dict]]]:
-    received: list[dict] = []
-    handler = type("Recorder", (_Recorder,), {"received": received})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        # the path stands for a token: it must never be logged nor sent
-        yield f"http://127.0.0.1:{server.server_port}/hooks/T0KEN-s3cret", received
-    finally:
-        server.shutdown()
-        server.server_close()
+    # the path stands for a token: it must never be logged nor sent
+    with recording_webhook("/hooks/T0KEN-s3cret") as hook:
+        yield hook
 
 
 def _load(db: Path, symbol: str, last_end: pd.Timestamp, minutes: int, loaded_at: str) -> None:

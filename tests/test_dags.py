@@ -17,17 +17,16 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import duckdb
 import fsspec
 import pytest
+from helpers import recording_webhook
 from load_helpers import bar_rows, bars_table, write_bars
 
 from flows import orchestration
@@ -112,35 +111,11 @@ PARSE_AND_DESCRIBE = textwrap.dedent(
 # ------------------------------------------------------------------ fixtures
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length)
-        type(self).received.append(
-            {"content_type": self.headers.get("Content-Type"), "json": json.loads(body)}
-        )
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def webhook() -> Iterator[tuple[str, list[dict]]]:
     """A local HTTP endpoint on a free port; yields its URL and the list of POSTs it got."""
-    received: list[dict] = []
-    handler = type("Recorder", (_Recorder,), {"received": received})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/alerts", received
-    finally:
-        server.shutdown()
-        server.server_close()
+    with recording_webhook("/alerts") as hook:
+        yield hook
 
 
 @pytest.fixture(scope="module")

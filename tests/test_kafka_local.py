@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer
+from helpers import free_port_pair
 from typer.testing import CliRunner
 
 from flows import kafka_local
@@ -26,21 +27,10 @@ from flows.settings import Settings, load_settings
 pytestmark = pytest.mark.kafka
 
 
-def _free_port_pair() -> int:
-    """A loopback port p such that p and p + 1 (the controller) are both free."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port < 65535 and not kafka_local._port_open("127.0.0.1", port + 1, timeout=0.2):
-            return port
-    raise RuntimeError("no two adjacent free ports")
-
-
 @pytest.fixture
 def own_broker_settings(tmp_path: Path) -> Iterator[Settings]:
     """Settings for a broker of this test alone; stopped afterwards whatever happens."""
-    port = _free_port_pair()
+    port = free_port_pair()
     settings = load_settings(
         kafka_bootstrap_servers=f"127.0.0.1:{port}", kafka_data_dir=tmp_path / "kafka"
     )
@@ -129,7 +119,7 @@ def test_produced_messages_come_back_in_order_per_partition(
 def test_missing_java_names_java_and_how_to_use_an_existing_broker(
     tmp_path: Path, no_java_path: None
 ) -> None:
-    port = _free_port_pair()
+    port = free_port_pair()
     settings = load_settings(
         kafka_bootstrap_servers=f"127.0.0.1:{port}", kafka_data_dir=tmp_path / "kafka"
     )

@@ -8,7 +8,6 @@ or, when delivery cannot finish, that the outage ledger says what was lost.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -18,6 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from helpers import free_port_pair
 
 from flows import kafka_local
 from flows.errors import ServiceUnavailable
@@ -31,24 +31,13 @@ T0 = 1741100400000  # 2025-03-04 15:00 UTC
 SYMBOLS = ["COIN", "MARA", "MSTR", "BLK", "BINANCE:BTCUSDT"]
 
 
-def _free_port_pair() -> int:
-    """A loopback port p such that p and p + 1 (the controller) are both free."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port < 65535 and not kafka_local._port_open("127.0.0.1", port + 1, timeout=0.2):
-            return port
-    raise RuntimeError("no two adjacent free ports")
-
-
 @pytest.fixture(scope="module")
 def own_broker(
     tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str
 ) -> Iterator[Settings]:
     """Settings of a broker for this module alone (never the shared one), stopped at the end."""
     settings = load_settings(
-        kafka_bootstrap_servers=f"127.0.0.1:{_free_port_pair()}",
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port_pair()}",
         kafka_data_dir=tmp_path_factory.mktemp("own-kafka"),
     )
     assert settings.kafka_bootstrap_servers != kafka_bootstrap
