@@ -246,10 +246,7 @@ class SymbolBars:
         rules = self.rules
         bar_ms = rules.bar_ms
         ws = t.ts - t.ts % bar_ms
-        if (
-            self.max_ts is not None
-            and ws + bar_ms <= self.max_ts - rules.lateness_ms - rules.restate_ms
-        ):
+        if self.max_ts is not None and ws + bar_ms <= self._horizon():
             # Too late, a copy or not: its window can no longer be restated (and may
             # linger in `closed` until the next eviction pass, but is never consulted).
             return TOO_LATE
@@ -263,9 +260,8 @@ class SymbolBars:
         if self.max_ts is None or t.ts > self.max_ts:
             self.max_ts = t.ts
             self.max_log = log
-            out.extend(self._evict())
-            closed = self.closed.get(ws) if win is None else None
-        wm = self.max_ts - rules.lateness_ms + (log - self.max_log)
+            out.extend(self._evict())  # never this tick's window: it is inside the horizon
+        wm = self.watermark(log)
 
         if win is not None:
             win.bar.fold(t.ts, t.seq, t.price, t.volume)
@@ -326,6 +322,10 @@ class SymbolBars:
 
     # -- internals ------------------------------------------------------------
 
+    def _horizon(self) -> int:
+        """Event time at or below which a window's end can no longer be restated."""
+        return self.max_ts - self.rules.lateness_ms - self.rules.restate_ms  # type: ignore[operator]
+
     def _evict(self) -> list[BarOut]:
         """Forget closed windows (and their ids) that left the restate horizon.
 
@@ -333,7 +333,7 @@ class SymbolBars:
         was accepted into a bar is ever lost from it.
         """
         bar_ms = self.rules.bar_ms
-        horizon = self.max_ts - self.rules.lateness_ms - self.rules.restate_ms  # type: ignore[operator]
+        horizon = self._horizon()
         horizon -= horizon % bar_ms
         if horizon <= self.evicted_through:
             return []
@@ -605,13 +605,9 @@ class PartitionBars:
         bars, late, state._first_offset, state._last_offset, state._first_log = pending
         state._bars, state._late = list(bars), list(late)
         for symbol, bars_state in state.symbols.items():  # the due list is derived state
-            due = bars_state.close_due()
-            if due is not None:
-                state._due.append((due, symbol, -1))
-                state._scheduled[symbol] = due
+            state._schedule_closing(symbol, bars_state)
             for at, ws in bars_state.restate_due():
-                state._due.append((at, symbol, ws))
-        heapq.heapify(state._due)
+                heapq.heappush(state._due, (at, symbol, ws))
         return state
 
 
