@@ -776,14 +776,6 @@ def _tail(path: Path | None, lines: int = 4) -> str:
     return " | ".join(cause + text[-lines:])[-1500:]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_campaign(camp: Campaign) -> dict[str, Any]:
     """Run the whole campaign; returns {"checks": [...], "info": {...}, "ok": bool}."""
     import boto3
@@ -810,7 +802,7 @@ def run_campaign(camp: Campaign) -> dict[str, Any]:
         aws_secret_access_key="chaos",
     ).create_bucket(Bucket="chaos")
     settings = load_settings(
-        kafka_bootstrap_servers=f"127.0.0.1:{_free_port()}",
+        kafka_bootstrap_servers=f"127.0.0.1:{kafka_local.free_port()}",
         kafka_data_dir=work / "kafka",
         topic=topic,
         topic_partitions=PARTITIONS,

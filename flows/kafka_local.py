@@ -212,7 +212,8 @@ def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at `host` right now (the OS picks it)."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -297,7 +298,7 @@ def _controller_port(data_dir: Path, host: str, broker_port: int) -> int:
         return int(record.read_text().strip())
     port = broker_port + 1
     if port > 65535 or _port_open(host, port, timeout=0.5):
-        port = _free_port(host)
+        port = free_port(host)
     record.write_text(f"{port}\n")
     return port
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -221,9 +220,7 @@ def free_port_pair() -> int:
     from flows import kafka_local
 
     for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
+        port = kafka_local.free_port()
         if port < 65535 and not kafka_local._port_open("127.0.0.1", port + 1, timeout=0.2):
             return port
     raise RuntimeError("no two adjacent free ports")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -20,6 +19,7 @@ from helpers import (
 )
 from moto.server import ThreadedMotoServer
 
+from flows import kafka_local
 from flows.lake import LakeWriter
 from flows.lakefs import open_lake
 from flows.settings import load_settings
@@ -28,15 +28,9 @@ from flows.stream import run_stream
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3_endpoint(monkeypatch):
-    port = _free_port()
+    port = kafka_local.free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     for key, value in CREDS.items():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import pytest
 import snowflake.connector
 from load_helpers import bar_rows, expected_rows, write_bars, write_many
 
+from flows import kafka_local
 from flows.errors import ServiceUnavailable, StockpipeError
 from flows.lakefs import open_lake
 from flows.settings import Settings, SettingsError, load_settings
@@ -268,12 +268,6 @@ def test_missing_credentials_are_a_clear_error(tmp_path: Path) -> None:
         open_warehouse(settings)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_unreachable_snowflake_is_a_clear_error_without_the_password(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
 ) -> None:
@@ -285,7 +279,7 @@ def test_unreachable_snowflake_is_a_clear_error_without_the_password(
         snowflake_user="loader",
         snowflake_password=PASSWORD,
         snowflake_host="127.0.0.1",
-        snowflake_port=_free_port(),  # nothing listens there
+        snowflake_port=kafka_local.free_port(),  # nothing listens there
         snowflake_protocol="http",
         snowflake_login_timeout="5s",
     )
