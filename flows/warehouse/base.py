@@ -24,6 +24,7 @@ version differs (rewritten), its bytes are hashed and compared.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ BRONZE_SCHEMA = "bronze"
 BARS_TABLE = "bars"
 MANIFEST_TABLE = "load_manifest"
 STATE_TABLE = "load_state"
+
+log = logging.getLogger(__name__)
 
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
@@ -173,6 +176,21 @@ class LoadResult:
     rows: int
     loaded_at: datetime
     load_seq: int | None = None
+
+    @classmethod
+    def committed(
+        cls, target: str, batch_id: str, seq: int, files: int, rows: int, loaded_at: datetime
+    ) -> LoadResult:
+        """The result of a committed batch, logged the same way on every warehouse."""
+        log.info(
+            "batch %s (load %d): loaded %d file(s), %d row(s) into %s",
+            batch_id,
+            seq,
+            files,
+            rows,
+            target,
+        )
+        return cls(batch_id=batch_id, files=files, rows=rows, loaded_at=loaded_at, load_seq=seq)
 
 
 BeforeCommit = Callable[[], None]

@@ -13,7 +13,6 @@ if anything still raced, so load numbers follow commit order.
 from __future__ import annotations
 
 import io
-import logging
 import threading
 import uuid
 from collections.abc import Sequence
@@ -49,8 +48,6 @@ from flows.warehouse.base import (
     md5_hex,
     quote,
 )
-
-log = logging.getLogger(__name__)
 
 _VIEW = "_stockpipe_load_file"
 _LOCKS: dict[str, threading.Lock] = {}
@@ -180,16 +177,7 @@ class DuckDBWarehouse:
             except BaseException:
                 self.con.rollback()
                 raise
-        log.info(
-            "batch %s (load %d): loaded %d file(s), %d row(s) into DuckDB",
-            batch_id,
-            seq,
-            len(files),
-            total,
-        )
-        return LoadResult(
-            batch_id=batch_id, files=len(files), rows=total, loaded_at=loaded_at, load_seq=seq
-        )
+        return LoadResult.committed("DuckDB", batch_id, seq, len(files), total, loaded_at)
 
     def _next_seq(self, loaded_at: datetime) -> int:
         """This load's number, taken inside its transaction (see flows/warehouse/base.py)."""

@@ -348,16 +348,7 @@ class SnowflakeWarehouse:
                 self._delete_landed(stage_dir)
             self._remove_staged(stage_path)
         total = sum(s.rows for s in staged)
-        log.info(
-            "batch %s (load %d): loaded %d file(s), %d row(s) into Snowflake",
-            batch_id,
-            seq,
-            len(files),
-            total,
-        )
-        return LoadResult(
-            batch_id=batch_id, files=len(files), rows=total, loaded_at=loaded_at, load_seq=seq
-        )
+        return LoadResult.committed("Snowflake", batch_id, seq, len(files), total, loaded_at)
 
     def _fetch(self, file: LakeFile, local: Path) -> _Staged:
         try:
