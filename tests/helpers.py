@@ -262,3 +262,61 @@ def recording_webhook(path: str) -> Iterator[tuple[str, list[dict]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def emulator_snowflake_settings(target_path: Path, **overrides: object) -> Settings:
+    """Settings for dbt's snowflake target on the fakesnow emulator (inside `fakesnow.patch()`)."""
+    from flows.settings import load_settings
+
+    values: dict[str, object] = {
+        "warehouse": "snowflake",
+        "dbt_target": "snowflake",
+        "snowflake_account": "fakesnow",
+        "snowflake_user": "dbt",
+        "snowflake_password": "unused",
+        "snowflake_database": "STOCKPIPE",
+        "dbt_target_path": target_path,
+    }
+    return load_settings(**(values | overrides))
+
+
+def read_records(
+    bootstrap: str, topic: str, timeout: float = 30.0
+) -> list[tuple[str | None, bytes | None, int, dict[str, bytes]]]:
+    """Every record in `topic` as (key, value, partition, headers), in partition order.
+
+    Reads up to each partition's end offset as it was when called, within `timeout`.
+    """
+    import time
+
+    from confluent_kafka import OFFSET_BEGINNING
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"t-{time.time_ns()}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
+        high = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+            for p in partitions
+        }
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        out: list[tuple[str | None, bytes | None, int, dict[str, bytes]]] = []
+        done = {p: high[p] == 0 for p in partitions}
+        deadline = time.monotonic() + timeout
+        while not all(done.values()) and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.5):
+                assert msg.error() is None, msg.error()
+                key = msg.key().decode() if msg.key() is not None else None
+                headers = dict(msg.headers() or [])
+                out.append((key, msg.value(), msg.partition(), headers))
+                if msg.offset() + 1 >= high[msg.partition()]:
+                    done[msg.partition()] = True
+        assert all(done.values()), f"could not read all of {topic} within {timeout}s"
+        return out
+    finally:
+        consumer.close()

@@ -115,3 +115,15 @@ class CountingLocalFS(LocalFileSystem):
 
 def day_folder(lake_root: str, day: str) -> str:
     return f"{lake_root.rstrip('/')}/bars/interval_s=60/date={day}"
+
+
+def write_sessions(lake: str, days: list[datetime], symbols: list[str], minutes: int = 390) -> int:
+    """One file per symbol and session of one-minute bars (named symbol-date); returns the rows."""
+    fs = fsspec.filesystem("file")
+    rows = 0
+    for day in days:
+        for seed, symbol in enumerate(symbols):
+            bars = bar_rows(minutes, symbol=symbol, start=day, seed=seed)
+            write_bars(fs, lake, bars, name=f"{symbol}-{day:%Y%m%d}")
+            rows += len(bars)
+    return rows

@@ -31,9 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
-import fsspec
+import load_helpers
 import pytest
-from load_helpers import bar_rows, write_bars
 
 from flows import orchestration
 from flows.settings import load_settings
@@ -235,15 +234,7 @@ def stop_process_group(process: subprocess.Popen) -> None:
 
 
 def write_sessions(lake: Path) -> int:
-    """One contract-2 file per symbol and session of one-minute bars; returns the row count."""
-    fs = fsspec.filesystem("file")
-    rows = 0
-    for day in DAYS:
-        for seed, symbol in enumerate(SYMBOLS):
-            bars = bar_rows(SESSION_MINUTES, symbol=symbol, start=day, seed=seed)
-            write_bars(fs, str(lake), bars, name=f"{symbol}-{day:%Y%m%d}")
-            rows += len(bars)
-    return rows
+    return load_helpers.write_sessions(str(lake), DAYS, SYMBOLS, SESSION_MINUTES)
 
 
 # the contract-3 columns (the models may add build-time columns, which differ by design)

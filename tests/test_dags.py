@@ -25,6 +25,7 @@ from pathlib import Path
 
 import duckdb
 import fsspec
+import load_helpers
 import pytest
 from helpers import recording_webhook
 from load_helpers import bar_rows, bars_table, write_bars
@@ -223,15 +224,7 @@ def pipeline(
 
 
 def write_sessions(lake: Path, days: list[datetime] = DAYS) -> int:
-    """One contract-2 file per symbol and session of one-minute bars; returns the row count."""
-    fs = fsspec.filesystem("file")
-    rows = 0
-    for day in days:
-        for seed, symbol in enumerate(SYMBOLS):
-            bars = bar_rows(SESSION_MINUTES, symbol=symbol, start=day, seed=seed)
-            write_bars(fs, str(lake), bars, name=f"{symbol}-{day:%Y%m%d}")
-            rows += len(bars)
-    return rows
+    return load_helpers.write_sessions(str(lake), days, SYMBOLS, SESSION_MINUTES)
 
 
 # ------------------------------------------------------------------ tests

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import snowflake.connector
+from helpers import emulator_snowflake_settings
 from test_dbt_transform import CRYPTO, generate_loads, load_bronze, nyse_schedule
 
 from flows.settings import load_settings
@@ -82,15 +83,7 @@ def both_targets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str
             t: _normalized(con.execute(f"select * from {t}").df(), k) for t, k in TABLES.items()
         }
 
-    sf_settings = load_settings(
-        warehouse="snowflake",
-        dbt_target="snowflake",
-        snowflake_account="fakesnow",
-        snowflake_user="dbt",
-        snowflake_password="unused",
-        snowflake_database="STOCKPIPE",
-        dbt_target_path=tmp / "snowflake",
-    )
+    sf_settings = emulator_snowflake_settings(tmp / "snowflake")
     with fakesnow.patch():
         from snowflake.connector.pandas_tools import write_pandas
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from helpers import free_port_pair
+from helpers import free_port_pair, read_records
 
 from flows import kafka_local
 from flows.errors import ServiceUnavailable
@@ -75,34 +74,16 @@ def tick(i: int) -> Tick:
 
 def read_ticks(settings: Settings, timeout: float = 60.0) -> list[dict]:
     """Every tick in the settings' topic (heartbeats skipped), in partition order."""
-    topic = settings.topic
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"t-{time.time_ns()}"}
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        high = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-            for p in partitions
-        }
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        done = {p: high[p] == 0 for p in partitions}
-        out: list[dict] = []
-        deadline = time.monotonic() + timeout
-        while not all(done.values()) and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, timeout=0.5):
-                assert msg.error() is None, msg.error()
-                if msg.offset() + 1 >= high[msg.partition()]:
-                    done[msg.partition()] = True
-                if HEARTBEAT_HEADER in dict(msg.headers() or []):
-                    continue
-                value = orjson.loads(msg.value())
-                assert msg.key().decode() == value["symbol"]
-                out.append(value)
-        assert all(done.values()), f"could not read all of {topic} within {timeout}s"
-        return out
-    finally:
-        consumer.close()
+    out: list[dict] = []
+    for key, value, _, headers in read_records(
+        settings.kafka_bootstrap_servers, settings.topic, timeout
+    ):
+        if HEARTBEAT_HEADER in headers:
+            continue
+        tick = orjson.loads(value)
+        assert key == tick["symbol"]
+        out.append(tick)
+    return out
 
 
 def ledger(settings: Settings) -> list[dict]:

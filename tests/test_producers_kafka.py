@@ -28,6 +28,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from conftest import GOLDEN_DIR
 from fakes.finnhub_server import PING, FakeFinnhubREST, FakeFinnhubWS, trade, trades
+from helpers import read_records
 
 from flows.errors import ServiceUnavailable
 from flows.producers import TickWriter, ensure_topics, simulate
@@ -54,41 +55,6 @@ def read_topic(
         for key, value, partition, headers in read_records(bootstrap, topic, timeout)
         if HEARTBEAT_HEADER not in headers
     ]
-
-
-def read_records(
-    bootstrap: str, topic: str, timeout: float = 30.0
-) -> list[tuple[str | None, bytes | None, int, dict[str, bytes]]]:
-    """Every record in `topic` as (key, value, partition, headers), in partition order."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"t-{time.time_ns()}",
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        high = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions
-        }
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        out: list[tuple[str | None, bytes | None, int, dict[str, bytes]]] = []
-        done = {p: high[p] == 0 for p in partitions}
-        deadline = time.monotonic() + timeout
-        while not all(done.values()) and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, timeout=0.5):
-                assert msg.error() is None, msg.error()
-                key = msg.key().decode() if msg.key() is not None else None
-                headers = dict(msg.headers() or [])
-                out.append((key, msg.value(), msg.partition(), headers))
-                if msg.offset() + 1 >= high[msg.partition()]:
-                    done[msg.partition()] = True
-        assert all(done.values()), f"could not read all of {topic} within {timeout}s"
-        return out
-    finally:
-        consumer.close()
 
 
 def per_key(messages) -> dict[str | None, list[bytes | None]]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import sqlglot
+from helpers import emulator_snowflake_settings
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel, ParseError
 from sqlglot.tokens import TokenType
@@ -320,18 +321,9 @@ def test_checker_passes_valid_snowflake_sql(snippet: str) -> None:
 
 def _compile(target_path: Path) -> dict[str, tuple[str, str, str, str]]:
     """`dbt compile` on the snowflake target: unique_id -> (materialization, schema, name, SQL)."""
-    from flows.settings import load_settings
     from flows.transform import dbt_session, invoke
 
-    settings = load_settings(
-        warehouse="snowflake",
-        dbt_target="snowflake",
-        snowflake_account="fakesnow",
-        snowflake_user="dbt",
-        snowflake_password="unused",
-        snowflake_database="STOCKPIPE",
-        dbt_target_path=target_path,
-    )
+    settings = emulator_snowflake_settings(target_path)
     with dbt_session(settings, target_path) as common:
         # One thread: dbt's parallel connections would race to create the same schema
         # in the emulator (a DuckDB catalog write-write conflict), not in Snowflake.
