@@ -19,6 +19,7 @@ import reprlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import msgspec
 import orjson
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.:_\-]{0,31}$")
@@ -337,6 +338,103 @@ def decode_tick(
         return BadTick(
             "invalid-json", f"unexpected {type(exc).__name__} while decoding: {_preview(value)}"
         )
+
+
+class WireTick(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A contract-1 message as the batch decoder reads it (a `Tick` by its attributes).
+
+    Only a message with exactly these fields and these JSON types decodes into
+    it; anything else takes `decode_tick`'s path.
+    """
+
+    symbol: str
+    price: float
+    ts: int
+    volume: float | None = None
+    id: str | None = None
+    source: str | None = None
+    conditions: list[str] | None = None
+
+
+_decode_wire = msgspec.json.Decoder(WireTick).decode
+_SYMBOL_KEYS: dict[str, bytes] = {}  # symbols decode_tick accepted -> the key they need
+_WIRE_ERRORS = (msgspec.DecodeError, TypeError, ValueError)
+
+
+def decode_batch(
+    values: Sequence[bytes | None],
+    keys: Sequence[bytes | None],
+    log_ts: Sequence[int],
+    *,
+    max_skew_ms: int = MAX_SKEW_MS,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+) -> tuple[list[Any], list[int]]:
+    """`decode_tick` over a batch of records: (one tick or `BadTick` per record, the bad indices).
+
+    The same answer as calling `decode_tick` on each record, faster: every
+    message is decoded in C into a `WireTick` (typed, no unknown fields) and
+    held to contract 1 with a few comparisons; a message that is not plain
+    ASCII JSON without `\\u` escapes, or that fails any check, goes to
+    `decode_tick` itself, which names the problem. So the fast path only ever
+    accepts what `decode_tick` accepts, with the same values (a property test
+    holds it to that). A valid tick is a `WireTick` or a `Tick`: read them by
+    attribute (`symbol`, `ts`, `price`, `volume`, `id`, `source`, `conditions`).
+    """
+    n = len(values)
+    wires: list[Any]
+    try:
+        blob = b"".join(values)  # type: ignore[arg-type]  # a None (tombstone) raises TypeError
+        if not blob.isascii() or b"\\u" in blob or max(map(len, values)) > max_bytes:  # type: ignore[arg-type]
+            raise ValueError("not plain")
+        wires = [_decode_wire(v) for v in values]  # type: ignore[arg-type]
+    except _WIRE_ERRORS:
+        wires = [_wire_or_none(v, max_bytes) for v in values]
+    known = _SYMBOL_KEYS
+    out: list[Any] = wires
+    bad: list[int] = []
+    for i in range(n):
+        w = wires[i]
+        if w is not None:
+            lt = log_ts[i]
+            key = keys[i]
+            ts = w.ts
+            volume = w.volume
+            tid = w.id
+            if (
+                key is not None
+                and known.get(w.symbol) == key
+                and 0.0 < w.price < MAX_NUMBER
+                and MIN_TS_MS <= ts <= MAX_TS_MS
+                and ts - (lt if lt >= 0 else MAX_TS_MS) <= max_skew_ms
+                and (volume is None or 0.0 <= volume < MAX_NUMBER)
+                and tid is not None
+                and 0 < len(tid) <= MAX_ID_LEN
+            ):
+                continue
+        lt = log_ts[i]
+        tick = decode_tick(
+            values[i],
+            keys[i],
+            lt if lt >= 0 else MAX_TS_MS,
+            max_skew_ms=max_skew_ms,
+            max_bytes=max_bytes,
+        )
+        out[i] = tick
+        if isinstance(tick, BadTick):
+            bad.append(i)
+        elif len(known) < _KNOWN_SYMBOLS_MAX:
+            known[tick.symbol] = keys[i]  # type: ignore[assignment]  # == symbol.encode()
+    return out, bad
+
+
+def _wire_or_none(value: bytes | None, max_bytes: int) -> WireTick | None:
+    """One message through the fast decoder, or None for `decode_tick` to judge."""
+    if value is None or len(value) > max_bytes or not value.isascii() or b"\\u" in value:
+        return None
+    try:
+        return _decode_wire(value)
+    except _WIRE_ERRORS:
+        return None
 
 
 def parse_tick(

@@ -15,7 +15,16 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows.ticks import MIN_TS_MS, BadTick, Tick, decode_tick, encode_tick, parse_tick
+from flows.ticks import (
+    MAX_TS_MS,
+    MIN_TS_MS,
+    BadTick,
+    Tick,
+    decode_batch,
+    decode_tick,
+    encode_tick,
+    parse_tick,
+)
 
 LOG_TS = 1_741_100_500_000
 SKEW = 60_000
@@ -56,9 +65,24 @@ def fuzz(examples: int) -> settings:
     )
 
 
+def same_answer(fast: object, slow: Tick | BadTick) -> bool:
+    """Whether decode_batch's answer for a record is decode_tick's (a tick read by attribute)."""
+    if isinstance(slow, BadTick):
+        return isinstance(fast, BadTick) and (fast.reason, fast.detail) == (
+            slow.reason,
+            slow.detail,
+        )
+    fields = ("symbol", "ts", "price", "volume", "id", "source")
+    got = tuple(getattr(fast, f) for f in fields) + (tuple(fast.conditions or ()),)  # type: ignore[attr-defined]
+    return not isinstance(fast, BadTick) and got == (*slow[:6], slow.conditions)
+
+
 def check(value: bytes | None, key: bytes | None, log_ts: int = LOG_TS) -> Tick | BadTick:
-    """decode_tick must not raise, and what it returns must hold contract 1."""
+    """decode_tick must not raise, what it returns must hold contract 1, and decode_batch agrees."""
     result = decode_tick(value, key, log_ts, max_skew_ms=SKEW)
+    (fast,), bad = decode_batch([value], [key], [log_ts], max_skew_ms=SKEW)
+    assert same_answer(fast, result), (fast, result)
+    assert bad == ([0] if isinstance(result, BadTick) else [])
     if isinstance(result, BadTick):
         assert result.reason in REASONS, result.reason
         result.detail.encode("utf-8")
@@ -301,3 +325,32 @@ def test_size_limit(size, key):
         assert result.reason == "too-large"
     elif key == b"COIN":
         assert isinstance(result, Tick) and len(result.source) == size
+
+
+@fuzz(400)
+@given(
+    cases=st.lists(
+        st.one_of(
+            st.composite(good_tick)().map(lambda obj: (orjson.dumps(obj), obj["symbol"].encode())),
+            mutated_ticks(),
+            st.tuples(mangled_bytes(), keys),
+            st.tuples(st.one_of(st.none(), st.binary(max_size=60)), keys),
+        ),
+        max_size=25,
+    ),
+    log_ts=st.lists(st.sampled_from([LOG_TS, -1, MIN_TS_MS, LOG_TS + 10**9]), min_size=25),
+)
+def test_decode_batch_answers_as_decode_tick_does_record_by_record(cases, log_ts):
+    """The batch decoder's fast path may only ever accept what decode_tick accepts, as it does."""
+    values = [v for v, _ in cases]
+    keys_ = [k for _, k in cases]
+    stamps = log_ts[: len(cases)]
+    got, bad = decode_batch(values, keys_, stamps, max_skew_ms=SKEW)
+    want = [
+        decode_tick(v, k, t if t >= 0 else MAX_TS_MS, max_skew_ms=SKEW)
+        for v, k, t in zip(values, keys_, stamps, strict=True)
+    ]
+    assert len(got) == len(want)
+    for fast, slow in zip(got, want, strict=True):
+        assert same_answer(fast, slow), (fast, slow)
+    assert bad == [i for i, w in enumerate(want) if isinstance(w, BadTick)]
