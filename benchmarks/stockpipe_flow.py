@@ -61,9 +61,7 @@ class Probe:
         class TimedBarLogic(ohlc.BarLogic):
             def on_batch(self, values: list) -> Any:
                 out = super().on_batch(values)
-                probe.seen += sum(
-                    sum(1 for rec in records if rec.kind == TICK) for _t, _p, records in values
-                )
+                probe.seen += sum(d.kinds.count(TICK) for d in values)
                 if probe.last is None and probe.seen >= probe.ticks:
                     probe.last = time.perf_counter()
                 return out

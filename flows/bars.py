@@ -34,11 +34,12 @@ horizon.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 from array import array
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+from xxhash import xxh3_64_intdigest
 
 
 class TickIn(NamedTuple):
@@ -145,9 +146,18 @@ def fold_ticks(ticks: list[TickIn], bar_ms: int) -> dict[int, PartialBar]:
     return bars
 
 
-def id_hash(tick_id: str) -> int:
-    """A stable 64-bit hash of a tick id (Python's `hash` differs between processes)."""
-    return int.from_bytes(hashlib.blake2b(tick_id.encode(), digest_size=8).digest(), "little")
+def dedup_key(symbol_mix: int, ws: int, tick_id: str) -> int:
+    """The 64-bit dedup key of a tick id in one (symbol, window): XXH3, stable across processes.
+
+    `symbol_mix` is `symbol_hash(symbol)`. Keying by window makes one set per
+    partition hold every live id: a key is in it exactly when its window holds
+    that id, and a window's keys leave it with the window.
+    """
+    return xxh3_64_intdigest(tick_id.encode(), symbol_mix ^ ws)
+
+
+def symbol_hash(symbol: str) -> int:
+    return xxh3_64_intdigest(symbol.encode())
 
 
 class BarOut(NamedTuple):
@@ -178,13 +188,13 @@ class BarRules:
 
 
 class Window:
-    """One (symbol, window) of the state: its aggregate, its tick ids, its emission state."""
+    """One (symbol, window) of the state: its aggregate, its dedup keys, its emission state."""
 
     __slots__ = ("bar", "ids", "revision", "dirty_since")
 
-    def __init__(self, bar: PartialBar, ids: set[int], revision: int, dirty_since: int | None):
+    def __init__(self, bar: PartialBar, ids: list[int], revision: int, dirty_since: int | None):
         self.bar = bar
-        self.ids = ids
+        self.ids = ids  # dedup keys of its ticks (also in the partition's `live` set)
         self.revision = revision  # last emitted revision; -1 before the first emission
         self.dirty_since = dirty_since  # log time of the first late tick not emitted yet
 
@@ -199,11 +209,12 @@ class Window:
     @classmethod
     def restore(cls, snap: tuple) -> Window:
         bar, ids, revision, dirty = snap
-        return cls(PartialBar(*bar), set(array("Q", ids)), revision, dirty)
+        return cls(PartialBar(*bar), array("Q", ids).tolist(), revision, dirty)
 
 
 TOO_LATE = "too-late"
 DUPLICATE = "duplicate"
+NEVER = 2**62  # a time (ms) later than any event or log time
 
 
 class SymbolBars:
@@ -211,18 +222,48 @@ class SymbolBars:
 
     Times are event time (`ts`, ms) and log time (`log`, ms: the Kafka record
     timestamp that `PartitionBars` passes down). `on_tick` returns what the
-    tick caused: `BarOut`s, or `TOO_LATE`/`DUPLICATE`.
+    tick caused: `BarOut`s, or `TOO_LATE`/`DUPLICATE`. Dedup keys live in
+    `live`, one set shared by every symbol of the partition.
+
+    `min_end` (end of the earliest open window) and `evict_at` (the event time
+    whose arrival evicts closed windows) are kept current for the partition's
+    fast path: a tick below both, into an open window, changes nothing but
+    that window and the clock.
     """
 
-    __slots__ = ("rules", "max_ts", "max_log", "open", "closed", "evicted_through")
+    __slots__ = (
+        "rules",
+        "mix",
+        "live",
+        "max_ts",
+        "max_log",
+        "open",
+        "closed",
+        "closed_order",
+        "evicted_through",
+        "min_end",
+        "evict_at",
+    )
 
-    def __init__(self, rules: BarRules):
+    def __init__(self, rules: BarRules, symbol: str, live: set[int]):
         self.rules = rules
+        self.mix = symbol_hash(symbol)
+        self.live = live
         self.max_ts: int | None = None  # largest event time seen
         self.max_log = 0  # the partition's log time when max_ts arrived
         self.open: dict[int, Window] = {}  # window start -> window not emitted yet
         self.closed: dict[int, Window] = {}  # window start -> window inside the restate horizon
+        self.closed_order: list[int] = []  # a heap of the starts in `closed`, for eviction
         self.evicted_through = -1  # horizon (ms) of the last closed-window eviction
+        self.min_end = NEVER
+        self.evict_at = NEVER
+        self._refresh()
+
+    def _refresh(self) -> None:
+        rules = self.rules
+        self.min_end = min(self.open) + rules.bar_ms if self.open else NEVER
+        e = self.evicted_through
+        self.evict_at = e - e % rules.bar_ms + rules.bar_ms + rules.lateness_ms + rules.restate_ms
 
     # -- the event-time clock -------------------------------------------------
 
@@ -236,12 +277,11 @@ class SymbolBars:
         """Log time at which the earliest open window closes if no newer tick comes."""
         if not self.open or self.max_ts is None:
             return None
-        end = min(self.open) + self.rules.bar_ms
-        return self.max_log + max(end - (self.max_ts - self.rules.lateness_ms), 0)
+        return self.max_log + max(self.min_end - (self.max_ts - self.rules.lateness_ms), 0)
 
     # -- input ----------------------------------------------------------------
 
-    def on_tick(self, t: TickIn, idh: int, log: int) -> list[BarOut] | str:
+    def on_tick(self, t: TickIn, log: int) -> list[BarOut] | str:
         """Fold one valid tick read at partition log time `log`; returns the bars it emitted."""
         rules = self.rules
         bar_ms = rules.bar_ms
@@ -250,11 +290,10 @@ class SymbolBars:
             # Too late, a copy or not: its window can no longer be restated (and may
             # linger in `closed` until the next eviction pass, but is never consulted).
             return TOO_LATE
-        win = self.open.get(ws)
-        closed = self.closed.get(ws) if win is None else None
-        known = win or closed
-        if known is not None and idh in known.ids:
+        key = dedup_key(self.mix, ws, t.id)
+        if key in self.live:
             return DUPLICATE
+        self.live.add(key)
 
         out: list[BarOut] = []
         if self.max_ts is None or t.ts > self.max_ts:
@@ -263,34 +302,44 @@ class SymbolBars:
             out.extend(self._evict())  # never this tick's window: it is inside the horizon
         wm = self.watermark(log)
 
+        win = self.open.get(ws)
+        closed = self.closed.get(ws) if win is None else None
         if win is not None:
             win.bar.fold(t.ts, t.seq, t.price, t.volume)
-            win.ids.add(idh)
-        elif closed is None and ws + bar_ms > wm:
-            self.open[ws] = Window(PartialBar.of(t.ts, t.seq, t.price, t.volume), {idh}, -1, None)
+            win.ids.append(key)
+        elif closed is None and ws + bar_ms > wm:  # type: ignore[operator]
+            self.open[ws] = Window(PartialBar.of(t.ts, t.seq, t.price, t.volume), [key], -1, None)
+            if ws + bar_ms < self.min_end:
+                self.min_end = ws + bar_ms
         elif closed is None:  # the first tick of a window already closed by time: it waits
             bar = PartialBar.of(t.ts, t.seq, t.price, t.volume)
-            self.closed[ws] = Window(bar, {idh}, -1, log)
+            self.closed[ws] = Window(bar, [key], -1, log)
+            heapq.heappush(self.closed_order, ws)
         else:
             closed.bar.fold(t.ts, t.seq, t.price, t.volume)
-            closed.ids.add(idh)
+            closed.ids.append(key)
             if closed.dirty_since is None:
                 closed.dirty_since = log
-        out.extend(self.close_through(wm))
+        out.extend(self.close_through(wm))  # type: ignore[arg-type]
         return out
 
     def close_through(self, wm: int) -> list[BarOut]:
         """Emit (revision 0) and close every open window whose end is at or below `wm`."""
-        bar_ms = self.rules.bar_ms
-        due = [ws for ws in self.open if ws + bar_ms <= wm]
-        if not due:
+        if self.min_end > wm:
             return []
+        bar_ms = self.rules.bar_ms
+        open_, closed, order = self.open, self.closed, self.closed_order
+        due = [ws for ws in open_ if ws + bar_ms <= wm]
+        if len(due) > 1:
+            due.sort()
         out = []
-        for ws in sorted(due):
-            win = self.open.pop(ws)
+        for ws in due:
+            win = open_.pop(ws)
             win.revision = 0
-            self.closed[ws] = win
-            out.append(BarOut(ws, _copy(win.bar), 0))
+            closed[ws] = win
+            heapq.heappush(order, ws)
+            out.append(BarOut(ws, win.bar, 0))
+        self.min_end = min(open_) + bar_ms if open_ else NEVER
         return out
 
     def restate_due(self) -> list[tuple[int, int]]:
@@ -311,7 +360,7 @@ class SymbolBars:
             return None
         win.revision += 1
         win.dirty_since = None
-        return BarOut(ws, _copy(win.bar), win.revision)
+        return BarOut(ws, win.bar, win.revision)
 
     def flush(self) -> list[BarOut]:
         """End of input (a flush marker): emit every open window and every pending restatement."""
@@ -327,7 +376,7 @@ class SymbolBars:
         return self.max_ts - self.rules.lateness_ms - self.rules.restate_ms  # type: ignore[operator]
 
     def _evict(self) -> list[BarOut]:
-        """Forget closed windows (and their ids) that left the restate horizon.
+        """Forget closed windows (and their dedup keys) that left the restate horizon.
 
         A window with unemitted late ticks is emitted first, so no tick that
         was accepted into a bar is ever lost from it.
@@ -338,12 +387,14 @@ class SymbolBars:
         if horizon <= self.evicted_through:
             return []
         self.evicted_through = horizon
+        self._refresh()
         out = []
-        for ws in sorted(w for w in self.closed if w + bar_ms <= horizon):
-            emitted = self.restate(ws, 0, force=True)
-            if emitted is not None:
-                out.append(emitted)
-            del self.closed[ws]
+        order = self.closed_order
+        while order and order[0] + bar_ms <= horizon:
+            ws = heapq.heappop(order)
+            if self.closed[ws].dirty_since is not None:
+                out.append(self.restate(ws, 0, force=True))  # type: ignore[arg-type]
+            self.live.difference_update(self.closed.pop(ws).ids)
         return out
 
     # -- recovery -------------------------------------------------------------
@@ -358,20 +409,19 @@ class SymbolBars:
         )
 
     @classmethod
-    def restore(cls, rules: BarRules, snap: tuple) -> SymbolBars:
+    def restore(cls, rules: BarRules, symbol: str, live: set[int], snap: tuple) -> SymbolBars:
         max_ts, max_log, open_, closed, evicted = snap
-        state = cls(rules)
+        state = cls(rules, symbol, live)
         state.max_ts = max_ts
         state.max_log = max_log
         state.open = {ws: Window.restore(w) for ws, w in open_.items()}
         state.closed = {ws: Window.restore(w) for ws, w in closed.items()}
+        state.closed_order = sorted(state.closed)
         state.evicted_through = evicted
+        for win in (*state.open.values(), *state.closed.values()):
+            live.update(win.ids)
+        state._refresh()
         return state
-
-
-def _copy(bar: PartialBar) -> PartialBar:
-    """A copy, so a later restatement cannot change what was already emitted."""
-    return PartialBar(*bar.to_tuple())
 
 
 # -- one Kafka partition: every symbol in it, log time, and the files it cuts ----------
@@ -385,7 +435,7 @@ class Record(NamedTuple):
     offset: int
     log_ts: int  # the record's timestamp (ms): LogAppendTime on topics stockpipe creates
     kind: int  # TICK, HEARTBEAT, FLUSH or BAD (bad records move log time too)
-    tick: Any = None  # flows.ticks.Tick for TICK
+    tick: Any = None  # for TICK: anything with symbol, ts, price, volume, id, source
 
 
 class FileBatch(NamedTuple):
@@ -409,13 +459,21 @@ class FileRules:
     """When a micro-batch is sealed: at `max_rows` rows or `max_age_ms` of log time."""
 
     max_rows: int = 50_000
-    max_age_ms: int = 10_000
+    max_age_ms: int = 1_000
+
+
+SNAPSHOT_VERSION = 2  # 2: dedup keys are XXH3 per (symbol, window); 1 had blake2b per id
 
 
 class PartitionBars:
     """The bars of every symbol of one Kafka partition, driven by its records in order.
 
-    `on_record` returns the micro-batches that the record sealed. Outputs are
+    `on_record` is the definition: one record at a time. `on_batch` is what
+    the dataflow calls: the same records as columns, with a fast path for the
+    common tick (into an open window, not a copy, closing nothing, nothing due)
+    and `on_record` for everything else, so it returns exactly what
+    `on_record` would, however the records are batched (a property test holds
+    it to that). Both return the micro-batches the records sealed. Outputs are
     rows in the lake schemas of `flows/lake.py` (timestamps in microseconds),
     with `emitted_at`/`received_at` = the log time of the record that caused
     them.
@@ -428,6 +486,7 @@ class PartitionBars:
         self.partition = partition
         self.log = 0  # log time: the largest record timestamp read so far (ms)
         self.symbols: dict[str, SymbolBars] = {}
+        self.live: set[int] = set()  # dedup keys of every window inside the horizon
         self.duplicates = 0
         self.too_late = 0
         self.ticks = 0
@@ -442,6 +501,11 @@ class PartitionBars:
         # `_scheduled`, a restatement only if its window is still due.
         self._due: list[tuple[int, str, int]] = []
         self._scheduled: dict[str, int] = {}
+        # Closings the fast path rescheduled without a heap entry yet, and the earliest
+        # log time at which anything may be due (heap or those).
+        self._unsynced: set[str] = set()
+        self._unsynced_due = NEVER  # at most the earliest of their closings
+        self._next_due = NEVER
 
     # -- input ----------------------------------------------------------------
 
@@ -450,6 +514,8 @@ class PartitionBars:
         if rec.log_ts > self.log:
             self.log = rec.log_ts
         log = self.log
+        if log >= self._unsynced_due:
+            self._sync()
         if (self._bars or self._late) and log - self._first_log >= self.files.max_age_ms:
             sealed.append(self._seal())
         due = self._due
@@ -467,17 +533,169 @@ class PartitionBars:
                 sealed.append(self._seal())
         if len(self._bars) + len(self._late) >= self.files.max_rows:
             sealed.append(self._seal())
+        self._next_due = min(due[0][0], self._unsynced_due) if due else self._unsynced_due
         return sealed
+
+    def on_batch(
+        self, offsets: list[int], log_ts: list[int], kinds: list[int], ticks: list[Any]
+    ) -> list[FileBatch]:
+        """Records as columns (offset order); `ticks[i]` is the tick of a TICK record."""
+        sealed: list[FileBatch] = []
+        bar_ms = self.rules.bar_ms
+        lateness = self.rules.lateness_ms
+        max_age = self.files.max_age_ms
+        max_rows = self.files.max_rows
+        symbols = self.symbols
+        live = self.live
+        scheduled = self._scheduled
+        unsynced = self._unsynced
+        log = self.log
+        seal_at = self._first_log + max_age if (self._bars or self._late) else NEVER
+        next_due = self._next_due
+        fast = 0
+        for i, kind in enumerate(kinds):
+            lt = log_ts[i]
+            if lt > log:
+                log = lt
+            if log < next_due and log < seal_at:
+                if kind == TICK:
+                    t = ticks[i]
+                    st = symbols.get(t.symbol)
+                    if st is not None:
+                        ts = t.ts
+                        ws = ts - ts % bar_ms
+                        win = st.open.get(ws)
+                        if win is not None or ws not in st.closed:
+                            key = xxh3_64_intdigest(t.id.encode(), st.mix ^ ws)
+                            max_ts: int = st.max_ts  # type: ignore[assignment]
+                            if ts > max_ts:
+                                wm = ts - lateness
+                            else:
+                                wm = max_ts - lateness + log - st.max_log
+                            if key in live or (win is None and ws + bar_ms <= wm):
+                                pass  # a copy, or a window closed by time: on_record
+                            elif wm >= st.min_end or (ts > max_ts and ts >= st.evict_at):
+                                if ts > max_ts:
+                                    # The newest tick of its symbol closes or evicts windows:
+                                    # on_record's work for it, without the rest of on_record.
+                                    self.log = log
+                                    due = self._fold_closing(st, t, ws, win, key, offsets[i])
+                                    if due is None:
+                                        scheduled.pop(t.symbol, None)
+                                    elif scheduled.get(t.symbol) != due:
+                                        scheduled[t.symbol] = due
+                                        unsynced.add(t.symbol)
+                                        if due < next_due:
+                                            next_due = due
+                                        if due < self._unsynced_due:
+                                            self._unsynced_due = due
+                                    if len(self._bars) + len(self._late) >= max_rows:
+                                        sealed.append(self._seal())
+                                    seal_at = (
+                                        self._first_log + max_age
+                                        if (self._bars or self._late)
+                                        else NEVER
+                                    )
+                                    fast += 1
+                                    continue
+                            elif ts <= max_ts or ts < st.evict_at:
+                                # The fast path: exactly what on_record does for this tick,
+                                # which closes, evicts and restates nothing.
+                                price = t.price
+                                seq = offsets[i]
+                                if win is None:  # the first tick of a window
+                                    bar = PartialBar.of(ts, seq, price, t.volume)
+                                    st.open[ws] = Window(bar, [key], -1, None)
+                                    if ws + bar_ms < st.min_end:
+                                        st.min_end = ws + bar_ms
+                                else:
+                                    win.ids.append(key)
+                                    bar = win.bar
+                                    if ts < bar.first_ts or (
+                                        ts == bar.first_ts and seq < bar.first_seq
+                                    ):
+                                        bar.first_ts, bar.first_seq, bar.open = ts, seq, price
+                                    if ts > bar.last_ts or (
+                                        ts == bar.last_ts and seq > bar.last_seq
+                                    ):
+                                        bar.last_ts, bar.last_seq, bar.close = ts, seq, price
+                                    if price > bar.high:
+                                        bar.high = price
+                                    if price < bar.low:
+                                        bar.low = price
+                                    volume = t.volume
+                                    if volume:
+                                        bar.volume += volume
+                                        bar.pv += price * volume
+                                    bar.trade_count += 1
+                                live.add(key)
+                                if ts > max_ts or win is None:
+                                    if ts > max_ts:
+                                        st.max_ts = ts
+                                        st.max_log = log
+                                    due = st.max_log + st.min_end - st.max_ts + lateness  # type: ignore[operator]
+                                    if scheduled.get(t.symbol) != due:
+                                        scheduled[t.symbol] = due
+                                        unsynced.add(t.symbol)
+                                        if due < next_due:
+                                            next_due = due
+                                        if due < self._unsynced_due:
+                                            self._unsynced_due = due
+                                fast += 1
+                                continue
+                elif kind != FLUSH:
+                    continue  # a heartbeat or bad record only moves log time
+            self.log = log
+            self._next_due = next_due
+            sealed.extend(self.on_record(Record(offsets[i], lt, kind, ticks[i])))
+            next_due = self._next_due
+            seal_at = self._first_log + max_age if (self._bars or self._late) else NEVER
+        self.log = log
+        self._next_due = next_due
+        self.ticks += fast
+        return sealed
+
+    def _fold_closing(
+        self, st: SymbolBars, t: Any, ws: int, win: Window | None, key: int, offset: int
+    ) -> int | None:
+        """The newest tick of its symbol, not a copy, into an open or a new open window.
+
+        What `on_record` does for it (evict, fold, close, emit) without the rest
+        of `on_record`; `on_batch` checks that it applies. Returns the symbol's
+        next closing time.
+        """
+        ts = t.ts
+        st.max_ts = ts
+        st.max_log = self.log
+        outs = st._evict() if ts >= st.evict_at else []
+        if win is None:
+            st.open[ws] = Window(PartialBar.of(ts, offset, t.price, t.volume), [key], -1, None)
+            st.min_end = min(st.min_end, ws + self.rules.bar_ms)
+        else:
+            win.bar.fold(ts, offset, t.price, t.volume)
+            win.ids.append(key)
+        self.live.add(key)
+        outs += st.close_through(ts - self.rules.lateness_ms)
+        self._emit(t.symbol, outs, offset)
+        return st.close_due()
+
+    def _sync(self) -> None:
+        """Give the closings the fast path rescheduled their heap entries (before any is due)."""
+        scheduled = self._scheduled
+        for symbol in self._unsynced:
+            at = scheduled.get(symbol)
+            if at is not None:
+                heapq.heappush(self._due, (at, symbol, -1))
+        self._unsynced.clear()
+        self._unsynced_due = NEVER
 
     def _on_tick(self, tick: Any, offset: int) -> None:
         self.ticks += 1
         symbol = tick.symbol
         state = self.symbols.get(symbol)
         if state is None:
-            state = self.symbols[symbol] = SymbolBars(self.rules)
-        result = state.on_tick(
-            TickIn(tick.ts, offset, tick.price, tick.volume, tick.id), id_hash(tick.id), self.log
-        )
+            state = self.symbols[symbol] = SymbolBars(self.rules, symbol, self.live)
+        result = state.on_tick(TickIn(tick.ts, offset, tick.price, tick.volume, tick.id), self.log)
         if result is DUPLICATE:
             self.duplicates += 1
             return
@@ -523,6 +741,7 @@ class PartitionBars:
         self._last_offset = offset
 
     def _emit(self, symbol: str, outs: list[BarOut], offset: int) -> None:
+        """Append the rows of `outs` (read now: a window's bar changes after it is emitted)."""
         if not outs:
             return
         self._touch(offset)
@@ -584,7 +803,7 @@ class PartitionBars:
 
     def snapshot(self) -> tuple:
         return (
-            1,  # snapshot format version
+            SNAPSHOT_VERSION,
             self.topic,
             self.partition,
             self.log,
@@ -595,12 +814,14 @@ class PartitionBars:
 
     @classmethod
     def restore(cls, rules: BarRules, files: FileRules, snap: tuple) -> PartitionBars:
-        if not isinstance(snap, tuple) or len(snap) != 7 or snap[0] != 1:
-            raise ValueError(f"not a version-1 partition bar-state snapshot: {str(snap)[:80]}")
+        if not isinstance(snap, tuple) or len(snap) != 7 or snap[0] != SNAPSHOT_VERSION:
+            raise ValueError(
+                f"not a version-{SNAPSHOT_VERSION} partition bar-state snapshot: {str(snap)[:80]}"
+            )
         _version, topic, partition, log, symbols, counts, pending = snap
         state = cls(rules, files, topic, partition)
         state.log = log
-        state.symbols = {s: SymbolBars.restore(rules, b) for s, b in symbols.items()}
+        state.symbols = {s: SymbolBars.restore(rules, s, state.live, b) for s, b in symbols.items()}
         state.duplicates, state.too_late, state.ticks = counts
         bars, late, state._first_offset, state._last_offset, state._first_log = pending
         state._bars, state._late = list(bars), list(late)
@@ -608,6 +829,7 @@ class PartitionBars:
             state._schedule_closing(symbol, bars_state)
             for at, ws in bars_state.restate_due():
                 heapq.heappush(state._due, (at, symbol, ws))
+        state._next_due = state._due[0][0] if state._due else NEVER
         return state
 
 

@@ -66,22 +66,18 @@ LOG_TIME = Gauge(
 RESET_CHOICES = ("earliest", "latest")
 
 
-class RawMessage(NamedTuple):
-    """One Kafka record as the decode step needs it."""
-
-    offset: int
-    timestamp: int  # the record's timestamp, ms (its log time on LogAppendTime topics)
-    kind: int  # flows.bars.TICK (any record with a value, or a tombstone), HEARTBEAT or FLUSH
-    key: bytes | None
-    value: bytes | None
-
-
 class PartitionBatch(NamedTuple):
-    """Consecutive records of one partition, in offset order."""
+    """Consecutive records of one partition, in offset order, as columns."""
 
     topic: str
     partition: int
-    messages: list[RawMessage]
+    offsets: list[int]
+    timestamps: list[int]  # the records' timestamps, ms (their log times on LogAppendTime topics)
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    # flows.bars.TICK (any record with a value, or a tombstone), HEARTBEAT or FLUSH per
+    # record; None when every record has a value (all ticks, the common case)
+    kinds: list[int] | None
 
 
 def partition_key(topic: str, partition: int) -> str:
@@ -162,32 +158,46 @@ class _Partition(StatefulSourcePartition[tuple[str, PartitionBatch], int]):
         if self._done:
             raise StopIteration
         msgs = self._consumer.consume(self._batch_size, 0)
-        batch: list[RawMessage] = []
-        data = False
-        for msg in msgs:
-            error = msg.error()
-            if error is not None:
-                self._on_error(error)
-                continue
-            value = msg.value()
-            kind = TICK if value is not None else _kind(msg.headers())
-            batch.append(RawMessage(msg.offset(), msg.timestamp()[1], kind, msg.key(), value))
-            if kind == TICK:
-                data = True
-            elif kind == FLUSH and self._marker is not None and msg.key() == self._marker:
-                self._done = True  # our own marker came back: everything before it is read
+        if msgs and any([m.error() is not None for m in msgs]):
+            for msg in msgs:
+                error = msg.error()
+                if error is not None:
+                    self._on_error(error)
+            msgs = [m for m in msgs if m.error() is None]
         now = time.monotonic()
-        if not batch:
+        if not msgs:
             self._when_quiet(now)
-            self._awake = datetime.now(UTC) + timedelta(milliseconds=50)
+            # Right after data (catching up, the fetch queue drained for a moment) look
+            # again soon; when quiet, every 50 ms is plenty.
+            pause = 2 if now - self._last_record < 0.5 else 50
+            self._awake = datetime.now(UTC) + timedelta(milliseconds=pause)
             return []
-        self._offset = batch[-1].offset + 1
+        values = [m.value() for m in msgs]
+        keys = [m.key() for m in msgs]
+        kinds = None
+        data = True
+        if None in values:  # a heartbeat, a flush marker or a tombstone among them
+            kinds = [
+                TICK if v is not None else _kind(m.headers())
+                for m, v in zip(msgs, values, strict=True)
+            ]
+            data = TICK in kinds
+            if self._marker is not None and any(
+                kind == FLUSH and key == self._marker for kind, key in zip(kinds, keys, strict=True)
+            ):
+                self._done = True  # our own marker came back: everything before it is read
+        offsets = [m.offset() for m in msgs]
+        timestamps = [m.timestamp()[1] for m in msgs]
+        self._offset = offsets[-1] + 1
         self._last_record = now
         if data:
             self._last_data = now
         self._awake = None
-        LOG_TIME.labels(*self._labels).set(max(m.timestamp for m in batch) / 1000)
-        return [(self._key, PartitionBatch(self._topic, self._partition, batch))]
+        LOG_TIME.labels(*self._labels).set(max(timestamps) / 1000)
+        batch = PartitionBatch(
+            self._topic, self._partition, offsets, timestamps, keys, values, kinds
+        )
+        return [(self._key, batch)]
 
     def _on_error(self, error: KafkaError) -> None:
         code = error.code()
@@ -335,7 +345,7 @@ class TickSource(FixedPartitionedSource[tuple[str, PartitionBatch], int]):
             "fetch.wait.max.ms": 50,
             "queued.min.messages": 200_000,
             # read-ahead per partition: librdkafka's 64 MB default costs ~300 MB at 4 partitions
-            "queued.max.messages.kbytes": 16_384,
+            "queued.max.messages.kbytes": 4_096,
             **self._add_config,
         }
         offset = (

@@ -155,13 +155,27 @@ def batch_name(batch: FileBatch) -> str:
     return f"{batch.topic}+{batch.partition}+{batch.first_offset:019d}-{batch.last_offset:019d}.parquet"
 
 
+DAY_US = 86_400_000_000
+
+
 def _by_date(rows: list[tuple], ts_col: int, interval_col: int | None):
-    """(interval, date, rows) groups of rows by the UTC date of `ts_col`, in order."""
+    """(interval, date, rows) groups of rows by the UTC date of `ts_col`, in date order."""
+    if not rows:
+        return []
+    days = [row[ts_col] // DAY_US for row in rows]
+    intervals = [row[interval_col] for row in rows] if interval_col is not None else [None]
+    first, last = min(days), max(days)
+    if first == last and min(intervals) == max(intervals):  # the usual case: one group
+        return [(intervals[0], _date_of(first * DAY_US), rows)]
     groups: dict[tuple, list[tuple]] = defaultdict(list)
-    for row in rows:
+    for row, day in zip(rows, days, strict=True):
         interval = row[interval_col] if interval_col is not None else None
-        groups[(interval, _date_of(row[ts_col]))].append(row)
-    return [(k[0], k[1], v) for k, v in sorted(groups.items(), key=lambda kv: kv[0][1])]
+        groups[(day, interval)].append(row)
+    return [(k[1], _date_of(k[0] * DAY_US), v) for k, v in sorted(groups.items(), key=_day_key)]
+
+
+def _day_key(item: tuple) -> int:
+    return item[0][0]
 
 
 class _SinkPartition(StatelessSinkPartition[tuple[str, FileBatch]]):

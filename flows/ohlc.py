@@ -17,75 +17,89 @@ and every row written is a function of that partition's log.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
-from flows.bars import (
-    BAD,
-    FLUSH,
-    HEARTBEAT,
-    TICK,
-    BarRules,
-    FileBatch,
-    FileRules,
-    PartitionBars,
-    Record,
-)
+from flows.bars import BAD, TICK, BarRules, FileBatch, FileRules, PartitionBars
 from flows.errors import StockpipeError
-from flows.kafka_source import PartitionBatch, RawMessage, TickSource
+from flows.kafka_source import PartitionBatch, TickSource
 from flows.lake import LakeSink
 from flows.lakefs import open_lake
 from flows.settings import Settings, SettingsError, load_settings
-from flows.ticks import MAX_TS_MS, BadTick, decode_tick
+from flows.ticks import BadTick, decode_batch
 
-# What the decode step sends on: ("ok", (key, (batch, records))) or ("bad", KafkaSinkMessage).
-Decoded = tuple[str, object]
+# What the decode step sends on: ("ok", (key, Decoded)) or ("bad", KafkaSinkMessage).
+Routed = tuple[str, object]
+
+
+class Decoded(NamedTuple):
+    """A partition batch after decoding, as `PartitionBars.on_batch` takes it."""
+
+    topic: str
+    partition: int
+    offsets: list[int]
+    log_ts: list[int]
+    kinds: list[int]  # TICK, HEARTBEAT, FLUSH or BAD
+    ticks: list[Any]  # the tick of each TICK record (see flows.ticks.decode_batch)
 
 
 def make_decoder(max_skew_ms: int, max_bytes: int) -> Callable[[tuple[str, PartitionBatch]], list]:
     """The decode step: a partition batch -> its records for the bar state, plus DLQ messages."""
 
-    def decode(item: tuple[str, PartitionBatch]) -> list[Decoded]:
+    def decode(item: tuple[str, PartitionBatch]) -> list[Routed]:
         key, batch = item
-        records: list[Record] = []
-        out: list[Decoded] = []
-        for msg in batch.messages:
-            if msg.kind == HEARTBEAT:
-                records.append(Record(msg.offset, msg.timestamp, HEARTBEAT))
-                continue
-            if msg.kind == FLUSH:
-                records.append(Record(msg.offset, msg.timestamp, FLUSH))
-                continue
-            # A record without a timestamp (-1, old message formats) cannot be held to
-            # the clock-skew rule; it also never moves log time.
-            log_ts = msg.timestamp if msg.timestamp >= 0 else MAX_TS_MS
-            tick = decode_tick(
-                msg.value, msg.key, log_ts, max_skew_ms=max_skew_ms, max_bytes=max_bytes
+        kinds = batch.kinds
+        if kinds is None:  # every record is a tick
+            ticks, bad = decode_batch(
+                batch.values,
+                batch.keys,
+                batch.timestamps,
+                max_skew_ms=max_skew_ms,
+                max_bytes=max_bytes,
             )
-            if isinstance(tick, BadTick):
-                records.append(Record(msg.offset, msg.timestamp, BAD))
-                out.append(("bad", dlq_message(batch, msg, tick)))
-            else:
-                records.append(Record(msg.offset, msg.timestamp, TICK, tick))
-        out.append(("ok", (key, (batch.topic, batch.partition, records))))
+            kinds = [TICK] * len(ticks)
+        else:
+            at = [i for i, kind in enumerate(kinds) if kind == TICK]
+            some, some_bad = decode_batch(
+                [batch.values[i] for i in at],
+                [batch.keys[i] for i in at],
+                [batch.timestamps[i] for i in at],
+                max_skew_ms=max_skew_ms,
+                max_bytes=max_bytes,
+            )
+            ticks = [None] * len(kinds)
+            for i, tick in zip(at, some, strict=True):
+                ticks[i] = tick
+            bad = [at[j] for j in some_bad]
+            kinds = list(kinds)
+        out: list[Routed] = []
+        for i in bad:
+            kinds[i] = BAD
+            out.append(("bad", dlq_message(batch, i, ticks[i])))
+            ticks[i] = None
+        decoded = Decoded(
+            batch.topic, batch.partition, batch.offsets, batch.timestamps, kinds, ticks
+        )
+        out.append(("ok", (key, decoded)))
         return out
 
     return decode
 
 
-def dlq_message(batch: PartitionBatch, msg: RawMessage, bad: BadTick) -> KafkaSinkMessage:
-    """The original bytes, the reason, and where they came from (contract 1)."""
+def dlq_message(batch: PartitionBatch, i: int, bad: BadTick) -> KafkaSinkMessage:
+    """The original bytes of record `i`, the reason, and where they came from (contract 1)."""
     headers = [
         ("stockpipe.reason", bad.reason.encode()),
         ("stockpipe.detail", bad.detail.encode("utf-8", "backslashreplace")[:1000]),
         ("stockpipe.source.topic", batch.topic.encode()),
         ("stockpipe.source.partition", str(batch.partition).encode()),
-        ("stockpipe.source.offset", str(msg.offset).encode()),
+        ("stockpipe.source.offset", str(batch.offsets[i]).encode()),
     ]
-    return KafkaSinkMessage(key=msg.key, value=msg.value, headers=headers)
+    return KafkaSinkMessage(key=batch.keys[i], value=batch.values[i], headers=headers)
 
 
 class BarLogic(StatefulBatchLogic[tuple, FileBatch, tuple]):
@@ -106,14 +120,13 @@ class BarLogic(StatefulBatchLogic[tuple, FileBatch, tuple]):
                 "topic from its earliest offset and rewrites the same bars."
             ) from None
 
-    def on_batch(self, values: list[tuple]) -> tuple[list[FileBatch], bool]:
+    def on_batch(self, values: list[Decoded]) -> tuple[list[FileBatch], bool]:
         sealed: list[FileBatch] = []
-        for topic, partition, records in values:
+        for d in values:
             state = self.state
             if state is None:
-                state = self.state = PartitionBars(self.rules, self.files, topic, partition)
-            for rec in records:
-                sealed.extend(state.on_record(rec))
+                state = self.state = PartitionBars(self.rules, self.files, d.topic, d.partition)
+            sealed.extend(state.on_batch(d.offsets, d.log_ts, d.kinds, d.ticks))
         return sealed, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[FileBatch], bool]:

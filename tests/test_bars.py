@@ -262,12 +262,19 @@ def test_micro_batches_are_cut_by_rows_and_log_time_and_named_by_offsets():
 # -- replay: the same log gives the same rows, whatever crashed where ---------------------
 
 
-def stream_records(seed: int, spec: StreamSpec) -> tuple[list[Record], list[tuple[str, dict]]]:
-    """One partition's records: the random stream with log time, quiet gaps and heartbeats."""
+def stream_records(
+    seed: int, spec: StreamSpec, live: bool = False
+) -> tuple[list[Record], list[tuple[str, dict]]]:
+    """One partition's records: the random stream with log time, quiet gaps and heartbeats.
+
+    By default log time crawls (a backlog: event time closes windows); `live` keeps
+    it about 0-3 s behind the newest event time (a live feed: log time closes them).
+    """
     rng = random.Random(seed)
     stream = make_stream(seed, spec)
     records: list[Record] = []
-    log = LOG0
+    log = 0 if live else LOG0
+    newest = 0
     for symbol, msg in stream:
         if rng.random() < 0.02:  # a quiet spell: heartbeats move log time
             for _ in range(rng.randrange(1, 8)):
@@ -276,6 +283,9 @@ def stream_records(seed: int, spec: StreamSpec) -> tuple[list[Record], list[tupl
         if rng.random() < 0.01:  # a future tick (the decoder rejects it) still moves log time
             records.append(Record(len(records), log, BAD))
         log += rng.choice([0, 0, 1, 5, 50])
+        if live:
+            newest = max(newest, msg["ts"])
+            log = max(log, newest + rng.randrange(0, 3000))
         t = decode_tick(orjson.dumps(msg), symbol.encode(), log)
         assert not isinstance(t, BadTick), (msg, t)
         records.append(Record(len(records), log, TICK, t))
@@ -327,6 +337,69 @@ def test_resuming_from_any_snapshot_after_a_crash_rewrites_the_same_rows(seed, d
     assert sum(len(b.late) for b in lake.values()) == len(late)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), data=st.data())
+def test_on_batch_returns_what_on_record_returns_however_the_records_are_batched(seed, data):
+    """The dataflow's fast path (on_batch) against the definition (on_record), crash included."""
+    spec = StreamSpec(
+        symbols=["A", "B", "C"],
+        ticks_per_symbol=data.draw(st.integers(50, 300)),
+        max_gap_ms=data.draw(st.sampled_from([2_000, 20_000])),
+        p_far_dup=0.05,
+    )
+    files = FileRules(max_rows=data.draw(st.sampled_from([5, 50, 10_000])), max_age_ms=3_000)
+    records, _ = stream_records(seed, spec, live=data.draw(st.booleans()))
+    reference = PartitionBars(RULES, files, "t", 0)
+    want = [b for rec in records for b in reference.on_record(rec)]
+
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(records) - 1), max_size=40)))
+    chunks = [records[a:b] for a, b in zip([0, *cuts], [*cuts, len(records)], strict=True)]
+    restart = data.draw(st.integers(0, len(chunks)))  # restore from a snapshot before this chunk
+    state = PartitionBars(RULES, files, "t", 0)
+    got: list[FileBatch] = []
+    for n, chunk in enumerate(chunks):
+        if n == restart:
+            state = PartitionBars.restore(
+                RULES, files, pickle.loads(pickle.dumps(state.snapshot()))
+            )
+        got += state.on_batch(
+            [r.offset for r in chunk],
+            [r.log_ts for r in chunk],
+            [r.kind for r in chunk],
+            [r.tick for r in chunk],
+        )
+    assert got == want
+    assert state.snapshot() == reference.snapshot()
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_on_batch_equals_on_record_over_many_streams_and_batch_sizes(live):
+    """The same as above over fixed seeds, live and backlog log time, batches of 1 to 200."""
+    for seed in range(30):
+        spec = StreamSpec(
+            symbols=["A", "B", "C"], ticks_per_symbol=300, max_gap_ms=20_000, p_far_dup=0.05
+        )
+        records, _ = stream_records(seed, spec, live=live)
+        files = FileRules(max_rows=50, max_age_ms=3_000)
+        reference = PartitionBars(RULES, files, "t", 0)
+        want = [b for rec in records for b in reference.on_record(rec)]
+        state = PartitionBars(RULES, files, "t", 0)
+        rng = random.Random(seed)
+        got: list[FileBatch] = []
+        i = 0
+        while i < len(records):
+            chunk = records[i : i + rng.randrange(1, 200)]
+            i += len(chunk)
+            got += state.on_batch(
+                [r.offset for r in chunk],
+                [r.log_ts for r in chunk],
+                [r.kind for r in chunk],
+                [r.tick for r in chunk],
+            )
+        assert got == want, f"seed {seed}"
+        assert state.snapshot() == reference.snapshot(), f"seed {seed}"
+
+
 def test_random_streams_with_far_duplicates_equal_batch_computation():
     for seed in range(5):
         spec = StreamSpec(ticks_per_symbol=1500, max_gap_ms=10_000, p_far_dup=0.05)
@@ -370,9 +443,15 @@ def test_merging_partial_bars_in_any_split_equals_one_fold(ticks, data):
     assert abs(merged.volume - whole.volume) <= 1e-9 * max(1.0, whole.volume)
 
 
-def test_a_snapshot_of_another_format_is_refused_not_misread():
-    old = ("COIN", (1, 1_741_100_400_000, 0.0, {}, {}, [], 0, 0))  # per-symbol state, v0.1
-    with pytest.raises(ValueError, match="not a version-1 partition bar-state snapshot"):
+@pytest.mark.parametrize(
+    "old",
+    [
+        ("COIN", (1, 1_741_100_400_000, 0.0, {}, {}, [], 0, 0)),  # per-symbol state, v0.1
+        (1, "t", 0, 0, {}, (0, 0, 0), ([], [], -1, -1, 0)),  # version 1: blake2b id hashes
+    ],
+)
+def test_a_snapshot_of_another_format_is_refused_not_misread(old):
+    with pytest.raises(ValueError, match="not a version-2 partition bar-state snapshot"):
         PartitionBars.restore(RULES, FILES, old)
 
 
