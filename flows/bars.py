@@ -37,6 +37,7 @@ from __future__ import annotations
 import heapq
 from array import array
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from xxhash import xxh3_64_intdigest
@@ -553,13 +554,11 @@ class PartitionBars:
         seal_at = self._first_log + max_age if (self._bars or self._late) else NEVER
         next_due = self._next_due
         fast = 0
-        for i, kind in enumerate(kinds):
-            lt = log_ts[i]
+        for offset, lt, kind, t in zip(offsets, log_ts, kinds, ticks, strict=True):
             if lt > log:
                 log = lt
             if log < next_due and log < seal_at:
                 if kind == TICK:
-                    t = ticks[i]
                     st = symbols.get(t.symbol)
                     if st is not None:
                         ts = t.ts
@@ -579,7 +578,7 @@ class PartitionBars:
                                     # The newest tick of its symbol closes or evicts windows:
                                     # on_record's work for it, without the rest of on_record.
                                     self.log = log
-                                    due = self._fold_closing(st, t, ws, win, key, offsets[i])
+                                    due = self._fold_closing(st, t, ws, win, key, offset)
                                     if due is None:
                                         scheduled.pop(t.symbol, None)
                                     elif scheduled.get(t.symbol) != due:
@@ -602,7 +601,7 @@ class PartitionBars:
                                 # The fast path: exactly what on_record does for this tick,
                                 # which closes, evicts and restates nothing.
                                 price = t.price
-                                seq = offsets[i]
+                                seq = offset
                                 if win is None:  # the first tick of a window
                                     bar = PartialBar.of(ts, seq, price, t.volume)
                                     st.open[ws] = Window(bar, [key], -1, None)
@@ -647,7 +646,7 @@ class PartitionBars:
                     continue  # a heartbeat or bad record only moves log time
             self.log = log
             self._next_due = next_due
-            sealed.extend(self.on_record(Record(offsets[i], lt, kind, ticks[i])))
+            sealed.extend(self.on_record(Record(offset, lt, kind, t)))
             next_due = self._next_due
             seal_at = self._first_log + max_age if (self._bars or self._late) else NEVER
         self.log = log
@@ -833,9 +832,5 @@ class PartitionBars:
         return state
 
 
-def _bar_order(row: tuple) -> tuple:
-    return (row[0], row[2], row[13])
-
-
-def _late_order(row: tuple) -> tuple:
-    return (row[0], row[1], row[4])
+_bar_order = itemgetter(0, 2, 13)  # symbol, window_start, revision
+_late_order = itemgetter(0, 1, 4)  # symbol, ts, id

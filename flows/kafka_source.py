@@ -344,8 +344,11 @@ class TickSource(FixedPartitionedSource[tuple[str, PartitionBatch], int]):
             "statistics.interval.ms": 5000,
             "fetch.wait.max.ms": 50,
             "queued.min.messages": 200_000,
-            # read-ahead per partition: librdkafka's 64 MB default costs ~300 MB at 4 partitions
-            "queued.max.messages.kbytes": 4_096,
+            # Read-ahead per partition: librdkafka's 64 MB default costs ~300 MB at 4
+            # partitions; 8 MB fetched 4 MB at a time keeps one busy partition at the
+            # client's rate (measured with `stockpipe bench`).
+            "queued.max.messages.kbytes": 8_192,
+            "max.partition.fetch.bytes": 4 << 20,
             **self._add_config,
         }
         offset = (

@@ -10,6 +10,7 @@ rows (and files) the first run wrote.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -104,6 +105,7 @@ def run_stream(
     from flows.ohlc import build_flow
 
     flow = build_flow(settings, exit_when_idle=exit_when_idle, reset_offsets=reset_offsets)
+    tune_gc()
     try:
         cli_main(
             flow,
@@ -119,6 +121,22 @@ def run_stream(
             raise user_error from None
         raise
     return 0
+
+
+def tune_gc() -> None:
+    """Keep Python's cycle collector from rescanning the bar state over and over.
+
+    The state is many long-lived objects without cycles (windows, their bars and
+    dedup keys) and every tick allocates a few short-lived ones, so with the
+    default thresholds full collections rescan the whole state every few
+    thousand ticks: a third of the stream's time at 500 symbols (measured with
+    `stockpipe bench`). Everything imported so far is frozen out of the scans,
+    and collections run after 50,000 allocations instead of 700; cycles are
+    still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1_000)
 
 
 def _user_error(exc: BaseException) -> StockpipeError | None:

@@ -17,7 +17,7 @@ import math
 import re
 import reprlib
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 import orjson
@@ -348,10 +348,10 @@ class WireTick(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """
 
     symbol: str
-    price: float
-    ts: int
-    volume: float | None = None
-    id: str | None = None
+    price: Annotated[float, msgspec.Meta(gt=0.0, lt=MAX_NUMBER)]
+    ts: Annotated[int, msgspec.Meta(ge=MIN_TS_MS, le=MAX_TS_MS)]
+    volume: Annotated[float, msgspec.Meta(ge=0.0, lt=MAX_NUMBER)] | None = None
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LEN)] | None = None
     source: str | None = None
     conditions: list[str] | None = None
 
@@ -372,8 +372,8 @@ def decode_batch(
     """`decode_tick` over a batch of records: (one tick or `BadTick` per record, the bad indices).
 
     The same answer as calling `decode_tick` on each record, faster: every
-    message is decoded in C into a `WireTick` (typed, no unknown fields) and
-    held to contract 1 with a few comparisons; a message that is not plain
+    message is decoded in C into a `WireTick` (typed, ranges checked, no
+    unknown fields), then its key, clock skew and id are checked; a message that is not plain
     ASCII JSON without `\\u` escapes, or that fails any check, goes to
     `decode_tick` itself, which names the problem. So the fast path only ever
     accepts what `decode_tick` accepts, with the same values (a property test
@@ -392,30 +392,22 @@ def decode_batch(
     known = _SYMBOL_KEYS
     out: list[Any] = wires
     bad: list[int] = []
-    for i in range(n):
-        w = wires[i]
-        if w is not None:
-            lt = log_ts[i]
-            key = keys[i]
-            ts = w.ts
-            volume = w.volume
-            tid = w.id
-            if (
-                key is not None
-                and known.get(w.symbol) == key
-                and 0.0 < w.price < MAX_NUMBER
-                and MIN_TS_MS <= ts <= MAX_TS_MS
-                and ts - (lt if lt >= 0 else MAX_TS_MS) <= max_skew_ms
-                and (volume is None or 0.0 <= volume < MAX_NUMBER)
-                and tid is not None
-                and 0 < len(tid) <= MAX_ID_LEN
-            ):
-                continue
-        lt = log_ts[i]
+    if min(log_ts, default=0) < 0:  # a record without a timestamp is never ahead of it
+        log_ts = [lt if lt >= 0 else MAX_TS_MS for lt in log_ts]
+    skew = max_skew_ms
+    for i in [
+        i
+        for i, w, key, lt in zip(range(n), wires, keys, log_ts, strict=False)
+        if w is None
+        or key is None
+        or known.get(w.symbol) != key
+        or w.ts - lt > skew
+        or w.id is None
+    ]:
         tick = decode_tick(
             values[i],
             keys[i],
-            lt if lt >= 0 else MAX_TS_MS,
+            log_ts[i],
             max_skew_ms=max_skew_ms,
             max_bytes=max_bytes,
         )
