@@ -125,7 +125,10 @@ class Settings(BaseSettings):
     aws_access_key_id: SecretStr | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
     aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
     flush_rows: int = Field(50_000, ge=1, validation_alias="STOCKPIPE_FLUSH_ROWS")
-    flush_interval: Duration = Field(10.0, validation_alias="STOCKPIPE_FLUSH_INTERVAL")
+    # Rows come in bursts (a window closes for every symbol at about the same log time):
+    # 1 s seals each burst about a second after it starts, so bars reach the lake about
+    # a second after their window closes, in one or two files per partition a minute.
+    flush_interval: Duration = Field(1.0, validation_alias="STOCKPIPE_FLUSH_INTERVAL")
 
     # Warehouse
     warehouse: str = Field(
