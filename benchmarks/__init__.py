@@ -10,6 +10,10 @@ and prints its measurement as the last line of stdout (see `common.emit`).
     naive_bytewax   Bytewax's KafkaSource -> json.loads -> per-tick fold_window
     quix_app        Quix Streams tumbling_window(60 s).reduce(...).final()
 
+`live_flow` is apart: the real stream for the bench's live run (bar latency,
+resume after kill; `flows.bench_live`), which never stops by itself and
+reports how far it has read in a progress file instead of a result line.
+
 Every rate is N / busy seconds, where the busy time starts when the engine's
 own code sees the first message (connecting, topic metadata and consumer-group
 joins are left out) and ends when the last message has been handled; each
