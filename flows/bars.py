@@ -572,38 +572,13 @@ class PartitionBars:
                             else:
                                 wm = max_ts - lateness + log - st.max_log
                             if key in live or (win is None and ws + bar_ms <= wm):
-                                pass  # a copy, or a window closed by time: on_record
-                            elif wm >= st.min_end or (ts > max_ts and ts >= st.evict_at):
-                                if ts > max_ts:
-                                    # The newest tick of its symbol closes or evicts windows:
-                                    # on_record's work for it, without the rest of on_record.
-                                    self.log = log
-                                    due = self._fold_closing(st, t, ws, win, key, offset)
-                                    if due is None:
-                                        scheduled.pop(t.symbol, None)
-                                    elif scheduled.get(t.symbol) != due:
-                                        scheduled[t.symbol] = due
-                                        unsynced.add(t.symbol)
-                                        if due < next_due:
-                                            next_due = due
-                                        if due < self._unsynced_due:
-                                            self._unsynced_due = due
-                                    if len(self._bars) + len(self._late) >= max_rows:
-                                        sealed.append(self._seal())
-                                    seal_at = (
-                                        self._first_log + max_age
-                                        if (self._bars or self._late)
-                                        else NEVER
-                                    )
-                                    fast += 1
-                                    continue
-                            elif ts <= max_ts or ts < st.evict_at:
+                                due = -1  # a copy, or a window closed by time: on_record
+                            elif wm < st.min_end and (ts <= max_ts or ts < st.evict_at):
                                 # The fast path: exactly what on_record does for this tick,
                                 # which closes, evicts and restates nothing.
                                 price = t.price
-                                seq = offset
                                 if win is None:  # the first tick of a window
-                                    bar = PartialBar.of(ts, seq, price, t.volume)
+                                    bar = PartialBar.of(ts, offset, price, t.volume)
                                     st.open[ws] = Window(bar, [key], -1, None)
                                     if ws + bar_ms < st.min_end:
                                         st.min_end = ws + bar_ms
@@ -611,13 +586,13 @@ class PartitionBars:
                                     win.ids.append(key)
                                     bar = win.bar
                                     if ts < bar.first_ts or (
-                                        ts == bar.first_ts and seq < bar.first_seq
+                                        ts == bar.first_ts and offset < bar.first_seq
                                     ):
-                                        bar.first_ts, bar.first_seq, bar.open = ts, seq, price
+                                        bar.first_ts, bar.first_seq, bar.open = ts, offset, price
                                     if ts > bar.last_ts or (
-                                        ts == bar.last_ts and seq > bar.last_seq
+                                        ts == bar.last_ts and offset > bar.last_seq
                                     ):
-                                        bar.last_ts, bar.last_seq, bar.close = ts, seq, price
+                                        bar.last_ts, bar.last_seq, bar.close = ts, offset, price
                                     if price > bar.high:
                                         bar.high = price
                                     if price < bar.low:
@@ -628,19 +603,37 @@ class PartitionBars:
                                         bar.pv += price * volume
                                     bar.trade_count += 1
                                 live.add(key)
-                                if ts > max_ts or win is None:
-                                    if ts > max_ts:
-                                        st.max_ts = ts
-                                        st.max_log = log
-                                    due = st.max_log + st.min_end - st.max_ts + lateness  # type: ignore[operator]
-                                    if scheduled.get(t.symbol) != due:
-                                        scheduled[t.symbol] = due
-                                        unsynced.add(t.symbol)
-                                        if due < next_due:
-                                            next_due = due
-                                        if due < self._unsynced_due:
-                                            self._unsynced_due = due
                                 fast += 1
+                                if ts <= max_ts and win is not None:
+                                    continue  # its symbol's next closing did not move
+                                if ts > max_ts:
+                                    st.max_ts = ts
+                                    st.max_log = log
+                                due = st.max_log + st.min_end - st.max_ts + lateness  # type: ignore[operator]
+                            elif ts > max_ts:
+                                # The newest tick of its symbol closes or evicts windows:
+                                # on_record's work for it, without the rest of on_record.
+                                self.log = log
+                                due = self._fold_closing(st, t, ws, win, key, offset)
+                                if len(self._bars) + len(self._late) >= max_rows:
+                                    sealed.append(self._seal())
+                                if self._bars or self._late:
+                                    seal_at = self._first_log + max_age
+                                else:
+                                    seal_at = NEVER
+                                fast += 1
+                            else:  # a closing due by log time: on_record
+                                due = -1
+                            if due != -1:  # reschedule the symbol's next closing, if it moved
+                                if due is None:
+                                    scheduled.pop(t.symbol, None)
+                                elif scheduled.get(t.symbol) != due:
+                                    scheduled[t.symbol] = due
+                                    unsynced.add(t.symbol)
+                                    if due < next_due:
+                                        next_due = due
+                                    if due < self._unsynced_due:
+                                        self._unsynced_due = due
                                 continue
                 elif kind != FLUSH:
                     continue  # a heartbeat or bad record only moves log time
