@@ -297,9 +297,8 @@ def run_records(state: PartitionBars, records: list[Record]) -> list[list[FileBa
     return [state.on_record(rec) for rec in records]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10**6), data=st.data())
-def test_resuming_from_any_snapshot_after_a_crash_rewrites_the_same_rows(seed, data):
+def draw_stream_and_files(data: st.DataObject) -> tuple[StreamSpec, FileRules]:
+    """A random 3-symbol stream's shape, and file rules from one row to many per file."""
     spec = StreamSpec(
         symbols=["A", "B", "C"],
         ticks_per_symbol=data.draw(st.integers(50, 300)),
@@ -307,6 +306,13 @@ def test_resuming_from_any_snapshot_after_a_crash_rewrites_the_same_rows(seed, d
         p_far_dup=0.05,
     )
     files = FileRules(max_rows=data.draw(st.sampled_from([5, 50, 10_000])), max_age_ms=3_000)
+    return spec, files
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), data=st.data())
+def test_resuming_from_any_snapshot_after_a_crash_rewrites_the_same_rows(seed, data):
+    spec, files = draw_stream_and_files(data)
     records, stream = stream_records(seed, spec)
     first = PartitionBars(RULES, files, "t", 0)
     snap_at = data.draw(st.integers(0, len(records) - 1))
@@ -341,13 +347,7 @@ def test_resuming_from_any_snapshot_after_a_crash_rewrites_the_same_rows(seed, d
 @given(seed=st.integers(0, 10**6), data=st.data())
 def test_on_batch_returns_what_on_record_returns_however_the_records_are_batched(seed, data):
     """The dataflow's fast path (on_batch) against the definition (on_record), crash included."""
-    spec = StreamSpec(
-        symbols=["A", "B", "C"],
-        ticks_per_symbol=data.draw(st.integers(50, 300)),
-        max_gap_ms=data.draw(st.sampled_from([2_000, 20_000])),
-        p_far_dup=0.05,
-    )
-    files = FileRules(max_rows=data.draw(st.sampled_from([5, 50, 10_000])), max_age_ms=3_000)
+    spec, files = draw_stream_and_files(data)
     records, _ = stream_records(seed, spec, live=data.draw(st.booleans()))
     reference = PartitionBars(RULES, files, "t", 0)
     want = [b for rec in records for b in reference.on_record(rec)]
