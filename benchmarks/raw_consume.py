@@ -1,6 +1,7 @@
 """The ceiling: how fast confluent-kafka alone hands this topic's messages to Python.
 
-Every partition is assigned from the beginning; `consume(num_messages=10000)`
+One consumer with the dataflow's read-ahead (`flows.kafka_source.READ_AHEAD`), every
+partition assigned from the beginning; `consume(num_messages=10000)`
 batches are counted, never decoded. The clock starts when the first batch
 arrives (its messages are not counted, so connecting and the first fetch are
 left out) and stops when N messages have been read. When one batch holds them
@@ -15,6 +16,7 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from benchmarks.common import emit, runner_args
+from flows.kafka_source import READ_AHEAD
 
 BATCH = 10_000
 STALL_S = 60.0  # no message for this long: the topic holds fewer than N
@@ -28,6 +30,8 @@ def consume_raw(bootstrap: str, topic: str, ticks: int) -> tuple[int, float]:
             "group.id": f"bench-raw-{uuid.uuid4().hex[:8]}",  # required; nothing is committed
             "enable.auto.commit": False,
             "enable.partition.eof": False,
+            "fetch.wait.max.ms": 50,
+            **READ_AHEAD,  # the dataflow's read-ahead: the ceiling of the same client setup
         }
     )
     try:

@@ -65,6 +65,19 @@ LOG_TIME = Gauge(
 
 RESET_CHOICES = ("earliest", "latest")
 
+# Read-ahead per partition, measured with `stockpipe bench`: 8 MB (at most 20,000
+# records) fetched 4 MB at a time keeps a partition that holds most of the traffic at
+# the client's rate; librdkafka's defaults (64 MB, 100,000 records) cost ~100 MB more
+# at 500 symbols. A full queue postpones the next fetch by fetch.queue.backoff.ms, 1 s
+# by default: with these thresholds that pause, not the broker, held one busy
+# partition to ~90,000 records/s. The bench's raw-consume ceiling reads the same way.
+READ_AHEAD = {
+    "queued.min.messages": 20_000,
+    "queued.max.messages.kbytes": 8_192,
+    "max.partition.fetch.bytes": 4 << 20,
+    "fetch.queue.backoff.ms": 10,
+}
+
 
 class PartitionBatch(NamedTuple):
     """Consecutive records of one partition, in offset order, as columns."""
@@ -343,16 +356,7 @@ class TickSource(FixedPartitionedSource[tuple[str, PartitionBatch], int]):
             "auto.offset.reset": "error",
             "statistics.interval.ms": 5000,
             "fetch.wait.max.ms": 50,
-            # Read-ahead per partition, measured with `stockpipe bench`: 8 MB (at most
-            # 20,000 records) fetched 4 MB at a time keeps a partition that holds most of
-            # the traffic at the client's rate; librdkafka's defaults (64 MB, 100,000
-            # records) cost ~100 MB more at 500 symbols. A full queue postpones the next
-            # fetch by fetch.queue.backoff.ms, 1 s by default: with these thresholds that
-            # pause, not the broker, held one busy partition to ~90,000 records/s.
-            "queued.min.messages": 20_000,
-            "queued.max.messages.kbytes": 8_192,
-            "max.partition.fetch.bytes": 4 << 20,
-            "fetch.queue.backoff.ms": 10,
+            **READ_AHEAD,
             **self._add_config,
         }
         offset = (
