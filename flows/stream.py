@@ -14,7 +14,6 @@ import gc
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -26,6 +25,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from flows.errors import ServiceUnavailable, StockpipeError
+from flows.kafka_local import free_port
 from flows.settings import Settings, load_settings, parse_duration
 
 log = logging.getLogger(__name__)
@@ -71,12 +71,6 @@ def check_input(settings: Settings) -> int:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
     return len(topic.partitions)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_stream(
@@ -154,7 +148,7 @@ def _user_error(exc: BaseException) -> StockpipeError | None:
 def _run_local_cluster(
     settings: Settings, workers: int, exit_when_idle: float | None, reset_offsets: str | None
 ) -> int:
-    addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(workers))
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(workers))
     env = {**os.environ, **settings.to_env()}
     # Each process is this same command joined to a cluster on loopback.
     args = [sys.executable, "-m", "flows.cli", "stream", "--addresses", addresses]
