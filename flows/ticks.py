@@ -384,7 +384,7 @@ def decode_batch(
     wires: list[Any]
     try:
         blob = b"".join(values)  # type: ignore[arg-type]  # a None (tombstone) raises TypeError
-        if not blob.isascii() or b"\\u" in blob or max(map(len, values)) > max_bytes:  # type: ignore[arg-type]
+        if not _plain(blob) or max(map(len, values)) > max_bytes:  # type: ignore[arg-type]
             raise ValueError("not plain")
         wires = [_decode_wire(v) for v in values]  # type: ignore[arg-type]
     except _WIRE_ERRORS:
@@ -419,9 +419,14 @@ def decode_batch(
     return out, bad
 
 
+def _plain(data: bytes) -> bool:
+    """ASCII without `\\u` escapes: no text the fast decoder could read differently."""
+    return data.isascii() and b"\\u" not in data
+
+
 def _wire_or_none(value: bytes | None, max_bytes: int) -> WireTick | None:
     """One message through the fast decoder, or None for `decode_tick` to judge."""
-    if value is None or len(value) > max_bytes or not value.isascii() or b"\\u" in value:
+    if value is None or len(value) > max_bytes or not _plain(value):
         return None
     try:
         return _decode_wire(value)
