@@ -191,26 +191,44 @@ class BarRules:
 class Window:
     """One (symbol, window) of the state: its aggregate, its dedup keys, its emission state."""
 
-    __slots__ = ("bar", "ids", "revision", "dirty_since")
+    __slots__ = ("bar", "ids", "revision", "dirty_since", "_snap")
 
-    def __init__(self, bar: PartialBar, ids: list[int], revision: int, dirty_since: int | None):
+    def __init__(self, bar: PartialBar, ids: array, revision: int, dirty_since: int | None):
         self.bar = bar
-        self.ids = ids  # dedup keys of its ticks (also in the partition's `live` set)
+        self.ids = ids  # array('Q'): dedup keys of its ticks (also in the partition's `live` set)
         self.revision = revision  # last emitted revision; -1 before the first emission
         self.dirty_since = dirty_since  # log time of the first late tick not emitted yet
+        self._snap: tuple | None = None  # the last snapshot, while the window is unchanged
+
+    @classmethod
+    def first(cls, bar: PartialBar, key: int, dirty_since: int | None = None) -> Window:
+        """A window holding one tick, not emitted yet."""
+        return cls(bar, array("Q", (key,)), -1, dirty_since)
 
     def snapshot(self) -> tuple:
-        return (
+        # Every change to a window adds a tick (and its key) or moves its revision or
+        # its dirty mark, so a snapshot with the same three is the same snapshot: the
+        # closed windows (most of the state) cost nothing from one epoch to the next.
+        snap = self._snap
+        if (
+            snap is not None
+            and len(snap[1]) == 8 * len(self.ids)
+            and snap[2] == self.revision
+            and snap[3] == self.dirty_since
+        ):
+            return snap
+        snap = self._snap = (
             self.bar.to_tuple(),
-            array("Q", self.ids).tobytes(),
+            self.ids.tobytes(),
             self.revision,
             self.dirty_since,
         )
+        return snap
 
     @classmethod
     def restore(cls, snap: tuple) -> Window:
         bar, ids, revision, dirty = snap
-        return cls(PartialBar(*bar), array("Q", ids).tolist(), revision, dirty)
+        return cls(PartialBar(*bar), array("Q", ids), revision, dirty)
 
 
 TOO_LATE = "too-late"
@@ -309,12 +327,12 @@ class SymbolBars:
             win.bar.fold(t.ts, t.seq, t.price, t.volume)
             win.ids.append(key)
         elif closed is None and ws + bar_ms > wm:  # type: ignore[operator]
-            self.open[ws] = Window(PartialBar.of(t.ts, t.seq, t.price, t.volume), [key], -1, None)
+            self.open[ws] = Window.first(PartialBar.of(t.ts, t.seq, t.price, t.volume), key)
             if ws + bar_ms < self.min_end:
                 self.min_end = ws + bar_ms
         elif closed is None:  # the first tick of a window already closed by time: it waits
             bar = PartialBar.of(t.ts, t.seq, t.price, t.volume)
-            self.closed[ws] = Window(bar, [key], -1, log)
+            self.closed[ws] = Window.first(bar, key, log)
             heapq.heappush(self.closed_order, ws)
         else:
             closed.bar.fold(t.ts, t.seq, t.price, t.volume)
@@ -579,7 +597,7 @@ class PartitionBars:
                                 price = t.price
                                 if win is None:  # the first tick of a window
                                     bar = PartialBar.of(ts, offset, price, t.volume)
-                                    st.open[ws] = Window(bar, [key], -1, None)
+                                    st.open[ws] = Window.first(bar, key)
                                     if ws + bar_ms < st.min_end:
                                         st.min_end = ws + bar_ms
                                 else:
@@ -661,7 +679,7 @@ class PartitionBars:
         st.max_log = self.log
         outs = st._evict() if ts >= st.evict_at else []
         if win is None:
-            st.open[ws] = Window(PartialBar.of(ts, offset, t.price, t.volume), [key], -1, None)
+            st.open[ws] = Window.first(PartialBar.of(ts, offset, t.price, t.volume), key)
             st.min_end = min(st.min_end, ws + self.rules.bar_ms)
         else:
             win.bar.fold(ts, offset, t.price, t.volume)

@@ -372,6 +372,15 @@ def test_on_batch_returns_what_on_record_returns_however_the_records_are_batched
     assert state.snapshot() == reference.snapshot()
 
 
+def assert_snapshot_fresh(state: PartitionBars) -> None:
+    """A snapshot reusing windows' earlier snapshots equals one built from scratch."""
+    snap = state.snapshot()
+    for bars in state.symbols.values():
+        for win in (*bars.open.values(), *bars.closed.values()):
+            win._snap = None
+    assert state.snapshot() == snap
+
+
 @pytest.mark.parametrize("live", [False, True])
 def test_on_batch_equals_on_record_over_many_streams_and_batch_sizes(live):
     """The same as above over fixed seeds, live and backlog log time, batches of 1 to 200."""
@@ -396,6 +405,7 @@ def test_on_batch_equals_on_record_over_many_streams_and_batch_sizes(live):
                 [r.kind for r in chunk],
                 [r.tick for r in chunk],
             )
+            assert_snapshot_fresh(state)  # an epoch's snapshot after every batch
         assert got == want, f"seed {seed}"
         assert state.snapshot() == reference.snapshot(), f"seed {seed}"
 
