@@ -65,16 +65,18 @@ LOG_TIME = Gauge(
 
 RESET_CHOICES = ("earliest", "latest")
 
-# Read-ahead per partition, measured with `stockpipe bench`: 8 MB (at most 20,000
-# records) fetched 4 MB at a time keeps a partition that holds most of the traffic at
-# the client's rate; librdkafka's defaults (64 MB, 100,000 records) cost ~100 MB more
-# at 500 symbols. A full queue postpones the next fetch by fetch.queue.backoff.ms, 1 s
-# by default: with these thresholds that pause, not the broker, held one busy
-# partition to ~90,000 records/s. The bench's raw-consume ceiling reads the same way.
+# Read-ahead per partition, measured with `stockpipe bench`: up to 20,000 records
+# (8 MB) fetched 2 MB at a time keeps a partition that holds most of the traffic at
+# the client's rate. What librdkafka holds grows with the fetch size (~19 MB per
+# partition with 2 MB fetches, ~36 MB with 4 MB, at the same speed) and its defaults
+# (64 MB, 100,000 records) cost ~100 MB more at 500 symbols. A full queue postpones
+# the next fetch by fetch.queue.backoff.ms, 1 s by default: with these thresholds that
+# pause, not the broker, held one busy partition to ~90,000 records/s. The bench's
+# raw-consume ceiling reads the same way.
 READ_AHEAD = {
     "queued.min.messages": 20_000,
     "queued.max.messages.kbytes": 8_192,
-    "max.partition.fetch.bytes": 4 << 20,
+    "max.partition.fetch.bytes": 2 << 20,
     "fetch.queue.backoff.ms": 10,
 }
 
