@@ -9,11 +9,13 @@ default settings, recovery on) and samples the worker's resident memory
 against the records it has read. Memory must level off once the first
 horizon is behind it: state is bounded by the horizons, not by the run.
 
-Once the stream has read `--kill-at` of the ticks it is SIGKILLed and
-started again at once; the resume time is how long the restarted stream
-takes to read again everything the killed one had read, with all that
-history in the topic and in the recovery store. Then it reads to the end.
-Prints memory at each tenth of the run and a `LONG_RUN {json}` line.
+Each time the stream has read one of the `--kill-at` fractions of the ticks
+it is SIGKILLed and started again at once; the resume time is how long the
+restarted stream takes to read again everything the killed one had read, with
+all that history in the topic and in the recovery store, so the kills show
+whether resume grows with the history. Then it reads to the end. Prints
+memory at each tenth of the run, every resume time, and a `LONG_RUN {json}`
+line.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import argparse
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +80,11 @@ def long_run(
     ticks: int,
     symbols: int,
     span_hours: float,
-    kill_at: float = 0.75,
+    kill_at: Sequence[float] = (0.25, 0.5, 0.75),
     partitions: int | None = None,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Produce, stream with one late kill and restart; returns what `main` prints as JSON."""
+    """Produce, stream with kills and restarts; returns what `main` prints as JSON."""
     names = bench_symbols(symbols)
     topic = create_topic(settings, partitions or settings.topic_partitions, "long")
     try:
@@ -99,17 +101,19 @@ def long_run(
             env = engine_env(settings, topic, folder / "lake", folder / "recovery")
             stream = LiveStream(env, folder, REPO_ROOT)
             samples: list[tuple[int, float]] = []
+            resume_s: list[float] = []
             try:
                 _, progress = stream.start()
-                follow(stream, progress, int(ticks * kill_at), samples)
-                targets = dict(progress.read)
-                stream.kill()
-                restarted, progress = stream.start()
-                progress.watch_for(targets)
-                follow(stream, progress, sum(o + 1 for o in targets.values()), samples)
-                while not progress.caught_up():
-                    time.sleep(0.05)
-                resume_s = progress.caught_up_at() - restarted  # type: ignore[operator]
+                for fraction in sorted(kill_at):
+                    follow(stream, progress, int(ticks * fraction), samples)
+                    targets = dict(progress.read)
+                    stream.kill()
+                    restarted, progress = stream.start()
+                    progress.watch_for(targets)
+                    follow(stream, progress, sum(o + 1 for o in targets.values()), samples)
+                    while not progress.caught_up():
+                        time.sleep(0.05)
+                    resume_s.append(progress.caught_up_at() - restarted)  # type: ignore[operator]
                 follow(stream, progress, ticks, samples)
             finally:
                 stream.kill()
@@ -124,6 +128,7 @@ def long_run(
         "symbols": symbols,
         "event_span_hours": produced.event_span_hours,
         "peak_rss_mb_by_tenth": by_tenth,
+        "kill_at": sorted(kill_at),
         "resume_s": resume_s,
     }
 
@@ -133,7 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ticks", type=int, default=4_000_000)
     parser.add_argument("--symbols", type=int, default=500)
     parser.add_argument("--span-hours", type=float, default=16.0)
-    parser.add_argument("--kill-at", type=float, default=0.75, help="Fraction read at the kill.")
+    parser.add_argument(
+        "--kill-at",
+        type=lambda text: [float(part) for part in text.split(",")],
+        default=[0.25, 0.5, 0.75],
+        help="Fractions read at each kill, comma-separated (default 0.25,0.5,0.75).",
+    )
     parser.add_argument("--partitions", type=int, default=None)
     args = parser.parse_args(argv)
     from flows.settings import load_settings
@@ -150,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     for k, rss in enumerate(result["peak_rss_mb_by_tenth"], start=1):
         shown = "-" if rss is None else f"{rss:,.0f} MB"
         print(f"  up to {args.ticks * k // 10:>10,} records read: peak RSS {shown}")
-    print(f"resume after a SIGKILL at {args.kill_at:.0%} of the run: {result['resume_s']:.2f}s")
+    for fraction, seconds in zip(result["kill_at"], result["resume_s"], strict=True):
+        print(f"resume after a SIGKILL at {fraction:.0%} of the run: {seconds:.2f}s")
     print("LONG_RUN " + json.dumps(result), flush=True)
 
 

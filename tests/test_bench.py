@@ -217,11 +217,14 @@ def test_bad_options_say_which_option_is_wrong():
 def test_long_run_samples_memory_through_the_run_and_times_the_resume(settings_for):
     from flows.bench_long import long_run
 
-    result = long_run(settings_for(), 20_000, 10, span_hours=3.0, kill_at=0.5, say=lambda _: None)
+    result = long_run(
+        settings_for(), 20_000, 10, span_hours=3.0, kill_at=(0.3, 0.6), say=lambda _: None
+    )
     assert result["ticks"] == 20_000 and result["symbols"] == 10
     assert 2.0 <= result["event_span_hours"] <= 4.0
     peaks = result["peak_rss_mb_by_tenth"]
     assert len(peaks) == 10 and peaks[-1] is not None and peaks[-1] > 0
     known = [p for p in peaks if p is not None]
     assert known == sorted(known)  # a running peak
-    assert isinstance(result["resume_s"], float) and result["resume_s"] >= 0
+    assert result["kill_at"] == [0.3, 0.6]
+    assert len(result["resume_s"]) == 2 and all(s >= 0 for s in result["resume_s"])
