@@ -35,6 +35,7 @@ horizon.
 from __future__ import annotations
 
 import heapq
+import struct
 from array import array
 from dataclasses import dataclass
 from operator import itemgetter
@@ -188,6 +189,12 @@ class BarRules:
         )
 
 
+# One window in a snapshot (format 3): its start, its bar (PartialBar's fields in order),
+# its revision, its dirty mark (-1 for none: log time starts at 0 and never goes back) and
+# how many dedup keys follow it, as uint64s.
+_WINDOW = struct.Struct("<3qd2q5d4q")
+
+
 class Window:
     """One (symbol, window) of the state: its aggregate, its dedup keys, its emission state."""
 
@@ -198,35 +205,46 @@ class Window:
         self.ids = ids  # array('Q'): dedup keys of its ticks (also in the partition's `live` set)
         self.revision = revision  # last emitted revision; -1 before the first emission
         self.dirty_since = dirty_since  # log time of the first late tick not emitted yet
-        self._snap: tuple | None = None  # the last snapshot, while the window is unchanged
+        # (key count, revision, dirty mark, bytes) of the last snapshot: reused while equal
+        self._snap: tuple[int, int, int | None, bytes] | None = None
 
     @classmethod
     def first(cls, bar: PartialBar, key: int, dirty_since: int | None = None) -> Window:
         """A window holding one tick, not emitted yet."""
         return cls(bar, array("Q", (key,)), -1, dirty_since)
 
-    def snapshot(self) -> tuple:
+    def snapshot(self, ws: int) -> bytes:
+        """The window starting at `ws` as bytes (`_WINDOW`, then its keys)."""
         # Every change to a window adds a tick (and its key) or moves its revision or
         # its dirty mark, so a snapshot with the same three is the same snapshot: the
         # closed windows (most of the state) cost nothing from one epoch to the next.
+        n, revision, dirty = len(self.ids), self.revision, self.dirty_since
         snap = self._snap
-        if (
-            snap is not None
-            and len(snap[1]) == 8 * len(self.ids)
-            and snap[2] == self.revision
-            and snap[3] == self.dirty_since
-        ):
-            return snap
-        snap = self._snap = (
-            self.bar.to_tuple(),
-            self.ids.tobytes(),
-            self.revision,
-            self.dirty_since,
+        if snap is not None and snap[0] == n and snap[1] == revision and snap[2] == dirty:
+            return snap[3]
+        data = (
+            _WINDOW.pack(ws, *self.bar.to_tuple(), revision, -1 if dirty is None else dirty, n)
+            + self.ids.tobytes()
         )
-        return snap
+        self._snap = (n, revision, dirty, data)
+        return data
 
     @classmethod
-    def restore(cls, snap: tuple) -> Window:
+    def restore_all(cls, data: bytes) -> dict[int, Window]:
+        """The windows of `b"".join` of their snapshots, by start, in their order."""
+        out: dict[int, Window] = {}
+        at, end, size = 0, len(data), _WINDOW.size
+        while at < end:
+            ws, *bar, revision, dirty, n = _WINDOW.unpack_from(data, at)
+            at += size
+            ids = array("Q", data[at : at + 8 * n])
+            at += 8 * n
+            out[ws] = cls(PartialBar(*bar), ids, revision, None if dirty < 0 else dirty)
+        return out
+
+    @classmethod
+    def restore_v2(cls, snap: tuple) -> Window:
+        """A window from a format-2 snapshot: (bar tuple, key bytes, revision, dirty mark)."""
         bar, ids, revision, dirty = snap
         return cls(PartialBar(*bar), array("Q", ids), revision, dirty)
 
@@ -419,11 +437,12 @@ class SymbolBars:
     # -- recovery -------------------------------------------------------------
 
     def snapshot(self) -> tuple:
+        # Each group of windows is one bytes object: pickling it is a copy, not a walk.
         return (
             self.max_ts,
             self.max_log,
-            {ws: w.snapshot() for ws, w in self.open.items()},
-            {ws: w.snapshot() for ws, w in self.closed.items()},
+            b"".join([w.snapshot(ws) for ws, w in self.open.items()]),
+            b"".join([w.snapshot(ws) for ws, w in self.closed.items()]),
             self.evicted_through,
         )
 
@@ -433,8 +452,12 @@ class SymbolBars:
         state = cls(rules, symbol, live)
         state.max_ts = max_ts
         state.max_log = max_log
-        state.open = {ws: Window.restore(w) for ws, w in open_.items()}
-        state.closed = {ws: Window.restore(w) for ws, w in closed.items()}
+        if isinstance(open_, dict):  # format 2: a dict of tuples per group
+            state.open = {ws: Window.restore_v2(w) for ws, w in open_.items()}
+            state.closed = {ws: Window.restore_v2(w) for ws, w in closed.items()}
+        else:
+            state.open = Window.restore_all(open_)
+            state.closed = Window.restore_all(closed)
         state.closed_order = sorted(state.closed)
         state.evicted_through = evicted
         for win in (*state.open.values(), *state.closed.values()):
@@ -481,7 +504,10 @@ class FileRules:
     max_age_ms: int = 1_000
 
 
-SNAPSHOT_VERSION = 2  # 2: dedup keys are XXH3 per (symbol, window); 1 had blake2b per id
+# 3: each symbol's windows packed into bytes; 2: dedup keys are XXH3 per (symbol, window),
+# windows as tuples (still read); 1: blake2b per id (refused: the keys cannot be converted)
+SNAPSHOT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 
 
 class PartitionBars:
@@ -824,9 +850,10 @@ class PartitionBars:
 
     @classmethod
     def restore(cls, rules: BarRules, files: FileRules, snap: tuple) -> PartitionBars:
-        if not isinstance(snap, tuple) or len(snap) != 7 or snap[0] != SNAPSHOT_VERSION:
+        if not isinstance(snap, tuple) or len(snap) != 7 or snap[0] not in READABLE_VERSIONS:
             raise ValueError(
-                f"not a version-{SNAPSHOT_VERSION} partition bar-state snapshot: {str(snap)[:80]}"
+                f"not a version-{SNAPSHOT_VERSION} (or 2) partition bar-state snapshot: "
+                f"{str(snap)[:80]}"
             )
         _version, topic, partition, log, symbols, counts, pending = snap
         state = cls(rules, files, topic, partition)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 import random
 import zlib
+from pathlib import Path
 
 import orjson
 import polars as pl
@@ -36,6 +37,8 @@ from flows.bars import (
 )
 from flows.lake import BAR_SCHEMA
 from flows.ticks import BadTick, Tick, decode_tick
+
+DATA = Path(__file__).parent / "data"
 
 RULES = BarRules()
 FILES = FileRules(max_rows=1_000_000, max_age_ms=10**12)  # one file unless a test says otherwise
@@ -461,8 +464,27 @@ def test_merging_partial_bars_in_any_split_equals_one_fold(ticks, data):
     ],
 )
 def test_a_snapshot_of_another_format_is_refused_not_misread(old):
-    with pytest.raises(ValueError, match="not a version-2 partition bar-state snapshot"):
+    with pytest.raises(ValueError, match=r"not a version-3 \(or 2\) partition bar-state snapshot"):
         PartitionBars.restore(RULES, FILES, old)
+
+
+def test_a_format_2_snapshot_of_the_previous_release_resumes_to_the_same_rows():
+    """Written by stockpipe at 843ee12 after the first records of a stream, then pickled."""
+    with open(DATA / "bars-snapshot-format2.pickle", "rb") as fh:
+        saved = pickle.load(fh)
+    assert saved["snapshot"][0] == 2
+    spec = StreamSpec(
+        symbols=["A", "B", "C"], ticks_per_symbol=300, max_gap_ms=20_000, p_far_dup=0.05
+    )
+    records, _ = stream_records(saved["seed"], spec, live=saved["live"])
+    files = FileRules(max_rows=saved["max_rows"], max_age_ms=saved["max_age_ms"])
+    cut = saved["records_before"]
+    fresh = PartitionBars(RULES, files, "t", 0)
+    run_records(fresh, records[:cut])
+    resumed = PartitionBars.restore(RULES, files, saved["snapshot"])
+    assert resumed.snapshot() == fresh.snapshot()
+    assert run_records(resumed, records[cut:]) == run_records(fresh, records[cut:])
+    assert resumed.snapshot() == fresh.snapshot()
 
 
 @pytest.mark.parametrize(
