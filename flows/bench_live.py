@@ -371,7 +371,7 @@ def check_lake(lake: Path) -> LakeCheck:
     return LakeCheck(len(files), rows.height, distinct, conflicting)
 
 
-def _wait(
+def wait_until(
     done: Callable[[], bool],
     checks: Sequence[Callable[[], None]],
     timeout: float = math.inf,
@@ -417,7 +417,7 @@ def run_live(
     try:
         _, progress = stream.start()
         say(f"[live] starting the stream on {topic} ...")
-        _wait(
+        wait_until(
             lambda: progress.reads(partitions),
             [stream.check],
             READY_TIMEOUT_S,
@@ -435,13 +435,13 @@ def run_live(
         checks = [stream.check, feed.check, lambda: _raise_from(watcher.error)]
         for fraction in kill_fractions(kills):
             due = measured_from + fraction * seconds
-            _wait(lambda due=due: time.time() >= due, checks)
+            wait_until(lambda due=due: time.time() >= due, checks)
             stream.kill()
             progress.poll()
             targets = dict(progress.read)
             restarted, progress = stream.start()
             progress.watch_for(targets)
-            _wait(
+            wait_until(
                 progress.caught_up,
                 checks,
                 RESUME_TIMEOUT_S,
@@ -450,13 +450,13 @@ def run_live(
             resume = max(0.0, (progress.caught_up_at() or restarted) - restarted)
             result.resumes.append(resume)
             say(f"[live] killed the stream and restarted it: caught up again in {resume:.2f}s")
-        _wait(feed.paced.is_set, checks)
+        wait_until(feed.paced.is_set, checks)
         windows = feed.measured_windows(bar_ms)
         result.expected_bars = len(windows)
         say(f"[live] paced period over ({feed.sent:,} ticks); waiting for {len(windows)} bars ...")
         # Bars still missing at the deadline are a finding (reported), not a failed bench.
         deadline = time.monotonic() + VISIBLE_TIMEOUT_S
-        _wait(lambda: not watcher.missing(windows) or time.monotonic() > deadline, checks)
+        wait_until(lambda: not watcher.missing(windows) or time.monotonic() > deadline, checks)
         lateness = settings.allowed_lateness
         with watcher.lock:
             for key in sorted(windows):

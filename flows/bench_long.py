@@ -37,7 +37,7 @@ from flows.bench import (
     intensity_for,
     produce_ticks,
 )
-from flows.bench_live import LiveStream, ProgressLog
+from flows.bench_live import RESUME_TIMEOUT_S, LiveStream, ProgressLog, wait_until
 from flows.settings import Settings
 
 DEADLINE_S = 1800.0  # generous: a shared 2-core machine is slow, not stuck
@@ -111,8 +111,12 @@ def long_run(
                     restarted, progress = stream.start()
                     progress.watch_for(targets)
                     follow(stream, progress, sum(o + 1 for o in targets.values()), samples)
-                    while not progress.caught_up():
-                        time.sleep(0.05)
+                    wait_until(
+                        progress.caught_up,
+                        [stream.check],
+                        RESUME_TIMEOUT_S,
+                        "the restarted stream did not read again what the killed one had read",
+                    )
                     resume_s.append(progress.caught_up_at() - restarted)  # type: ignore[operator]
                 follow(stream, progress, ticks, samples)
             finally:
@@ -133,6 +137,18 @@ def long_run(
     }
 
 
+def fractions(text: str) -> list[float]:
+    """`--kill-at`: comma-separated fractions of the run, each above 0 and below 1."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+    wrong = [v for v in values if not 0 < v < 1]
+    if wrong:
+        raise argparse.ArgumentTypeError(f"each must be above 0 and below 1, got {wrong[0]:g}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ticks", type=int, default=4_000_000)
@@ -140,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--span-hours", type=float, default=16.0)
     parser.add_argument(
         "--kill-at",
-        type=lambda text: [float(part) for part in text.split(",")],
+        type=fractions,
         default=[0.25, 0.5, 0.75],
         help="Fractions read at each kill, comma-separated (default 0.25,0.5,0.75).",
     )
