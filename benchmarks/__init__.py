@@ -1,21 +1,8 @@
-"""Benchmark runners for `stockpipe bench` (orchestrated by `flows.bench`).
+"""Standalone warehouse benchmarks, run from a checkout: `python -m benchmarks.<script>`.
 
-Each engine runs in a process of its own, so imports, threads and memory never
-mix: `python -m benchmarks.<runner> --bootstrap HOST:PORT --topic T --ticks N`.
-A runner reads the topic from the beginning until it has handled N messages
-and prints its measurement as the last line of stdout (see `common.emit`).
+    warehouse_scale   incremental load + dbt cost against a year of history
+    warehouse_month   a month of 1-minute bars at hundreds of symbols through load + dbt
 
-    raw_consume     confluent-kafka batch consume, no decoding (the ceiling)
-    stockpipe_flow  the real dataflow, `flows.stream.run_stream`, into a fresh lake
-    naive_bytewax   Bytewax's KafkaSource -> json.loads -> per-tick fold_window
-    quix_app        Quix Streams tumbling_window(60 s).reduce(...).final()
-
-`live_flow` is apart: the real stream for the bench's live run (bar latency,
-resume after kill; `flows.bench_live`), which never stops by itself and
-reports how far it has read in a progress file instead of a result line.
-
-Every rate is N / busy seconds, where the busy time starts when the engine's
-own code sees the first message (connecting, topic metadata and consumer-group
-joins are left out) and ends when the last message has been handled; each
-runner's docstring says exactly where its clock stops.
+The stream's benchmark is `stockpipe bench` (its engines live in
+`flows.tooling.engines`, so it runs from an installed wheel too).
 """

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.lake import LakeWriter
-from flows.lakefs import open_lake
+from flows.lake.store import open_lake
 from flows.settings import load_settings
+from flows.stream.lake_sink import LakeWriter
 
 
 def trading_minutes(month: str) -> list[np.ndarray]:
@@ -89,7 +89,7 @@ def main() -> None:
     t1 = time.perf_counter()
     print(f"wrote {rows:,} bars in {files} files in {t1 - t0:.1f}s")
 
-    from flows.transform import transform
+    from flows.transform.dbt_runner import transform
     from flows.warehouse import load
 
     settings = load_settings(

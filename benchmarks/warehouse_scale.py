@@ -35,9 +35,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from flows.lake import LakeWriter
-from flows.lakefs import open_lake
+from flows.lake.store import open_lake
 from flows.settings import Settings, load_settings
+from flows.stream.lake_sink import LakeWriter
 
 SESSIONS_IN_11_MONTHS = 231
 LAST_SESSION = "2025-10-31"
@@ -164,7 +164,7 @@ def writer(root: Path, tag: str) -> LakeWriter:
 
 def load_and_transform(settings: Settings, since: date | None = None) -> tuple[float, float, int]:
     """`stockpipe load` (every pending file) then `stockpipe transform`: seconds each, rows."""
-    from flows.transform import transform
+    from flows.transform.dbt_runner import transform
     from flows.warehouse import load
 
     started = time.perf_counter()

@@ -32,8 +32,8 @@ from typing import Any
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from flows import orchestration
 from flows.settings import load_settings
+from flows.transform.dbt_runner import orchestration
 
 SETTINGS = load_settings()
 GOLD_MARTS = Asset(orchestration.GOLD_MARTS_URI)

@@ -8,7 +8,7 @@
 Loading is exactly once (the manifest and the rows commit together), so any run,
 retry or overlap with `stockpipe load` is safe. When the lake has nothing new, the
 load and dbt tasks are skipped, freshness is still checked, and no asset event is
-emitted. Everything heavy is imported inside the tasks (see flows/orchestration.py).
+emitted. Everything heavy is imported inside the tasks (see flows/transform/orchestration.py).
 
 Under a real scheduler (LocalExecutor, parallelism > 1), on DuckDB: every task
 that opens the warehouse file (find_new_files, load_batch, each dbt node,
@@ -36,8 +36,8 @@ from typing import Any
 from airflow.sdk import Asset, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from flows import orchestration
 from flows.settings import load_settings
+from flows.transform.dbt_runner import orchestration
 
 SETTINGS = load_settings()
 GOLD_MARTS = Asset(orchestration.GOLD_MARTS_URI)

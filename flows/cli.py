@@ -11,16 +11,16 @@ import sys
 import typer
 from rich.console import Console
 
-from flows.bench import bench_command
-from flows.chaos import chaos_command
-from flows.demo import demo_command
 from flows.errors import StockpipeError
-from flows.kafka_local import kafka_app
-from flows.producers.command import produce_command
-from flows.report import report_command
-from flows.status import status_command
-from flows.stream import stream_command
-from flows.transform import transform_command
+from flows.ingest.command import produce_command
+from flows.ops.status import status_command
+from flows.report.html import report_command
+from flows.stream.run import stream_command
+from flows.tooling.bench import bench_command
+from flows.tooling.chaos import chaos_command
+from flows.tooling.demo import demo_command
+from flows.tooling.kafka import kafka_app
+from flows.transform.dbt_runner import transform_command
 from flows.warehouse.command import load_command
 
 app = typer.Typer(

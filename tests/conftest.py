@@ -1,6 +1,6 @@
 """Shared fixtures: the real local Apache Kafka broker, fresh topics, settings.
 
-The broker is started once per test session with `flows.kafka_local.start`
+The broker is started once per test session with `flows.tooling.kafka.start`
 (or reused when one already listens on KAFKA_BOOTSTRAP_SERVERS) and stopped at
 the end only if this session started it. Every Kafka test creates its own
 uniquely named topics, so tests never see each other's messages.
@@ -27,7 +27,7 @@ if not GOLDEN_DIR.exists():  # a clone elsewhere: the copy kept in the repo
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """Bootstrap servers of the real local broker, started once for the session."""
-    from flows import kafka_local
+    from flows.tooling import kafka as kafka_local
 
     settings = load_settings()
     started = kafka_local.start(settings)

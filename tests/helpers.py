@@ -217,7 +217,7 @@ def assert_each_row_once(rows: pl.DataFrame) -> None:
 
 def free_port_pair() -> int:
     """A loopback port p such that p and p + 1 (a local broker's controller) are both free."""
-    from flows import kafka_local
+    from flows.tooling import kafka as kafka_local
 
     for _ in range(50):
         port = kafka_local.free_port()

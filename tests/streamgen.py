@@ -92,7 +92,7 @@ def expected_ticks(
     content), so "remembered while the window can be restated" means: too
     late first, else a duplicate if the id was accepted before.
     """
-    from flows.ticks import tick_id
+    from flows.ingest.ticks import tick_id
 
     accepted: set[tuple[str, str]] = set()
     max_ts: dict[str, int] = {}

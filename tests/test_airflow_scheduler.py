@@ -34,8 +34,8 @@ import duckdb
 import load_helpers
 import pytest
 
-from flows import orchestration
 from flows.settings import load_settings
+from flows.transform.dbt_runner import orchestration
 
 pytestmark = pytest.mark.slow
 

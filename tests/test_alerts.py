@@ -18,9 +18,8 @@ import pytest
 from helpers import recording_webhook
 from test_dbt_transform import load_bronze, random_bars
 
-from flows import orchestration
 from flows.settings import load_settings
-from flows.transform import assess_freshness, trading_time_between
+from flows.transform.dbt_runner import assess_freshness, orchestration, trading_time_between
 
 UTC = dt.UTC
 CRYPTO = "BINANCE:BTCUSDT"

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from streamgen import StreamSpec, expected_ticks, make_stream
 
-from flows.bars import (
+from flows.ingest.ticks import BadTick, Tick, decode_tick
+from flows.stream.bars import (
     BAD,
     FLUSH,
     HEARTBEAT,
@@ -35,8 +36,7 @@ from flows.bars import (
     TickIn,
     fold_ticks,
 )
-from flows.lake import BAR_SCHEMA
-from flows.ticks import BadTick, Tick, decode_tick
+from flows.stream.lake_sink import BAR_SCHEMA
 
 DATA = Path(__file__).parent / "data"
 

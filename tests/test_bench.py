@@ -9,7 +9,9 @@ import json
 
 import pytest
 
-from flows.bench import (
+from flows.errors import StockpipeError
+from flows.settings import load_settings
+from flows.tooling.bench import (
     JSON_KEYS,
     RATE_KEYS,
     RSS_KEY,
@@ -20,9 +22,7 @@ from flows.bench import (
     intensity_for,
     run_bench,
 )
-from flows.bench_live import kill_fractions, percentile
-from flows.errors import StockpipeError
-from flows.settings import load_settings
+from flows.tooling.bench_live import kill_fractions, percentile
 
 SPREAD_KEYS = (*RATE_KEYS.values(), RSS_KEY)
 TOP_KEYS = (
@@ -177,8 +177,8 @@ def test_bars_check_must_hold_for_every_dataflow_repetition():
 
 
 def test_intensity_makes_the_ticks_span_the_asked_event_time():
-    from flows.bench import BENCH_START_MS
-    from flows.producers import simulate
+    from flows.ingest import simulate
+    from flows.tooling.bench import BENCH_START_MS
 
     symbols = bench_symbols(20)
     intensity = intensity_for(symbols, 4000, span_hours=3.0)
@@ -215,7 +215,7 @@ def test_bad_options_say_which_option_is_wrong():
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_long_run_samples_memory_through_the_run_and_times_the_resume(settings_for):
-    from flows.bench_long import long_run
+    from flows.tooling.bench_long import long_run
 
     result = long_run(
         settings_for(), 20_000, 10, span_hours=3.0, kill_at=(0.3, 0.6), say=lambda _: None

@@ -30,9 +30,9 @@ import pytest
 from helpers import recording_webhook
 from load_helpers import bar_rows, bars_table, write_bars
 
-from flows import orchestration
 from flows.errors import StockpipeError
 from flows.settings import load_settings
+from flows.transform.dbt_runner import orchestration
 
 pytestmark = pytest.mark.slow
 

@@ -28,7 +28,7 @@ from helpers import emulator_snowflake_settings
 from test_dbt_transform import CRYPTO, generate_loads, load_bronze, nyse_schedule
 
 from flows.settings import load_settings
-from flows.transform import transform
+from flows.transform.dbt_runner import transform
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ import talib
 
 from flows.errors import StockpipeError
 from flows.settings import load_settings
-from flows.transform import TransformResult, transform
+from flows.transform.dbt_runner import TransformResult, transform
 
 pytestmark = pytest.mark.slow
 
@@ -996,7 +996,7 @@ def test_data_tests_check_recent_days_unless_asked_for_the_full_history(
     the latest run wrote (the backfilled day) fails them whatever its date."""
     import shutil
 
-    from flows.transform import dbt_session, invoke
+    from flows.transform.dbt_runner import dbt_session, invoke
 
     db = tmp_path / "copy.duckdb"
     shutil.copy(backfilled.db, db)

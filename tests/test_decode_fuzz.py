@@ -15,16 +15,16 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows.ticks import (
+from flows.ingest.ticks import (
     MAX_TS_MS,
     MIN_TS_MS,
     BadTick,
     Tick,
-    decode_batch,
     decode_tick,
     encode_tick,
     parse_tick,
 )
+from flows.stream.decode import decode_batch
 
 LOG_TS = 1_741_100_500_000
 SKEW = 60_000

@@ -1,4 +1,4 @@
-"""The local Apache Kafka broker (`flows.kafka_local`), against real brokers: no mocks.
+"""The local Apache Kafka broker (`flows.tooling.kafka`), against real brokers: no mocks.
 
 The session broker comes from the `kafka_bootstrap` fixture (conftest.py,
 which calls `kafka_local.start`); one test starts and stops a second broker of
@@ -20,9 +20,9 @@ from confluent_kafka import Consumer, Producer
 from helpers import free_port_pair
 from typer.testing import CliRunner
 
-from flows import kafka_local
 from flows.errors import ServiceUnavailable, StockpipeError
 from flows.settings import Settings, load_settings
+from flows.tooling import kafka as kafka_local
 
 pytestmark = pytest.mark.kafka
 

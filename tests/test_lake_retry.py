@@ -24,7 +24,7 @@ from moto.server import ThreadedMotoServer
 from s3fs.errors import translate_boto_error
 
 from flows.errors import StockpipeError
-from flows.lake_retry import (
+from flows.lake.retry import (
     LAKE_WRITE_FAILURES,
     LAKE_WRITE_RETRIES,
     LakeWriteError,
@@ -206,7 +206,7 @@ def test_full_disk_is_retried_until_space_is_free(tmp_path: Path, caplog):
         with fs.open(next(targets), "wb") as fh:
             fh.write(b"PAR1")
 
-    with caplog.at_level(logging.WARNING, logger="flows.lake_retry"):
+    with caplog.at_level(logging.WARNING, logger="flows.lake.retry"):
         assert put_with_retry(put, url, initial_delay_s=0.01, sleep=sleeps.append) == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2 and all(url in w and "No space left" in w for w in warnings)

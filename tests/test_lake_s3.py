@@ -19,11 +19,11 @@ from helpers import (
 )
 from moto.server import ThreadedMotoServer
 
-from flows import kafka_local
-from flows.lake import LakeWriter
-from flows.lakefs import open_lake
+from flows.lake.store import open_lake
 from flows.settings import load_settings
-from flows.stream import run_stream
+from flows.stream.lake_sink import LakeWriter
+from flows.stream.run import run_stream
+from flows.tooling import kafka as kafka_local
 
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 

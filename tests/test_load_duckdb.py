@@ -24,7 +24,7 @@ from load_helpers import (
 )
 from typer.testing import CliRunner
 
-from flows.lakefs import Lake, open_lake
+from flows.lake.store import Lake, open_lake
 from flows.settings import Settings, SettingsError, load_settings
 from flows.warehouse import ContentConflict, LoadError, load, load_files, pending_files
 from flows.warehouse.base import BAR_COLUMN_NAMES, LakeFile, ManifestEntry

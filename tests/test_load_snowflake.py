@@ -23,10 +23,10 @@ import pytest
 import snowflake.connector
 from load_helpers import bar_rows, expected_rows, write_bars, write_many
 
-from flows import kafka_local
 from flows.errors import ServiceUnavailable, StockpipeError
-from flows.lakefs import open_lake
+from flows.lake.store import open_lake
 from flows.settings import Settings, SettingsError, load_settings
+from flows.tooling import kafka as kafka_local
 from flows.warehouse import (
     ContentConflict,
     LoadError,

@@ -1,7 +1,7 @@
 """Gold metrics on hand-made sessions, and the calendar's range, with real dbt on DuckDB.
 
 The warehouse is built as in test_dbt_transform.py (bronze rows inserted as
-`stockpipe load` would, then `flows.transform.transform`); expectations are
+`stockpipe load` would, then `flows.transform.dbt_runner.transform`); expectations are
 computed independently here with numpy/pandas over the bars loaded.
 """
 
@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from test_dbt_transform import load_bronze, random_bars
 
-from flows.calendar_seed import SEED_PATH
 from flows.errors import StockpipeError
 from flows.settings import load_settings
-from flows.transform import transform
+from flows.transform.calendars import SEED_PATH
+from flows.transform.dbt_runner import transform
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,7 @@ def test_a_bar_dated_outside_the_calendar_fails_the_transform_naming_the_date(
 def test_transform_refuses_a_bar_size_the_marts_are_not_built_on(tmp_path: Path) -> None:
     from flows.errors import StockpipeError
     from flows.settings import load_settings
-    from flows.transform import dbt_environment, transform
+    from flows.transform.dbt_runner import dbt_environment, transform
 
     settings = load_settings(bar_seconds=30, warehouse=f"duckdb:///{tmp_path / 'w.duckdb'}")
     assert dbt_environment(settings)["STOCKPIPE_BAR_SECONDS"] == "30"  # staging's filter

@@ -18,11 +18,11 @@ import orjson
 import pytest
 from helpers import free_port_pair, read_records
 
-from flows import kafka_local
 from flows.errors import ServiceUnavailable
-from flows.producers.kafka_out import HEARTBEAT_HEADER, TickWriter
+from flows.ingest.kafka_out import HEARTBEAT_HEADER, TickWriter
+from flows.ingest.ticks import Tick
 from flows.settings import Settings, load_settings
-from flows.ticks import Tick
+from flows.tooling import kafka as kafka_local
 
 pytestmark = pytest.mark.kafka
 

@@ -31,15 +31,15 @@ from fakes.finnhub_server import PING, FakeFinnhubREST, FakeFinnhubWS, trade, tr
 from helpers import read_records
 
 from flows.errors import ServiceUnavailable
-from flows.producers import TickWriter, ensure_topics, simulate
-from flows.producers.command import pump
-from flows.producers.finnhub_rest import QuotePoller
-from flows.producers.finnhub_ws import FinnhubStream
-from flows.producers.kafka_out import HEARTBEAT_HEADER
-from flows.producers.pacing import Pacer
-from flows.producers.replay import read_replay
+from flows.ingest import TickWriter, ensure_topics, simulate
+from flows.ingest.command import pump
+from flows.ingest.finnhub_rest import QuotePoller
+from flows.ingest.finnhub_ws import FinnhubStream
+from flows.ingest.kafka_out import HEARTBEAT_HEADER
+from flows.ingest.pacing import Pacer
+from flows.ingest.replay import read_replay
+from flows.ingest.ticks import Tick, encode_tick, tick_id
 from flows.settings import load_settings
-from flows.ticks import Tick, encode_tick, tick_id
 
 pytestmark = pytest.mark.kafka
 

@@ -13,11 +13,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from flows.producers.finnhub_rest import retry_after_seconds
-from flows.producers.finnhub_ws import redact, trades_from_frame
-from flows.producers.pacing import Pacer
-from flows.producers.sim import BAD_KINDS, bad_record, profile_for, simulate
-from flows.ticks import BadTick, Tick, encode_tick, parse_tick, tick_id
+from flows.ingest.finnhub_rest import retry_after_seconds
+from flows.ingest.finnhub_ws import redact, trades_from_frame
+from flows.ingest.pacing import Pacer
+from flows.ingest.sim import BAD_KINDS, bad_record, profile_for, simulate
+from flows.ingest.ticks import BadTick, Tick, encode_tick, parse_tick, tick_id
 
 NY = ZoneInfo("America/New_York")
 NOW_MS = int(time.time() * 1000)
@@ -249,8 +249,8 @@ def test_a_bad_record_with_a_future_ts_does_not_hold_back_pacing():
     import threading
     import time
 
-    from flows.producers.pacing import Pacer, event_ts
-    from flows.ticks import Tick
+    from flows.ingest.pacing import Pacer, event_ts
+    from flows.ingest.ticks import Tick
 
     t0 = 1_741_100_400_000
     items = [
@@ -269,7 +269,7 @@ def test_warmup_history_is_sparse_and_leads_into_the_session_on_one_price_path()
     import math
     from datetime import UTC, datetime
 
-    from flows.producers import simulate
+    from flows.ingest import simulate
 
     session_open = int(datetime(2025, 3, 4, 14, 30, tzinfo=UTC).timestamp() * 1000)
     start = session_open - 14 * 86_400_000
@@ -290,8 +290,8 @@ def test_pacing_starts_at_the_origin_not_during_the_unpaced_warmup():
     import threading
     import time
 
-    from flows.producers.pacing import Pacer
-    from flows.ticks import Tick
+    from flows.ingest.pacing import Pacer
+    from flows.ingest.ticks import Tick
 
     origin = 1_741_100_400_000
     pacer = Pacer(threading.Event(), speed=1.0, origin_ms=origin)

@@ -33,11 +33,11 @@ import pytest
 from test_dbt_transform import load_bronze, random_bars
 
 from flows.errors import StockpipeError
-from flows.lake import LakeWriter
-from flows.lakefs import open_lake
-from flows.report import NO_BARS, NOT_TRANSFORMED, build_report, read_dlq_counts
+from flows.lake.store import open_lake
+from flows.report.html import NO_BARS, NOT_TRANSFORMED, build_report, read_dlq_counts
 from flows.settings import Settings, load_settings
-from flows.transform import transform
+from flows.stream.lake_sink import LakeWriter
+from flows.transform.dbt_runner import transform
 
 pytestmark = pytest.mark.slow
 

@@ -389,7 +389,7 @@ def test_snowflake_transform_on_the_emulator_leaks_no_secret(
     from test_dbt_snowflake import SNOWFLAKE_DDL
     from test_dbt_transform import CRYPTO, generate_loads, nyse_schedule
 
-    from flows.transform import transform_command
+    from flows.transform.dbt_runner import transform_command
 
     secrets = fake_secrets()
     target = tmp_path / "dbt-target"

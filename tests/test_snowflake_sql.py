@@ -321,7 +321,7 @@ def test_checker_passes_valid_snowflake_sql(snippet: str) -> None:
 
 def _compile(target_path: Path) -> dict[str, tuple[str, str, str, str]]:
     """`dbt compile` on the snowflake target: unique_id -> (materialization, schema, name, SQL)."""
-    from flows.transform import dbt_session, invoke
+    from flows.transform.dbt_runner import dbt_session, invoke
 
     settings = emulator_snowflake_settings(target_path)
     with dbt_session(settings, target_path) as common:

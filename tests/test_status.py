@@ -18,14 +18,14 @@ import orjson
 import pytest
 from helpers import consume_all, produce_raw
 
-from flows.settings import Settings, load_settings
-from flows.status import (
+from flows.ops.status import (
     BARS_STEP,
     SOURCE_STEP,
     read_recovery_store,
     stream_status,
     warehouse_status,
 )
+from flows.settings import Settings, load_settings
 
 SYMBOLS = ("AAA", "BBB", "CCC", "DDD", "EEE")
 
@@ -255,8 +255,8 @@ def test_stream_status_reads_offsets_and_bar_state_without_a_broker(tmp_path):
     """A never-read partition (offset -2) counts as not committed; bar state gives watermarks."""
     from bytewax.recovery import init_db_dir
 
-    from flows.bars import BarRules, FileRules, PartitionBars, Record
-    from flows.ticks import decode_tick
+    from flows.ingest.ticks import decode_tick
+    from flows.stream.bars import BarRules, FileRules, PartitionBars, Record
 
     settings = load_settings(
         kafka_bootstrap_servers="127.0.0.1:1",

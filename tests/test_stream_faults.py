@@ -27,7 +27,7 @@ from helpers import (
     stockpipe,
 )
 
-from flows.producers.kafka_out import HEARTBEAT_HEADER
+from flows.ingest.kafka_out import HEARTBEAT_HEADER
 
 pytestmark = pytest.mark.kafka
 
@@ -214,9 +214,9 @@ def test_a_vanished_resume_offset_stops_the_stream_with_a_message(new_topic, set
 
 
 def test_bar_state_from_an_older_stockpipe_stops_with_what_to_do():
-    from flows.bars import BarRules, FileRules
     from flows.errors import StockpipeError
-    from flows.ohlc import BarLogic
+    from flows.stream.bars import BarRules, FileRules
+    from flows.stream.dataflow import BarLogic
 
     old = ("COIN", (1, 1_741_100_400_000, 0.0, {}, {}, [], 0, 0))
     with pytest.raises(StockpipeError, match="delete STOCKPIPE_RECOVERY_DIR"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from flows.ticks import (
+from flows.ingest.ticks import (
     MAX_AHEAD_MS,
     BadTick,
     Tick,

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flows.errors import ServiceUnavailable
-from flows.lakefs import Lake
+from flows.lake.store import Lake
 from flows.warehouse.base import (
     BAR_COLUMN_NAMES,
     BAR_COLUMNS,

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flows.errors import ServiceUnavailable
-from flows.lakefs import (
+from flows.lake.store import (
     BARS_PREFIX,
     Lake,
     LakeEntry,

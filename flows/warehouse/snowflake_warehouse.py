@@ -61,7 +61,7 @@ import snowflake.connector
 import snowflake.connector.errors
 
 from flows.errors import ServiceUnavailable, StockpipeError
-from flows.lakefs import Lake
+from flows.lake.store import Lake
 from flows.settings import Settings, SettingsError
 from flows.warehouse.base import (
     BAR_COLUMNS,

@@ -1,0 +1,373 @@
+"""`stockpipe produce`: ticks into Kafka from the simulator, Finnhub, or a replay file.
+
+Ctrl-C / SIGTERM stop the source, flush everything queued or spooled to the
+broker, print how many ticks were acknowledged per symbol, and exit 0 (non-zero,
+with the outage log named, when some could not be delivered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from enum import StrEnum
+from itertools import islice
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.errors import StockpipeError
+from flows.ingest.kafka_out import Item, TickWriter
+from flows.ingest.pacing import Pacer, event_ts, stop_on_signals
+from flows.settings import Settings, load_settings, parse_duration, parse_symbols
+
+log = logging.getLogger(__name__)
+
+
+class Source(StrEnum):
+    sim = "sim"
+    finnhub = "finnhub"
+    replay = "replay"
+
+
+class Mode(StrEnum):
+    ws = "ws"
+    rest = "rest"
+
+
+def _parse_start(value: str | None) -> int:
+    if not value or value == "now":
+        return time.time_ns() // 1_000_000
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise StockpipeError(
+            f"--start {value!r} is not an ISO date-time (e.g. 2025-03-04T09:30:00-05:00)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _probability(name: str, value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise StockpipeError(f"{name} must be a probability between 0 and 1, got {value!r}")
+    return value
+
+
+def _positive(name: str, value: float) -> float:
+    if value <= 0:
+        raise StockpipeError(f"{name} must be > 0, got {value!r}")
+    return value
+
+
+def pump(items: Iterable[Item], writer: TickWriter, pacer: Pacer) -> None:
+    """Write items to Kafka at the pacer's speed until they run out or a stop is asked for."""
+    for item in items:
+        if not pacer.wait(event_ts(item)):
+            break
+        writer.write(item)
+        writer.poll(0)
+
+
+def _print_summary(writer: TickWriter, started: float) -> None:
+    ticks = sum(writer.delivered.values())
+    raw = sum(writer.delivered_raw.values())
+    elapsed = time.monotonic() - started
+    typer.echo(
+        f"sent {ticks + raw} messages to {writer.topic} in {elapsed:.1f}s: {ticks} ticks, {raw} raw records"
+    )
+    typer.echo("messages sent per symbol:")
+    for key in sorted(set(writer.delivered) | set(writer.delivered_raw)):
+        n_raw = writer.delivered_raw.get(key, 0)
+        extra = f" ({n_raw} raw)" if n_raw else ""
+        typer.echo(f"  {key or '(no key)'}: {writer.delivered.get(key, 0) + n_raw}{extra}")
+    if writer.failed:
+        typer.echo(
+            f"{writer.failed} messages were NOT delivered (listed in the outage log {writer.outage_log})"
+        )
+
+
+async def _run_async(runner, stop_flag: threading.Event) -> None:  # noqa: ANN001
+    from flows.ingest.finnhub_ws import stop_when
+
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(stop_when(stop_flag, stop))
+    try:
+        await runner.run(stop)
+    finally:
+        stop.set()
+        await watcher
+
+
+def produce_command(
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Replay file (--source replay): JSON lines or Parquet of ticks.",
+            show_default=False,
+        ),
+    ] = None,
+    source: Annotated[Source, typer.Option("--source", help="Where ticks come from.")] = Source.sim,
+    symbols: Annotated[
+        str | None,
+        typer.Option(
+            "--symbols",
+            help="Comma-separated symbols (default STOCKPIPE_SYMBOLS).",
+            show_default=False,
+        ),
+    ] = None,
+    topic: Annotated[
+        str | None,
+        typer.Option("--topic", help="Kafka topic (default STOCKPIPE_TOPIC).", show_default=False),
+    ] = None,
+    # pacing
+    speed: Annotated[
+        float,
+        typer.Option(
+            "--speed",
+            help="Event-time compression: 60 plays an hour of ticks in a minute; 0 = no pacing.",
+        ),
+    ] = 1.0,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate",
+            help="Fixed wall-clock rate in messages/s (overrides --speed).",
+            show_default=False,
+        ),
+    ] = None,
+    as_fast_as_possible: Annotated[
+        bool, typer.Option("--as-fast-as-possible", help="No pacing at all (same as --speed 0).")
+    ] = False,
+    # simulator
+    seed: Annotated[
+        int, typer.Option("--seed", help="sim: random seed; the same seed gives the same messages.")
+    ] = 0,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--start",
+            help="sim: event time of the first tick, ISO 8601 (UTC if no offset); default now. "
+            "Stocks wait for the next NYSE session, crypto pairs (X:Y) trade at once.",
+            show_default=False,
+        ),
+    ] = None,
+    duration: Annotated[
+        str | None,
+        typer.Option(
+            "--duration",
+            help="sim: stop after this much EVENT time (e.g. 6.5h, 10m); at --speed S it takes "
+            "duration/S of wall time.",
+            show_default=False,
+        ),
+    ] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            "--count", min=1, help="Stop after N messages (faults included).", show_default=False
+        ),
+    ] = None,
+    duplicates: Annotated[
+        float, typer.Option("--duplicates", help="sim: P(a trade is sent twice).")
+    ] = 0.0,
+    out_of_order: Annotated[
+        float,
+        typer.Option(
+            "--out-of-order", help="sim: P(a trade swaps places with its symbol's next trade)."
+        ),
+    ] = 0.0,
+    late: Annotated[
+        float, typer.Option("--late", help="sim: P(a trade is 5-15 min late: restates a bar).")
+    ] = 0.0,
+    too_late: Annotated[
+        float,
+        typer.Option(
+            "--too-late", help="sim: P(a trade is days late: beyond the restate horizon)."
+        ),
+    ] = 0.0,
+    bad: Annotated[
+        float,
+        typer.Option(
+            "--bad", help="sim: P(an extra record breaking contract 1, of every kind in turn)."
+        ),
+    ] = 0.0,
+    intensity: Annotated[
+        float,
+        typer.Option(
+            "--intensity", help="sim: scale every symbol's trade rate (0.01: a hundredth)."
+        ),
+    ] = 1.0,
+    warmup_from: Annotated[
+        str | None,
+        typer.Option(
+            "--warmup-from",
+            help="sim: also simulate history from this ISO time up to --start, at "
+            "--warmup-intensity and without pacing, on the same price path.",
+            show_default=False,
+        ),
+    ] = None,
+    warmup_intensity: Annotated[
+        float, typer.Option("--warmup-intensity", help="sim: trade-rate scale of the warm-up.")
+    ] = 0.01,
+    # finnhub
+    mode: Annotated[
+        Mode,
+        typer.Option(
+            "--mode", help="finnhub: websocket trades (ws) or REST /quote polling (rest)."
+        ),
+    ] = Mode.ws,
+    stall_timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--stall-timeout",
+            help="finnhub ws: reconnect after this long without any message (default "
+            "STOCKPIPE_FINNHUB_STALL_TIMEOUT, 30s).",
+            show_default=False,
+        ),
+    ] = None,
+    calls_per_minute: Annotated[
+        int | None,
+        typer.Option(
+            "--calls-per-minute",
+            min=1,
+            help="finnhub rest: request limit (default STOCKPIPE_FINNHUB_CALLS_PER_MINUTE, 60).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Produce ticks into Kafka (key = symbol, contract-1 JSON) until done or Ctrl-C."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = load_settings(**({"topic": topic} if topic else {}))
+    try:
+        wanted = parse_symbols(symbols) if symbols else settings.symbols
+    except ValueError as exc:
+        raise StockpipeError(f"--symbols {symbols!r}: {exc}") from None
+    if speed < 0:
+        raise StockpipeError(f"--speed must be >= 0, got {speed!r}")
+    if rate is not None and rate <= 0:
+        raise StockpipeError(f"--rate must be > 0, got {rate!r}")
+    if as_fast_as_possible:
+        speed, rate = 0.0, None
+
+    # everything that can be wrong with the options is checked before Kafka is touched
+    job = _plan(source, settings, file, wanted, speed, rate, seed, start, duration, count,
+                duplicates, out_of_order, late, too_late, bad, intensity, warmup_from,
+                warmup_intensity, mode, stall_timeout, calls_per_minute)  # fmt: skip
+    with stop_on_signals() as stop, TickWriter(settings) as writer:
+        started = time.monotonic()
+        typer.echo(
+            f"producing {source.value} ticks into {writer.topic} at {settings.kafka_bootstrap_servers} "
+            "(Ctrl-C to stop)",
+            err=True,
+        )
+        try:
+            job(writer, stop)
+        finally:
+            try:  # drains (bounded), ledgers what Kafka never took, raises if anything was lost
+                writer.close()
+            finally:
+                _print_summary(writer, started)
+
+
+Job = Callable[[TickWriter, threading.Event], None]
+
+
+def _plan(
+    source: Source,
+    settings: Settings,
+    file: Path | None,
+    symbols: list[str],
+    speed: float,
+    rate: float | None,
+    seed: int,
+    start: str | None,
+    duration: str | None,
+    count: int | None,
+    duplicates: float,
+    out_of_order: float,
+    late: float,
+    too_late: float,
+    bad: float,
+    intensity: float,
+    warmup_from: str | None,
+    warmup_intensity: float,
+    mode: Mode,
+    stall_timeout: str | None,
+    calls_per_minute: int | None,
+) -> Job:
+    """Validate the options for `source` and return what produces its ticks into a writer."""
+    if source is Source.sim:
+        from flows.ingest.sim import simulate
+
+        start_ms = _parse_start(start)
+        sim_from_ms = start_ms
+        if warmup_from is not None:
+            sim_from_ms = _parse_start(warmup_from)
+            if sim_from_ms >= start_ms:
+                raise StockpipeError(f"--warmup-from {warmup_from!r} must be before --start")
+        end_ms = None
+        if duration is not None:
+            try:
+                end_ms = start_ms + int(parse_duration(duration) * 1000)
+            except ValueError as exc:
+                raise StockpipeError(f"--duration: {exc}") from None
+        items = simulate(
+            symbols,
+            seed,
+            sim_from_ms,
+            count,
+            end_ms,
+            duplicates=_probability("--duplicates", duplicates),
+            out_of_order=_probability("--out-of-order", out_of_order),
+            late=_probability("--late", late),
+            too_late=_probability("--too-late", too_late),
+            bad=_probability("--bad", bad),
+            intensity=_positive("--intensity", intensity),
+            warmup_until_ms=start_ms if warmup_from is not None else None,
+            warmup_intensity=_positive("--warmup-intensity", warmup_intensity),
+        )
+        # paced from the start time, so the quiet hours before a session take time too
+        return lambda writer, stop: pump(
+            items, writer, Pacer(stop, speed, rate, origin_ms=start_ms)
+        )
+    if source is Source.replay:
+        from flows.ingest.replay import read_replay
+
+        if file is None:
+            raise StockpipeError("--source replay needs a FILE argument (JSON lines or Parquet)")
+        replayed = read_replay(file)
+        if count:
+            replayed = islice(replayed, count)
+        return lambda writer, stop: pump(replayed, writer, Pacer(stop, speed, rate))
+
+    from flows.ingest.finnhub_ws import api_key
+
+    api_key(settings)
+    if mode is Mode.ws:
+        from flows.ingest.finnhub_ws import FinnhubStream
+
+        try:
+            stall = parse_duration(stall_timeout) if stall_timeout else None
+        except ValueError as exc:
+            raise StockpipeError(f"--stall-timeout: {exc}") from None
+
+        def stream(writer: TickWriter, stop: threading.Event) -> None:
+            runner = FinnhubStream(settings, writer, symbols, stall_timeout=stall)
+            asyncio.run(_run_async(runner, stop))
+
+        return stream
+
+    from flows.ingest.finnhub_rest import QuotePoller
+
+    def poll(writer: TickWriter, stop: threading.Event) -> None:
+        runner = QuotePoller(settings, writer, symbols, calls_per_minute=calls_per_minute)
+        asyncio.run(_run_async(runner, stop))
+
+    return poll

@@ -1,0 +1,822 @@
+"""`stockpipe status [--json]`: where every part of the pipeline stands (contract 4).
+
+Six parts, each read on its own and each allowed to be missing:
+
+- broker: reachable or not (`KAFKA_BOOTSTRAP_SERVERS`, short timeout, one-line error);
+- topic: per partition its low and end offsets and its log time (the timestamp
+  of its last record, read by a consumer assigned to `end - 1`);
+- stream: what Bytewax's recovery store under `STOCKPIPE_RECOVERY_DIR/<topic>`
+  holds as committed: per partition the next offset the stream will read (its
+  lag is `end - committed`), and the bar state of that partition (its log time,
+  per symbol the max event time and the watermark, open windows, pending
+  restatements, counters). Bytewax keeps source offsets there, not in a
+  consumer group, so the usual lag tools see nothing (DESIGN.md);
+- lake: the newest `date=` folder of `bars/` (only that folder is listed), its
+  file count and its newest file;
+- warehouse: the last load (its load sequence when the warehouse has the
+  column, else its batch), manifest files, bronze rows; DuckDB is opened read
+  only, a locked or absent file is reported as such;
+- marts: the latest event time in `silver.fct_bars_1m` (window_start) and
+  `gold.fct_bars_daily` (trade_date), or that a table does not exist yet.
+
+Reading the recovery store (bytewax 0.21, one SQLite file per recovery
+partition, `part-N.sqlite3`): `snaps(step_id, state_key, snap_epoch, ser_change)`
+holds pickled snapshots (`ser_change` NULL when the state was discarded);
+`exs(ex_num, worker_count, resume_epoch)` one row per execution and
+`fronts(ex_num, worker_index, worker_frontier)` each worker's progress. The
+epoch a new run would resume from is what Bytewax computes on start: for the
+latest execution, the smallest over its workers of max(frontier, the
+execution's resume epoch); the committed state of a key is then its snapshot
+of the greatest epoch *below* that resume epoch (later rows belong to an
+epoch not every worker finished, and would be thrown away on resume).
+`commits(part_index, commit_epoch)` is only garbage-collection bookkeeping
+(snapshots at or below it are pruned to the newest) and is reported, not used.
+
+Exit code: always 0 when the settings are valid, whatever part is missing or
+unreachable (each part says so); status is a report, not a health check. A bad
+setting stops it like every other command (exit 2, one line).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import pickle
+import sqlite3
+import uuid
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from flows.settings import Settings, load_settings
+from flows.stream.bars import BarRules, FileRules, PartitionBars
+from flows.stream.run import recovery_path
+
+FLOW_ID = "stockpipe_ohlc"
+SOURCE_STEP = f"{FLOW_ID}.kafka_in"  # state_key "<partition>-<topic>", value: next offset
+BARS_STEP = f"{FLOW_ID}.bars"  # state_key "<topic>#<partition>", value: PartitionBars.snapshot()
+KAFKA_TIMEOUT_S = 3.0
+MARTS = (("silver", "fct_bars_1m", "window_start"), ("gold", "fct_bars_daily", "trade_date"))
+
+
+def iso_ms(ms: int | None) -> str | None:
+    """Epoch milliseconds as an ISO-8601 UTC string (millisecond precision)."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def one_line(exc: BaseException | str) -> str:
+    """An error as one short line (no traceback, no newlines)."""
+    if not isinstance(exc, str):
+        arg = exc.args[0] if getattr(exc, "args", None) else None
+        text = arg.str() if hasattr(arg, "str") else str(exc)  # a KafkaError inside
+        exc = text or type(exc).__name__
+    line = " ".join(str(exc).split())
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+# ---------------------------------------------------------------------------------- Kafka
+
+
+@dataclass
+class BrokerStatus:
+    bootstrap_servers: str
+    reachable: bool
+    error: str | None = None
+    brokers: int | None = None
+
+
+@dataclass
+class TopicPartitionStatus:
+    partition: int
+    low: int | None
+    end: int | None
+    log_time_ms: int | None = None  # timestamp of the record at end - 1
+    log_time: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class TopicStatus:
+    name: str
+    checked: bool  # False when the broker is unreachable
+    exists: bool | None
+    error: str | None = None
+    partitions: list[TopicPartitionStatus] = field(default_factory=list)
+
+
+def _quiet_logger() -> Any:
+    import logging
+
+    logger = logging.getLogger("stockpipe.status.rdkafka")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    return logger
+
+
+def kafka_status(
+    settings: Settings, timeout: float = KAFKA_TIMEOUT_S
+) -> tuple[BrokerStatus, TopicStatus]:
+    """The broker and the topic's partitions: offsets and log time of the last record."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    servers = settings.kafka_bootstrap_servers
+    quiet = {"logger": _quiet_logger()}
+    broker = BrokerStatus(servers, reachable=False)
+    topic = TopicStatus(settings.topic, checked=False, exists=None)
+    admin = AdminClient({"bootstrap.servers": servers, **quiet})
+    try:
+        meta = admin.list_topics(timeout=timeout)  # all topics: asking for one may create it
+    except KafkaException as exc:
+        broker.error = f"cannot reach Kafka at {servers}: {one_line(exc)}"
+        return broker, topic
+    broker.reachable = True
+    broker.brokers = len(meta.brokers)
+    topic.checked = True
+    found = meta.topics.get(settings.topic)
+    if found is None or not found.partitions:
+        topic.exists = False
+        topic.error = f"topic {settings.topic!r} does not exist"
+        return broker, topic
+    if found.error is not None:
+        topic.exists = True
+        topic.error = one_line(found.error.str())
+    topic.exists = True
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": servers,
+            "group.id": f"stockpipe-status-{uuid.uuid4().hex[:8]}",  # never committed
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            "socket.timeout.ms": int(timeout * 1000),
+            **quiet,
+        }
+    )
+    try:
+        parts: dict[int, TopicPartitionStatus] = {}
+        for p in sorted(found.partitions):
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(settings.topic, p), timeout=timeout
+                )
+                parts[p] = TopicPartitionStatus(p, low, high)
+            except KafkaException as exc:
+                parts[p] = TopicPartitionStatus(p, None, None, error=one_line(exc))
+        topic.partitions = list(parts.values())
+        _read_log_times(consumer, settings.topic, parts, timeout)
+    finally:
+        consumer.close()
+    return broker, topic
+
+
+def _read_log_times(
+    consumer: Any, topic: str, parts: dict[int, TopicPartitionStatus], timeout: float
+) -> None:
+    """The timestamp of each partition's last record (heartbeats and flush markers count)."""
+    import time
+
+    from confluent_kafka import TopicPartition
+
+    wanted = {
+        p: s.end - 1
+        for p, s in parts.items()
+        if s.low is not None and s.end is not None and s.end > s.low
+    }
+    if not wanted:
+        return
+    consumer.assign([TopicPartition(topic, p, off) for p, off in wanted.items()])
+    deadline = time.monotonic() + timeout
+    while wanted and time.monotonic() < deadline:
+        for msg in consumer.consume(len(wanted), timeout=min(0.5, deadline - time.monotonic())):
+            if msg.error() is not None:
+                continue
+            p = msg.partition()
+            if wanted.get(p) == msg.offset():
+                ts = msg.timestamp()[1]
+                parts[p].log_time_ms = ts
+                parts[p].log_time = iso_ms(ts)
+                del wanted[p]
+    for p in wanted:
+        parts[p].error = f"no record read at offset {parts[p].end - 1} within {timeout:g}s"
+
+
+# --------------------------------------------------------------------- recovery store
+
+
+@dataclass
+class RecoveryStore:
+    """What a restart would resume from (see the module docstring)."""
+
+    files: int
+    execution: int | None = None  # ex_num of the latest execution
+    worker_count: int | None = None
+    resume_epoch: int | None = None  # snapshots of epochs below this are committed
+    commit_epochs: dict[int, int] = field(default_factory=dict)  # part_index -> commit_epoch
+    snapshots: dict[tuple[str, str], tuple[int, Any]] = field(default_factory=dict)
+
+
+def _connect_ro(path: str) -> sqlite3.Connection:
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
+    con.execute("PRAGMA query_only = ON")
+    return con
+
+
+def read_recovery_store(
+    path: Path, steps: tuple[str, ...] = (SOURCE_STEP, BARS_STEP)
+) -> RecoveryStore:
+    """Read the committed snapshots of `steps` from the SQLite partitions under `path`."""
+    files = sorted(glob.glob(str(path / "part-*.sqlite3")))
+    store = RecoveryStore(files=len(files))
+    exs: list[tuple[int, int, int]] = []
+    fronts: dict[tuple[int, int], int] = {}
+    for f in files:
+        with closing(_connect_ro(f)) as con:
+            exs.extend(con.execute("SELECT ex_num, worker_count, resume_epoch FROM exs"))
+            for ex, worker, frontier in con.execute(
+                "SELECT ex_num, worker_index, worker_frontier FROM fronts"
+            ):
+                fronts[(ex, worker)] = max(frontier, fronts.get((ex, worker), frontier))
+            for part, epoch in con.execute("SELECT part_index, commit_epoch FROM commits"):
+                store.commit_epochs[part] = epoch
+    if not exs:
+        return store  # initialised, never run (or never got through its first epoch)
+    ex, workers, resume = max(exs)
+    store.execution, store.worker_count = ex, workers
+    store.resume_epoch = min(max(fronts.get((ex, w), resume), resume) for w in range(workers))
+
+    marks = ",".join("?" * len(steps))
+    sql = (
+        "WITH best AS (SELECT step_id, state_key, MAX(snap_epoch) AS snap_epoch FROM snaps "
+        f"WHERE snap_epoch < ? AND step_id IN ({marks}) GROUP BY step_id, state_key) "
+        "SELECT step_id, state_key, snap_epoch, ser_change FROM snaps "
+        "JOIN best USING (step_id, state_key, snap_epoch)"
+    )
+    for f in files:
+        with closing(_connect_ro(f)) as con:
+            for step, key, epoch, blob in con.execute(sql, (store.resume_epoch, *steps)):
+                known = store.snapshots.get((step, key))
+                if known is None or epoch > known[0]:
+                    value = None if blob is None else pickle.loads(blob)
+                    store.snapshots[(step, key)] = (epoch, value)
+    return store
+
+
+# --------------------------------------------------------------------------- stream
+
+
+@dataclass
+class SymbolStatus:
+    symbol: str
+    partition: int
+    max_ts_ms: int | None  # largest event time seen
+    max_ts: str | None
+    watermark_ms: int | None  # max_ts - lateness, advanced by log time since it arrived
+    watermark: str | None
+    open_windows: int
+    restatable_windows: int  # closed windows still inside the restate horizon
+    pending_restatements: int  # closed windows with late ticks not emitted yet
+
+
+@dataclass
+class StreamPartitionStatus:
+    partition: int
+    committed: int | None  # next offset the stream reads; None: nothing read yet
+    end: int | None
+    lag: int | None  # end - committed (end - low when nothing was read yet)
+    snapshot_epoch: int | None
+    log_time_ms: int | None = None  # the bar state's log time
+    log_time: str | None = None
+    ticks: int | None = None
+    duplicates: int | None = None
+    too_late: int | None = None
+    open_windows: int | None = None
+    pending_restatements: int | None = None
+    unsealed_rows: int | None = None  # rows of the micro-batch not written to the lake yet
+
+
+@dataclass
+class StreamStatus:
+    recovery_path: str
+    found: bool
+    error: str | None = None
+    execution: int | None = None
+    worker_count: int | None = None
+    resume_epoch: int | None = None
+    commit_epochs: dict[str, int] = field(default_factory=dict)
+    partitions: list[StreamPartitionStatus] = field(default_factory=list)
+    symbols: list[SymbolStatus] = field(default_factory=list)
+
+
+def stream_status(settings: Settings, topic: TopicStatus | None = None) -> StreamStatus:
+    """Committed offsets, lag (with the topic's end offsets) and bar state, per partition."""
+    path = recovery_path(settings)
+    status = StreamStatus(str(path), found=False)
+    if not any(path.glob("part-*.sqlite3")):
+        status.error = "no recovery store: the stream has not run for this topic"
+        return status
+    status.found = True
+    try:
+        store = read_recovery_store(path)
+    except (sqlite3.Error, pickle.UnpicklingError, EOFError) as exc:
+        status.error = f"cannot read the recovery store: {one_line(exc)}"
+        return status
+    status.execution, status.worker_count = store.execution, store.worker_count
+    status.resume_epoch = store.resume_epoch
+    status.commit_epochs = {str(k): v for k, v in sorted(store.commit_epochs.items())}
+    if store.resume_epoch is None:
+        status.error = "the stream has not committed an epoch yet"
+
+    name = settings.topic
+    offsets: dict[int, tuple[int, Any]] = {}
+    bars: dict[int, tuple[int, Any]] = {}
+    for (step, key), snap in store.snapshots.items():
+        if step == SOURCE_STEP:
+            idx, _, key_topic = key.partition("-")
+            if key_topic == name and idx.isdigit():
+                offsets[int(idx)] = snap
+        elif step == BARS_STEP:
+            key_topic, _, idx = key.rpartition("#")
+            if key_topic == name and idx.isdigit():
+                bars[int(idx)] = snap
+
+    ends = {p.partition: p for p in (topic.partitions if topic else [])}
+    rules = BarRules.from_settings(settings)
+    for p in sorted(set(offsets) | set(bars) | set(ends)):
+        epoch, next_offset = offsets.get(p, (None, None))
+        committed = next_offset if isinstance(next_offset, int) and next_offset >= 0 else None
+        tp = ends.get(p)
+        end = tp.end if tp else None
+        lag = None
+        if end is not None:
+            lag = end - committed if committed is not None else end - (tp.low or 0)
+        part = StreamPartitionStatus(p, committed, end, lag, epoch)
+        bar_epoch, snap = bars.get(p, (None, None))
+        if snap is not None:
+            _fill_bars(part, status.symbols, PartitionBars.restore(rules, FileRules(), snap))
+            if part.snapshot_epoch is None:
+                part.snapshot_epoch = bar_epoch
+        status.partitions.append(part)
+    status.symbols.sort(key=lambda s: s.symbol)
+    return status
+
+
+def _fill_bars(part: StreamPartitionStatus, out: list[SymbolStatus], state: PartitionBars) -> None:
+    part.log_time_ms, part.log_time = state.log, iso_ms(state.log)
+    part.ticks, part.duplicates, part.too_late = state.ticks, state.duplicates, state.too_late
+    part.unsealed_rows = len(state._bars) + len(state._late)
+    part.open_windows = part.pending_restatements = 0
+    for symbol, bars in sorted(state.symbols.items()):
+        pending = sum(1 for w in bars.closed.values() if w.dirty_since is not None)
+        wm = bars.watermark(state.log)
+        part.open_windows += len(bars.open)
+        part.pending_restatements += pending
+        out.append(
+            SymbolStatus(
+                symbol,
+                part.partition,
+                bars.max_ts,
+                iso_ms(bars.max_ts),
+                wm,
+                iso_ms(wm),
+                len(bars.open),
+                len(bars.closed),
+                pending,
+            )
+        )
+
+
+# ----------------------------------------------------------------------------- lake
+
+
+@dataclass
+class LakeStatus:
+    url: str
+    found: bool
+    error: str | None = None
+    newest_partition: str | None = None  # the newest date=YYYY-MM-DD of bars/
+    files_in_newest_partition: int | None = None
+    newest_file: str | None = None
+    newest_file_size: int | None = None
+    newest_file_mtime: str | None = None
+
+
+def _mtime(info: dict[str, Any]) -> datetime | None:
+    value = info.get("mtime", info.get("LastModified"))
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    return None
+
+
+def lake_status(settings: Settings) -> LakeStatus:
+    """The newest `date=` folder of bars/ and its newest file (lists only that folder)."""
+    from flows.lake.store import BARS_PREFIX, list_partitions, open_lake
+
+    status = LakeStatus(settings.lake_url, found=False)
+    try:
+        lake = open_lake(settings)
+        parents = list_partitions(lake, BARS_PREFIX)
+        newest = [ps[-1] for ps in parents.values() if ps]
+        if not newest:
+            status.error = "no bar files yet (no date= folder under bars/)"
+            return status
+        day = max(p.day for p in newest)
+        status.found = True
+        status.newest_partition = day.isoformat()
+        files: list[dict[str, Any]] = []
+        for p in newest:
+            if p.day != day:
+                continue
+            lake.fs.invalidate_cache(p.path)
+            for info in lake.fs.ls(p.path, detail=True):
+                name = info["name"].rsplit("/", 1)[-1]
+                if (
+                    info.get("type") != "directory"
+                    and name.endswith(".parquet")
+                    and name[0] not in "._"
+                ):
+                    files.append(info)
+        status.files_in_newest_partition = len(files)
+        if files:
+            epoch = datetime.fromtimestamp(0, UTC)
+            best = max(files, key=lambda i: (_mtime(i) or epoch, i["name"]))
+            status.newest_file = lake.url(best["name"])
+            status.newest_file_size = int(best.get("size") or 0)
+            status.newest_file_mtime = _iso(_mtime(best))
+    except Exception as exc:  # an unreachable store, bad credentials: report, never raise
+        status.found = False
+        status.error = f"cannot list the lake: {one_line(exc)}"
+    return status
+
+
+# ------------------------------------------------------------------------ warehouse
+
+
+@dataclass
+class LastLoad:
+    load_seq: int | None  # None on a warehouse without the load sequence (or before it)
+    batch_id: str | None
+    loaded_at: str | None
+    files: int
+    rows: int
+
+
+@dataclass
+class WarehouseStatus:
+    target: str
+    checked: bool
+    error: str | None = None
+    has_load_seq: bool | None = None
+    last_load: LastLoad | None = None
+    manifest_files: int | None = None
+    bronze_rows: int | None = None
+
+
+@dataclass
+class MartStatus:
+    table: str
+    exists: bool | None  # None: not checked (warehouse not reachable)
+    latest_column: str
+    latest: str | None = None  # latest event time (window_start) or trade_date
+    rows: int | None = None
+
+
+def _open_duckdb(settings: Settings) -> tuple[Any, str | None]:
+    import duckdb
+
+    path = settings.duckdb_path
+    if not path.exists():
+        return None, f"no DuckDB file at {path} (nothing loaded yet: `stockpipe load`)"
+    try:
+        return duckdb.connect(str(path), read_only=True), None
+    except duckdb.Error as exc:
+        text = one_line(exc)
+        if "lock" in text.lower():
+            return None, f"DuckDB file {path} is locked by another process (a load or dbt): {text}"
+        return None, f"cannot open DuckDB file {path} read-only: {text}"
+
+
+def _open_snowflake(settings: Settings) -> tuple[Any, str | None]:
+    try:
+        import snowflake.connector
+
+        from flows.warehouse.snowflake_warehouse import connect_kwargs
+
+        kwargs = connect_kwargs(settings)
+        kwargs["login_timeout"] = min(float(kwargs.get("login_timeout") or 10), 10.0)
+        kwargs["network_timeout"] = 15
+        return snowflake.connector.connect(**kwargs), None
+    except Exception as exc:
+        return None, f"cannot connect to Snowflake: {one_line(exc)}"
+
+
+def warehouse_status(settings: Settings) -> tuple[WarehouseStatus, list[MartStatus]]:
+    """Last load, manifest and bronze counts, and the marts' freshness (cheap queries only).
+
+    The same SQL runs on DuckDB and Snowflake: a filtered read of the manifest's
+    last load, and `count(*)`/`max()` over whole tables (metadata on Snowflake).
+    """
+    marts = [MartStatus(f"{s}.{t}", None, col) for s, t, col in MARTS]
+    status = WarehouseStatus(settings.warehouse, checked=False)
+    con, error = (_open_snowflake if settings.warehouse == "snowflake" else _open_duckdb)(settings)
+    if con is None:
+        status.error = error
+        return status, marts
+    try:
+        status.checked = True
+        _query_warehouse(con, status, marts)
+    except Exception as exc:
+        status.error = f"warehouse query failed: {one_line(exc)}"
+    finally:
+        con.close()
+    return status, marts
+
+
+def _rows(con: Any, sql: str) -> list[tuple]:
+    cur = con.cursor()
+    try:
+        cur.execute(sql)
+        return cur.fetchall()
+    finally:
+        cur.close()
+
+
+def _query_warehouse(con: Any, status: WarehouseStatus, marts: list[MartStatus]) -> None:
+    columns: dict[str, set[str]] = {}
+    for schema, table, column in _rows(
+        con,
+        "SELECT lower(table_schema), lower(table_name), lower(column_name) "
+        "FROM information_schema.columns "
+        "WHERE lower(table_schema) IN ('bronze', 'silver', 'gold')",
+    ):
+        columns.setdefault(f"{schema}.{table}", set()).add(column)
+
+    manifest = columns.get("bronze.load_manifest")
+    if manifest is None:
+        status.error = "no bronze.load_manifest yet (nothing loaded: `stockpipe load`)"
+    else:
+        status.has_load_seq = "load_seq" in manifest
+        status.manifest_files = _rows(con, "SELECT count(*) FROM bronze.load_manifest")[0][0]
+        status.last_load = _last_load(con, status.has_load_seq)
+    if "bronze.bars" in columns:
+        status.bronze_rows = _rows(con, "SELECT count(*) FROM bronze.bars")[0][0]
+
+    for mart, (schema, table, col) in zip(marts, MARTS, strict=True):
+        have = columns.get(f"{schema}.{table}")
+        mart.exists = have is not None
+        if have is None:
+            continue
+        if col not in have:
+            mart.latest_column = f"{col} (missing)"
+            mart.rows = _rows(con, f"SELECT count(*) FROM {schema}.{table}")[0][0]
+            continue
+        latest, rows = _rows(con, f"SELECT max({col}), count(*) FROM {schema}.{table}")[0]
+        mart.latest, mart.rows = _iso(latest), rows
+
+
+def _last_load(con: Any, has_seq: bool) -> LastLoad | None:
+    cols = "max(batch_id), max(loaded_at), count(*), coalesce(sum(row_count), 0)"
+    if has_seq:
+        row = _rows(
+            con,
+            f"SELECT load_seq, {cols} FROM bronze.load_manifest "
+            "WHERE load_seq = (SELECT max(load_seq) FROM bronze.load_manifest) GROUP BY load_seq",
+        )
+        if row:
+            seq, batch, at, files, rows = row[0]
+            return LastLoad(int(seq), batch, _iso(at), int(files), int(rows))
+    # An older warehouse (or only loads from before the migration): the newest batch.
+    row = _rows(
+        con,
+        f"SELECT NULL, {cols} FROM bronze.load_manifest WHERE batch_id = "
+        "(SELECT max(batch_id) FROM bronze.load_manifest WHERE loaded_at = "
+        "(SELECT max(loaded_at) FROM bronze.load_manifest))",
+    )
+    if not row or row[0][3] == 0:
+        return None
+    _, batch, at, files, rows = row[0]
+    return LastLoad(None, batch, _iso(at), int(files), int(rows))
+
+
+# ---------------------------------------------------------------------------- report
+
+
+@dataclass
+class StatusReport:
+    generated_at: str
+    topic: str
+    broker: BrokerStatus
+    topic_status: TopicStatus
+    stream: StreamStatus
+    lake: LakeStatus
+    warehouse: WarehouseStatus
+    marts: list[MartStatus]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Stable keys: broker, topic, stream, lake, warehouse, marts (and generated_at)."""
+        return {
+            "generated_at": self.generated_at,
+            "broker": asdict(self.broker),
+            "topic": asdict(self.topic_status),
+            "stream": asdict(self.stream),
+            "lake": asdict(self.lake),
+            "warehouse": asdict(self.warehouse),
+            "marts": [asdict(m) for m in self.marts],
+        }
+
+
+def collect_status(settings: Settings) -> StatusReport:
+    """Every part, each degrading to a message of its own."""
+    broker, topic = kafka_status(settings)
+    warehouse, marts = warehouse_status(settings)
+    return StatusReport(
+        generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        topic=settings.topic,
+        broker=broker,
+        topic_status=topic,
+        stream=stream_status(settings, topic if topic.checked else None),
+        lake=lake_status(settings),
+        warehouse=warehouse,
+        marts=marts,
+    )
+
+
+def _v(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _t(iso: str | None) -> str:
+    """A compact UTC time for the tables (the JSON keeps full ISO-8601)."""
+    if iso is None:
+        return "-"
+    return iso.replace("T", " ").removesuffix("+00:00")[:23]
+
+
+def render(report: StatusReport, console: Console) -> None:
+    """A few compact tables: partitions, bar state per symbol, lake/warehouse/marts."""
+    b, t, s = report.broker, report.topic_status, report.stream
+    if b.reachable:
+        console.print(f"[bold]broker[/] {b.bootstrap_servers}: [green]reachable[/]")
+    else:
+        console.print(f"[bold]broker[/] {b.bootstrap_servers}: [red]unreachable[/]: {b.error}")
+    if t.error:
+        console.print(f"[bold]topic[/] {t.name}: [yellow]{t.error}[/]")
+    if s.error:
+        console.print(f"[bold]stream[/] {s.recovery_path}: [yellow]{s.error}[/]")
+
+    topic_parts = {p.partition: p for p in t.partitions}
+    stream_parts = {p.partition: p for p in s.partitions}
+    if topic_parts or stream_parts:
+        parts = Table(
+            box=box.SIMPLE_HEAD,
+            title=f"{t.name}: offsets and lag (resume epoch {_v(s.resume_epoch)})",
+        )
+        for col in ("part", "low", "end", "committed", "lag", "log time (last record)"):
+            parts.add_column(
+                col,
+                justify="left" if col.startswith("log") else "right",
+                no_wrap=True,
+                min_width=len(col),
+            )
+        for p in sorted(set(topic_parts) | set(stream_parts)):
+            tp, sp = topic_parts.get(p), stream_parts.get(p)
+            lag = _v(sp and sp.lag)
+            parts.add_row(
+                str(p),
+                _v(tp and tp.low),
+                _v(tp and tp.end),
+                _v(sp and sp.committed),
+                f"[red]{lag}[/]" if sp and sp.lag else lag,
+                _t(tp and tp.log_time) if tp and not tp.error else _v(tp and tp.error),
+            )
+        console.print(parts)
+
+    if any(p.log_time is not None for p in s.partitions):
+        state = Table(
+            pad_edge=False,
+            box=box.SIMPLE_HEAD,
+            title="bar state per partition (committed snapshot)",
+        )
+        for col in ("part", "log time", "ticks", "dup", "late", "open", "restate", "unsealed"):
+            state.add_column(
+                col,
+                justify="left" if col == "log time" else "right",
+                no_wrap=True,
+                min_width=len(col),
+            )
+        for sp in s.partitions:
+            if sp.log_time is None:
+                continue
+            state.add_row(
+                str(sp.partition),
+                _t(sp.log_time),
+                *(
+                    _v(x)
+                    for x in (
+                        sp.ticks,
+                        sp.duplicates,
+                        sp.too_late,
+                        sp.open_windows,
+                        sp.pending_restatements,
+                        sp.unsealed_rows,
+                    )
+                ),
+            )
+        console.print(state)
+
+    if s.symbols:
+        syms = Table(pad_edge=False, box=box.SIMPLE_HEAD, title="watermarks (event time, UTC)")
+        for col in ("symbol", "part", "max event time", "watermark", "open"):
+            syms.add_column(
+                col,
+                justify="right" if col in ("part", "open") else "left",
+                no_wrap=True,
+                min_width=len(col),
+            )
+        for y in s.symbols:
+            syms.add_row(
+                y.symbol,
+                str(y.partition),
+                _t(y.max_ts),
+                _t(y.watermark),
+                str(y.open_windows),
+            )
+        console.print(syms)
+
+    lk, wh = report.lake, report.warehouse
+    rest = Table(
+        pad_edge=False, box=box.SIMPLE, title="lake / warehouse / marts", show_header=False
+    )
+    rest.add_column("part", style="bold", no_wrap=True)
+    rest.add_column("state", overflow="fold")
+    if lk.found:
+        rest.add_row(
+            "lake",
+            f"{lk.url}: date={lk.newest_partition} holds {lk.files_in_newest_partition} file(s)",
+        )
+        rest.add_row(
+            "newest file",
+            f"{lk.newest_file} ({lk.newest_file_size} B, {_t(lk.newest_file_mtime)})",
+        )
+    else:
+        rest.add_row("lake", f"{lk.url}: {lk.error}")
+    if wh.checked and wh.error is None:
+        rest.add_row(
+            "warehouse",
+            f"{wh.target}: {_v(wh.manifest_files)} files loaded, {_v(wh.bronze_rows)} bronze rows",
+        )
+    else:
+        rest.add_row("warehouse", f"{wh.target}: {wh.error}")
+    if wh.last_load is not None:
+        ll = wh.last_load
+        seq = f"load {ll.load_seq}" if ll.load_seq is not None else f"batch {ll.batch_id}"
+        rest.add_row("last load", f"{seq} at {_t(ll.loaded_at)}: {ll.files} files, {ll.rows} rows")
+    for m in report.marts:
+        if m.exists is None:
+            text = "not checked"
+        elif not m.exists:
+            text = "does not exist yet (`stockpipe transform`)"
+        else:
+            text = f"latest {m.latest_column} {_t(m.latest)} ({m.rows} rows)"
+        rest.add_row(m.table, text)
+    console.print(rest)
+
+
+def status_command(
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
+    ] = False,
+) -> None:
+    """Where every part stands: broker, offsets, stream lag and watermarks, lake, loads, marts.
+
+    Exits 0 whatever part is missing or unreachable (each part says so).
+    """
+    settings = load_settings()
+    report = collect_status(settings)
+    if json_output:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        render(report, Console())

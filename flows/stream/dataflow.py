@@ -1,0 +1,99 @@
+"""The dataflow: Kafka ticks -> validated, deduplicated, event-time OHLCV bars -> Parquet lake.
+
+    KafkaSource (per partition: records with their log times, heartbeats, flush markers)
+        -> decode + validate                       (bad -> <topic>.dlq, never an exception)
+        -> per Kafka partition: dedup -> tumbling bars, watermark, coalesced restatement,
+           micro-batches cut by row count and log time          (flows.stream.bars.PartitionBars)
+        -> Parquet files named after the offsets they cover      (flows.stream.lake_sink.LakeSink)
+
+Run it with `stockpipe stream` (recovery on, several processes with
+`--workers N`) or `python -m bytewax.run flows.ohlc:flow -r DIR -s 5 -b 0`.
+Bar arithmetic lives in `flows/stream/bars.py` and decoding in `flows/stream/decode.py`;
+this module only wires them to Bytewax.
+State is keyed by Kafka partition (each key holds every symbol of its
+partition), so offsets, log time, heartbeats and bar state line up one to one,
+and every row written is a function of that partition's log.
+"""
+
+from __future__ import annotations
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSink
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
+
+from flows.errors import StockpipeError
+from flows.lake.store import open_lake
+from flows.settings import Settings
+from flows.stream.bars import BarRules, FileBatch, FileRules, PartitionBars
+from flows.stream.decode import Decoded, make_decoder
+from flows.stream.kafka_source import TickSource
+from flows.stream.lake_sink import LakeSink
+
+
+class BarLogic(StatefulBatchLogic[tuple, FileBatch, tuple]):
+    """Bytewax adapter around `PartitionBars` for one Kafka partition: records in, files out."""
+
+    def __init__(self, rules: BarRules, files: FileRules, resume: tuple | None):
+        self.rules = rules
+        self.files = files
+        # stateful_batch's builder is not given the key: the partition comes
+        # with the first batch and is kept in the snapshot.
+        try:
+            self.state = None if resume is None else PartitionBars.restore(rules, files, resume)
+        except (ValueError, TypeError) as exc:
+            raise StockpipeError(
+                f"the recovery store holds bar state this version cannot read ({exc}): it was "
+                "written by an older stockpipe. Stop every stream worker, delete "
+                "STOCKPIPE_RECOVERY_DIR/<topic>, and run the stream again: it replays the "
+                "topic from its earliest offset and rewrites the same bars."
+            ) from None
+
+    def on_batch(self, values: list[Decoded]) -> tuple[list[FileBatch], bool]:
+        sealed: list[FileBatch] = []
+        for d in values:
+            state = self.state
+            if state is None:
+                state = self.state = PartitionBars(self.rules, self.files, d.topic, d.partition)
+            sealed.extend(state.on_batch(d.offsets, d.log_ts, d.kinds, d.ticks))
+        return sealed, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[FileBatch], bool]:
+        # The close at end of input went through the flush marker in the log;
+        # anything after it stays in the state for the next run.
+        return [], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> tuple | None:
+        return None if self.state is None else self.state.snapshot()
+
+
+def build_flow(
+    settings: Settings, *, exit_when_idle: float | None = None, reset_offsets: str | None = None
+) -> Dataflow:
+    """The stockpipe dataflow for these settings (see the module docstring for the picture)."""
+    rules = BarRules.from_settings(settings)
+    files = FileRules(max_rows=settings.flush_rows, max_age_ms=int(settings.flush_interval * 1000))
+    flow = Dataflow("stockpipe_ohlc")
+
+    raw = op.input(
+        "kafka_in",
+        flow,
+        TickSource(
+            settings.kafka_bootstrap_servers,
+            settings.topic,
+            heartbeat_interval=settings.heartbeat_interval,
+            exit_when_idle=exit_when_idle,
+            reset_offsets=reset_offsets,
+        ),
+    )
+    decoder = make_decoder(int(settings.max_clock_skew * 1000), settings.max_message_bytes)
+    decoded = op.flat_map("decode", raw, decoder)
+    split = op.branch("valid", decoded, lambda item: item[0] == "ok")
+
+    dlq = op.map("dlq_message", split.falses, lambda item: item[1])
+    op.output("dlq", dlq, KafkaSink([settings.kafka_bootstrap_servers], settings.dlq_topic))
+
+    keyed = op.map("by_partition", split.trues, lambda item: item[1])
+    files_out = op.stateful_batch("bars", keyed, lambda resume: BarLogic(rules, files, resume))
+    op.output("lake", files_out, LakeSink(open_lake(settings)))
+    return flow

@@ -1,0 +1,408 @@
+"""Kafka input for the dataflow: one Bytewax partition per Kafka partition, with log time.
+
+Why not `bytewax.connectors.kafka.KafkaSource`: it wraps every message in a
+dataclass, drops the record timestamps the bar logic runs on (log time,
+contract 2), cannot keep a quiet partition's log time moving, cannot stop
+through a flush marker in the log (`stockpipe stream --exit-when-idle`), and
+resets silently when a resumed offset is gone. This source:
+
+- emits one item per fetched batch, `(partition key, PartitionBatch)`, so the
+  stateful step keyed by partition gets its records in offset order;
+- keeps its offset in the recovery store exactly like Bytewax's (offsets live
+  there, not in a consumer group) and exports consumer lag as a gauge;
+- appends a heartbeat record to its partition when the partition has been
+  quiet for `heartbeat_interval` while the stream is caught up, so windows of
+  a quiet feed close (a heartbeat only moves log time; while catching up on a
+  backlog, log time comes from the backlog, so nothing closes early);
+- with `exit_when_idle`, once idle and caught up, appends a flush marker,
+  reads up to it (the stateful step closes everything there) and ends: the
+  close is in the log, so a replay sees it at the same point;
+- uses `auto.offset.reset=error`: a resume offset that retention or a
+  re-created topic removed stops the stream with a message, unless the user
+  chose `--reset-offsets earliest|latest`.
+
+Heartbeats, flush markers and the exit decision use the wall clock; that is
+fine because their effect on the bars goes through records in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
+
+import orjson
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from prometheus_client import Gauge
+
+from flows.errors import ServiceUnavailable, StockpipeError
+from flows.ingest.kafka_out import FLUSH_HEADER, HEARTBEAT_HEADER
+from flows.stream.bars import FLUSH, HEARTBEAT, TICK
+
+log = logging.getLogger(__name__)
+
+LAG = Gauge(
+    "stockpipe_consumer_lag",
+    "Messages in the partition not yet read by the dataflow (end offset - next offset).",
+    ["topic", "partition"],
+)
+LOG_TIME = Gauge(
+    "stockpipe_partition_log_time_seconds",
+    "Log time of the partition: the largest record timestamp the dataflow has read.",
+    ["topic", "partition"],
+)
+
+RESET_CHOICES = ("earliest", "latest")
+
+# Read-ahead per partition, measured with `stockpipe bench`: up to 20,000 records
+# (8 MB) fetched 2 MB at a time keeps a partition that holds most of the traffic at
+# the client's rate. What librdkafka holds grows with the fetch size (~19 MB per
+# partition with 2 MB fetches, ~36 MB with 4 MB, at the same speed) and its defaults
+# (64 MB, 100,000 records) cost ~100 MB more at 500 symbols. A full queue postpones
+# the next fetch by fetch.queue.backoff.ms, 1 s by default: with these thresholds that
+# pause, not the broker, held one busy partition to ~90,000 records/s. The bench's
+# raw-consume ceiling reads the same way.
+READ_AHEAD = {
+    "queued.min.messages": 20_000,
+    "queued.max.messages.kbytes": 8_192,
+    "max.partition.fetch.bytes": 2 << 20,
+    "fetch.queue.backoff.ms": 10,
+}
+
+
+class PartitionBatch(NamedTuple):
+    """Consecutive records of one partition, in offset order, as columns."""
+
+    topic: str
+    partition: int
+    offsets: list[int]
+    timestamps: list[int]  # the records' timestamps, ms (their log times on LogAppendTime topics)
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    # flows.stream.bars.TICK (any record with a value, or a tombstone), HEARTBEAT or FLUSH per
+    # record; None when every record has a value (all ticks, the common case)
+    kinds: list[int] | None
+
+
+def partition_key(topic: str, partition: int) -> str:
+    """The key of the stateful step: one bar state per Kafka partition."""
+    return f"{topic}#{partition}"
+
+
+def _kind(headers: list | None) -> int:
+    """What a record without a value is, from its headers (a tombstone is a bad tick)."""
+    if headers:
+        for name, _ in headers:
+            if name == HEARTBEAT_HEADER:
+                return HEARTBEAT
+            if name == FLUSH_HEADER:
+                return FLUSH
+    return TICK
+
+
+class OffsetGone(StockpipeError):
+    """The offset the stream must resume from is no longer in the partition."""
+
+
+class _Partition(StatefulSourcePartition[tuple[str, PartitionBatch], int]):
+    def __init__(
+        self,
+        config: dict,
+        topic: str,
+        partition: int,
+        offset: int,
+        *,
+        batch_size: int,
+        heartbeat_interval: float,
+        exit_when_idle: float | None,
+    ):
+        self._topic = topic
+        self._partition = partition
+        self._key = partition_key(topic, partition)
+        self._offset = offset
+        self._batch_size = batch_size
+        self._heartbeat_interval = heartbeat_interval
+        self._exit_when_idle = exit_when_idle
+        now = time.monotonic()
+        self._last_record = now  # any record, heartbeats included
+        self._last_data = now  # a record that is not a heartbeat
+        self._awake: datetime | None = None
+        self._marker: bytes | None = None  # our flush marker, once written
+        self._done = False
+        self._labels = (topic, str(partition))
+        self._tp = TopicPartition(topic, partition)
+        self._consumer = Consumer(dict(config, stats_cb=self._on_stats))
+        self._consumer.assign([TopicPartition(topic, partition, offset)])
+        self._warned_at = 0.0
+        self._producer = Producer(
+            {
+                "bootstrap.servers": config["bootstrap.servers"],
+                "linger.ms": 0,
+                "acks": "all",
+                "enable.idempotence": True,
+                "message.timeout.ms": 0,  # a marker waits out a broker outage, never dropped
+            }
+        )
+
+    def _on_stats(self, stats_json: str) -> None:
+        stats = orjson.loads(stats_json)
+        part = (
+            stats.get("topics", {})
+            .get(self._topic, {})
+            .get("partitions", {})
+            .get(str(self._partition))
+        )
+        if not part or part.get("ls_offset", -1) < 0:
+            return
+        position = self._offset if self._offset >= 0 else part.get("lo_offset", -1)
+        if position >= 0:
+            LAG.labels(*self._labels).set(max(part["ls_offset"] - position, 0))
+
+    def next_batch(self) -> list[tuple[str, PartitionBatch]]:
+        if self._done:
+            raise StopIteration
+        msgs = self._consumer.consume(self._batch_size, 0)
+        if msgs and any([m.error() is not None for m in msgs]):
+            for msg in msgs:
+                error = msg.error()
+                if error is not None:
+                    self._on_error(error)
+            msgs = [m for m in msgs if m.error() is None]
+        now = time.monotonic()
+        if not msgs:
+            self._when_quiet(now)
+            # Right after data (catching up, the fetch queue drained for a moment) look
+            # again soon; when quiet, every 50 ms is plenty.
+            pause = 2 if now - self._last_record < 0.5 else 50
+            self._awake = datetime.now(UTC) + timedelta(milliseconds=pause)
+            return []
+        values = [m.value() for m in msgs]
+        keys = [m.key() for m in msgs]
+        kinds = None
+        data = True
+        if None in values:  # a heartbeat, a flush marker or a tombstone among them
+            kinds = [
+                TICK if v is not None else _kind(m.headers())
+                for m, v in zip(msgs, values, strict=True)
+            ]
+            data = TICK in kinds
+            if self._marker is not None and any(
+                kind == FLUSH and key == self._marker for kind, key in zip(kinds, keys, strict=True)
+            ):
+                self._done = True  # our own marker came back: everything before it is read
+        offsets = [m.offset() for m in msgs]
+        timestamps = [m.timestamp()[1] for m in msgs]
+        self._offset = offsets[-1] + 1
+        self._last_record = now
+        if data:
+            self._last_data = now
+        self._awake = None
+        LOG_TIME.labels(*self._labels).set(max(timestamps) / 1000)
+        batch = PartitionBatch(
+            self._topic, self._partition, offsets, timestamps, keys, values, kinds
+        )
+        return [(self._key, batch)]
+
+    def _on_error(self, error: KafkaError) -> None:
+        code = error.code()
+        if code == KafkaError._PARTITION_EOF:
+            return
+        if code in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+            low, high = self._watermarks() or (-1, -1)
+            raise OffsetGone(_gone_message(self._topic, self._partition, self._offset, low, high))
+        if error.fatal():
+            raise KafkaException(error)
+        # Anything else (a broker restarting, a leader moving, the network) is the
+        # client's to retry: the stream waits, it does not crash.
+        self._warn(f"{error} (the client retries)")
+
+    def _warn(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= 10:  # one line per 10 s, not one per poll
+            self._warned_at = now
+            log.warning("kafka %s[%d]: %s", self._topic, self._partition, text)
+
+    def _watermarks(self) -> tuple[int, int] | None:
+        """(low, high) offsets of the partition, or None while the broker does not answer."""
+        try:
+            return self._consumer.get_watermark_offsets(self._tp, timeout=5)
+        except KafkaException as exc:
+            self._warn(f"no watermark offsets ({exc.args[0]}); retrying")
+            return None
+
+    def _when_quiet(self, now: float) -> None:
+        """Nothing fetched: send a heartbeat, or end through a flush marker, once caught up."""
+        wants_heartbeat = now - self._last_record >= self._heartbeat_interval
+        wants_exit = (
+            self._exit_when_idle is not None
+            and self._marker is None
+            and now - self._last_data >= self._exit_when_idle
+        )
+        if not (wants_heartbeat or wants_exit):
+            return
+        self._producer.poll(0)
+        if len(self._producer) > 0 or not self._caught_up():
+            return  # the last record we appended is not in the log yet, or there is more to read
+        if wants_exit:
+            self._marker = f"stockpipe-flush-{uuid.uuid4().hex}".encode()
+            log.info(
+                "kafka %s[%d]: idle for %.1fs at offset %d: writing a flush marker, then done",
+                self._topic,
+                self._partition,
+                now - self._last_data,
+                self._offset,
+            )
+            self._append(FLUSH_HEADER, self._marker)
+        else:
+            self._append(HEARTBEAT_HEADER, None)
+        self._last_record = now
+
+    def _caught_up(self) -> bool:
+        marks = self._watermarks()
+        if marks is None:
+            return False  # the broker is away: nothing new can be in the log either
+        low, high = marks
+        position = self._offset if self._offset >= 0 else low
+        return position >= high
+
+    def _append(self, header: str, key: bytes | None) -> None:
+        """Queue a heartbeat or flush marker; the idempotent producer delivers it when it can."""
+        self._producer.produce(
+            self._topic, key=key, value=None, partition=self._partition, headers=[(header, b"1")]
+        )
+        self._producer.poll(0)
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def snapshot(self) -> int:
+        return self._offset
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._producer.flush(10)
+
+
+def _gone_message(topic: str, partition: int, offset: int, low: int, high: int) -> str:
+    return (
+        f"{topic}[{partition}]: the stream must resume at offset {offset}, but the partition "
+        f"now holds offsets {low}..{max(high - 1, low)} (retention removed older records, or "
+        "the topic was re-created). Nothing was skipped. To go on deliberately, rerun with "
+        "`stockpipe stream --reset-offsets earliest` (replay what is left) or "
+        "`--reset-offsets latest` (only new records)."
+    )
+
+
+class TickSource(FixedPartitionedSource[tuple[str, PartitionBatch], int]):
+    """Every partition of one topic, from the beginning or from the recovered offset."""
+
+    def __init__(
+        self,
+        brokers: str,
+        topic: str,
+        *,
+        batch_size: int = 5000,
+        heartbeat_interval: float = 1.0,
+        exit_when_idle: float | None = None,
+        reset_offsets: str | None = None,
+        add_config: dict | None = None,
+    ):
+        if reset_offsets is not None and reset_offsets not in RESET_CHOICES:
+            raise StockpipeError(
+                f"--reset-offsets must be earliest or latest, got {reset_offsets!r}"
+            )
+        self._brokers = brokers
+        self._topic = topic
+        self._batch_size = batch_size
+        self._heartbeat_interval = heartbeat_interval
+        self._exit_when_idle = exit_when_idle
+        self._reset_offsets = reset_offsets
+        self._add_config = add_config or {}
+
+    def list_parts(self) -> list[str]:
+        admin = AdminClient({"bootstrap.servers": self._brokers, **self._add_config})
+        try:
+            meta = admin.list_topics(timeout=15)  # all topics: asking for one may auto-create it
+        except KafkaException as exc:
+            raise ServiceUnavailable(
+                f"cannot reach Kafka at {self._brokers} ({exc}); start it with "
+                "`stockpipe kafka start` or set KAFKA_BOOTSTRAP_SERVERS"
+            ) from None
+        topic = meta.topics.get(self._topic)
+        if topic is None or topic.error is not None:
+            raise ServiceUnavailable(
+                f"topic {self._topic!r} does not exist on {self._brokers}; produce to it first "
+                "(`stockpipe produce`) or set STOCKPIPE_TOPIC"
+            )
+        return [f"{p}-{self._topic}" for p in sorted(topic.partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
+        idx, topic = for_part.split("-", 1)
+        partition = int(idx)
+        config = {
+            "bootstrap.servers": self._brokers,
+            "group.id": "stockpipe-bytewax",  # required by librdkafka; offsets are not committed
+            "enable.auto.commit": "false",
+            "enable.partition.eof": "false",
+            "auto.offset.reset": "error",
+            "statistics.interval.ms": 5000,
+            "fetch.wait.max.ms": 50,
+            **READ_AHEAD,
+            **self._add_config,
+        }
+        offset = (
+            OFFSET_BEGINNING
+            if resume_state is None
+            else self._resume_at(config, topic, partition, resume_state)
+        )
+        return _Partition(
+            config,
+            topic,
+            partition,
+            offset,
+            batch_size=self._batch_size,
+            heartbeat_interval=self._heartbeat_interval,
+            exit_when_idle=self._exit_when_idle,
+        )
+
+    def _resume_at(self, config: dict, topic: str, partition: int, offset: int) -> int:
+        """The recovered offset, checked against what the partition still holds."""
+        probe = Consumer({k: v for k, v in config.items() if k != "statistics.interval.ms"})
+        deadline = time.monotonic() + 120  # a broker restarting: wait for it, as the client does
+        try:
+            while True:
+                try:
+                    low, high = probe.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=10
+                    )
+                    break
+                except KafkaException as exc:
+                    if time.monotonic() > deadline:
+                        raise ServiceUnavailable(
+                            f"{topic}[{partition}]: no answer from Kafka at "
+                            f"{self._brokers} for 2 minutes ({exc.args[0]})"
+                        ) from None
+                    log.warning("%s[%d]: %s; retrying", topic, partition, exc.args[0])
+                    time.sleep(2)
+        finally:
+            probe.close()
+        if low <= offset <= high:
+            return offset
+        if self._reset_offsets == "earliest":
+            log.warning("%s[%d]: offset %d is gone, resuming at %d", topic, partition, offset, low)
+            return low
+        if self._reset_offsets == "latest":
+            log.warning("%s[%d]: offset %d is gone, resuming at %d", topic, partition, offset, high)
+            return high
+        raise OffsetGone(_gone_message(topic, partition, offset, low, high))

@@ -1,0 +1,611 @@
+"""What the Airflow DAGs in `dags/` call: light at import, heavy only inside the calls.
+
+The scheduler and the DAG processor import the DAG files over and over, so this
+module imports nothing beyond the settings at module level: the loader (DuckDB,
+pyarrow), dbt and cosmos are imported inside the functions that need them, which
+run in task processes (or once per parse, for the cosmos task group).
+
+dbt runs inside Airflow as an astronomer-cosmos `DbtTaskGroup`: one `dbt build
+--select <node>` task per seed and model (its tests included), run in the task
+process through dbtRunner. Cosmos reads the project graph from dbt's
+manifest.json, which `dbt_manifest` keeps current with `dbt parse`.
+
+Under a real scheduler (LocalExecutor, parallelism > 1) a DuckDB warehouse is
+one file that takes one process at a time (reader or writer): every task of
+either DAG that opens it (finding, loading, every dbt node, source freshness)
+runs in the one-slot pool DUCKDB_POOL (`duckdb_pool`), so two of them never
+overlap, within a run, across runs or across the two DAGs. The pool must exist
+before the scheduler can queue those tasks: `infra/airflow/pools.sh` creates it
+(`airflow pools set stockpipe_duckdb 1 …`). On Snowflake there is no pool and
+independent dbt nodes run in parallel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flows.assets import asset_dir
+from flows.errors import StockpipeError
+from flows.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from airflow.sdk import TaskGroup
+
+log = logging.getLogger(__name__)
+
+DBT_PROJECT_DIR = asset_dir("dbt")
+GOLD_MARTS_URI = "stockpipe://gold/marts"
+ALERT_TIMEOUT_SECONDS = 5.0
+BACKFILL_MAX_DAYS = 366
+MAX_RETRY_DELAY = timedelta(minutes=10)
+DUCKDB_POOL = "stockpipe_duckdb"
+DEFAULT_MAX_MAP_LENGTH = 1024  # Airflow's [core] max_map_length default
+# Task and run time limits: generous for years of history, short enough that a hung
+# task (a stalled object store, a lock never released) frees the pool and alerts.
+TASK_TIMEOUT = timedelta(hours=1)  # any task without a limit of its own
+FIND_TIMEOUT = timedelta(minutes=15)  # listing the lake and the manifest
+LOAD_BATCH_TIMEOUT = timedelta(minutes=30)  # one bounded batch
+DBT_NODE_TIMEOUT = timedelta(hours=1)  # one `dbt build --select <node>` (full refresh included)
+FRESHNESS_TIMEOUT = timedelta(minutes=15)
+LOAD_DAGRUN_TIMEOUT = timedelta(hours=3)  # includes waiting for the pool behind a backfill
+BACKFILL_DAGRUN_TIMEOUT = timedelta(hours=12)
+_DATE_PARTITION = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
+
+
+# ------------------------------------------------------------------ alerts
+
+
+def send_alert(settings: Settings, message: Mapping[str, Any]) -> bool:
+    """POST `message` as JSON to STOCKPIPE_ALERT_WEBHOOK; True if it was accepted.
+
+    The payload is Slack-compatible: a `text` line (made from the event when the
+    message has none) beside the structured fields. Every secret of the settings is
+    masked in it. Never raises: an alert that cannot be delivered is logged, and the
+    pipeline goes on. The webhook URL may carry a token, so it is never logged.
+    """
+    if settings.alert_webhook is None:
+        return False
+    url = settings.alert_webhook.get_secret_value()
+    payload = {"text": _alert_text(message), **message}
+    try:
+        body = _redact(json.dumps(payload, default=str), settings).encode()
+        request = urllib.request.Request(
+            url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=ALERT_TIMEOUT_SECONDS) as response:
+            return 200 <= response.status < 300
+    except Exception as exc:  # any failure to alert must not become a second failure
+        # The URL is a secret, and error texts quote it or its path: say only the kind of
+        # error, and the network's own reason (refused, timed out) where there is one.
+        cause = getattr(exc, "reason", None)
+        detail = type(exc).__name__
+        if isinstance(cause, OSError):
+            detail += f" ({type(cause).__name__}, errno {cause.errno})"
+        elif isinstance(exc, urllib.error.HTTPError):
+            detail += f" (HTTP {exc.code})"
+        log.warning("could not deliver the alert to STOCKPIPE_ALERT_WEBHOOK: %s", detail)
+        return False
+
+
+def _secrets(settings: Settings) -> list[str]:
+    values = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name, None)
+        if hasattr(value, "get_secret_value"):
+            secret = str(value.get_secret_value() or "")
+            if len(secret) >= 4:  # masking a 1-3 character "secret" would mangle the text
+                values.append(secret)
+    return sorted(values, key=len, reverse=True)
+
+
+def _redact(text: str, settings: Settings) -> str:
+    """`text` with every secret of the settings (webhook URL included) replaced by ***."""
+    for secret in _secrets(settings):
+        text = text.replace(secret, "***")
+        text = text.replace(json.dumps(secret)[1:-1], "***")  # as escaped inside JSON
+    return text
+
+
+def _alert_text(message: Mapping[str, Any]) -> str:
+    """One human line for chat (Slack's `text`), from the message's fields."""
+    if message.get("text"):
+        return str(message["text"])
+    if message.get("event") == "stockpipe.failure":
+        where = ".".join(str(p) for p in (message.get("dag_id"), message.get("task_id")) if p)
+        text = f":red_circle: stockpipe {message.get('level', 'task')} failed: {where or '?'}"
+        if message.get("run_id"):
+            text += f" (run {message['run_id']}, try {message.get('try_number')})"
+        if message.get("exception"):
+            text += f": {message['exception']}"
+        if message.get("log_url"):
+            text += f" <{message['log_url']}|logs>"
+        return text
+    return f"stockpipe: {message.get('event', 'alert')}"
+
+
+def failure_message(context: Mapping[str, Any]) -> dict[str, Any]:
+    """What failed and where to look, from an Airflow callback context (task or DAG level)."""
+    ti = context.get("task_instance") or context.get("ti")
+    dag = context.get("dag")
+    dag_run = context.get("dag_run")
+    exception = context.get("exception") or context.get("reason")
+    return {
+        "event": "stockpipe.failure",
+        # DAG-level callbacks get the run's failure reason; task-level ones the exception
+        "level": "dag" if "reason" in context else "task",
+        "dag_id": getattr(ti, "dag_id", None) or getattr(dag, "dag_id", None),
+        "task_id": getattr(ti, "task_id", None),
+        "map_index": getattr(ti, "map_index", None),
+        "run_id": context.get("run_id") or getattr(dag_run, "run_id", None),
+        "try_number": getattr(ti, "try_number", None),
+        "exception": _describe(exception),
+        "log_url": _log_url(ti),
+    }
+
+
+def _describe(error: Any) -> str | None:
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}"
+    return None if error is None else str(error)
+
+
+def _log_url(ti: Any) -> str | None:
+    try:
+        return str(ti.log_url) if ti is not None else None
+    except Exception:  # a TI without an API base URL configured
+        return None
+
+
+def on_failure(context: Mapping[str, Any]) -> None:
+    """Airflow `on_failure_callback` (task and DAG level): log what failed, then alert.
+
+    Never raises, whatever the context holds or the webhook does.
+    """
+    try:
+        message = failure_message(context)
+        log.error(
+            "stockpipe failure: dag=%s task=%s run=%s try=%s: %s (logs: %s)",
+            message["dag_id"],
+            message["task_id"],
+            message["run_id"],
+            message["try_number"],
+            message["exception"],
+            message["log_url"],
+        )
+        send_alert(load_settings(), message)
+    except Exception:
+        log.exception("the stockpipe failure callback itself failed")
+
+
+def default_args(settings: Settings) -> dict[str, Any]:
+    """Every task's retries (exponential backoff), time limit and failure callback."""
+    return {
+        "owner": "stockpipe",
+        "retries": settings.task_retries,
+        "retry_delay": timedelta(seconds=settings.retry_delay),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": MAX_RETRY_DELAY,
+        "execution_timeout": TASK_TIMEOUT,
+        "on_failure_callback": on_failure,
+    }
+
+
+def duckdb_pool(settings: Settings) -> str | None:
+    """The one-slot pool of the tasks that open the warehouse: DUCKDB_POOL on DuckDB, else None.
+
+    DuckDB allows one process per database file, so those tasks must take turns;
+    Snowflake takes any number of sessions, so there they run in the default pool.
+    """
+    return DUCKDB_POOL if settings.warehouse != "snowflake" else None
+
+
+def warehouse_task_args(settings: Settings, timeout: timedelta) -> dict[str, Any]:
+    """Operator arguments of a task that opens the warehouse: its pool (on DuckDB), its limit."""
+    pool = duckdb_pool(settings)
+    return {"execution_timeout": timeout, **({"pool": pool} if pool else {})}
+
+
+# ------------------------------------------------------------------ loading
+
+
+def chunked(items: Sequence[str], size: int) -> list[list[str]]:
+    """`items` in consecutive batches of at most `size` (each batch one mapped load task)."""
+    if size < 1:
+        raise SettingsError(f"STOCKPIPE_LOAD_BATCH_FILES must be at least 1, got {size}")
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def max_mapped_tasks(settings: Settings) -> int:
+    """How many mapped load tasks one run may make: STOCKPIPE_LOAD_MAX_BATCHES, and never
+    more than Airflow's [core] max_map_length (past it the whole mapping fails)."""
+    limit = DEFAULT_MAX_MAP_LENGTH
+    try:
+        from airflow.configuration import conf
+
+        limit = conf.getint("core", "max_map_length", fallback=DEFAULT_MAX_MAP_LENGTH)
+    except Exception:  # outside Airflow (the CLI, tests): its default
+        pass
+    return max(1, min(limit, int(getattr(settings, "load_max_batches", limit))))
+
+
+def pending_batches(settings: Settings) -> list[list[str]]:
+    """The lake files not loaded yet, in batches of STOCKPIPE_LOAD_BATCH_FILES.
+
+    At most `max_mapped_tasks` batches: the files past them wait for the next run.
+    """
+    from flows.warehouse import pending_files
+
+    files = pending_files(settings)
+    batches = chunked(files, settings.load_batch_files)
+    limit = max_mapped_tasks(settings)
+    if len(batches) > limit:
+        left = sum(len(batch) for batch in batches[limit:])
+        log.info("%d lake files wait for the next run (%d batches per run)", left, limit)
+        batches = batches[:limit]
+    log.info(
+        "%d lake files are not in the load manifest yet, in %d batches",
+        sum(len(batch) for batch in batches),
+        len(batches),
+    )
+    return batches
+
+
+def batches_within(files: Sequence[str], size: int, limit: int) -> list[list[str]]:
+    """`files` in batches of `size`, made larger if needed so there are at most `limit`."""
+    if len(files) > size * limit:
+        size = math.ceil(len(files) / limit)
+    return chunked(files, size)
+
+
+def parse_date_range(start: Any, end: Any) -> tuple[date, date]:
+    """The backfill's `start_date` and `end_date` params as dates, checked.
+
+    Both are inclusive `YYYY-MM-DD` dates (lake partition dates, UTC), start ≤ end,
+    at most BACKFILL_MAX_DAYS apart.
+    """
+    days = []
+    for name, value in (("start_date", start), ("end_date", end)):
+        try:
+            days.append(date.fromisoformat(str(value).strip()))
+        except ValueError:
+            raise StockpipeError(
+                f"backfill param {name}={value!r} is not a date: write YYYY-MM-DD, e.g. 2024-11-26"
+            ) from None
+    first, last = days
+    if first > last:
+        raise StockpipeError(
+            f"backfill start_date {first} is after end_date {last}: swap them or fix one"
+        )
+    if (last - first).days + 1 > BACKFILL_MAX_DAYS:
+        raise StockpipeError(
+            f"backfill range {first}..{last} spans more than {BACKFILL_MAX_DAYS} days: split it"
+        )
+    return first, last
+
+
+def partition_date(url: str) -> date | None:
+    """The `date=YYYY-MM-DD` partition of a lake bar file, or None if it has none."""
+    match = _DATE_PARTITION.search(url)
+    return date.fromisoformat(match.group(1)) if match else None
+
+
+def missing_batches(settings: Settings, first: date, last: date) -> list[list[str]]:
+    """Files of partitions first..last (inclusive) missing from the load manifest, batched.
+
+    Lists the lake from `first` on (older than the loader's high-water mark is the
+    point of a backfill). At most `max_mapped_tasks` batches: larger ones rather
+    than fewer files. The loader itself returns at most one run's worth
+    (STOCKPIPE_LOAD_MAX_BATCHES x STOCKPIPE_LOAD_BATCH_FILES) per call, from the
+    oldest partition on; a warning says when the range may hold more.
+    """
+    from flows.warehouse import pending_files
+
+    found = pending_files(settings, since=first)
+    files = [
+        url for url in found if (day := partition_date(url)) is not None and first <= day <= last
+    ]
+    if len(found) >= settings.load_batch_files * getattr(settings, "load_max_batches", 0):
+        log.warning(
+            "the loader finds at most one run's worth of files per call (%d): the range may"
+            " hold more missing files, run the backfill again once this run is done",
+            len(found),
+        )
+    log.info("%d lake files of %s..%s are missing from the load manifest", len(files), first, last)
+    return batches_within(files, settings.load_batch_files, max_mapped_tasks(settings))
+
+
+def load_batch(settings: Settings, files: Sequence[str]) -> dict[str, Any]:
+    """Load one batch (exactly once, safe to retry) and return its summary for XCom."""
+    from flows.warehouse import load_files
+
+    summary = load_files(settings, files, progress=False)
+    return {
+        "files": summary.files_loaded,
+        "rows": summary.rows,
+        "skipped_already_loaded": summary.files_found - summary.files_new,
+        "seconds": round(summary.seconds, 3),
+    }
+
+
+# ------------------------------------------------------------------ dbt
+
+
+def dbt_target_path(settings: Settings) -> Path:
+    """Where dbt writes its artifacts (STOCKPIPE_DBT_TARGET_PATH, default dbt/target)."""
+    from flows.transform.dbt_runner import dbt_target_path as target_path
+
+    return target_path(settings)
+
+
+def dbt_executable() -> Path:
+    """The dbt beside this interpreter (the project's virtualenv), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dbt"
+    return beside if beside.exists() else Path("dbt")
+
+
+def dbt_profile_env(settings: Settings) -> dict[str, str]:
+    """The non-secret variables dbt/profiles.yml reads, enough for `dbt parse`."""
+    env = {"STOCKPIPE_DBT_TARGET": settings.dbt_target}
+    if settings.dbt_target == "duckdb":
+        env["STOCKPIPE_DUCKDB_PATH"] = str(settings.duckdb_path.expanduser().resolve())
+    return env
+
+
+def _project_mtime() -> float:
+    newest = (DBT_PROJECT_DIR / "dbt_project.yml").stat().st_mtime
+    for folder in ("models", "macros", "seeds", "tests", "snapshots"):
+        root = DBT_PROJECT_DIR / folder
+        if root.exists():
+            for path in root.rglob("*"):
+                if path.is_file():
+                    newest = max(newest, path.stat().st_mtime)
+    return newest
+
+
+def manifest_path(settings: Settings) -> Path:
+    """Where `dbt_manifest` keeps the manifest cosmos renders the task group from."""
+    return dbt_target_path(settings) / "airflow" / "manifest.json"
+
+
+def dbt_manifest(settings: Settings) -> Path:
+    """dbt's manifest.json for the project, re-made with `dbt parse` when the project changed.
+
+    Cosmos renders the task group from it at DAG-parse time. Parsing dbt is slow and
+    heavy, so it happens here only when the manifest is missing or older than a file
+    of the project, in a subprocess (dbt never gets imported by the DAG processor),
+    and the new manifest replaces the old one atomically.
+    """
+    manifest = manifest_path(settings)
+    if manifest.exists() and manifest.stat().st_mtime >= _project_mtime():
+        return manifest
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=manifest.parent) as scratch:
+        command = [
+            str(dbt_executable()),
+            "parse",
+            "--project-dir",
+            str(DBT_PROJECT_DIR),
+            "--profiles-dir",
+            str(DBT_PROJECT_DIR),
+            "--target-path",
+            scratch,
+            "--log-path",
+            scratch,
+        ]
+        done = subprocess.run(
+            command,
+            env={**os.environ, **dbt_profile_env(settings)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise StockpipeError(
+                f"dbt parse failed (exit {done.returncode}) for {DBT_PROJECT_DIR}: "
+                + " ".join((done.stdout + done.stderr).split())[-2000:]
+            )
+        os.replace(Path(scratch) / "manifest.json", manifest)
+    return manifest
+
+
+def _export_profile_env(context: Any, operator: Any) -> None:
+    """Cosmos interceptor: the variables dbt/profiles.yml reads, from the settings at run time.
+
+    It runs inside the task's execute, after Airflow recorded the rendered template
+    fields, so the values (secrets from `.env` included) reach dbt's environment and
+    nothing else: not the DAG's serialized form, not the UI.
+    """
+    from flows.transform.dbt_runner import dbt_environment
+
+    operator.env = {**(operator.env or {}), **dbt_environment(load_settings())}
+
+
+def _release_dbt_duckdb(*_args: Any, **_kwargs: Any) -> None:
+    """Cosmos callback: close dbt-duckdb's cached database so the loader can open the file."""
+    from flows.transform.dbt_runner import release_duckdb
+
+    release_duckdb()
+
+
+def dbt_task_group(
+    settings: Settings,
+    *,
+    group_id: str = "dbt_build",
+    full_refresh: bool | str = False,
+    trigger_rule: str = "all_success",
+    default_args: Mapping[str, Any] | None = None,
+) -> TaskGroup:
+    """The dbt project as an Airflow task group: one `dbt build --select <node>` per seed/model.
+
+    Built with astronomer-cosmos (ExecutionMode.LOCAL, InvocationMode.DBT_RUNNER,
+    TestBehavior.BUILD): each task builds its node and runs its tests in the task
+    process, with dbt/profiles.yml. Must be called inside a DAG definition.
+    """
+    from cosmos import (
+        DbtTaskGroup,
+        ExecutionConfig,
+        ProfileConfig,
+        ProjectConfig,
+        RenderConfig,
+    )
+    from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
+
+    project = ProjectConfig(
+        dbt_project_path=DBT_PROJECT_DIR,
+        manifest_path=dbt_manifest(settings),
+        install_dbt_deps=False,  # the project has no packages (dbt's hub is unreachable)
+    )
+    profile = ProfileConfig(
+        profile_name="stockpipe",
+        target_name=settings.dbt_target,
+        profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml",
+    )
+    execution = ExecutionConfig(
+        execution_mode=ExecutionMode.LOCAL,
+        invocation_mode=InvocationMode.DBT_RUNNER,
+        dbt_executable_path=str(dbt_executable()),
+    )
+    render = RenderConfig(
+        load_method=LoadMode.DBT_MANIFEST,
+        test_behavior=TestBehavior.BUILD,
+        emit_datasets=False,  # the DAG emits one Asset for the gold marts instead
+        # only used by `dbt ls`, which the manifest spares us; never dbtRunner at parse time
+        invocation_mode=InvocationMode.SUBPROCESS,
+        dbt_executable_path=str(dbt_executable()),
+    )
+    return DbtTaskGroup(
+        group_id=group_id,
+        project_config=project,
+        profile_config=profile,
+        execution_config=execution,
+        render_config=render,
+        operator_args={
+            "full_refresh": full_refresh,
+            "trigger_rule": trigger_rule,
+            "interceptors": [_export_profile_env],
+            "callback": _release_dbt_duckdb,
+            # on DuckDB every node takes the one warehouse slot: see the module docstring
+            **warehouse_task_args(settings, DBT_NODE_TIMEOUT),
+        },
+        default_args=dict(default_args or {}),
+    )
+
+
+# ------------------------------------------------------------------ freshness alerts
+
+# Alerts go out once per state change, not every run: the last alerted state of each
+# source is kept in a small JSON file beside dbt's artifacts (STOCKPIPE_DBT_TARGET_PATH).
+# It is read and written once per freshness check (cheap, no metadata-DB round trip),
+# survives restarts, and works the same under Airflow and the CLI; on DuckDB the
+# freshness task holds the one-slot warehouse pool, so two writers never overlap, and
+# the file is replaced atomically. Losing it (`dbt clean`) costs at most one repeated
+# alert. No secret is ever written to it.
+ALERT_STATE_FILE = "alert_state.json"
+
+
+def alert_state_path(settings: Settings) -> Path:
+    return dbt_target_path(settings) / ALERT_STATE_FILE
+
+
+def read_alert_state(settings: Settings) -> dict[str, Any]:
+    path = alert_state_path(settings)
+    try:
+        state = json.loads(path.read_text())
+        return state if isinstance(state, dict) else {}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:  # unreadable: start over (one repeated alert at most)
+        log.warning("ignoring the unreadable alert state %s: %s", path, exc)
+        return {}
+
+
+def write_alert_state(settings: Settings, state: Mapping[str, Any]) -> None:
+    path = alert_state_path(settings)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", dir=path.parent, prefix=".alert_state.", delete=False
+        ) as fh:
+            json.dump(state, fh, indent=2, sort_keys=True, default=str)
+        os.replace(fh.name, path)
+    except OSError as exc:
+        log.warning("could not save the alert state %s: %s", path, exc)
+
+
+def freshness_message(result: Any, previous: str | None) -> dict[str, Any]:
+    """The alert for a source whose state changed (`result` is a transform.SourceFreshness)."""
+    state = "stale" if result.stale else "fresh"
+    icon = ":warning:" if result.stale else ":white_check_mark:"
+    text = f"{icon} stockpipe: {result.describe()}"
+    if not result.stale and previous == "stale":
+        text = f"{icon} stockpipe: recovered: {result.describe()}"
+    return {
+        "text": text,
+        "event": "stockpipe.stale_source" if result.stale else "stockpipe.source_fresh",
+        "state": state,
+        "previous_state": previous,
+        "source": result.source,
+        "calendar": result.calendar,
+        "newest_window_end": result.newest_window_end.isoformat(),
+        "checked_at": result.checked_at.isoformat(),
+        "trading_lag_seconds": round(result.trading_lag.total_seconds()),
+        "stale_after_seconds": round(result.stale_after.total_seconds()),
+        "stale": [f"{result.source}: warn"] if result.stale else [],
+    }
+
+
+def alert_freshness_changes(settings: Settings, results: Sequence[Any]) -> list[dict[str, Any]]:
+    """Alert each source whose state changed since its last alert; returns the alerts sent.
+
+    A source first seen fresh is recorded without an alert; first seen stale, it alerts.
+    A state is only recorded once its alert was delivered (or when no webhook is set),
+    so an alert lost to a webhook outage is sent again on the next run.
+    """
+    state = read_alert_state(settings)
+    sources = state.setdefault("sources", {})
+    sent = []
+    for result in results:
+        now = "stale" if result.stale else "fresh"
+        previous = (sources.get(result.key) or {}).get("state")
+        if now == previous or (previous is None and now == "fresh"):
+            sources.setdefault(result.key, {"state": now, "since": result.checked_at.isoformat()})
+            continue
+        message = freshness_message(result, previous)
+        if send_alert(settings, message) or settings.alert_webhook is None:
+            sources[result.key] = {"state": now, "since": result.checked_at.isoformat()}
+            sent.append(message)
+    write_alert_state(settings, state)
+    return sent
+
+
+def source_freshness(settings: Settings, *, now: datetime | None = None) -> list[str]:
+    """Session-aware source freshness (event time, trading time): stale sources are logged,
+    alerted once per change of state (stale, then fresh again), and never raise.
+
+    Returns the stale sources as `unique_id: warn` lines. `now` is for tests.
+    """
+    from flows.transform.dbt_runner import check_freshness, dbt_session, stale_lines
+
+    with dbt_session(settings, dbt_target_path(settings) / "freshness") as common:
+        results = check_freshness(settings, common, now=now)
+    stale = stale_lines(results)
+    if stale:
+        log.warning("stale sources: %s", "; ".join(r.describe() for r in results if r.stale))
+    else:
+        log.info("every source is fresh")
+    alert_freshness_changes(settings, results)
+    return stale
