@@ -33,7 +33,7 @@ from typing import Any
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from flows.settings import load_settings
-from flows.transform.dbt_runner import orchestration
+from flows.transform import orchestration
 
 SETTINGS = load_settings()
 GOLD_MARTS = Asset(orchestration.GOLD_MARTS_URI)

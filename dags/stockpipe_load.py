@@ -37,7 +37,7 @@ from airflow.sdk import Asset, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from flows.settings import load_settings
-from flows.transform.dbt_runner import orchestration
+from flows.transform import orchestration
 
 SETTINGS = load_settings()
 GOLD_MARTS = Asset(orchestration.GOLD_MARTS_URI)

@@ -35,7 +35,7 @@ import load_helpers
 import pytest
 
 from flows.settings import load_settings
-from flows.transform.dbt_runner import orchestration
+from flows.transform import orchestration
 
 pytestmark = pytest.mark.slow
 

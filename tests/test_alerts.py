@@ -19,7 +19,8 @@ from helpers import recording_webhook
 from test_dbt_transform import load_bronze, random_bars
 
 from flows.settings import load_settings
-from flows.transform.dbt_runner import assess_freshness, orchestration, trading_time_between
+from flows.transform import orchestration
+from flows.transform.dbt_runner import assess_freshness, trading_time_between
 
 UTC = dt.UTC
 CRYPTO = "BINANCE:BTCUSDT"
