@@ -2,58 +2,202 @@
 
 Every command reads the same settings (environment and optional `.env`); a bad
 setting or a missing service ends the command with one clear message.
+
+Commands are imported only when they run (or show their own `--help`), so
+`stockpipe --help` loads no stage's libraries, and a command whose extra is
+not installed says which extra to install instead of failing on an import.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 import typer
-from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from flows.errors import StockpipeError
-from flows.ingest.command import produce_command
-from flows.ops.status import status_command
-from flows.report.html import report_command
-from flows.stream.run import stream_command
-from flows.tooling.bench import bench_command
-from flows.tooling.chaos import chaos_command
-from flows.tooling.demo import demo_command
-from flows.tooling.kafka import kafka_app
-from flows.transform.dbt_runner import transform_command
-from flows.warehouse.command import load_command
 
-app = typer.Typer(
+
+@dataclass(frozen=True)
+class Entry:
+    """Where a command lives, its one-line help, and the extras it needs."""
+
+    target: str  # "module:attribute": a Typer command function, or a Typer app (a group)
+    help: str
+    extras: tuple[str, ...] = ()
+
+
+COMMANDS: dict[str, Entry] = {
+    "demo": Entry(
+        "flows.tooling.demo:demo_command",
+        "The whole pipeline on embedded defaults, with progress; ends with the report.",
+        ("stream", "warehouse", "airflow", "report"),
+    ),
+    "kafka": Entry("flows.tooling.kafka:kafka_app", "The local Apache Kafka broker."),
+    "produce": Entry("flows.ingest.command:produce_command", "Ticks into Kafka."),
+    "stream": Entry(
+        "flows.stream.run:stream_command", "The Bytewax dataflow, with recovery.", ("stream",)
+    ),
+    "load": Entry(
+        "flows.warehouse.command:load_command",
+        "New lake files into the warehouse, exactly once.",
+        ("warehouse",),
+    ),
+    "transform": Entry(
+        "flows.transform.dbt_runner:transform_command",
+        "dbt build (and docs) on the configured target.",
+        ("warehouse",),
+    ),
+    "report": Entry("flows.report.command:report_command", "The HTML report.", ("report",)),
+    "status": Entry(
+        "flows.ops.status:status_command",
+        "Where every part stands.",
+        ("stream", "warehouse"),
+    ),
+    "bench": Entry(
+        "flows.tooling.bench:bench_command", "The stream benchmark.", ("bench", "stream")
+    ),
+    "chaos": Entry(
+        "flows.tooling.chaos:chaos_command",
+        "The fault campaign: kills, broker restarts and store outages.",
+        ("bench", "stream"),
+    ),
+}
+
+# Third-party modules that come with exactly one extra: a command that fails to import
+# one names that extra (a Snowflake load without [snowflake] says so, not [warehouse]).
+MODULE_EXTRAS: dict[str, str] = {
+    "bytewax": "stream",
+    "msgspec": "stream",
+    "xxhash": "stream",
+    "prometheus_client": "stream",
+    "duckdb": "warehouse",
+    "dbt": "warehouse",
+    "yaml": "warehouse",
+    "snowflake": "snowflake",
+    "cryptography": "snowflake",
+    "airflow": "airflow",
+    "cosmos": "airflow",
+    "plotly": "report",
+    "pandas": "report",
+    "numpy": "report",
+    "jinja2": "report",
+    "markupsafe": "report",
+    "exchange_calendars": "report",
+    "quixstreams": "bench",
+    "polars": "bench",
+    "moto": "bench",
+    "boto3": "bench",
+}
+
+
+class MissingExtra(StockpipeError):
+    """A command needs a library of an extra that is not installed."""
+
+    def __init__(self, command: str, module: str, extras: tuple[str, ...]):
+        names = ",".join(extras)
+        super().__init__(
+            f"stockpipe {command} needs the [{names}] extra (the module {module!r} is not "
+            f"installed): pip install 'stockpipe[{names}]'"
+        )
+
+
+def missing_extra(command: str, exc: ModuleNotFoundError) -> MissingExtra | None:
+    """The extra behind a failed import, or None when the module is not one of ours."""
+    module = (exc.name or "").split(".")[0]
+    if module in MODULE_EXTRAS:
+        return MissingExtra(command, module, (MODULE_EXTRAS[module],))
+    if module and module != "flows" and COMMANDS.get(command, Entry("", "")).extras:
+        return MissingExtra(command, module, COMMANDS[command].extras)
+    return None
+
+
+def _load(name: str) -> Any:
+    entry = COMMANDS[name]
+    module, _, attribute = entry.target.partition(":")
+    try:
+        target: Any = getattr(importlib.import_module(module), attribute)
+    except ModuleNotFoundError as exc:
+        raise missing_extra(name, exc) or exc from None
+    if isinstance(target, typer.Typer):
+        command = typer.main.get_command(target)
+    else:
+        single = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+        single.command(name, help=entry.help if not target.__doc__ else None)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class LazyGroup(TyperGroup):
+    """A group that imports a command only when it runs or shows its own help."""
+
+    _listing = False  # while the group's own help lists its commands
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in COMMANDS:
+            return None
+        if self._listing:  # the listing needs only the one-line help
+            return TyperCommand(name=cmd_name, help=COMMANDS[cmd_name].help)
+        return _load(cmd_name)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            raise missing_extra(ctx.invoked_subcommand or "", exc) or exc from None
+
+
+_typer_app = typer.Typer(
+    cls=LazyGroup,
     name="stockpipe",
     help="Real-time stock ticks -> Kafka -> Bytewax OHLCV bars -> Parquet lake -> warehouse -> dbt marts.",
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
-app.command("demo")(demo_command)
-app.add_typer(kafka_app, name="kafka")
-app.command("produce")(produce_command)
-app.command("stream")(stream_command)
-app.command("load")(load_command)
-app.command("transform")(transform_command)
-app.command("bench")(bench_command)
-app.command("report")(report_command)
-app.command("status")(status_command)
-app.command("chaos")(chaos_command)
 
-err = Console(stderr=True)
+
+@_typer_app.callback()
+def _root() -> None:
+    pass
+
+
+app = typer.main.get_command(_typer_app)
 
 
 def main() -> None:
-    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    """Console-script entry point: user errors become one line on stderr."""
     try:
-        app()
+        app.main(prog_name="stockpipe")
+    except MissingExtra as exc:
+        print(f"stockpipe: {exc}", file=sys.stderr)
+        sys.exit(1)
     except StockpipeError as exc:
-        err.print(f"[bold red]stockpipe:[/] {exc}", highlight=False)
+        _error(exc)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("stockpipe: interrupted")
+        print("stockpipe: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _error(exc: StockpipeError) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]stockpipe:[/] {exc}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import duckdb
 import jinja2
@@ -34,14 +34,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pyarrow.parquet as pq
-import typer
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
-from rich.console import Console
 
 from flows.errors import StockpipeError
 from flows.lake.store import LATE_PREFIX, open_lake
-from flows.settings import Settings, load_settings
+from flows.settings import Settings
 
 log = logging.getLogger(__name__)
 # librdkafka's connection errors while probing a broker that is down: the report says it instead
@@ -949,22 +947,3 @@ def build_report(
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(path)  # a browser tab reloading the report never sees half a file
     return path.resolve()
-
-
-def report_command(
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", "-o", help="Where to write the HTML (default: STOCKPIPE_REPORT_PATH)."
-        ),
-    ] = None,
-) -> None:
-    """Write the HTML report: candlesticks, trend, volatility, correlations, data quality."""
-    settings = load_settings()
-    started = time.perf_counter()
-    path = build_report(settings, out_path=out)
-    size_mb = path.stat().st_size / 1e6
-    Console(highlight=False).print(
-        f"report: {path} ({size_mb:.1f} MB, {time.perf_counter() - started:.1f}s) — "
-        "open it in any browser, no network needed"
-    )

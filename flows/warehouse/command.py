@@ -1,4 +1,4 @@
-"""`stockpipe load`: a thin Typer wrapper over `flows.warehouse.load`."""
+"""`stockpipe load`: a thin Typer wrapper over `flows.warehouse.load` (imported when it runs)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 
 from flows.settings import load_settings
-from flows.warehouse.loader import load
 
 
 def load_command(
@@ -47,6 +46,8 @@ def load_command(
 ) -> None:
     """Load new lake files into the warehouse (bronze.bars), each file exactly once."""
     settings = load_settings()
+    from flows.warehouse.loader import load
+
     summary = load(
         settings,
         batch_files=batch_files,
