@@ -33,7 +33,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from flows.assets import asset_dir
+from flows.assets import BUNDLED_DIR, asset_dir
 from flows.errors import StockpipeError
 from flows.settings import Settings, load_settings
 
@@ -324,8 +324,15 @@ def release_duckdb() -> None:
 
 
 def dbt_target_path(settings: Settings) -> Path:
-    """Where dbt writes its artifacts (STOCKPIPE_DBT_TARGET_PATH, default dbt/target)."""
-    return (settings.dbt_target_path or DBT_PROJECT_DIR / "target").expanduser().resolve()
+    """Where dbt writes its artifacts: STOCKPIPE_DBT_TARGET_PATH, by default `dbt/target` in a
+    checkout and `data/dbt-target` (under the working directory) for an installed wheel,
+    whose dbt project sits read-only inside the package."""
+    default = (
+        Path("data", "dbt-target")
+        if DBT_PROJECT_DIR.is_relative_to(BUNDLED_DIR)
+        else DBT_PROJECT_DIR / "target"
+    )
+    return (settings.dbt_target_path or default).expanduser().resolve()
 
 
 @contextmanager
