@@ -5,14 +5,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test lint format kafka-start kafka-stop clean
+.PHONY: install system-deps demo test test-fast lint format kafka-start kafka-stop clean
 
-install: system-deps $(STAMP)
+# Python, Java and Maven are all `make install` and `make demo` need.
+install: $(STAMP)
 
-# Debian packages the suite uses beyond Python, Java and Maven (Chromium for the
+# Packages the whole suite uses beyond Python, Java and Maven (Chromium for the
 # report's browser test, docker-compose to validate docker-compose.yml, PostgreSQL
-# for the Airflow scheduler test); the script says what it installs and does
-# nothing when they are there.
+# for the Airflow scheduler test): installed on Debian, named elsewhere. The script
+# says what it installs and does nothing when they are there.
 system-deps:
 	@bash infra/ci/install-system-deps.sh
 
@@ -26,8 +27,16 @@ $(STAMP): pyproject.toml constraints.txt infra/kafka/pom.xml
 demo: install
 	$(BIN)/stockpipe demo
 
-test: install
+# The whole suite: a real broker, dbt, Airflow, a browser. What CI runs.
+test: install system-deps
 	$(BIN)/python -m pytest
+
+# The fast tier for daily work: no broker, no dbt, no browser, no Airflow, no
+# system packages (tests are marked by what they use in tests/conftest.py).
+test-fast: install
+	$(BIN)/python -m pytest -m "$(FAST)"
+
+FAST := not kafka and not dbt and not browser and not airflow and not system
 
 lint: install
 	$(BIN)/ruff check flows tests dags benchmarks
