@@ -33,10 +33,9 @@ test: install system-deps
 
 # The fast tier for daily work: no broker, no dbt, no browser, no Airflow, no
 # system packages (tests are marked by what they use in tests/conftest.py).
+FAST := not kafka and not dbt and not browser and not airflow and not system
 test-fast: install
 	$(BIN)/python -m pytest -m "$(FAST)"
-
-FAST := not kafka and not dbt and not browser and not airflow and not system
 
 lint: install
 	$(BIN)/ruff check flows tests dags benchmarks

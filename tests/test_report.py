@@ -404,6 +404,7 @@ def test_correlation_heatmap_shows_the_latest_rolling_correlations(built: Built)
     assert [z[newcomer][k] for k in range(len(names)) if k != newcomer] == [None] * 3
 
 
+@pytest.mark.browser
 def test_every_chart_renders_in_headless_chromium_without_console_errors(
     built: Built, tmp_path: Path
 ) -> None:
@@ -419,6 +420,7 @@ def test_every_chart_renders_in_headless_chromium_without_console_errors(
     assert dom.count('class="main-svg"') >= expected  # plotly drew an SVG per chart
 
 
+@pytest.mark.browser
 def test_a_javascript_error_fails_the_render_check(built: Built, tmp_path: Path) -> None:
     broken = tmp_path / "broken.html"
     broken.write_text(
@@ -429,6 +431,7 @@ def test_a_javascript_error_fails_the_render_check(built: Built, tmp_path: Path)
     assert any("Uncaught" in line for line in console), console
 
 
+@pytest.mark.browser
 def test_screenshot_of_the_report_is_not_blank(built: Built, tmp_path: Path) -> None:
     shot = tmp_path / "report.png"
     started = time.perf_counter()

@@ -379,6 +379,7 @@ def test_the_scanner_finds_a_planted_secret_in_every_encoding(tmp_path: Path) ->
 
 
 @pytest.mark.slow
+@pytest.mark.dbt
 def test_snowflake_transform_on_the_emulator_leaks_no_secret(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], caplog
 ) -> None:

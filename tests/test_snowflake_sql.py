@@ -311,6 +311,7 @@ def test_checker_flags_sql_snowflake_rejects(snippet: str, expected: str) -> Non
     assert any(expected in violation for violation in found), found
 
 
+@pytest.mark.dbt
 @pytest.mark.parametrize("snippet", GOOD_SNIPPETS.values(), ids=list(GOOD_SNIPPETS))
 def test_checker_passes_valid_snowflake_sql(snippet: str) -> None:
     assert snowflake_violations(snippet) == []
