@@ -32,7 +32,7 @@ from load_helpers import bar_rows, bars_table, write_bars
 
 from flows.errors import StockpipeError
 from flows.settings import load_settings
-from flows.transform.dbt_runner import orchestration
+from flows.transform import orchestration
 
 pytestmark = pytest.mark.slow
 
