@@ -10,7 +10,9 @@ not installed says which extra to install instead of failing on an import.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -57,13 +59,11 @@ COMMANDS: dict[str, Entry] = {
         "Where every part stands.",
         ("stream", "warehouse"),
     ),
-    "bench": Entry(
-        "flows.tooling.bench:bench_command", "The stream benchmark.", ("bench", "stream")
-    ),
+    "bench": Entry("flows.tooling.bench:bench_command", "The stream benchmark.", ("bench",)),
     "chaos": Entry(
         "flows.tooling.chaos:chaos_command",
         "The fault campaign: kills, broker restarts and store outages.",
-        ("bench", "stream"),
+        ("bench",),
     ),
 }
 
@@ -94,6 +94,14 @@ MODULE_EXTRAS: dict[str, str] = {
 }
 
 
+# Extras that bring others with them (pyproject.toml: bench = stockpipe[stream], ...).
+INCLUDES: dict[str, tuple[str, ...]] = {
+    "bench": ("stream",),
+    "snowflake": ("warehouse",),
+    "airflow": ("warehouse",),
+}
+
+
 class MissingExtra(StockpipeError):
     """A command needs a library of an extra that is not installed."""
 
@@ -115,6 +123,28 @@ def missing_extra(command: str, exc: ModuleNotFoundError) -> MissingExtra | None
     return None
 
 
+def check_extras(command: str) -> None:
+    """Stop before any work when a library of the command's extras is not installed."""
+    extras = COMMANDS[command].extras
+    for extra in {*extras, *(e for x in extras for e in INCLUDES.get(x, ()))}:
+        for module in (m for m, e in MODULE_EXTRAS.items() if e == extra):
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise MissingExtra(command, module, COMMANDS[command].extras)
+
+
+def _checked(name: str, callback: Any) -> Any:
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        check_extras(name)
+        return callback(*args, **kwargs)
+
+    return run
+
+
 def _load(name: str) -> Any:
     entry = COMMANDS[name]
     module, _, attribute = entry.target.partition(":")
@@ -129,6 +159,8 @@ def _load(name: str) -> Any:
         single.command(name, help=entry.help if not target.__doc__ else None)(target)
         command = typer.main.get_command(single)
     command.name = name
+    if command.callback is not None and entry.extras:  # runs after --help has been handled
+        command.callback = _checked(name, command.callback)
     return command
 
 

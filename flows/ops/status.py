@@ -48,7 +48,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -56,8 +56,9 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.settings import Settings, load_settings
-from flows.stream.bars import BarRules, FileRules, PartitionBars
-from flows.stream.run import recovery_path
+
+if TYPE_CHECKING:  # imported where used, so `stockpipe status --help` loads no [stream] library
+    from flows.stream.bars import PartitionBars
 
 FLOW_ID = "stockpipe_ohlc"
 SOURCE_STEP = f"{FLOW_ID}.kafka_in"  # state_key "<partition>-<topic>", value: next offset
@@ -331,6 +332,9 @@ class StreamStatus:
 
 def stream_status(settings: Settings, topic: TopicStatus | None = None) -> StreamStatus:
     """Committed offsets, lag (with the topic's end offsets) and bar state, per partition."""
+    from flows.stream.bars import BarRules, FileRules, PartitionBars
+    from flows.stream.run import recovery_path
+
     path = recovery_path(settings)
     status = StreamStatus(str(path), found=False)
     if not any(path.glob("part-*.sqlite3")):

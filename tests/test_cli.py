@@ -1,0 +1,103 @@
+"""The CLI's front door: help that loads no stage's libraries, and a missing extra named.
+
+Each check runs `stockpipe` in a fresh interpreter, so what it imports is what a
+user's shell would import, not what this test session has already loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flows.cli import COMMANDS, MODULE_EXTRAS
+
+# The libraries of the stages' extras: none of them is needed to print help (the base
+# install's settings and Kafka client may be).
+HEAVY = sorted(MODULE_EXTRAS) + ["pyarrow", "fsspec", "s3fs", "boto3"]
+
+# Runs the console script's main() with sys.argv, then prints which of HEAVY it loaded;
+# with BLOCK set, importing those modules fails as it does when they are not installed.
+PROBE = """
+import importlib.abc, json, sys
+heavy, block, argv = json.loads(sys.argv[1])
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in block:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+sys.argv = ["stockpipe", *argv]
+from flows.cli import main
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+print(json.dumps({"code": code, "loaded": sorted(m for m in heavy if m in sys.modules)}))
+"""
+
+
+def run(argv: list[str], block: list[str] = ()) -> tuple[int, list[str], str, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps([HEAVY, list(block), argv])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    *output, last = done.stdout.rstrip("\n").split("\n")
+    result = json.loads(last)
+    return result["code"], result["loaded"], "\n".join(output), done.stderr
+
+
+def test_top_level_help_lists_every_command_and_loads_no_stage_library() -> None:
+    code, loaded, out, _ = run(["--help"])
+    assert code == 0
+    assert loaded == []
+    for name, entry in COMMANDS.items():
+        assert name in out
+        assert entry.help.split()[0] in out, (name, out)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_commands_help_loads_no_stage_library(command: str) -> None:
+    code, loaded, out, _ = run([command, "--help"])
+    assert code == 0
+    assert f"stockpipe {command}" in out
+    assert loaded == [], f"stockpipe {command} --help imported {loaded}"
+
+
+@pytest.mark.parametrize(
+    "argv,block,extra",
+    [
+        (["report", "--out", "r.html"], ["plotly"], "report"),
+        (["stream"], ["bytewax"], "stream"),
+        (["transform"], ["dbt"], "warehouse"),
+        (["chaos", "--help"], [], None),  # help needs nothing, even without [bench]
+        (["bench", "--ticks", "10"], ["quixstreams", "polars"], "bench"),
+    ],
+)
+def test_a_missing_extra_is_named_with_the_install_command(
+    argv: list[str], block: list[str], extra: str | None
+) -> None:
+    code, _, out, err = run(argv, block)
+    if extra is None:
+        assert code == 0, err
+        return
+    assert code == 1, out + err
+    assert f"stockpipe {argv[0]} needs the [{extra}] extra" in err, err
+    assert f"pip install 'stockpipe[{extra}]'" in err
+    assert "Traceback" not in err
+
+
+def test_a_library_behind_no_extra_is_named_by_the_commands_extras() -> None:
+    """`load` without pyarrow (which several extras bring) names the load's own extra."""
+    code, _, _, err = run(["load"], ["pyarrow"])
+    assert code == 1
+    assert "stockpipe load needs the [warehouse] extra (the module 'pyarrow'" in err, err
