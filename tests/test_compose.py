@@ -12,6 +12,8 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -374,6 +376,33 @@ def test_dockerfile_builds_the_stockpipe_cli() -> None:
     assert "-c constraints.txt" in text
     assert re.search(r"^USER (?!root)\w+", text, flags=re.MULTILINE), "runs as root"
     assert 'ENTRYPOINT ["stockpipe"]' in text
+    # the wheel, not an editable tree: nothing in the image reads a checkout
+    assert "pip wheel" in text and "pip install --no-deps /wheels/stockpipe-" in text
+    assert " -e " not in text
+    # what compose runs from /app exists there
+    assert "COPY infra/airflow/ infra/airflow/" in text
+    assert re.search(r'ln -s .*asset_dir\("dags"\).* /app/dags', text)
+
+
+def test_dockerfile_installs_the_requirements_of_its_extras(tmp_path: Path) -> None:
+    """The Dockerfile's requirements step, run on pyproject.toml: the base dependencies
+    and those of each extra it names (and of the extras those bring), nothing else."""
+    text = (ROOT / STOCKPIPE_IMAGE_DOCKERFILE).read_text()
+    extras = re.search(r"^ARG EXTRAS=(\S+)$", text, flags=re.MULTILINE).group(1).split(",")
+    script = re.search(r"<<'PY'\n(.*?)\nPY\n", text, flags=re.DOTALL).group(1)
+    (tmp_path / "src").mkdir()
+    script = script.replace("/src/pyproject.toml", str(ROOT / "pyproject.toml"))
+    done = subprocess.run(
+        [sys.executable, "-c", script, ",".join(extras)], capture_output=True, text=True, check=True
+    )
+    got = set(done.stdout.split("\n")) - {""}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    optional = project["optional-dependencies"]
+    want = set(project["dependencies"])
+    for extra in [*extras, "warehouse"]:  # snowflake and airflow bring [warehouse]
+        want |= {r for r in optional[extra] if not r.startswith("stockpipe[")}
+    assert got == want
+    assert not {r for r in got if r.startswith(("quixstreams", "polars", "pytest", "moto"))}
 
 
 @pytest.mark.system

@@ -158,6 +158,15 @@ def test_kafka_fetch_from_the_wheel_reads_its_bundled_pom(venv: Venv) -> None:
     assert (libs / f"kafka-clients-{version}.jar").is_file()
 
 
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` (bytecode aside) with its size and modification time."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix != ".pyc"
+    }
+
+
 def test_load_and_transform_from_the_wheel_build_the_marts(venv: Venv) -> None:
     venv.pip_install(f"stockpipe[warehouse] @ {venv.wheel.as_uri()}")
     lake = venv.work / "lake"
@@ -166,11 +175,19 @@ def test_load_and_transform_from_the_wheel_build_the_marts(venv: Venv) -> None:
     db = venv.work / "w.duckdb"
     env = {"STOCKPIPE_LAKE_URL": str(lake), "STOCKPIPE_WAREHOUSE": f"duckdb:///{db}"}
 
+    bundled = Path(
+        venv.run("python", "-c", "import flows.assets as a; print(a.BUNDLED_DIR)").stdout.strip()
+    )
+    before = tree_state(bundled)
+    assert any(path.endswith("dbt_project.yml") for path in before)
+
     done = venv.run("stockpipe", "load", "--no-progress", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     done = venv.run("stockpipe", "transform", env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (venv.work / "data" / "dbt-target" / "manifest.json").is_file()
+    # the package stays as installed (in the image it is read-only): dbt wrote nothing there
+    assert tree_state(bundled) == before
 
     with duckdb.connect(str(db), read_only=True) as con:
         bronze = con.execute("select count(*) from bronze.bars").fetchone()[0]
