@@ -1,4 +1,4 @@
-"""One typed settings object for every command (contract 4 of DESIGN.md).
+"""One typed settings object for every command (contract 4, docs/contracts.md).
 
 Values come from environment variables and an optional `.env` file in the
 working directory. `load_settings()` turns a validation failure into a
@@ -78,7 +78,7 @@ def _env(*names: str) -> Any:
 
 
 class Settings(BaseSettings):
-    """Every setting of stockpipe; environment variable names as in DESIGN.md."""
+    """Every setting of stockpipe; environment variable names as in docs/contracts.md."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True

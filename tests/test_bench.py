@@ -41,7 +41,7 @@ TOP_KEYS = (
 
 
 def _assert_run_keys(run: dict) -> None:
-    assert tuple(run)[: len(JSON_KEYS)] == JSON_KEYS  # DESIGN.md's keys first, as medians
+    assert tuple(run)[: len(JSON_KEYS)] == JSON_KEYS  # the documented keys first, as medians
     for key in SPREAD_KEYS:
         assert f"{key}_min" in run and f"{key}_max" in run, key
     assert set(run["ratios"]) == {"dataflow/raw", "dataflow/naive", "dataflow/quix"}

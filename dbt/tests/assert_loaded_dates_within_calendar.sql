@@ -1,6 +1,6 @@
 {{ config(severity='error') }}
 
-{#- The calendar never silently runs out (DESIGN.md, contract 3): every loaded bar's
+{#- The calendar never silently runs out (contract 3, docs/contracts.md): every loaded bar's
     trade date must lie within the calendar seed, whose rows give both the NYSE
     sessions (plain tickers) and the 24/7 ones (crypto). A bar dated outside it
     would otherwise just become `closed`. Fails with the dates outside it, and, at

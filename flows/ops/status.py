@@ -10,7 +10,7 @@ Six parts, each read on its own and each allowed to be missing:
   lag is `end - committed`), and the bar state of that partition (its log time,
   per symbol the max event time and the watermark, open windows, pending
   restatements, counters). Bytewax keeps source offsets there, not in a
-  consumer group, so the usual lag tools see nothing (DESIGN.md);
+  consumer group, so the usual lag tools see nothing (docs/operations.md);
 - lake: the newest `date=` folder of `bars/` (only that folder is listed), its
   file count and its newest file;
 - warehouse: the last load (its load sequence when the warehouse has the

@@ -1,4 +1,4 @@
-"""`stockpipe bench`: the performance method of DESIGN.md, on the configured broker.
+"""`stockpipe bench`: the performance method of docs/performance.md, on the configured broker.
 
 For each symbol count S it produces N simulated ticks (no faults, a fixed
 past start, so every run of the same size reads the same data) into a fresh
@@ -71,7 +71,7 @@ RATE_KEYS = {
     "quix": "quix_tps",
 }
 RSS_KEY = "dataflow_peak_rss_mb"
-# The keys of a run in DESIGN.md's JSON (medians); the bench adds more after them.
+# The keys of a run in docs/performance.md's JSON (medians); the bench adds more after them.
 JSON_KEYS = ("symbols", "ticks", *RATE_KEYS.values(), RSS_KEY)
 # Event time of the first simulated tick: Monday 2025-03-03, the NYSE open (09:30 EST).
 BENCH_START_MS = 1_741_012_200_000

@@ -1,6 +1,6 @@
 """What every warehouse shares: the bronze tables, the `Warehouse` interface, lake file records.
 
-Contract 3 of DESIGN.md: `bronze.bars` holds every row of the contract-2 bar
+Contract 3 (docs/contracts.md): `bronze.bars` holds every row of the contract-2 bar
 files plus `_source_file`, `_loaded_at` and `_load_seq`; `bronze.load_manifest`
 holds one row per loaded file. A warehouse loads a batch of files and writes
 their manifest rows in one transaction, so the manifest is the only record of

@@ -1,4 +1,4 @@
-"""Loopback stand-ins for Finnhub, speaking as DESIGN.md's "Finnhub, as it speaks" describes.
+"""Loopback stand-ins for Finnhub, speaking as Finnhub does (docs/contracts.md, contract 1).
 
 `FakeFinnhubWS`: a real websocket server on 127.0.0.1 (port 0) that plays one
 script per accepted connection: frames, pauses, a dropped TCP connection, a
