@@ -14,17 +14,17 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from flows.errors import StockpipeError
 from flows.ingest.kafka_out import Item
 from flows.ingest.pacing import as_float, checked, now_ms
 from flows.ingest.ticks import BadTick, parse_tick, tick_id
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,9 @@ def _golden(obj: dict[str, Any], path: Path, lineno: int) -> Item:
 
 
 def _ts_ms(column: pa.ChunkedArray | pa.Array) -> list[Any]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     if pa.types.is_timestamp(column.type):
         return pc.cast(pc.cast(column, pa.timestamp("ms", column.type.tz)), pa.int64()).to_pylist()
     if pa.types.is_integer(column.type):
@@ -92,6 +95,17 @@ def _ts_ms(column: pa.ChunkedArray | pa.Array) -> list[Any]:
 
 
 def _parquet(path: Path) -> Iterator[Item]:
+    # Arrow is not in the base install (JSON-lines replay needs none): it comes with
+    # the [stream] and [warehouse] extras.
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError:
+        raise StockpipeError(
+            f"replaying the Parquet file {str(path)!r} needs pyarrow, which the [stream] "
+            "and [warehouse] extras bring: pip install 'stockpipe[stream]' (JSON lines "
+            "replay without it)"
+        ) from None
     try:
         pfile = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
