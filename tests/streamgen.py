@@ -28,6 +28,34 @@ class StreamSpec:
     p_null_volume: float = 0.03
     p_no_id: float = 0.3
     p_far_dup: float = 0.0  # re-send any earlier tick of the symbol, however long ago
+    # Event time jumps ahead by 1-3 restate horizons (a symbol that was halted, a feed that
+    # came back): every closed window leaves the horizon at once, pending restatements too.
+    p_jump: float = 0.0
+    # A tick that puts the restate horizon (newest ts - lateness - horizon) exactly on a
+    # window boundary, or 1 ms either side, then a tick exactly at that boundary or 1 ms
+    # before it (or at the start of the window ending there): the too-late edge.
+    p_edge: float = 0.0
+    # The rules the edge ticks aim at (those of `expected_ticks` and of BarRules()).
+    bar_ms: int = 60_000
+    lateness_ms: int = 5_000
+    restate_ms: int = 3_600_000
+
+
+@dataclass
+class LogSpec:
+    """How log time (the Kafka record timestamps) moves besides the steady crawl.
+
+    All zero is the plain stream. Each is a probability per tick record.
+    """
+
+    p_flush: float = 0.0  # a flush marker (--exit-when-idle's close) mid-stream; the stream goes on
+    p_stall: float = 0.0  # log time stands still for the next 5-120 records
+    p_jump: float = 0.0  # log time jumps ahead by 1 min to 4 h (a broker down, a quiet night)
+    p_backwards: float = 0.0  # a record with an earlier (repeated) timestamp than log time
+
+    @property
+    def any(self) -> bool:
+        return bool(self.p_flush or self.p_stall or self.p_jump or self.p_backwards)
 
 
 def make_stream(seed: int, spec: StreamSpec | None = None) -> list[tuple[str, dict]]:
@@ -39,9 +67,19 @@ def make_stream(seed: int, spec: StreamSpec | None = None) -> list[tuple[str, di
         ts = BASE_MS + rng.randrange(0, 60_000)
         price = 50.0 + 40 * s_idx
         events: list[dict] = []
+        reach = spec.lateness_ms + spec.restate_ms  # newest ts - horizon line
         for i in range(spec.ticks_per_symbol):
             if not (events and rng.random() < spec.p_tie):
                 ts += rng.randrange(1, spec.max_gap_ms + 1)
+            # (Each new draw is behind its probability, so a spec without it draws as before.)
+            if spec.p_jump and rng.random() < spec.p_jump:
+                ts += spec.restate_ms + rng.randrange(0, 2 * spec.restate_ms)
+            boundary = None
+            if spec.p_edge and rng.random() < spec.p_edge:
+                # The smallest ts' >= ts whose horizon line ts' - reach is a window boundary.
+                aligned = ts + (reach - ts) % spec.bar_ms
+                boundary = aligned - reach
+                ts = max(ts, aligned + rng.choice([-1, 0, 0, 1]))
             price = round(max(0.01, price * (1 + rng.gauss(0, 0.002))), 4)
             msg: dict = {
                 "symbol": symbol,
@@ -54,11 +92,16 @@ def make_stream(seed: int, spec: StreamSpec | None = None) -> list[tuple[str, di
             if rng.random() >= spec.p_no_id:
                 msg["id"] = f"{symbol}-{i}"
             r = rng.random()
-            if r < spec.p_late:
+            if boundary is not None:
+                pass  # this tick moves the horizon line; the edge tick follows it
+            elif r < spec.p_late:
                 msg = dict(msg, ts=ts - rng.randrange(300_000, 900_000), id=f"{symbol}-late-{i}")
             elif r < spec.p_late + spec.p_too_late:
                 msg = dict(msg, ts=ts - 3 * 86_400_000, id=f"{symbol}-old-{i}")
             events.append(msg)
+            if boundary is not None:
+                edge_ts = boundary + rng.choice([-spec.bar_ms, -1, -1, 0, 1])
+                events.append(dict(msg, ts=edge_ts, id=f"{symbol}-edge-{i}"))
             if rng.random() < spec.p_dup:
                 events.append(dict(events[rng.randrange(max(0, len(events) - 4), len(events))]))
             if rng.random() < spec.p_far_dup:
@@ -122,3 +165,24 @@ def expected_ticks(
             accepted.add((symbol, tid))
             good.append(tick)
     return good, late
+
+
+def horizon_margins(
+    stream: list[tuple[str, dict]],
+    *,
+    bar_ms: int = 60_000,
+    lateness_ms: int = 5_000,
+    restate_ms: int = 3_600_000,
+) -> list[int]:
+    """Per tick: its window's end minus the horizon line when it arrives (<= 0: too late).
+
+    For checking that a stream reaches the edge: 0 is a tick whose window ends exactly
+    on the line, 1 and -1 are 1 ms inside and outside it.
+    """
+    max_ts: dict[str, int] = {}
+    out = []
+    for symbol, msg in stream:
+        ts = msg["ts"]
+        max_ts[symbol] = max(max_ts.get(symbol, ts), ts)
+        out.append(ts - ts % bar_ms + bar_ms - (max_ts[symbol] - lateness_ms - restate_ms))
+    return out

@@ -8,6 +8,7 @@ a separate, obvious computation.
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import random
 import zlib
@@ -19,7 +20,7 @@ import pytest
 from helpers import assert_bars_equal, batch_bars, golden_bars, golden_messages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from streamgen import StreamSpec, expected_ticks, make_stream
+from streamgen import LogSpec, StreamSpec, expected_ticks, horizon_margins, make_stream
 
 from flows.ingest.ticks import BadTick, Tick, decode_tick
 from flows.stream.bars import (
@@ -45,6 +46,7 @@ FILES = FileRules(max_rows=1_000_000, max_age_ms=10**12)  # one file unless a te
 T0 = 1_741_100_400_000  # 15:00:00Z, a window boundary
 LOG0 = 1_796_000_000_000  # a log time (2026) later than every event time here
 BAR_COLS = BAR_SCHEMA.names
+BAR_COLS_OF_BATCH = batch_bars([]).columns
 
 
 def tick(symbol: str, ts: int, price: float, volume: float | None = 1.0, tid: str = "") -> Tick:
@@ -55,10 +57,12 @@ class Feed:
     """Records of one partition, with log time moving as a test says."""
 
     def __init__(self, rules: BarRules = RULES, files: FileRules = FILES, log: int = LOG0):
+        self.rules, self.files = rules, files
         self.state = PartitionBars(rules, files, "t", 0)
         self.offset = 0
         self.log = log
         self.batches: list[FileBatch] = []
+        self.records: list[Record] = []
 
     def send(self, *ticks: Tick, log_step: int = 1) -> None:
         for t in ticks:
@@ -74,8 +78,31 @@ class Feed:
         self._record(FLUSH)
 
     def _record(self, kind: int, t: Tick | None = None) -> None:
-        self.batches += self.state.on_record(Record(self.offset, self.log, kind, t))
+        rec = Record(self.offset, self.log, kind, t)
+        self.records.append(rec)
+        self.batches += self.state.on_record(rec)
         self.offset += 1
+
+    def assert_on_batch_agrees(self, seed: int = 0) -> None:
+        """The same records through `on_batch` (one batch, one per record, random cuts)."""
+        rng = random.Random(seed)
+        for sizes in ("all", "ones", "random"):
+            state = PartitionBars(self.rules, self.files, "t", 0)
+            got: list[FileBatch] = []
+            i = 0
+            while i < len(self.records):
+                n = {"all": len(self.records), "ones": 1}.get(sizes) or rng.randrange(1, 6)
+                chunk = self.records[i : i + n]
+                i += len(chunk)
+                got += state.on_batch(
+                    [r.offset for r in chunk],
+                    [r.log_ts for r in chunk],
+                    [r.kind for r in chunk],
+                    [r.tick for r in chunk],
+                )
+            assert got == self.batches, sizes
+            assert (state._bars, state._late) == (self.state._bars, self.state._late), sizes
+            assert state.snapshot() == self.state.snapshot(), sizes
 
     def rows(self) -> pl.DataFrame:
         """Every bar row emitted so far, sealed or not (window_start as epoch ms)."""
@@ -215,6 +242,202 @@ def test_tick_older_than_restate_horizon_is_too_late():
     assert feed.rows()["trade_count"].to_list() == [1]
 
 
+# -- the restate horizon's edge ------------------------------------------------------------
+#
+# Contract 2: a late tick restates its closed window while the window is within the restate
+# horizon of event time; ids are remembered "for as long as their window can still be
+# restated (the restate horizon plus the lateness, in event time)". So the horizon line
+# trails the symbol's newest event time by lateness + horizon, and a window has left it when
+# that line reaches its end, as a window closes when the watermark reaches its end (end
+# exclusive, the rule `test_window_closes_when_event_time_passes_its_end_plus_lateness`
+# pins): too late <=> window end <= newest ts - lateness - horizon.
+
+REACH = RULES.lateness_ms + RULES.restate_ms  # how far the horizon line trails the newest tick
+W_END = T0 + RULES.bar_ms  # the end of window T0 (and the start of the next)
+
+
+def window_end(ts: int) -> int:
+    return ts - ts % RULES.bar_ms + RULES.bar_ms
+
+
+def horizon_line(newest_ts: int) -> int:
+    return newest_ts - RULES.lateness_ms - RULES.restate_ms
+
+
+def reference_bars(ticks: list[Tick]) -> pl.DataFrame:
+    """The batch computation over ticks that must be in bars (in arrival order)."""
+    return batch_bars(
+        {"symbol": t.symbol, "ts": t.ts, "seq": i, "price": t.price, "volume": t.volume}
+        for i, t in enumerate(ticks)
+    )
+
+
+@pytest.mark.parametrize(
+    ("newest_ts", "late_ts", "outcome"),
+    [
+        # The newest tick moves the line to 1 ms before, exactly at, 1 ms past window T0's end.
+        (W_END + REACH - 1, T0 + 2_000, "restates"),
+        (W_END + REACH, T0 + 2_000, "too-late"),
+        (W_END + REACH + 1, T0 + 2_000, "too-late"),
+        # The line exactly at T0's end; the late tick 1 ms before it, exactly at it, 1 ms after.
+        (W_END + REACH, W_END - 1, "too-late"),  # the last ms of window T0
+        (W_END + REACH, W_END, "restates"),  # the first ms of window T0 + 1 min
+        (W_END + REACH, W_END + 1, "restates"),
+        # The line 1 ms before T0's end, the late tick in T0's last ms.
+        (W_END + REACH - 1, W_END - 1, "restates"),
+    ],
+)
+def test_a_late_tick_at_the_restate_horizon_edge(newest_ts, late_ts, outcome):
+    line = horizon_line(newest_ts)
+    assert outcome == ("too-late" if window_end(late_ts) <= line else "restates")  # the table
+    feed = Feed()
+    before = [
+        tick("A", T0 + 1_000, 10.0, 1.0),
+        tick("A", W_END + 1_000, 11.0, 2.0),
+        tick("A", T0 + 130_000, 10.5, 1.0),  # closes windows T0 and T0 + 1 min (revision 0)
+    ]
+    newest = tick("A", newest_ts, 12.0, 3.0)
+    late = tick("A", late_ts, 99.0, 42.0, tid="edge")
+    feed.send(*before, newest)
+    feed.send(late)
+    accepted = [*before, newest] + ([late] if outcome == "restates" else [])
+    # The ids of a (closed) window are forgotten with it when the line reaches its end:
+    # dedup state holds the ids of exactly the windows that can still be restated.
+    assert len(feed.state.live) == sum(window_end(t.ts) > line for t in accepted)
+
+    feed.heartbeat(RULES.restate_interval_ms)  # a restatement is due by log time, no flush
+    rows = feed.rows()
+    late_win = rows.filter(pl.col("window_start") == late_ts - late_ts % RULES.bar_ms)
+    if outcome == "restates":
+        # Emitted again with all its ticks and revision + 1.
+        assert late_win["revision"].to_list() == [0, 1]
+        assert late_win["trade_count"].to_list()[-1] == 2
+        assert late_win["volume"].to_list()[-1] == late.volume + sum(
+            t.volume for t in before if window_end(t.ts) == window_end(late_ts)
+        )
+        assert late_win["high"].to_list()[-1] == 99.0
+        assert feed.state.too_late == 0 and [r for b in feed.batches for r in b.late] == []
+    else:
+        assert 99.0 not in rows["high"].to_list()
+        assert feed.state.too_late == 1
+        (late_row,) = [*feed.state._late, *(r for b in feed.batches for r in b.late)]
+        assert late_row[4] == "edge" and late_row[1] == late_ts * 1000
+
+    # A copy of window T0's first tick: a duplicate while T0 can be restated, else too late.
+    copy_too_late = line >= W_END
+    feed.send(before[0])
+    assert feed.state.too_late == (outcome == "too-late") + copy_too_late
+    assert feed.state.duplicates == (not copy_too_late)
+    feed.flush()
+    assert_bars_equal(final(feed.rows()), reference_bars(accepted))
+    feed.assert_on_batch_agrees()
+
+
+def two_closed_windows(feed: Feed) -> list[Tick]:
+    """On-time ticks into windows T0 and T0 + 1 min, and one that closes both."""
+    ticks = [
+        tick("A", T0 + 1_000, 10.0, 1.0),
+        tick("A", W_END + 1_000, 11.0, 2.0),
+        tick("A", T0 + 130_000, 10.5, 1.0),  # closes windows T0 and T0 + 1 min
+    ]
+    feed.send(*ticks)
+    return ticks
+
+
+def test_the_horizon_line_crossing_a_window_end_one_ms_at_a_time():
+    """The newest tick moves the line to 1 ms before window T0's end, then onto it.
+
+    Before: T0 takes a late tick (restated) and knows its ids (a copy is a duplicate).
+    On it: T0 has left, its pending restatement is written, its ids are forgotten, and a
+    late tick or a copy for it is too late. The crossing tick lands in an open window, so
+    the dataflow's fast path must see it move the line too.
+    """
+    feed = Feed()
+    before = two_closed_windows(feed)
+    inside = tick("A", W_END + REACH - 1, 12.0, 3.0)
+    feed.send(inside)
+    assert horizon_line(inside.ts) == W_END - 1
+    late_in = tick("A", W_END - 1, 98.0, 40.0, tid="late-in")  # T0's last ms: restates T0
+    feed.send(late_in, before[0])  # ... and a copy of T0's first tick is a duplicate
+    assert (feed.state.too_late, feed.state.duplicates) == (0, 1)
+    crossing = tick("A", W_END + REACH, 12.5, 4.0)  # same window as `inside`, 1 ms later
+    feed.send(crossing)
+    assert horizon_line(crossing.ts) == W_END
+    accepted = [*before, inside, late_in, crossing]
+    assert len(feed.state.live) == sum(window_end(t.ts) > W_END for t in accepted)
+    feed.send(tick("A", W_END - 1, 97.0, 5.0, tid="late-out"), before[0])
+    assert (feed.state.too_late, feed.state.duplicates) == (2, 1)
+    feed.heartbeat(2 * RULES.restate_interval_ms)
+    feed.flush()
+    got = final(feed.rows())
+    assert_bars_equal(got, reference_bars(accepted))
+    w0 = got.filter(pl.col("window_start") == T0).to_dicts()[0]
+    assert (w0["revision"], w0["trade_count"], w0["volume"], w0["high"]) == (1, 2, 41.0, 98.0)
+    assert sorted(r[4] for b in feed.batches for r in b.late) == sorted(["late-out", before[0].id])
+    feed.assert_on_batch_agrees()
+
+
+@pytest.mark.parametrize("beyond", [0, 1, 2 * RULES.restate_ms])
+def test_a_pending_restatement_is_written_when_its_window_leaves_the_horizon(beyond):
+    """Late ticks folded into closed windows, then, before the restate interval of log time
+    has passed, a tick moves the horizon past them: their restatements must still be
+    written, or accepted ticks would be lost from the bars."""
+    feed = Feed()
+    on_time = two_closed_windows(feed)
+    late = [tick("A", T0 + 2_000, 99.0, 42.0, tid="late-1"), tick("A", W_END + 2_000, 1.0, 7.0)]
+    feed.send(*late)
+    assert feed.rows()["revision"].max() == 0  # the restatements are pending
+    # 1 ms of log time later, T0 + 1 min's end is at (or past) the horizon line: both go.
+    newest = tick("A", W_END + RULES.bar_ms + REACH + beyond, 12.0, 3.0)
+    feed.send(newest)
+    assert horizon_line(newest.ts) >= W_END + RULES.bar_ms  # both windows have left it
+    too_late = tick("A", T0 + 3_000, 50.0, 5.0, tid="too-late")
+    feed.send(too_late)
+    feed.heartbeat(2 * RULES.restate_interval_ms)
+    feed.flush()
+    got = final(feed.rows())
+    assert_bars_equal(got, reference_bars([*on_time, *late, newest]))
+    w0 = got.filter(pl.col("window_start") == T0).to_dicts()[0]
+    assert (w0["revision"], w0["trade_count"], w0["volume"], w0["high"], w0["close"]) == (
+        1,
+        2,
+        43.0,
+        99.0,
+        99.0,
+    )
+    w1 = got.filter(pl.col("window_start") == W_END).to_dicts()[0]
+    # window T0 + 1 min: the on-time tick (volume 2) and the late one (volume 7, low 1)
+    assert (w1["revision"], w1["volume"], w1["low"]) == (1, 9.0, 1.0)
+    assert feed.state.too_late == 1
+    feed.assert_on_batch_agrees()
+
+
+@pytest.mark.parametrize("d", [-1, 0, 1])
+def test_a_burst_into_a_window_ending_exactly_at_the_watermark_makes_one_row(d):
+    """The watermark 1 ms past, exactly at, 1 ms before the end of a window no tick reached.
+
+    At or past it the window is closed, so the burst is late ticks for it: coalesced by log
+    time into one first emission (revision 0). Before it the window is open and the burst is
+    on time: one revision-0 row when the watermark passes. One row either way, and on_batch
+    agrees with on_record at the edge.
+    """
+    start = T0 + RULES.bar_ms
+    end = start + RULES.bar_ms
+    feed = Feed()
+    feed.send(tick("A", T0 + 1_000, 10.0))
+    feed.send(tick("A", end + RULES.lateness_ms - d, 11.0))  # watermark end - d
+    burst = [tick("A", start + 1_000 + i, 20.0 + i, 1.0 + i) for i in range(5)]
+    feed.send(*burst, log_step=0)  # at the same log time: the watermark stays at end - d
+    for _ in range(3 * RULES.restate_interval_ms // 100):
+        feed.heartbeat(100)
+    rows = feed.rows().filter(pl.col("window_start") == start)
+    assert rows["revision"].to_list() == [0]
+    assert_bars_equal(rows, reference_bars(burst))
+    feed.flush()
+    assert feed.rows().filter(pl.col("window_start") == start).height == 1
+    feed.assert_on_batch_agrees()
+
+
 def test_duplicate_15_minutes_of_event_time_late_counts_once():
     feed = Feed()
     original = tick("A", T0 + 1000, 10.0, volume=100, tid="x-1")
@@ -236,6 +459,11 @@ def test_ids_are_forgotten_with_their_window_and_state_stays_bounded():
     horizon_windows = (RULES.restate_ms + RULES.lateness_ms) // RULES.bar_ms + 2
     assert len(state.closed) + len(state.open) <= horizon_windows
     assert sum(len(w.ids) for w in state.closed.values()) <= horizon_windows * 60
+    # ... and the partition's dedup set forgets them too: it holds the live windows' ids only.
+    assert len(feed.state.live) == sum(
+        len(w.ids) for w in (*state.closed.values(), *state.open.values())
+    )
+    assert len(feed.state.live) <= horizon_windows * 60
 
 
 def test_snapshot_survives_pickle_and_restores_the_same_state():
@@ -266,32 +494,63 @@ def test_micro_batches_are_cut_by_rows_and_log_time_and_named_by_offsets():
 
 
 def stream_records(
-    seed: int, spec: StreamSpec, live: bool = False
+    seed: int, spec: StreamSpec, live: bool = False, log_spec: LogSpec | None = None
 ) -> tuple[list[Record], list[tuple[str, dict]]]:
     """One partition's records: the random stream with log time, quiet gaps and heartbeats.
 
     By default log time crawls (a backlog: event time closes windows); `live` keeps
     it about 0-3 s behind the newest event time (a live feed: log time closes them).
+    `log_spec` adds flush markers mid-stream, stalls (one log time for many records),
+    big jumps and records stamped earlier than log time (from a second random source,
+    so without it the records are exactly the plain ones).
     """
     rng = random.Random(seed)
+    chaos = random.Random(f"log-{seed}") if log_spec and log_spec.any else None
     stream = make_stream(seed, spec)
     records: list[Record] = []
     log = 0 if live else LOG0
     newest = 0
+    stall = 0  # records left in the current stall
+    stamps: list[int] = []  # earlier record timestamps, to repeat
     for symbol, msg in stream:
         if rng.random() < 0.02:  # a quiet spell: heartbeats move log time
             for _ in range(rng.randrange(1, 8)):
-                log += 1000
+                if not stall:
+                    log += 1000
                 records.append(Record(len(records), log, HEARTBEAT))
         if rng.random() < 0.01:  # a future tick (the decoder rejects it) still moves log time
             records.append(Record(len(records), log, BAD))
-        log += rng.choice([0, 0, 1, 5, 50])
+        step = rng.choice([0, 0, 1, 5, 50])
+        stamp = None  # this tick's record timestamp when it is not log time
+        if chaos is not None:
+            assert log_spec is not None
+            if chaos.random() < log_spec.p_flush:  # a flush marker, and the stream goes on
+                records.append(Record(len(records), log, FLUSH))
+            if not stall and chaos.random() < log_spec.p_stall:
+                stall = chaos.randrange(5, 120)
+            if chaos.random() < log_spec.p_jump:
+                log += chaos.choice([60_000, 600_000, 3_600_000, 4 * 3_600_000])
+                log += chaos.randrange(0, 1_000)
+            if stamps and chaos.random() < log_spec.p_backwards:
+                old = chaos.choice(stamps[-2_000:])
+                if live:  # a heartbeat or a bad record stamped back in time
+                    records.append(Record(len(records), old, chaos.choice([HEARTBEAT, BAD])))
+                else:  # in a backlog any record, ticks too (the skew rule still holds)
+                    stamp = old
+        if stall:
+            stall -= 1
+        else:
+            log += step
         if live:
             newest = max(newest, msg["ts"])
-            log = max(log, newest + rng.randrange(0, 3000))
-        t = decode_tick(orjson.dumps(msg), symbol.encode(), log)
+            behind = rng.randrange(0, 3000)
+            # In a stall event time runs ahead of log time, within the clock-skew rule.
+            log = max(log, newest - 50_000 if stall else newest + behind)
+        stamps.append(log)
+        rec_ts = log if stamp is None else stamp
+        t = decode_tick(orjson.dumps(msg), symbol.encode(), rec_ts)
         assert not isinstance(t, BadTick), (msg, t)
-        records.append(Record(len(records), log, TICK, t))
+        records.append(Record(len(records), rec_ts, TICK, t))
     records.append(Record(len(records), log + 1, FLUSH))
     return records, stream
 
@@ -300,23 +559,32 @@ def run_records(state: PartitionBars, records: list[Record]) -> list[list[FileBa
     return [state.on_record(rec) for rec in records]
 
 
-def draw_stream_and_files(data: st.DataObject) -> tuple[StreamSpec, FileRules]:
-    """A random 3-symbol stream's shape, and file rules from one row to many per file."""
+def draw_stream_and_files(data: st.DataObject) -> tuple[StreamSpec, FileRules, LogSpec]:
+    """A random 3-symbol stream's shape, file rules from one row to many per file, and how
+    log time moves: flush markers mid-stream, stalls, jumps, repeated timestamps."""
     spec = StreamSpec(
         symbols=["A", "B", "C"],
         ticks_per_symbol=data.draw(st.integers(50, 300)),
         max_gap_ms=data.draw(st.sampled_from([2_000, 20_000])),
         p_far_dup=0.05,
+        p_jump=data.draw(st.sampled_from([0.0, 0.01, 0.03])),
+        p_edge=data.draw(st.sampled_from([0.0, 0.03, 0.1])),
     )
     files = FileRules(max_rows=data.draw(st.sampled_from([5, 50, 10_000])), max_age_ms=3_000)
-    return spec, files
+    log_spec = LogSpec(
+        p_flush=data.draw(st.sampled_from([0.0, 0.005, 0.03])),
+        p_stall=data.draw(st.sampled_from([0.0, 0.02, 0.05])),
+        p_jump=data.draw(st.sampled_from([0.0, 0.005, 0.02])),
+        p_backwards=data.draw(st.sampled_from([0.0, 0.02, 0.1])),
+    )
+    return spec, files, log_spec
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10**6), data=st.data())
 def test_resuming_from_any_snapshot_after_a_crash_rewrites_the_same_rows(seed, data):
-    spec, files = draw_stream_and_files(data)
-    records, stream = stream_records(seed, spec)
+    spec, files, log_spec = draw_stream_and_files(data)
+    records, stream = stream_records(seed, spec, live=data.draw(st.booleans()), log_spec=log_spec)
     first = PartitionBars(RULES, files, "t", 0)
     snap_at = data.draw(st.integers(0, len(records) - 1))
     # A snapshot is committed only after the outputs of what it covers were written
@@ -346,14 +614,17 @@ def test_resuming_from_any_snapshot_after_a_crash_rewrites_the_same_rows(seed, d
     assert sum(len(b.late) for b in lake.values()) == len(late)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10**6), data=st.data())
 def test_on_batch_returns_what_on_record_returns_however_the_records_are_batched(seed, data):
     """The dataflow's fast path (on_batch) against the definition (on_record), crash included."""
-    spec, files = draw_stream_and_files(data)
-    records, _ = stream_records(seed, spec, live=data.draw(st.booleans()))
+    spec, files, log_spec = draw_stream_and_files(data)
+    records, stream = stream_records(seed, spec, live=data.draw(st.booleans()), log_spec=log_spec)
     reference = PartitionBars(RULES, files, "t", 0)
     want = [b for rec in records for b in reference.on_record(rec)]
+    good, late = expected_ticks(stream)  # and the definition against the batch computation
+    assert_bars_equal(final(rows_of(want)).select(BAR_COLS_OF_BATCH), batch_bars(good))
+    assert sum(len(b.late) for b in want) == len(late)
 
     cuts = sorted(data.draw(st.sets(st.integers(1, len(records) - 1), max_size=40)))
     chunks = [records[a:b] for a, b in zip([0, *cuts], [*cuts, len(records)], strict=True)]
@@ -384,14 +655,25 @@ def assert_snapshot_fresh(state: PartitionBars) -> None:
     assert state.snapshot() == snap
 
 
+# Log time that stalls, jumps and repeats, flush markers mid-stream; event time that jumps
+# past the horizon and ticks at its edge.
+CHAOS_LOG = LogSpec(p_flush=0.01, p_stall=0.03, p_jump=0.01, p_backwards=0.03)
+
+
+@pytest.mark.parametrize("chaos", [False, True])
 @pytest.mark.parametrize("live", [False, True])
-def test_on_batch_equals_on_record_over_many_streams_and_batch_sizes(live):
+def test_on_batch_equals_on_record_over_many_streams_and_batch_sizes(live, chaos):
     """The same as above over fixed seeds, live and backlog log time, batches of 1 to 200."""
-    for seed in range(30):
+    for seed in range(30 if not chaos else 20):
         spec = StreamSpec(
-            symbols=["A", "B", "C"], ticks_per_symbol=300, max_gap_ms=20_000, p_far_dup=0.05
+            symbols=["A", "B", "C"],
+            ticks_per_symbol=300,
+            max_gap_ms=20_000,
+            p_far_dup=0.05,
+            p_jump=0.01 if chaos else 0.0,
+            p_edge=0.05 if chaos else 0.0,
         )
-        records, _ = stream_records(seed, spec, live=live)
+        records, _ = stream_records(seed, spec, live=live, log_spec=CHAOS_LOG if chaos else None)
         files = FileRules(max_rows=50, max_age_ms=3_000)
         reference = PartitionBars(RULES, files, "t", 0)
         want = [b for rec in records for b in reference.on_record(rec)]
@@ -424,6 +706,34 @@ def test_random_streams_with_far_duplicates_equal_batch_computation():
         assert_bars_equal(final(rows_of(batches)).select(want.columns), want)
         assert state.too_late == len(late) > 0
         assert state.duplicates > 0
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_streams_with_flushes_stalls_jumps_and_horizon_edges_equal_batch_computation(live):
+    """Mid-stream flush markers, log time that stalls, jumps and repeats, event time that
+    jumps past the horizon (taking pending restatements with it) and ticks exactly at the
+    horizon's edge: final bars still equal the batch computation, late/ gets the rest."""
+    margins: list[int] = []
+    for seed in range(6):
+        spec = StreamSpec(
+            ticks_per_symbol=600, max_gap_ms=10_000, p_far_dup=0.05, p_jump=0.01, p_edge=0.05
+        )
+        records, stream = stream_records(seed, spec, live=live, log_spec=CHAOS_LOG)
+        assert sum(r.kind == FLUSH for r in records[:-1]) > 0  # flush markers mid-stream
+        logs = [r.log_ts for r in records]
+        assert any(b < a for a, b in zip(logs, logs[1:], strict=False))  # earlier stamps
+        assert max(b - a for a, b in zip(logs, logs[1:], strict=False)) >= 3_600_000  # jumps
+        assert max(len(list(g)) for _, g in itertools.groupby(logs)) >= 50  # stalls
+        state = PartitionBars(RULES, FileRules(max_rows=100, max_age_ms=5000), "t", 0)
+        batches = [b for bs in run_records(state, records) for b in bs]
+        good, late = expected_ticks(stream)
+        want = batch_bars(good)
+        assert_bars_equal(final(rows_of(batches)).select(want.columns), want)
+        assert state.too_late == len(late) == sum(len(b.late) for b in batches)
+        assert sorted(r[4] for b in batches for r in b.late) == sorted(t["id"] for t in late)
+        margins += horizon_margins(stream)
+    # The streams reached the edge: exactly on the line, and 1 ms either side of it.
+    assert {-1, 0, 1} <= set(margins)
 
 
 @given(
