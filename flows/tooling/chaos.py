@@ -31,6 +31,13 @@ max event time - lateness - horizon). The lake, the DLQ and `late/` are then
 compared with it, and a table (rich) says OK/FAIL per check; the exit code is
 non-zero when any check fails. `--json PATH` writes the same table as JSON.
 
+The lake is also checked against itself (pure functions, `lake_findings`): a
+bar is its (symbol, window_start, revision), so that key in more than one row
+is a row held more than once, and held with any column different (every
+column, `emitted_at` included) is a revision with two contents; a window's
+revisions run 0, 1, 2, ... without a gap; and the bucket is versioned, so a
+file name written again (a replay) with other rows than before is reported.
+
 Run it as `stockpipe chaos [--ticks N] [--kills K] [--seed S] [--store-outage 30]`.
 """
 
@@ -556,6 +563,31 @@ def expected_outcome(plan: StreamPlan, log: dict[int, list]) -> Expected:
 
 
 # ----------------------------------------------------------------------------- the lake
+#
+# Reading the lake is the only I/O here; the checks below it are pure functions
+# (rows and file listings in, findings out), so tests/test_chaos_checks.py feeds
+# them crafted lake contents without a broker.
+
+BAR_KEY = ("symbol", "window_start", "revision")
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    """One version of a lake file as the store kept it: its bytes' digest and its rows."""
+
+    digest: str
+    rows: tuple[dict, ...]  # every row, every column (emitted_at and later columns included)
+
+
+def file_version(data: bytes) -> FileVersion:
+    """The version of a file whose bytes are `data`."""
+    import hashlib
+    import io
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(data))
+    return FileVersion(hashlib.blake2b(data, digest_size=16).hexdigest(), tuple(table.to_pylist()))
 
 
 def read_lake(fs: Any, root: str) -> tuple[list[tuple], list[tuple]]:
@@ -580,6 +612,33 @@ def read_lake(fs: Any, root: str) -> tuple[list[tuple], list[tuple]]:
     return result[0], result[1]
 
 
+def read_versions(client: Any, bucket: str, prefix: str) -> dict[str, list[FileVersion]]:
+    """Every version a versioned S3 bucket kept of each Parquet file under `prefix`.
+
+    Keys are `bucket/key`, the form `read_lake` gives paths in (s3fs). A file
+    written once has one version; the bytes of a file written again are only
+    read when its ETags differ (equal ETags of single-part uploads are equal bytes).
+    """
+    found: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    pages = client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
+    for page in pages:
+        for v in page.get("Versions", []):
+            if v["Key"].endswith(".parquet"):
+                found[v["Key"]].append((v["VersionId"], v["ETag"]))
+    result: dict[str, list[FileVersion]] = {}
+    for key, versions in found.items():
+        if len({etag for _, etag in versions}) > 1:
+            result[f"{bucket}/{key}"] = [
+                file_version(
+                    client.get_object(Bucket=bucket, Key=key, VersionId=vid)["Body"].read()
+                )
+                for vid, _ in versions
+            ]
+        else:
+            result[f"{bucket}/{key}"] = [FileVersion(etag, ()) for _, etag in versions]
+    return result
+
+
 def _ms(value: Any) -> int:
     return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)
 
@@ -590,28 +649,150 @@ def _close(a: float | None, b: float | None, rel: float = 1e-9) -> bool:
     return abs(a - b) <= rel * max(abs(a), abs(b))
 
 
-def compare(exp: Expected, bar_rows: list, late_rows: list) -> dict[str, Any]:
-    """The figures of the table from the expected outcome and the lake's rows."""
-    # rows held more than once (same row in two files) and revisions with two contents
-    copies: dict[tuple, list[str]] = defaultdict(list)
+def _value(v: Any) -> Any:
+    """A cell as a hashable, comparable value (NaN equal to NaN, timestamps as instants)."""
+    if isinstance(v, float) and math.isnan(v):
+        return ("nan",)
+    if hasattr(v, "timestamp") and hasattr(v, "tzinfo"):
+        return ("ts", int(round(v.timestamp() * 1_000_000)))
+    if isinstance(v, list):
+        return tuple(_value(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _value(x)) for k, x in v.items()))
+    return v
+
+
+def row_content(row: dict) -> tuple:
+    """Every column of a row, names included, so no column can differ unseen."""
+    return tuple(sorted((name, _value(v)) for name, v in row.items()))
+
+
+def bar_key(row: dict) -> tuple:
+    """(symbol, window_start, revision): what a bar row is, whichever file holds it."""
+    return (row["symbol"], _value(row["window_start"]), row["revision"])
+
+
+@dataclass
+class Finding:
+    check: str  # "held more than once", "two contents", "missing revision", "rewritten file"
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.check}: {self.what}"
+
+
+def held_more_than_once(bar_rows: list[tuple], late_rows: list[tuple]) -> list[Finding]:
+    """Rows the lake holds more than once: one finding per extra copy.
+
+    A bar is its (symbol, window_start, revision): held again, in another file or
+    in the same one, with the same content or not, is a copy. A late row has no
+    key of its own (every too-late record is one row, and a duplicate of one
+    read in the same millisecond of log time is an identical row of the same
+    file), so a late row is a copy when the same row is in another file.
+    """
+    found: list[Finding] = []
+    bars: dict[tuple, list[str]] = defaultdict(list)
     for row, path in bar_rows:
-        copies[("bars", *row.values())].append(path)
+        bars[bar_key(row)].append(path)
+    for key, paths in bars.items():
+        for _ in range(len(paths) - 1):
+            found.append(Finding("held more than once", f"bar {key} in {sorted(paths)}"))
+    late: dict[tuple, set[str]] = defaultdict(set)
     for row, path in late_rows:
-        copies[("late", *row.values())].append(path)
-    # Two identical late rows in one file are two input records (a duplicate of a too-late
-    # tick read in the same millisecond of log time); the same row in two files is a copy.
-    repeated = sum(len(set(c)) - 1 for c in copies.values() if len(set(c)) > 1)
-    repeats = [f"{k} in {sorted(set(v))}" for k, v in copies.items() if len(set(v)) > 1][:5]
-    content_cols = ["open", "high", "low", "close", "volume", "vwap", "trade_count",
-                    "first_ts", "last_ts"]  # fmt: skip
-    by_rev: dict[tuple, set] = defaultdict(set)
+        late[row_content(row)].add(path)
+    for content, paths in late.items():
+        for _ in range(len(paths) - 1):
+            found.append(Finding("held more than once", f"late row {content} in {sorted(paths)}"))
+    return found
+
+
+def two_contents(bar_rows: list[tuple]) -> list[Finding]:
+    """Bar keys held with more than one content, every column compared (emitted_at too)."""
+    contents: dict[tuple, dict[tuple, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for row, path in bar_rows:
+        contents[bar_key(row)][row_content(row)].append(path)
+    found = []
+    for key, by_content in contents.items():
+        if len(by_content) > 1:
+            differ = _differing_columns(list(by_content))
+            files = sorted({p for paths in by_content.values() for p in paths})
+            found.append(Finding("two contents", f"bar {key}: {differ} differ, in {files}"))
+    return found
+
+
+def _differing_columns(contents: list[tuple]) -> list[str]:
+    cells = [dict(c) for c in contents]
+    names = sorted({name for c in cells for name in c})
+    return [n for n in names if len({repr(c.get(n, "<absent>")) for c in cells}) > 1]
+
+
+def missing_revisions(bar_rows: list[tuple]) -> list[Finding]:
+    """Revisions absent below a window's highest (each restatement adds one: 0, 1, 2, ...)."""
+    revisions: dict[tuple, set[int]] = defaultdict(set)
+    for row, _path in bar_rows:
+        revisions[(row["symbol"], _value(row["window_start"]))].add(row["revision"])
+    found = []
+    for key, revs in revisions.items():
+        missing = sorted(set(range(max(revs) + 1)) - revs)
+        if missing:
+            found.append(Finding("missing revision", f"bar {key}: revisions {missing} missing"))
+    return found
+
+
+def rewritten_files(versions: dict[str, list[FileVersion]]) -> tuple[list[Finding], list[str]]:
+    """File names written again: (those with other rows: findings, those with other bytes only).
+
+    A file under a name the lake already held is compared by the rows it holds
+    (contract 3), every column, as a multiset; other bytes with the same rows is
+    reported apart (the lake sink means to write the same bytes too).
+    """
+    found: list[Finding] = []
+    bytes_only: list[str] = []
+    for path, vs in sorted(versions.items()):
+        if len(vs) < 2 or len({v.digest for v in vs}) == 1:
+            continue
+        rows = {tuple(sorted((row_content(r) for r in v.rows), key=repr)) for v in vs}
+        if len(rows) > 1:
+            counts = ", ".join(str(len(v.rows)) for v in vs)
+            found.append(
+                Finding(
+                    "rewritten file", f"{path}: {len(vs)} versions with other rows ({counts} rows)"
+                )
+            )
+        else:
+            bytes_only.append(path)
+    return found, bytes_only
+
+
+def lake_findings(
+    bar_rows: list[tuple],
+    late_rows: list[tuple],
+    versions: dict[str, list[FileVersion]] | None = None,
+) -> dict[str, list]:
+    """Every check of the lake's own consistency (no expected outcome needed)."""
+    rewritten, bytes_only = rewritten_files(versions or {})
+    return {
+        "held more than once": held_more_than_once(bar_rows, late_rows),
+        "two contents": two_contents(bar_rows),
+        "missing revision": missing_revisions(bar_rows),
+        "rewritten file": rewritten,
+        "rewritten bytes only": bytes_only,
+    }
+
+
+def compare(
+    exp: Expected,
+    bar_rows: list,
+    late_rows: list,
+    versions: dict[str, list[FileVersion]] | None = None,
+) -> dict[str, Any]:
+    """The figures of the table from the expected outcome, the lake's rows and file versions."""
+    lake = lake_findings(bar_rows, late_rows, versions)
     final: dict[tuple, dict] = {}
     for row, _path in bar_rows:
         key = (row["symbol"], _ms(row["window_start"]))
-        by_rev[(*key, row["revision"])].add(tuple(row[c] for c in content_cols))
         if key not in final or row["revision"] > final[key]["revision"]:
             final[key] = row
-    two_contents = sum(1 for v in by_rev.values() if len(v) > 1)
 
     lost = duplicated = exact = 0
     mismatches: list[str] = []
@@ -643,6 +824,10 @@ def compare(exp: Expected, bar_rows: list, late_rows: list) -> dict[str, Any]:
             mismatches.append(f"{key}: expected {want}, lake {got}")
     total = len(set(exp.bars) | set(final))
     late_got = Counter((r["symbol"], _ms(r["ts"]), r["price"]) for r, _ in late_rows)
+    findings = [
+        str(f) for name in ("held more than once", "two contents", "missing revision",
+                            "rewritten file") for f in lake[name][:5]
+    ]  # fmt: skip
     return {
         "bars_expected": len(exp.bars),
         "bars_in_lake": len(final),
@@ -650,10 +835,14 @@ def compare(exp: Expected, bar_rows: list, late_rows: list) -> dict[str, Any]:
         "bar_files": len({p for _, p in bar_rows}),
         "lost": lost,
         "duplicated": duplicated,
-        "two_contents": two_contents,
-        "repeated_rows": repeated,
+        "two_contents": len(lake["two contents"]),
+        "repeated_rows": len(lake["held more than once"]),
+        "missing_revisions": len(lake["missing revision"]),
+        "rewritten_files": len(lake["rewritten file"]),
+        "rewritten_bytes_only": len(lake["rewritten bytes only"]),
+        "files_written_again": sum(1 for vs in (versions or {}).values() if len(vs) > 1),
         "exact_pct": 100.0 * exact / total if total else 100.0,
-        "mismatches": mismatches + repeats,
+        "mismatches": mismatches + findings,
         "late_rows": len(late_rows),
         "late_expected": sum(exp.late.values()),
         "late_match": late_got == exp.late,
@@ -791,13 +980,16 @@ def run_campaign(camp: Campaign) -> dict[str, Any]:
     creds = {"AWS_ACCESS_KEY_ID": "chaos", "AWS_SECRET_ACCESS_KEY": "chaos"}
 
     store = _Store()
-    boto3.client(
+    s3 = boto3.client(
         "s3",
         endpoint_url=store.endpoint,
         region_name="us-east-1",
         aws_access_key_id="chaos",
         aws_secret_access_key="chaos",
-    ).create_bucket(Bucket="chaos")
+    )
+    s3.create_bucket(Bucket="chaos")
+    # Versioned, so a file name written twice keeps both contents for the checks.
+    s3.put_bucket_versioning(Bucket="chaos", VersioningConfiguration={"Status": "Enabled"})
     settings = load_settings(
         kafka_bootstrap_servers=f"127.0.0.1:{kafka_local.free_port()}",
         kafka_data_dir=work / "kafka",
@@ -966,7 +1158,8 @@ def run_campaign(camp: Campaign) -> dict[str, Any]:
         del dlq_rows
         fs = s3fs.S3FileSystem(endpoint_url=store.endpoint, key="chaos", secret="chaos")
         bar_rows, late_rows = read_lake(fs, "chaos/lake")
-        figures = compare(exp, bar_rows, late_rows)
+        versions = read_versions(s3, "chaos", "lake/")
+        figures = compare(exp, bar_rows, late_rows, versions)
     finally:
         if stream.proc is not None and stream.proc.poll() is None:
             stream.proc.kill()
@@ -992,6 +1185,10 @@ def run_campaign(camp: Campaign) -> dict[str, Any]:
                figures["two_contents"] == 0),
         _check("rows held more than once in the lake", figures["repeated_rows"],
                figures["repeated_rows"] == 0),
+        _check("bar revisions missing below a window's highest", figures["missing_revisions"],
+               figures["missing_revisions"] == 0),
+        _check("file names written again with other rows", figures["rewritten_files"],
+               figures["rewritten_files"] == 0),
         _check("stream crashes", len(camp.crashes), not camp.crashes),
         _check("DLQ records (distinct source offsets) vs expected",
                f"{len(dlq_set):,} vs {len(exp.dlq):,}", dlq_set == exp.dlq),
@@ -1016,6 +1213,8 @@ def run_campaign(camp: Campaign) -> dict[str, Any]:
         "bars expected": figures["bars_expected"],
         "bar rows in lake (all revisions)": figures["bar_rows"],
         "bar files": figures["bar_files"],
+        "file names written more than once (replays)": figures["files_written_again"],
+        "of them with other bytes, same rows": figures["rewritten_bytes_only"],
         "elapsed (s)": round(time.monotonic() - camp.t0, 1),
         "workdir": str(work),
     }
