@@ -361,9 +361,11 @@ class TickSource(FixedPartitionedSource[tuple[str, PartitionBatch], int]):
             **READ_AHEAD,
             **self._add_config,
         }
+        # A partition that has read nothing snapshots OFFSET_BEGINNING (Bytewax snapshots
+        # every partition at every epoch): it starts again as a fresh one does.
         offset = (
             OFFSET_BEGINNING
-            if resume_state is None
+            if resume_state is None or resume_state == OFFSET_BEGINNING
             else self._resume_at(config, topic, partition, resume_state)
         )
         return _Partition(
