@@ -417,3 +417,28 @@ def test_compose_config_validates() -> None:
         ["bash", str(VALIDATE)], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_system_deps_off_debian_name_what_to_install_and_stop(tmp_path: Path) -> None:
+    """Where there is no apt-get (macOS, say), the script installs nothing: it names the
+    packages `make test` needs and exits 1; `make demo` never runs it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "cat", "id"):  # what the script runs besides builtins; no apt-get
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    done = subprocess.run(
+        [str(bin_dir / "bash"), str(ROOT / "infra/ci/install-system-deps.sh")],
+        env={"PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    for package in ("chromium", "docker-compose"):
+        assert f"  {package} " in done.stderr, done.stderr
+    assert "make test-fast" in done.stderr
+    makefile = (ROOT / "Makefile").read_text()
+    demo_prerequisites = re.search(r"^demo: (.*)$", makefile, flags=re.MULTILINE).group(1).split()
+    install_prerequisites = re.search(r"^install: (.*)$", makefile, flags=re.MULTILINE).group(1)
+    assert "system-deps" not in demo_prerequisites + install_prerequisites.split()
+    assert "system-deps" in re.search(r"^test: (.*)$", makefile, flags=re.MULTILINE).group(1)
