@@ -8,6 +8,7 @@ install it in this environment.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import re
 import sys
@@ -65,8 +66,14 @@ def third_party_imports() -> dict[str, list[str]]:
     return found
 
 
+@functools.cache
+def installed() -> dict[str, list[str]]:
+    """Top-level module -> the installed distributions providing it (read once: slow)."""
+    return importlib.metadata.packages_distributions()
+
+
 def distributions_of(module: str) -> set[str]:
-    names = importlib.metadata.packages_distributions().get(module, [])
+    names = installed().get(module, [])
     return {normal(n) for n in names} | ({META[module]} if module in META else set())
 
 
