@@ -94,12 +94,7 @@ class Feed:
                 n = {"all": len(self.records), "ones": 1}.get(sizes) or rng.randrange(1, 6)
                 chunk = self.records[i : i + n]
                 i += len(chunk)
-                got += state.on_batch(
-                    [r.offset for r in chunk],
-                    [r.log_ts for r in chunk],
-                    [r.kind for r in chunk],
-                    [r.tick for r in chunk],
-                )
+                got += on_batch_of(state, chunk)
             assert got == self.batches, sizes
             assert (state._bars, state._late) == (self.state._bars, self.state._late), sizes
             assert state.snapshot() == self.state.snapshot(), sizes
@@ -555,6 +550,16 @@ def stream_records(
     return records, stream
 
 
+def on_batch_of(state: PartitionBars, chunk: list[Record]) -> list[FileBatch]:
+    """`on_batch` over records, in the columns the Kafka source hands it."""
+    return state.on_batch(
+        [r.offset for r in chunk],
+        [r.log_ts for r in chunk],
+        [r.kind for r in chunk],
+        [r.tick for r in chunk],
+    )
+
+
 def run_records(state: PartitionBars, records: list[Record]) -> list[list[FileBatch]]:
     return [state.on_record(rec) for rec in records]
 
@@ -636,12 +641,7 @@ def test_on_batch_returns_what_on_record_returns_however_the_records_are_batched
             state = PartitionBars.restore(
                 RULES, files, pickle.loads(pickle.dumps(state.snapshot()))
             )
-        got += state.on_batch(
-            [r.offset for r in chunk],
-            [r.log_ts for r in chunk],
-            [r.kind for r in chunk],
-            [r.tick for r in chunk],
-        )
+        got += on_batch_of(state, chunk)
     assert got == want
     assert state.snapshot() == reference.snapshot()
 
@@ -684,12 +684,7 @@ def test_on_batch_equals_on_record_over_many_streams_and_batch_sizes(live, chaos
         while i < len(records):
             chunk = records[i : i + rng.randrange(1, 200)]
             i += len(chunk)
-            got += state.on_batch(
-                [r.offset for r in chunk],
-                [r.log_ts for r in chunk],
-                [r.kind for r in chunk],
-                [r.tick for r in chunk],
-            )
+            got += on_batch_of(state, chunk)
             assert_snapshot_fresh(state)  # an epoch's snapshot after every batch
         assert got == want, f"seed {seed}"
         assert state.snapshot() == reference.snapshot(), f"seed {seed}"
