@@ -265,10 +265,10 @@ def test_killed_worker_resumes_without_losing_or_double_counting(new_topic, sett
             try:
                 committed = _committed_offsets(settings)
                 files = _lake_files(lake)
-                # Every partition past its first snapshot (a partition that has read
-                # nothing is refused on restart: see the test at the end of this file),
-                # and a file written since the last snapshot: it names an offset the
-                # first run read at or past the one a restart resumes from.
+                # Every partition past its first snapshot (so each has a resume offset
+                # to check against), and a file written since the last snapshot: it
+                # names an offset the first run read at or past the one a restart
+                # resumes from.
                 if (
                     committed
                     and len(committed) == 4  # the topic's partitions
@@ -338,6 +338,89 @@ def test_killed_worker_resumes_without_losing_or_double_counting(new_topic, sett
     assert_revisions_never_change(rows)
     assert_each_row_once(rows)  # the replay rewrote the files it had written, it added none
     assert not list(lake.rglob(".*.tmp")), "half-written files left behind"
+
+
+@pytest.mark.parametrize(
+    "signum,workers",
+    [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 2)],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-2-workers"],
+)
+def test_a_signal_stops_a_busy_stream_cleanly_and_the_restart_reads_nothing_again(
+    new_topic, settings_for, tmp_path, signum, workers
+):
+    """SIGTERM (compose's stop) or SIGINT while ticks arrive: the stream ends its input,
+    the epoch closes with its files and snapshot, and it exits 0. The snapshot then
+    covers everything the first run wrote (every file and DLQ record names an offset
+    below the partition's resume offset), so the restart reads no record twice: each
+    bad record reaches the DLQ once, no file is written again, and the final bars
+    equal the batch computation."""
+    topic = new_topic("stop")
+    settings = settings_for(topic=topic, epoch_interval=1.0, flush_interval=1.0)
+    stream = make_stream(7, StreamSpec(ticks_per_symbol=1500))
+    messages: list[tuple[bytes, bytes]] = []
+    for i, (key, value) in enumerate(stream_messages(stream)):
+        messages.append((key, value))
+        if i % 10 == 0:  # keyed as that tick: same partition; a negative price goes to the DLQ
+            messages.append((key, orjson.dumps({"symbol": key.decode(), "price": -1.0, "ts": 1})))
+    bad = len(messages) - len(stream)
+    lake = Path(settings.lake_url)
+    log = (tmp_path / "first-run.log").open("wb")
+    # with --workers 2 the signal goes to the parent, which forwards it to its workers
+    worker = stockpipe(
+        settings, "stream", "--workers", str(workers), stdout=log, stderr=subprocess.STDOUT
+    )
+    stopped = threading.Event()
+
+    def produce_paced() -> None:
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+        for i in range(0, len(messages), 100):
+            for key, value in messages[i : i + 100]:
+                producer.produce(topic, key=key, value=value)
+            assert producer.flush(30) == 0
+            if not stopped.is_set():
+                time.sleep(0.2)
+
+    producer = threading.Thread(target=produce_paced, daemon=True)
+    producer.start()
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and worker.poll() is None:  # busy: files and DLQ
+            committed = _committed_offsets(settings)
+            if committed and len(committed) == 4 and len(_lake_files(lake)) >= 4:
+                break
+            time.sleep(0.3)
+        assert worker.poll() is None, (tmp_path / "first-run.log").read_text()[-3000:]
+        worker.send_signal(signum)
+        stopped.set()
+        code = worker.wait(120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
+        log.close()
+        stopped.set()
+        producer.join(120)
+    output = (tmp_path / "first-run.log").read_text(errors="replace")
+    assert code == 0, output[-3000:]
+    assert output.count(f"{signal.Signals(signum).name}: ending the input") == workers
+
+    resume = _committed_offsets(settings)
+    files_before = _lake_files(lake)
+    dlq_before = _dlq_offsets(settings.kafka_bootstrap_servers, topic)
+    assert files_before and dlq_before
+    # nothing the first run wrote lies past its last snapshot
+    assert all(last < resume[part] for part, last, _ in files_before.values()), resume
+    assert all(off < resume[part] for part, off in dlq_before), resume
+
+    done = run_stockpipe(settings, "stream", "--exit-when-idle", "3")
+    assert done.returncode == 0, done.stdout[-3000:]
+    dlq_after = _dlq_offsets(settings.kafka_bootstrap_servers, topic)
+    assert len(dlq_after) == bad and set(dlq_after.values()) == {1}  # none read twice
+    files_after = _lake_files(lake)
+    assert all(files_after[path] == info for path, info in files_before.items())  # not rewritten
+    rows = read_lake_bars(settings.lake_url)
+    assert_bars_equal(final_bars(rows), expected_bars(stream))
+    assert_each_row_once(rows)
 
 
 def test_second_run_resumes_and_restates_bars_flushed_at_idle(new_topic, settings_for):

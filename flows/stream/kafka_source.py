@@ -28,6 +28,7 @@ fine because their effect on the bars goes through records in the log.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -111,6 +112,18 @@ def _kind(headers: list | None) -> int:
     return TICK
 
 
+# Set by `request_stop` (SIGTERM or SIGINT in `stockpipe stream`): every partition of
+# this process then ends its input, so Bytewax closes the epoch, writes its last
+# snapshot and returns. Windows stay open in the snapshot (a stop is not the end of
+# the log), so the next run goes on exactly where this one stopped.
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """End this process's input at the next read of each partition (a clean stop)."""
+    _STOP.set()
+
+
 class OffsetGone(StockpipeError):
     """The offset the stream must resume from is no longer in the partition."""
 
@@ -170,7 +183,7 @@ class _Partition(StatefulSourcePartition[tuple[str, PartitionBatch], int]):
             LAG.labels(*self._labels).set(max(part["ls_offset"] - position, 0))
 
     def next_batch(self) -> list[tuple[str, PartitionBatch]]:
-        if self._done:
+        if self._done or _STOP.is_set():
             raise StopIteration
         msgs = self._consumer.consume(self._batch_size, 0)
         if msgs and any([m.error() is not None for m in msgs]):

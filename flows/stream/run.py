@@ -16,9 +16,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from confluent_kafka import KafkaError, KafkaException
@@ -100,6 +101,7 @@ def run_stream(
 
     flow = build_flow(settings, exit_when_idle=exit_when_idle, reset_offsets=reset_offsets)
     tune_gc()
+    previous = _stop_cleanly_on_signals()
     try:
         cli_main(
             flow,
@@ -114,7 +116,28 @@ def run_stream(
         if user_error is not None:  # Bytewax wraps it: show the user's error, not the chain
             raise user_error from None
         raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
+
+
+def _stop_cleanly_on_signals() -> dict[int, Any]:
+    """SIGTERM and SIGINT end the input: the epoch closes with its files and snapshot, and
+    the process exits 0. A second signal stops at once (a restart then re-reads at most
+    one epoch, as after a crash). Returns the handlers to put back."""
+    from flows.stream.kafka_source import request_stop
+
+    def stop(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        log.info("%s: ending the input; the epoch closes with its files and snapshot", name)
+        request_stop()
+        for s in (signal.SIGINT, signal.SIGTERM):  # the next one is not waited out
+            signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # only the main thread may set handlers; the caller handles its signals
+    return {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
 
 def tune_gc() -> None:
