@@ -52,6 +52,41 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+_BYTES_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
+_UNIT_BYTES = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+
+
+def parse_bytes(value: Any) -> int:
+    """Bytes from `65536`, `64KiB`, `256MiB` or `1GiB` (binary units, as the docs write them)."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a byte size: {value!r}")
+    if isinstance(value, int):
+        return value
+    match = _BYTES_RE.match(str(value))
+    if not match:
+        raise ValueError(f"not a byte size: {value!r} (write e.g. 65536, 64KiB, 256MiB or 1GiB)")
+    return int(match.group(1)) * _UNIT_BYTES[match.group(2)]
+
+
+# The lake is a folder (a path or file://) or S3 (s3://, also MinIO); fsspec would read
+# any other scheme as a folder name, so it is refused here rather than loading nothing.
+LAKE_SCHEMES = ("s3", "file")
+
+
+def parse_lake_url(value: Any) -> str:
+    url = str(value).strip()
+    scheme, sep, _rest = url.partition("://")
+    if sep and scheme not in LAKE_SCHEMES:
+        hint = " (schemes are lower case)" if scheme.lower() in LAKE_SCHEMES else ""
+        raise ValueError(
+            f"not a lake stockpipe can use: {url!r}{hint}; write a folder, "
+            "file:///path or s3://bucket/prefix"
+        )
+    if scheme == "s3" and not _rest.strip("/"):
+        raise ValueError(f"an s3:// lake needs a bucket: {url!r} (write s3://bucket/prefix)")
+    return url
+
+
 def parse_symbols(value: Any) -> list[str]:
     """A comma-separated list (or a list) of contract-1 symbols, upper-cased, de-duplicated."""
     items = value.split(",") if isinstance(value, str) else list(value)
@@ -70,6 +105,7 @@ def parse_symbols(value: Any) -> list[str]:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+ByteSize = Annotated[int, BeforeValidator(parse_bytes)]
 Symbols = Annotated[list[str], NoDecode, BeforeValidator(parse_symbols)]
 
 
@@ -104,7 +140,7 @@ class Settings(BaseSettings):
     restate_horizon: Duration = Field(3600.0, validation_alias="STOCKPIPE_RESTATE_HORIZON")
     # Contract 1: a tick more than this ahead of its Kafka record's timestamp is `future-ts`
     max_clock_skew: Duration = Field(60.0, validation_alias="STOCKPIPE_MAX_CLOCK_SKEW")
-    max_message_bytes: int = Field(
+    max_message_bytes: ByteSize = Field(
         65_536, ge=256, le=16 * 1024 * 1024, validation_alias="STOCKPIPE_MAX_MESSAGE_BYTES"
     )
     # Contract 2: a quiet partition gets a heartbeat record after this long (moves log time)
@@ -123,7 +159,9 @@ class Settings(BaseSettings):
     exit_when_idle: Duration | None = Field(None, validation_alias="STOCKPIPE_EXIT_WHEN_IDLE")
 
     # Lake
-    lake_url: str = Field("./data/lake", validation_alias="STOCKPIPE_LAKE_URL")
+    lake_url: Annotated[str, BeforeValidator(parse_lake_url)] = Field(
+        "./data/lake", validation_alias="STOCKPIPE_LAKE_URL"
+    )
     s3_endpoint_url: str | None = Field(None, validation_alias="S3_ENDPOINT_URL")
     aws_access_key_id: SecretStr | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
     aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
@@ -187,7 +225,7 @@ class Settings(BaseSettings):
     # Producers: while Kafka is unreachable, records wait in a disk spool of at most this size;
     # on stop, undelivered records get this long to drain before they go to the outage log
     spool_dir: Path = Field(Path("./data/spool"), validation_alias="STOCKPIPE_SPOOL_DIR")
-    spool_max_bytes: int = Field(
+    spool_max_bytes: ByteSize = Field(
         256 * 1024 * 1024, ge=0, validation_alias="STOCKPIPE_SPOOL_MAX_BYTES"
     )
     producer_drain_timeout: Duration = Field(
