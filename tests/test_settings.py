@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,15 @@ def test_load_with_an_unsupported_lake_stops_with_the_message(tmp_path) -> None:
     assert "STOCKPIPE_LAKE_URL='gs://bucket/lake'" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "gs:").exists()
+
+
+@pytest.mark.parametrize(
+    "url,path",
+    [
+        ("duckdb:///./data/warehouse.duckdb", "data/warehouse.duckdb"),
+        ("duckdb:///tmp/w.duckdb", "tmp/w.duckdb"),  # three slashes: relative to the cwd
+        ("duckdb:////srv/w.duckdb", "/srv/w.duckdb"),  # four: absolute
+    ],
+)
+def test_duckdb_urls_follow_sqlalchemys_rule(url: str, path: str) -> None:
+    assert load_settings(warehouse=url).duckdb_path == Path(path)
