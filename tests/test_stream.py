@@ -210,6 +210,26 @@ def _dlq_offsets(bootstrap: str, topic: str) -> Counter:
     )
 
 
+def produce_paced(
+    bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], hurry: threading.Event
+) -> threading.Thread:
+    """A thread producing `messages` 100 at a time, a pause after each hundred until
+    `hurry` is set (so log time moves on while a worker reads), then the rest at once."""
+
+    def run() -> None:
+        producer = Producer({"bootstrap.servers": bootstrap})
+        for i in range(0, len(messages), 100):
+            for key, value in messages[i : i + 100]:
+                producer.produce(topic, key=key, value=value)
+            assert producer.flush(30) == 0
+            if not hurry.is_set():
+                time.sleep(0.25)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_killed_worker_resumes_without_losing_or_double_counting(new_topic, settings_for, tmp_path):
     """SIGKILL at a moment the first run has read records its committed snapshot has not passed.
 
@@ -241,20 +261,8 @@ def test_killed_worker_resumes_without_losing_or_double_counting(new_topic, sett
     log = (tmp_path / "first-run.log").open("wb")
     worker = stockpipe(settings, "stream", stdout=log, stderr=subprocess.STDOUT)
 
-    killed = threading.Event()
-
-    def produce_paced() -> None:
-        """Log time moves on while the worker reads and writes files; the rest once killed."""
-        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
-        for i in range(0, len(rest), 100):
-            for key, value in rest[i : i + 100]:
-                producer.produce(topic, key=key, value=value)
-            assert producer.flush(30) == 0
-            if not killed.is_set():
-                time.sleep(0.3)
-
-    producer = threading.Thread(target=produce_paced, daemon=True)
-    producer.start()
+    killed = threading.Event()  # log time moves on while the worker runs; the rest at once
+    producer = produce_paced(settings.kafka_bootstrap_servers, topic, rest, killed)
     resume: dict[int, int] | None = None
     read_before: dict[int, int] = {}  # per partition, the largest offset the first run read
     try:
@@ -370,18 +378,7 @@ def test_a_signal_stops_a_busy_stream_cleanly_and_the_restart_reads_nothing_agai
         settings, "stream", "--workers", str(workers), stdout=log, stderr=subprocess.STDOUT
     )
     stopped = threading.Event()
-
-    def produce_paced() -> None:
-        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
-        for i in range(0, len(messages), 100):
-            for key, value in messages[i : i + 100]:
-                producer.produce(topic, key=key, value=value)
-            assert producer.flush(30) == 0
-            if not stopped.is_set():
-                time.sleep(0.2)
-
-    producer = threading.Thread(target=produce_paced, daemon=True)
-    producer.start()
+    producer = produce_paced(settings.kafka_bootstrap_servers, topic, messages, stopped)
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and worker.poll() is None:  # busy: files and DLQ
