@@ -26,31 +26,20 @@ if not GOLDEN_DIR.exists():  # a clone elsewhere: the copy kept in the repo
 
 # What a test needs beyond Python, so `make test-fast` (-m "not kafka and not dbt and not
 # browser and not airflow and not system") leaves out the broker, dbt, the browser,
-# Airflow and the Debian packages. A test is marked by the fixtures it uses, by its
-# module, or by its own decorator (a browser test, a single dbt test in a module).
+# Airflow and the Debian packages. A module marks its tests with `pytestmark`, a test
+# with its own decorator; here, a test is marked by the fixtures it uses.
 FIXTURE_MARKS = {
     "kafka_bootstrap": "kafka",  # and every fixture built on it (new_topic, settings_for)
     "built": "dbt",  # test_report: a warehouse transformed by dbt once per module
     "compiled": "dbt",  # test_snowflake_sql: every model compiled for Snowflake
 }
-MODULE_MARKS = {
-    "test_airflow_scheduler": ("airflow", "system"),  # the real scheduler on PostgreSQL
-    "test_alerts": ("dbt",),  # freshness read through dbt sources
-    "test_chaos": ("kafka",),  # brokers of its own
-    "test_dags": ("airflow", "dbt"),
-    "test_dbt_snowflake": ("dbt",),
-    "test_dbt_transform": ("dbt",),
-    "test_demo": ("kafka", "dbt", "airflow"),
-    "test_marts_metrics": ("dbt",),
-}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        names = set(MODULE_MARKS.get(item.module.__name__, ()) if item.module else ())
-        names |= {mark for fixture, mark in FIXTURE_MARKS.items() if fixture in item.fixturenames}
-        for name in sorted(names):
-            item.add_marker(name)
+        for fixture, mark in FIXTURE_MARKS.items():
+            if fixture in item.fixturenames:
+                item.add_marker(mark)
 
 
 @pytest.fixture(scope="session")

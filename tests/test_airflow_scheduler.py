@@ -37,7 +37,7 @@ import pytest
 from flows.settings import load_settings
 from flows.transform import orchestration
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.system]  # PostgreSQL
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

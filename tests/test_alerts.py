@@ -22,6 +22,8 @@ from flows.settings import load_settings
 from flows.transform import orchestration
 from flows.transform.dbt_runner import assess_freshness, trading_time_between
 
+pytestmark = pytest.mark.dbt  # freshness is read through dbt sources
+
 UTC = dt.UTC
 CRYPTO = "BINANCE:BTCUSDT"
 HOUR = dt.timedelta(hours=1)

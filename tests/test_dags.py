@@ -34,7 +34,7 @@ from flows.errors import StockpipeError
 from flows.settings import load_settings
 from flows.transform import orchestration
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.dbt]
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

@@ -30,7 +30,7 @@ from test_dbt_transform import CRYPTO, generate_loads, load_bronze, nyse_schedul
 from flows.settings import load_settings
 from flows.transform.dbt_runner import transform
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.dbt]
 
 SESSIONS = 45
 TABLES = {

@@ -25,7 +25,7 @@ from flows.errors import StockpipeError
 from flows.settings import load_settings
 from flows.transform.dbt_runner import TransformResult, transform
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.dbt]
 
 STOCKS = ["AAA", "BBB"]
 CRYPTO = "BINANCE:BTCUSDT"

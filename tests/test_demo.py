@@ -21,7 +21,13 @@ from test_secrets import Hit, assert_no_leak, fake_secrets, scan_run
 REPO = Path(__file__).resolve().parents[1]
 
 # the demo alone takes ~7 minutes, more on a busy machine (its subprocess timeout is 1200 s)
-pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [
+    pytest.mark.kafka,
+    pytest.mark.dbt,
+    pytest.mark.airflow,
+    pytest.mark.slow,
+    pytest.mark.timeout(1500),
+]
 
 
 @dataclass(frozen=True)

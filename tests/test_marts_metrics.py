@@ -22,7 +22,7 @@ from flows.settings import load_settings
 from flows.transform.calendars import SEED_PATH
 from flows.transform.dbt_runner import transform
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.dbt]
 
 NEW_YORK = "America/New_York"
 # two NYSE sessions (09:30-16:00 New York = 14:30-21:00 UTC in December)
