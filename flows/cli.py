@@ -69,12 +69,12 @@ COMMANDS: dict[str, Entry] = {
 
 # Third-party modules that come with exactly one extra: a command that fails to import
 # one names that extra (a Snowflake load without [snowflake] says so, not [warehouse]).
+# A module several extras bring (duckdb, pyarrow) names the command's own extras.
 MODULE_EXTRAS: dict[str, str] = {
     "bytewax": "stream",
     "msgspec": "stream",
     "xxhash": "stream",
     "prometheus_client": "stream",
-    "duckdb": "warehouse",
     "dbt": "warehouse",
     "yaml": "warehouse",
     "snowflake": "snowflake",

@@ -16,7 +16,7 @@ from flows.cli import COMMANDS, MODULE_EXTRAS
 
 # The libraries of the stages' extras: none of them is needed to print help (the base
 # install's settings and Kafka client may be).
-HEAVY = sorted(MODULE_EXTRAS) + ["pyarrow", "fsspec", "s3fs", "boto3"]
+HEAVY = sorted(MODULE_EXTRAS) + ["duckdb", "pyarrow", "fsspec", "s3fs", "boto3"]
 
 # Runs the console script's main() with sys.argv, then prints which of HEAVY it loaded;
 # with BLOCK set, importing those modules fails as it does when they are not installed.
@@ -79,6 +79,7 @@ def test_every_commands_help_loads_no_stage_library(command: str) -> None:
         (["report", "--out", "r.html"], ["plotly"], "report"),
         (["stream"], ["bytewax"], "stream"),
         (["transform"], ["dbt"], "warehouse"),
+        (["report", "--out", "r.html"], ["duckdb"], "report"),  # [warehouse] brings it too
         (["chaos", "--help"], [], None),  # help needs nothing, even without [bench]
         (["bench", "--ticks", "10"], ["quixstreams", "polars"], "bench"),
     ],

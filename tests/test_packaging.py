@@ -127,6 +127,8 @@ def test_every_module_an_extra_names_is_a_distribution_that_extra_declares() -> 
         distribution = DISTRIBUTION.get(module, module.replace("_", "-")).lower()
         declared = requirement_names(extras[extra])
         assert distribution in declared, (module, extra, sorted(declared))
+        holders = [e for e, reqs in extras.items() if distribution in requirement_names(reqs)]
+        assert holders == [extra], f"{module} comes with {holders}: name the command's extras"
     for extra, included in INCLUDES.items():
         assert f"stockpipe[{','.join(included)}]" in extras[extra], extra
     for name, entry in COMMANDS.items():
