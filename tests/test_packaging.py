@@ -22,6 +22,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from load_helpers import write_sessions
+from test_dependencies import requirement_name
 
 from flows.cli import COMMANDS, INCLUDES, MODULE_EXTRAS
 
@@ -45,7 +46,7 @@ DISTRIBUTION = {
 
 
 def requirement_names(requirements: list[str]) -> set[str]:
-    return {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower() for r in requirements}
+    return {requirement_name(r) for r in requirements}
 
 
 @dataclass
