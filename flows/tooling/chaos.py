@@ -604,10 +604,7 @@ def read_lake(fs: Any, root: str) -> tuple[list[tuple], list[tuple]]:
         for path in sorted(paths):
             with fs.open(path, "rb") as fh:
                 table = pq.read_table(fh)
-            cols = [table.column(i).to_pylist() for i in range(table.num_columns)]
-            names = table.column_names
-            for values in zip(*cols, strict=True):
-                rows.append((dict(zip(names, values, strict=True)), path))
+            rows += [(row, path) for row in table.to_pylist()]
         result.append(rows)
     return result[0], result[1]
 
@@ -669,7 +666,7 @@ def row_content(row: dict) -> tuple:
 
 def bar_key(row: dict) -> tuple:
     """(symbol, window_start, revision): what a bar row is, whichever file holds it."""
-    return (row["symbol"], _value(row["window_start"]), row["revision"])
+    return tuple(_value(row[column]) for column in BAR_KEY)
 
 
 @dataclass
