@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -20,6 +20,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -129,6 +130,24 @@ class Settings(BaseSettings):
     kafka_data_dir: Path = Field(Path("./data/kafka"), validation_alias="STOCKPIPE_KAFKA_DATA_DIR")
     kafka_cache_dir: Path = Field(
         Path("~/.cache/stockpipe/kafka").expanduser(), validation_alias="STOCKPIPE_KAFKA_CACHE_DIR"
+    )
+    # Kafka security: librdkafka's settings of the same names, for every client stockpipe
+    # makes (producers, the stream's source, markers and DLQ sink, status, bench, chaos).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", validation_alias="KAFKA_SASL_MECHANISM"
+    )
+    kafka_sasl_username: str | None = Field(None, validation_alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password: SecretStr | None = Field(None, validation_alias="KAFKA_SASL_PASSWORD")
+    kafka_ssl_ca_location: Path | None = Field(None, validation_alias="KAFKA_SSL_CA_LOCATION")
+    kafka_ssl_certificate_location: Path | None = Field(
+        None, validation_alias="KAFKA_SSL_CERTIFICATE_LOCATION"
+    )
+    kafka_ssl_key_location: Path | None = Field(None, validation_alias="KAFKA_SSL_KEY_LOCATION")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, validation_alias="KAFKA_SSL_KEY_PASSWORD"
     )
 
     # What to track
@@ -270,6 +289,59 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected host:port[,host:port...], got {value!r}")
         return value
 
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        if (self.kafka_ssl_certificate_location is None) != (self.kafka_ssl_key_location is None):
+            raise ValueError(
+                "KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION go together "
+                "(a client certificate and its key)"
+            )
+        return self
+
+    @field_validator("kafka_ssl_ca_location", "kafka_ssl_certificate_location",
+                     "kafka_ssl_key_location")  # fmt: skip
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {str(value)!r}")
+        return value
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka settings of every client: the brokers, and security when it is on.
+
+        Secrets are in it (SASL password, key password): never log or print it.
+        """
+        conf = {"bootstrap.servers": self.kafka_bootstrap_servers}
+        conf.update(self.kafka_security_config())
+        return conf
+
+    def kafka_security_config(self) -> dict[str, str]:
+        """The security part of `kafka_config` alone (empty for PLAINTEXT)."""
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return {}
+        conf = {"security.protocol": protocol}
+        if protocol.startswith("SASL_"):
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_sasl_username or ""
+            if self.kafka_sasl_password is not None:
+                conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if protocol.endswith("SSL"):
+            if self.kafka_ssl_ca_location is not None:
+                conf["ssl.ca.location"] = str(self.kafka_ssl_ca_location)
+            if self.kafka_ssl_certificate_location is not None:
+                conf["ssl.certificate.location"] = str(self.kafka_ssl_certificate_location)
+                conf["ssl.key.location"] = str(self.kafka_ssl_key_location)
+            if self.kafka_ssl_key_password is not None:
+                conf["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
+        return conf
+
     @field_validator("warehouse")
     @classmethod
     def _warehouse(cls, value: str) -> str:
@@ -327,7 +399,10 @@ class Settings(BaseSettings):
 
 
 def _describe(error: dict[str, Any]) -> str:
-    field_name = error["loc"][0] if error.get("loc") else "?"
+    if not error.get("loc"):  # a rule over several settings: its message names them (the
+        # input is every setting, secrets included, so it is never shown)
+        return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    field_name = error["loc"][0]
     info = Settings.model_fields.get(str(field_name))
     alias = info.validation_alias if info else None
     if isinstance(alias, AliasChoices):

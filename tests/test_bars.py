@@ -769,8 +769,51 @@ def test_merging_partial_bars_in_any_split_equals_one_fold(ticks, data):
     ],
 )
 def test_a_snapshot_of_another_format_is_refused_not_misread(old):
-    with pytest.raises(ValueError, match=r"not a version-3 \(or 2\) partition bar-state snapshot"):
+    with pytest.raises(ValueError, match=r"not a version-4 \(or 2, 3\) partition bar-state"):
         PartitionBars.restore(RULES, FILES, old)
+
+
+def test_a_snapshot_keeps_the_rules_it_was_made_under_and_its_cut():
+    stamp = {"STOCKPIPE_BAR_SECONDS": 60_000, "partitions": 3}
+    state = PartitionBars(RULES, FILES, "t", 0, stamp=stamp, not_before=T0)
+    state.on_record(Record(0, LOG0, TICK, tick("A", T0 + 1, 10.0)))
+    restored = PartitionBars.restore(RULES, FILES, pickle.loads(pickle.dumps(state.snapshot())))
+    assert (restored.stamp, restored.not_before) == (stamp, T0)
+    # a format-3 snapshot (the previous release) restores with its rules unknown
+    v3 = (3, *state.snapshot()[1:7])
+    old = PartitionBars.restore(RULES, FILES, v3)
+    assert (old.stamp, old.not_before) == (None, 0)
+    assert old.symbols["A"].snapshot() == restored.symbols["A"].snapshot()
+
+
+def test_ticks_before_the_cut_of_a_drain_point_go_to_late_and_to_no_bar():
+    """A store begun at a drain point: no window before its cut gets a row, whatever comes."""
+    cut = T0 + 120_000
+    ticks = [
+        tick("A", cut - 61_000, 9.0),  # two windows before the cut
+        tick("A", cut - 1, 9.5),  # the last ms before it
+        tick("A", cut, 10.0),  # the first ms of the first window the new store owns
+        tick("A", cut - 100, 9.9),  # on time by the watermark: what the fast path would take
+        tick("B", cut - 30_000, 5.0),  # a symbol whose first tick is before the cut
+        tick("A", cut + 30_000, 11.0),
+        tick("B", cut + 61_000, 6.0),
+        tick("A", cut - 5, 8.0),  # before the cut again, after later ticks
+    ]
+    feed = Feed()
+    feed.state = PartitionBars(RULES, FILES, "t", 0, not_before=cut)
+    feed.send(*ticks)
+    feed.flush()
+    kept = [t for t in ticks if t.ts >= cut]
+    assert_bars_equal(final(feed.rows()), reference_bars(kept))
+    late = [r for b in feed.batches for r in b.late]
+    assert sorted((r[0], r[1] // 1000) for r in late) == sorted(
+        (t.symbol, t.ts) for t in ticks if t.ts < cut
+    )
+    assert all(r[7] // 1000 >= cut for r in late)  # the watermark they were too late for
+    assert feed.state.too_late == len(ticks) - len(kept)
+    # the batched path agrees, from the same cut
+    rng_state = PartitionBars(RULES, FILES, "t", 0, not_before=cut)
+    assert on_batch_of(rng_state, feed.records) == feed.batches
 
 
 def test_a_format_2_snapshot_of_the_previous_release_resumes_to_the_same_rows():

@@ -18,14 +18,9 @@ import orjson
 import pytest
 from helpers import consume_all, produce_raw
 
-from flows.ops.status import (
-    BARS_STEP,
-    SOURCE_STEP,
-    read_recovery_store,
-    stream_status,
-    warehouse_status,
-)
+from flows.ops.status import stream_status, warehouse_status
 from flows.settings import Settings, load_settings
+from flows.stream.recovery import BARS_STEP, SOURCE_STEP, read_recovery_store
 
 SYMBOLS = ("AAA", "BBB", "CCC", "DDD", "EEE")
 

@@ -176,8 +176,7 @@ def _committed_offsets(settings) -> dict[int, int] | None:
     """
     import sqlite3
 
-    from flows.ops.status import SOURCE_STEP, read_recovery_store
-    from flows.stream.run import recovery_path
+    from flows.stream.recovery import SOURCE_STEP, read_recovery_store, recovery_path
 
     try:
         store = read_recovery_store(recovery_path(settings))

@@ -28,6 +28,7 @@ from helpers import (
 )
 
 from flows.ingest.kafka_out import HEARTBEAT_HEADER
+from flows.settings import load_settings
 
 pytestmark = pytest.mark.kafka
 
@@ -220,4 +221,29 @@ def test_bar_state_from_an_older_stockpipe_stops_with_what_to_do():
 
     old = ("COIN", (1, 1_741_100_400_000, 0.0, {}, {}, [], 0, 0))
     with pytest.raises(StockpipeError, match="delete STOCKPIPE_RECOVERY_DIR"):
-        BarLogic(BarRules(), FileRules(), old)
+        BarLogic(BarRules(), FileRules(), old, {})
+
+
+def test_bar_state_made_under_other_rules_stops_with_each_changed_setting():
+    """The check each partition's state makes on restore, whatever the store's record says."""
+    from flows.stream.bars import BarRules, FileRules, PartitionBars
+    from flows.stream.dataflow import BarLogic
+    from flows.stream.recovery import RulesChanged, stream_rules
+
+    before = stream_rules(load_settings(), 4)
+    state = PartitionBars(BarRules(), FileRules(), "stock.ticks", 2, stamp=before)
+    now = stream_rules(load_settings(bar_seconds=300, flush_rows=10), 6)
+    with pytest.raises(RulesChanged) as refused:
+        BarLogic(BarRules(bar_ms=300_000), FileRules(), state.snapshot(), now)
+    says = str(refused.value)
+    assert "the bar state of stock.ticks[2]" in says
+    assert refused.value.changes == [
+        "STOCKPIPE_BAR_SECONDS: was 60s, now 300s",
+        "STOCKPIPE_FLUSH_ROWS: was 50000, now 10",
+        "partitions of topic 'stock.ticks': was 4, now 6",
+    ]
+    assert "--from-drain" in says and "--exit-when-idle" in says
+    # under the same rules it restores, and a state of the previous format adopts them
+    assert BarLogic(BarRules(), FileRules(), state.snapshot(), before).state.stamp == before
+    v3 = (3, *state.snapshot()[1:7])
+    assert BarLogic(BarRules(), FileRules(), v3, now).state.stamp == now

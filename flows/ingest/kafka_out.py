@@ -110,7 +110,7 @@ def ensure_topics(settings: Settings, topic: str | None = None, timeout: float =
     bootstrap = settings.kafka_bootstrap_servers
     admin = AdminClient(
         {
-            "bootstrap.servers": bootstrap,
+            **settings.kafka_config(),
             "socket.connection.setup.timeout.ms": 5000,
             "logger": _rdkafka_log,
         }
@@ -339,7 +339,7 @@ class TickWriter:
         if create_topics:
             ensure_topics(settings, self.topic, timeout=connect_timeout)
         conf: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap,
+            **settings.kafka_config(),
             "client.id": "stockpipe-producer",
             "enable.idempotence": True,
             "acks": "all",

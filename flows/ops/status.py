@@ -39,15 +39,12 @@ setting stops it like every other command (exit 2, one line).
 
 from __future__ import annotations
 
-import glob
 import json
 import pickle
 import sqlite3
 import uuid
-from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -56,13 +53,15 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.settings import Settings, load_settings
+from flows.stream.recovery import (
+    partition_snapshots,
+    read_recovery_store,
+    recovery_path,
+)
 
 if TYPE_CHECKING:  # imported where used, so `stockpipe status --help` loads no [stream] library
     from flows.stream.bars import PartitionBars
 
-FLOW_ID = "stockpipe_ohlc"
-SOURCE_STEP = f"{FLOW_ID}.kafka_in"  # state_key "<partition>-<topic>", value: next offset
-BARS_STEP = f"{FLOW_ID}.bars"  # state_key "<topic>#<partition>", value: PartitionBars.snapshot()
 KAFKA_TIMEOUT_S = 3.0
 MARTS = (("silver", "fct_bars_1m", "window_start"), ("gold", "fct_bars_daily", "trade_date"))
 
@@ -146,7 +145,7 @@ def kafka_status(
     quiet = {"logger": _quiet_logger()}
     broker = BrokerStatus(servers, reachable=False)
     topic = TopicStatus(settings.topic, checked=False, exists=None)
-    admin = AdminClient({"bootstrap.servers": servers, **quiet})
+    admin = AdminClient({**settings.kafka_config(), **quiet})
     try:
         meta = admin.list_topics(timeout=timeout)  # all topics: asking for one may create it
     except KafkaException as exc:
@@ -167,7 +166,7 @@ def kafka_status(
 
     consumer = Consumer(
         {
-            "bootstrap.servers": servers,
+            **settings.kafka_config(),
             "group.id": f"stockpipe-status-{uuid.uuid4().hex[:8]}",  # never committed
             "enable.auto.commit": False,
             "enable.partition.eof": False,
@@ -226,64 +225,6 @@ def _read_log_times(
 # --------------------------------------------------------------------- recovery store
 
 
-@dataclass
-class RecoveryStore:
-    """What a restart would resume from (see the module docstring)."""
-
-    files: int
-    execution: int | None = None  # ex_num of the latest execution
-    worker_count: int | None = None
-    resume_epoch: int | None = None  # snapshots of epochs below this are committed
-    commit_epochs: dict[int, int] = field(default_factory=dict)  # part_index -> commit_epoch
-    snapshots: dict[tuple[str, str], tuple[int, Any]] = field(default_factory=dict)
-
-
-def _connect_ro(path: str) -> sqlite3.Connection:
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
-    con.execute("PRAGMA query_only = ON")
-    return con
-
-
-def read_recovery_store(
-    path: Path, steps: tuple[str, ...] = (SOURCE_STEP, BARS_STEP)
-) -> RecoveryStore:
-    """Read the committed snapshots of `steps` from the SQLite partitions under `path`."""
-    files = sorted(glob.glob(str(path / "part-*.sqlite3")))
-    store = RecoveryStore(files=len(files))
-    exs: list[tuple[int, int, int]] = []
-    fronts: dict[tuple[int, int], int] = {}
-    for f in files:
-        with closing(_connect_ro(f)) as con:
-            exs.extend(con.execute("SELECT ex_num, worker_count, resume_epoch FROM exs"))
-            for ex, worker, frontier in con.execute(
-                "SELECT ex_num, worker_index, worker_frontier FROM fronts"
-            ):
-                fronts[(ex, worker)] = max(frontier, fronts.get((ex, worker), frontier))
-            for part, epoch in con.execute("SELECT part_index, commit_epoch FROM commits"):
-                store.commit_epochs[part] = epoch
-    if not exs:
-        return store  # initialised, never run (or never got through its first epoch)
-    ex, workers, resume = max(exs)
-    store.execution, store.worker_count = ex, workers
-    store.resume_epoch = min(max(fronts.get((ex, w), resume), resume) for w in range(workers))
-
-    marks = ",".join("?" * len(steps))
-    sql = (
-        "WITH best AS (SELECT step_id, state_key, MAX(snap_epoch) AS snap_epoch FROM snaps "
-        f"WHERE snap_epoch < ? AND step_id IN ({marks}) GROUP BY step_id, state_key) "
-        "SELECT step_id, state_key, snap_epoch, ser_change FROM snaps "
-        "JOIN best USING (step_id, state_key, snap_epoch)"
-    )
-    for f in files:
-        with closing(_connect_ro(f)) as con:
-            for step, key, epoch, blob in con.execute(sql, (store.resume_epoch, *steps)):
-                known = store.snapshots.get((step, key))
-                if known is None or epoch > known[0]:
-                    value = None if blob is None else pickle.loads(blob)
-                    store.snapshots[(step, key)] = (epoch, value)
-    return store
-
-
 # --------------------------------------------------------------------------- stream
 
 
@@ -333,7 +274,6 @@ class StreamStatus:
 def stream_status(settings: Settings, topic: TopicStatus | None = None) -> StreamStatus:
     """Committed offsets, lag (with the topic's end offsets) and bar state, per partition."""
     from flows.stream.bars import BarRules, FileRules, PartitionBars
-    from flows.stream.run import recovery_path
 
     path = recovery_path(settings)
     status = StreamStatus(str(path), found=False)
@@ -352,18 +292,7 @@ def stream_status(settings: Settings, topic: TopicStatus | None = None) -> Strea
     if store.resume_epoch is None:
         status.error = "the stream has not committed an epoch yet"
 
-    name = settings.topic
-    offsets: dict[int, tuple[int, Any]] = {}
-    bars: dict[int, tuple[int, Any]] = {}
-    for (step, key), snap in store.snapshots.items():
-        if step == SOURCE_STEP:
-            idx, _, key_topic = key.partition("-")
-            if key_topic == name and idx.isdigit():
-                offsets[int(idx)] = snap
-        elif step == BARS_STEP:
-            key_topic, _, idx = key.rpartition("#")
-            if key_topic == name and idx.isdigit():
-                bars[int(idx)] = snap
+    offsets, bars = partition_snapshots(store, settings.topic)
 
     ends = {p.partition: p for p in (topic.partitions if topic else [])}
     rules = BarRules.from_settings(settings)

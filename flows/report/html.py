@@ -96,7 +96,7 @@ def read_dlq_counts(settings: Settings, timeout: float = 5.0) -> DlqCounts:
     topic = settings.dlq_topic
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            **settings.kafka_config(),
             "group.id": "stockpipe-report",
             "enable.auto.commit": False,
             "enable.partition.eof": True,

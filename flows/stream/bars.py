@@ -504,10 +504,12 @@ class FileRules:
     max_age_ms: int = 1_000
 
 
-# 3: each symbol's windows packed into bytes; 2: dedup keys are XXH3 per (symbol, window),
-# windows as tuples (still read); 1: blake2b per id (refused: the keys cannot be converted)
-SNAPSHOT_VERSION = 3
-READABLE_VERSIONS = (2, 3)
+# 4: 3 plus the rules the state was made under and its event-time cut; 3: each symbol's
+# windows packed into bytes; 2: dedup keys are XXH3 per (symbol, window), windows as
+# tuples (2 and 3 still read, their rules unknown); 1: blake2b per id (refused: the keys
+# cannot be converted)
+SNAPSHOT_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)
 
 
 class PartitionBars:
@@ -524,11 +526,26 @@ class PartitionBars:
     them.
     """
 
-    def __init__(self, rules: BarRules, files: FileRules, topic: str, partition: int):
+    def __init__(
+        self,
+        rules: BarRules,
+        files: FileRules,
+        topic: str,
+        partition: int,
+        *,
+        stamp: dict[str, int] | None = None,
+        not_before: int = 0,
+    ):
         self.rules = rules
         self.files = files
         self.topic = topic
         self.partition = partition
+        # The settings the state is made under (flows.stream.recovery.stream_rules), kept in
+        # every snapshot and compared on restore; None for a snapshot older than format 4.
+        self.stamp = stamp
+        # Event-time cut of a store started from a drain point: a tick before it goes to
+        # late/, as its window may have a row under the old store's rules.
+        self.not_before = not_before
         self.log = 0  # log time: the largest record timestamp read so far (ms)
         self.symbols: dict[str, SymbolBars] = {}
         self.live: set[int] = set()  # dedup keys of every window inside the horizon
@@ -597,6 +614,7 @@ class PartitionBars:
         log = self.log
         seal_at = self._first_log + max_age if (self._bars or self._late) else NEVER
         next_due = self._next_due
+        cut = self.not_before
         fast = 0
         for offset, lt, kind, t in zip(offsets, log_ts, kinds, ticks, strict=True):
             if lt > log:
@@ -604,7 +622,7 @@ class PartitionBars:
             if log < next_due and log < seal_at:
                 if kind == TICK:
                     st = symbols.get(t.symbol)
-                    if st is not None:
+                    if st is not None and t.ts >= cut:
                         ts = t.ts
                         ws = ts - ts % bar_ms
                         win = st.open.get(ws)
@@ -729,6 +747,10 @@ class PartitionBars:
         self.ticks += 1
         symbol = tick.symbol
         state = self.symbols.get(symbol)
+        if tick.ts < self.not_before:  # before a drain point's cut (the fast path never is)
+            self.too_late += 1
+            self._late_row(state, tick, offset)
+            return
         if state is None:
             state = self.symbols[symbol] = SymbolBars(self.rules, symbol, self.live)
         result = state.on_tick(TickIn(tick.ts, offset, tick.price, tick.volume, tick.id), self.log)
@@ -805,10 +827,13 @@ class PartitionBars:
                 )
             )
 
-    def _late_row(self, state: SymbolBars, tick: Any, offset: int) -> None:
+    def _late_row(self, state: SymbolBars | None, tick: Any, offset: int) -> None:
         self._touch(offset)
         start = tick.ts - tick.ts % self.rules.bar_ms
-        watermark = state.max_ts - self.rules.lateness_ms  # type: ignore[operator]
+        if state is None or state.max_ts is None:  # before a drain point's cut
+            watermark = self.not_before
+        else:
+            watermark = max(state.max_ts - self.rules.lateness_ms, self.not_before)
         self._late.append(
             (
                 tick.symbol,
@@ -846,17 +871,32 @@ class PartitionBars:
             {s: b.snapshot() for s, b in self.symbols.items()},
             (self.duplicates, self.too_late, self.ticks),
             (self._bars, self._late, self._first_offset, self._last_offset, self._first_log),
+            None if self.stamp is None else tuple(self.stamp.items()),
+            self.not_before,
         )
 
     @classmethod
     def restore(cls, rules: BarRules, files: FileRules, snap: tuple) -> PartitionBars:
-        if not isinstance(snap, tuple) or len(snap) != 7 or snap[0] not in READABLE_VERSIONS:
+        """The state of a snapshot, under `rules` and `files` (the caller checks `stamp`)."""
+        if (
+            not isinstance(snap, tuple)
+            or snap[:1] not in [(v,) for v in READABLE_VERSIONS]
+            or len(snap) != (9 if snap[0] >= 4 else 7)
+        ):
             raise ValueError(
-                f"not a version-{SNAPSHOT_VERSION} (or 2) partition bar-state snapshot: "
+                f"not a version-{SNAPSHOT_VERSION} (or 2, 3) partition bar-state snapshot: "
                 f"{str(snap)[:80]}"
             )
-        _version, topic, partition, log, symbols, counts, pending = snap
-        state = cls(rules, files, topic, partition)
+        _version, topic, partition, log, symbols, counts, pending = snap[:7]
+        stamp, not_before = (None, 0) if len(snap) == 7 else snap[7:]
+        state = cls(
+            rules,
+            files,
+            topic,
+            partition,
+            stamp=None if stamp is None else dict(stamp),
+            not_before=not_before,
+        )
         state.log = log
         state.symbols = {s: SymbolBars.restore(rules, s, state.live, b) for s, b in symbols.items()}
         state.duplicates, state.too_late, state.ticks = counts

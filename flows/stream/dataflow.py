@@ -27,16 +27,31 @@ from flows.lake.store import open_lake
 from flows.settings import Settings
 from flows.stream.bars import BarRules, FileBatch, FileRules, PartitionBars
 from flows.stream.decode import Decoded, make_decoder
-from flows.stream.kafka_source import TickSource
+from flows.stream.kafka_source import TickSource, topic_partitions
 from flows.stream.lake_sink import LakeSink
+from flows.stream.recovery import FLOW_ID, RulesChanged, rule_changes, stream_rules
 
 
 class BarLogic(StatefulBatchLogic[tuple, FileBatch, tuple]):
-    """Bytewax adapter around `PartitionBars` for one Kafka partition: records in, files out."""
+    """Bytewax adapter around `PartitionBars` for one Kafka partition: records in, files out.
 
-    def __init__(self, rules: BarRules, files: FileRules, resume: tuple | None):
+    `stamp` is the rules the flow runs under (`flows.stream.recovery.stream_rules`); a
+    restored state made under other rules stops the stream (`RulesChanged`) before it
+    writes a row. `not_before` is the event-time cut of a store started from a drain point.
+    """
+
+    def __init__(
+        self,
+        rules: BarRules,
+        files: FileRules,
+        resume: tuple | None,
+        stamp: dict[str, int],
+        not_before: int = 0,
+    ):
         self.rules = rules
         self.files = files
+        self.stamp = stamp
+        self.not_before = not_before
         # stateful_batch's builder is not given the key: the partition comes
         # with the first batch and is kept in the snapshot.
         try:
@@ -48,13 +63,28 @@ class BarLogic(StatefulBatchLogic[tuple, FileBatch, tuple]):
                 "STOCKPIPE_RECOVERY_DIR/<topic>, and run the stream again: it replays the "
                 "topic from its earliest offset and rewrites the same bars."
             ) from None
+        if self.state is not None:
+            state = self.state
+            if state.stamp is not None:
+                changes = rule_changes(state.stamp, stamp, state.topic)
+                if changes:
+                    where = f"the bar state of {state.topic}[{state.partition}]"
+                    raise RulesChanged(where, changes, state.topic)
+            state.stamp = stamp  # a format-3 snapshot: recorded from now on
 
     def on_batch(self, values: list[Decoded]) -> tuple[list[FileBatch], bool]:
         sealed: list[FileBatch] = []
         for d in values:
             state = self.state
             if state is None:
-                state = self.state = PartitionBars(self.rules, self.files, d.topic, d.partition)
+                state = self.state = PartitionBars(
+                    self.rules,
+                    self.files,
+                    d.topic,
+                    d.partition,
+                    stamp=self.stamp,
+                    not_before=self.not_before,
+                )
             sealed.extend(state.on_batch(d.offsets, d.log_ts, d.kinds, d.ticks))
         return sealed, StatefulBatchLogic.RETAIN
 
@@ -68,12 +98,28 @@ class BarLogic(StatefulBatchLogic[tuple, FileBatch, tuple]):
 
 
 def build_flow(
-    settings: Settings, *, exit_when_idle: float | None = None, reset_offsets: str | None = None
+    settings: Settings,
+    *,
+    exit_when_idle: float | None = None,
+    reset_offsets: str | None = None,
+    partitions: int | None = None,
+    start_offsets: dict[int, int] | None = None,
+    not_before: int = 0,
 ) -> Dataflow:
-    """The stockpipe dataflow for these settings (see the module docstring for the picture)."""
+    """The stockpipe dataflow for these settings (see the module docstring for the picture).
+
+    `partitions` is the topic's partition count (asked of Kafka when not given): it is one
+    of the rules every bar-state snapshot records. `start_offsets` and `not_before` are
+    the start rule of a store begun at a drain point (`flows.stream.recovery`).
+    """
+    if partitions is None:
+        partitions = topic_partitions(
+            settings.kafka_bootstrap_servers, settings.topic, settings.kafka_security_config()
+        )
+    stamp = stream_rules(settings, partitions)
     rules = BarRules.from_settings(settings)
     files = FileRules(max_rows=settings.flush_rows, max_age_ms=int(settings.flush_interval * 1000))
-    flow = Dataflow("stockpipe_ohlc")
+    flow = Dataflow(FLOW_ID)
 
     raw = op.input(
         "kafka_in",
@@ -84,6 +130,8 @@ def build_flow(
             heartbeat_interval=settings.heartbeat_interval,
             exit_when_idle=exit_when_idle,
             reset_offsets=reset_offsets,
+            start_offsets=start_offsets,
+            add_config=settings.kafka_security_config(),
         ),
     )
     decoder = make_decoder(int(settings.max_clock_skew * 1000), settings.max_message_bytes)
@@ -91,9 +139,19 @@ def build_flow(
     split = op.branch("valid", decoded, lambda item: item[0] == "ok")
 
     dlq = op.map("dlq_message", split.falses, lambda item: item[1])
-    op.output("dlq", dlq, KafkaSink([settings.kafka_bootstrap_servers], settings.dlq_topic))
+    op.output(
+        "dlq",
+        dlq,
+        KafkaSink(
+            [settings.kafka_bootstrap_servers],
+            settings.dlq_topic,
+            add_config=settings.kafka_security_config(),
+        ),
+    )
 
     keyed = op.map("by_partition", split.trues, lambda item: item[1])
-    files_out = op.stateful_batch("bars", keyed, lambda resume: BarLogic(rules, files, resume))
+    files_out = op.stateful_batch(
+        "bars", keyed, lambda resume: BarLogic(rules, files, resume, stamp, not_before)
+    )
     op.output("lake", files_out, LakeSink(open_lake(settings)))
     return flow

@@ -65,6 +65,7 @@ LOG_TIME = Gauge(
 )
 
 RESET_CHOICES = ("earliest", "latest")
+SECURITY_KEYS = ("security.", "sasl.", "ssl.")  # librdkafka's, as Settings.kafka_config gives
 
 # Read-ahead per partition, measured with `stockpipe bench`: up to 20,000 records
 # (8 MB) fetched 2 MB at a time keeps a partition that holds most of the traffic at
@@ -161,6 +162,7 @@ class _Partition(StatefulSourcePartition[tuple[str, PartitionBatch], int]):
         self._producer = Producer(
             {
                 "bootstrap.servers": config["bootstrap.servers"],
+                **{k: v for k, v in config.items() if k.startswith(SECURITY_KEYS)},
                 "linger.ms": 0,
                 "acks": "all",
                 "enable.idempotence": True,
@@ -317,8 +319,31 @@ def _gone_message(topic: str, partition: int, offset: int, low: int, high: int) 
     )
 
 
+def topic_partitions(brokers: str, topic: str, add_config: dict | None = None) -> int:
+    """How many partitions `topic` has; ServiceUnavailable when Kafka or the topic is missing."""
+    admin = AdminClient({"bootstrap.servers": brokers, **(add_config or {})})
+    try:
+        meta = admin.list_topics(timeout=15)  # all topics: asking for one may auto-create it
+    except KafkaException as exc:
+        raise ServiceUnavailable(
+            f"cannot reach Kafka at {brokers} ({exc}); start it with "
+            "`stockpipe kafka start` or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from None
+    found = meta.topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise ServiceUnavailable(
+            f"topic {topic!r} does not exist on {brokers}; produce to it first "
+            "(`stockpipe produce`) or set STOCKPIPE_TOPIC"
+        )
+    return len(found.partitions)
+
+
 class TickSource(FixedPartitionedSource[tuple[str, PartitionBatch], int]):
-    """Every partition of one topic, from the beginning or from the recovered offset."""
+    """Every partition of one topic, from its start rule or from the recovered offset.
+
+    The start rule of a partition without a recovered offset is its beginning, or,
+    for a store begun at a drain point, the offset in `start_offsets`.
+    """
 
     def __init__(
         self,
@@ -330,6 +355,7 @@ class TickSource(FixedPartitionedSource[tuple[str, PartitionBatch], int]):
         exit_when_idle: float | None = None,
         reset_offsets: str | None = None,
         add_config: dict | None = None,
+        start_offsets: dict[int, int] | None = None,
     ):
         if reset_offsets is not None and reset_offsets not in RESET_CHOICES:
             raise StockpipeError(
@@ -342,23 +368,11 @@ class TickSource(FixedPartitionedSource[tuple[str, PartitionBatch], int]):
         self._exit_when_idle = exit_when_idle
         self._reset_offsets = reset_offsets
         self._add_config = add_config or {}
+        self._start_offsets = dict(start_offsets or {})
 
     def list_parts(self) -> list[str]:
-        admin = AdminClient({"bootstrap.servers": self._brokers, **self._add_config})
-        try:
-            meta = admin.list_topics(timeout=15)  # all topics: asking for one may auto-create it
-        except KafkaException as exc:
-            raise ServiceUnavailable(
-                f"cannot reach Kafka at {self._brokers} ({exc}); start it with "
-                "`stockpipe kafka start` or set KAFKA_BOOTSTRAP_SERVERS"
-            ) from None
-        topic = meta.topics.get(self._topic)
-        if topic is None or topic.error is not None:
-            raise ServiceUnavailable(
-                f"topic {self._topic!r} does not exist on {self._brokers}; produce to it first "
-                "(`stockpipe produce`) or set STOCKPIPE_TOPIC"
-            )
-        return [f"{p}-{self._topic}" for p in sorted(topic.partitions)]
+        count = topic_partitions(self._brokers, self._topic, self._add_config)
+        return [f"{p}-{self._topic}" for p in range(count)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
         idx, topic = for_part.split("-", 1)
@@ -374,11 +388,16 @@ class TickSource(FixedPartitionedSource[tuple[str, PartitionBatch], int]):
             **READ_AHEAD,
             **self._add_config,
         }
-        # A partition that has read nothing snapshots OFFSET_BEGINNING (Bytewax snapshots
-        # every partition at every epoch): it starts again as a fresh one does.
+        # A partition that has read nothing snapshots its start offset, OFFSET_BEGINNING
+        # for a fresh one (Bytewax snapshots every partition at every epoch): it starts
+        # again by its start rule. A start offset of a drain point is checked like a
+        # recovered one: retention may have removed it since.
+        start = self._start_offsets.get(partition, OFFSET_BEGINNING)
+        if resume_state is None or resume_state == OFFSET_BEGINNING:
+            resume_state = start
         offset = (
             OFFSET_BEGINNING
-            if resume_state is None or resume_state == OFFSET_BEGINNING
+            if resume_state == OFFSET_BEGINNING
             else self._resume_at(config, topic, partition, resume_state)
         )
         return _Partition(

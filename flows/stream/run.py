@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 from datetime import timedelta
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -28,28 +27,14 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from flows.errors import ServiceUnavailable, StockpipeError
 from flows.net import free_port
 from flows.settings import Settings, load_settings, parse_duration
+from flows.stream.recovery import open_store, recovery_path, start_from_drain
 
 log = logging.getLogger(__name__)
 
 
-def recovery_path(settings: Settings) -> Path:
-    """Recovery partitions of this topic (one topic's offsets never leak into another's)."""
-    return settings.recovery_dir / settings.topic
-
-
-def ensure_recovery(settings: Settings) -> Path:
-    from bytewax.recovery import init_db_dir
-
-    path = recovery_path(settings)
-    if not any(path.glob("part-*.sqlite3")):
-        path.mkdir(parents=True, exist_ok=True)
-        init_db_dir(path, settings.recovery_partitions)
-    return path
-
-
 def check_input(settings: Settings) -> int:
     """Fail early, with a message, when the broker or the topic is missing; returns partitions."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin = AdminClient(settings.kafka_config())
     try:
         meta = admin.list_topics(timeout=10)  # all topics: asking for one may auto-create it
     except KafkaException:
@@ -82,15 +67,27 @@ def run_stream(
     reset_offsets: str | None = None,
     process_id: int | None = None,
     addresses: list[str] | None = None,
+    from_drain: bool = False,
 ) -> int:
     """Run the dataflow until stopped (or idle, with `exit_when_idle`); returns an exit code.
 
     `workers > 1` starts that many worker processes on this host (real
     parallelism; Bytewax workers inside one process share the GIL).
     `process_id`/`addresses` join a cluster of processes on several hosts.
+    `from_drain` first moves a drained recovery store aside and starts a new one
+    under the current rules (`flows.stream.recovery.start_from_drain`).
+    The store's rules are checked before anything runs (`RulesChanged`).
     """
-    check_input(settings)
-    recovery = ensure_recovery(settings)
+    partitions = check_input(settings)
+    recovery = recovery_path(settings)
+    if from_drain:
+        if process_id is not None:
+            raise StockpipeError(
+                "--from-drain starts a new recovery store, once: run it on one host alone "
+                "(`stockpipe stream --from-drain --exit-when-idle 1s`), then start the cluster"
+            )
+        start_from_drain(settings, recovery, partitions)
+    record = open_store(settings, recovery, partitions)
     if workers > 1 and process_id is None:
         return _run_local_cluster(settings, workers, exit_when_idle, reset_offsets)
 
@@ -99,7 +96,14 @@ def run_stream(
 
     from flows.stream.dataflow import build_flow
 
-    flow = build_flow(settings, exit_when_idle=exit_when_idle, reset_offsets=reset_offsets)
+    flow = build_flow(
+        settings,
+        exit_when_idle=exit_when_idle,
+        reset_offsets=reset_offsets,
+        partitions=partitions,
+        start_offsets=record.start_offsets,
+        not_before=record.not_before_ms,
+    )
     tune_gc()
     previous = _stop_cleanly_on_signals()
     try:
@@ -232,6 +236,15 @@ def stream_command(
             "--addresses", "-a", help="host:port of every cluster process, separated by ';'."
         ),
     ] = None,
+    from_drain: Annotated[
+        bool,
+        typer.Option(
+            "--from-drain",
+            help="Once, after a drain (--exit-when-idle under the old settings): move the "
+            "drained recovery store aside and start a new one under the current settings, "
+            "right after the drained offsets.",
+        ),
+    ] = False,
 ) -> None:
     """Run the Bytewax dataflow: Kafka ticks -> OHLCV bars -> Parquet lake (with recovery)."""
     logging.basicConfig(
@@ -254,5 +267,6 @@ def stream_command(
             reset_offsets=reset_offsets,
             process_id=process_id,
             addresses=addresses.split(";") if addresses else None,
+            from_drain=from_drain,
         )
     )

@@ -308,7 +308,7 @@ def delete_topics(settings: Settings, *needles: str) -> None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers, "logger": log})
+    admin = AdminClient({**settings.kafka_config(), "logger": log})
     try:
         names = [t for t in admin.list_topics(timeout=10).topics if any(n in t for n in needles)]
         for future in admin.delete_topics(names, operation_timeout=30).values() if names else []:

@@ -67,6 +67,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.errors import StockpipeError
+from flows.tooling.engines.common import kafka_security
 
 SEQ_HEADER = "chaos.seq"
 BASE_MS = 1_741_095_000_000  # 2025-03-04T13:30:00Z: event times are in the past of any log time
@@ -326,6 +327,7 @@ def _last_seqs(bootstrap: str, topic: str, partitions: int, look_back: int) -> d
 def _reader_config(bootstrap: str, group: str) -> dict:
     return {
         "bootstrap.servers": bootstrap,
+        **kafka_security(),
         "group.id": group,
         "enable.auto.commit": False,
         "enable.partition.eof": True,
@@ -391,6 +393,7 @@ def producer_main(cfg: dict) -> int:
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
+            **kafka_security(),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
@@ -1011,7 +1014,7 @@ def run_campaign(camp: Campaign) -> dict[str, Any]:
     try:
         camp.say(f"workdir {work}; starting Kafka at {bootstrap} and S3 at {store.endpoint}")
         kafka_local.start(settings, timeout=180)
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin = AdminClient(settings.kafka_config())
         cfg = {"message.timestamp.type": "LogAppendTime"}
         futures = admin.create_topics(
             [NewTopic(topic, PARTITIONS, 1, config=cfg), NewTopic(f"{topic}.dlq", 1, 1, config=cfg)]

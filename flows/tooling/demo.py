@@ -135,7 +135,7 @@ def _wait(proc: subprocess.Popen, what: str, log: Path, timeout: float) -> None:
 def _drop_old_demo_topics(settings: Settings) -> None:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin = AdminClient(settings.kafka_config())
     old = [t for t in admin.list_topics(timeout=10).topics if t.startswith(DEMO_TOPIC_PREFIX)]
     if old:
         for future in admin.delete_topics(old, operation_timeout=30).values():

@@ -23,6 +23,13 @@ def runner_args(description: str, argv: list[str] | None = None) -> argparse.Nam
     return parser.parse_args(argv)
 
 
+def kafka_security() -> dict[str, str]:
+    """librdkafka's security settings from the environment the bench gave this runner."""
+    from flows.settings import load_settings
+
+    return load_settings().kafka_security_config()
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process since it started, in MiB.
 

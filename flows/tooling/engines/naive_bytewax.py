@@ -24,7 +24,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators.windowing import EventClock, TumblingWindower, fold_window
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from flows.tooling.engines.common import emit, runner_args
+from flows.tooling.engines.common import emit, kafka_security, runner_args
 
 
 class _Counter:
@@ -80,7 +80,9 @@ def merge_bars(a: dict, b: dict) -> dict:
 
 def build_naive_flow(bootstrap: str, topic: str, counter: _Counter) -> Dataflow:
     flow = Dataflow("naive_ohlc")
-    msgs = op.input("kafka", flow, KafkaSource([bootstrap], [topic], tail=False))
+    msgs = op.input(
+        "kafka", flow, KafkaSource([bootstrap], [topic], tail=False, add_config=kafka_security())
+    )
 
     def decode(msg: Any) -> list[dict]:
         if msg.value is None:  # a heartbeat or flush marker another consumer wrote: no tick

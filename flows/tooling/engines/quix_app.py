@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from quixstreams import Application
+from quixstreams.kafka.configuration import ConnectionConfig
 
-from flows.tooling.engines.common import emit, runner_args
+from flows.tooling.engines.common import emit, kafka_security, runner_args
 
 IDLE_STOP_S = 30.0
 
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     args = runner_args(__doc__.splitlines()[0], argv)
     workdir = Path(args.workdir or ".")
     app = Application(
-        broker_address=args.bootstrap,
+        broker_address=ConnectionConfig.from_librdkafka_dict(
+            {"bootstrap.servers": args.bootstrap, **kafka_security()}
+        ),
         consumer_group=args.group or f"bench-quix-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest",
         state_dir=workdir / "quix-state",

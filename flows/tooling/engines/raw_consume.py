@@ -16,7 +16,7 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from flows.stream.kafka_source import READ_AHEAD
-from flows.tooling.engines.common import emit, runner_args
+from flows.tooling.engines.common import emit, kafka_security, runner_args
 
 BATCH = 10_000
 STALL_S = 60.0  # no message for this long: the topic holds fewer than N
@@ -27,6 +27,7 @@ def consume_raw(bootstrap: str, topic: str, ticks: int) -> tuple[int, float]:
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
+            **kafka_security(),
             "group.id": f"bench-raw-{uuid.uuid4().hex[:8]}",  # required; nothing is committed
             "enable.auto.commit": False,
             "enable.partition.eof": False,
