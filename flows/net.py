@@ -1,4 +1,4 @@
-"""Free local ports: the stream's cluster addresses, the local broker, the fault campaign."""
+"""Free local ports, and why a Kafka broker cannot be used (for every command that reaches one)."""
 
 from __future__ import annotations
 
@@ -10,3 +10,47 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def kafka_refusal(config: dict[str, str], timeout: float = 5.0) -> str | None:
+    """Why a Kafka broker that answers refuses these client settings, or None.
+
+    Asked after a client failed to reach the brokers: a wrong SASL password or
+    an untrusted certificate otherwise looks like a broker that is down.
+    librdkafka's reasons name no secret.
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    seen: list[KafkaError] = []
+    admin = AdminClient({**config, "error_cb": seen.append, "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout)
+        return None
+    except KafkaException:
+        admin.poll(0.5)  # error callbacks are served by poll
+    for err in seen:
+        if err.code() == KafkaError._AUTHENTICATION:
+            return (
+                f"the broker refused the SASL credentials ({err.str()}): check "
+                "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
+            )
+        if err.code() == KafkaError._SSL:
+            return (
+                f"the TLS handshake failed ({err.str()}): check KAFKA_SSL_CA_LOCATION "
+                "and, for mutual TLS, KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION"
+            )
+    return None
+
+
+def kafka_unreachable(config: dict[str, str], reason: object = None) -> str:
+    """One line on a broker that cannot be used: refused settings, or not reachable."""
+    servers = config.get("bootstrap.servers", "?")
+    refusal = kafka_refusal(config)
+    if refusal is not None:
+        return f"Kafka at {servers} is reachable, but {refusal}"
+    because = f" ({reason})" if reason else ""
+    return (
+        f"cannot reach Kafka at {servers}{because}: start the local broker with "
+        "`stockpipe kafka start`, or set KAFKA_BOOTSTRAP_SERVERS to a running one"
+    )

@@ -281,11 +281,12 @@ def emulator_snowflake_settings(target_path: Path, **overrides: object) -> Setti
 
 
 def read_records(
-    bootstrap: str, topic: str, timeout: float = 30.0
+    bootstrap: str, topic: str, timeout: float = 30.0, config: dict[str, str] | None = None
 ) -> list[tuple[str | None, bytes | None, int, dict[str, bytes]]]:
     """Every record in `topic` as (key, value, partition, headers), in partition order.
 
     Reads up to each partition's end offset as it was when called, within `timeout`.
+    `config`: more client settings (a secured broker's).
     """
     import time
 
@@ -293,6 +294,7 @@ def read_records(
 
     consumer = Consumer(
         {
+            **(config or {}),
             "bootstrap.servers": bootstrap,
             "group.id": f"t-{time.time_ns()}",
             "enable.auto.commit": False,

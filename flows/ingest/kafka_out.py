@@ -72,6 +72,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from flows.errors import ServiceUnavailable
 from flows.ingest.ledger import Outage, append_outage
 from flows.ingest.ticks import Tick, encode_tick
+from flows.net import kafka_unreachable
 from flows.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,11 +93,9 @@ _TICK_SECONDS = 0.05  # the background thread's pace
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 
 
-def _unreachable(bootstrap: str, exc: object) -> ServiceUnavailable:
-    return ServiceUnavailable(
-        f"Kafka is not reachable at {bootstrap} ({exc}); start it with `stockpipe kafka start` "
-        "or set KAFKA_BOOTSTRAP_SERVERS"
-    )
+def _unreachable(config: dict[str, Any], exc: KafkaException) -> ServiceUnavailable:
+    reason = exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc
+    return ServiceUnavailable(kafka_unreachable(config, reason))
 
 
 def ensure_topics(settings: Settings, topic: str | None = None, timeout: float = 15.0) -> list[str]:
@@ -107,7 +106,6 @@ def ensure_topics(settings: Settings, topic: str | None = None, timeout: float =
     answer within `timeout` seconds.
     """
     topic = topic or settings.topic
-    bootstrap = settings.kafka_bootstrap_servers
     admin = AdminClient(
         {
             **settings.kafka_config(),
@@ -118,7 +116,7 @@ def ensure_topics(settings: Settings, topic: str | None = None, timeout: float =
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
-        raise _unreachable(bootstrap, exc) from None
+        raise _unreachable(settings.kafka_config(), exc) from None
     wanted = {topic: settings.topic_partitions, f"{topic}.dlq": 1}
     missing = [
         NewTopic(name, parts, 1, config=dict(TOPIC_CONFIG))
@@ -356,7 +354,7 @@ class TickWriter:
         try:  # also proves the broker answers when ensure_topics did not run
             meta = self._producer.list_topics(self.topic, timeout=connect_timeout)
         except KafkaException as exc:
-            raise _unreachable(self.bootstrap, exc) from None
+            raise _unreachable(settings.kafka_config(), exc) from None
         topic_meta = meta.topics.get(self.topic)
         self._partitions = sorted(topic_meta.partitions) if topic_meta is not None else []
 

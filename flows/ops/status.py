@@ -52,6 +52,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from flows.net import kafka_refusal
 from flows.settings import Settings, load_settings
 from flows.stream.recovery import (
     partition_snapshots,
@@ -149,7 +150,8 @@ def kafka_status(
     try:
         meta = admin.list_topics(timeout=timeout)  # all topics: asking for one may create it
     except KafkaException as exc:
-        broker.error = f"cannot reach Kafka at {servers}: {one_line(exc)}"
+        refusal = kafka_refusal(settings.kafka_config(), timeout)
+        broker.error = refusal or f"cannot reach Kafka at {servers}: {one_line(exc)}"
         return broker, topic
     broker.reachable = True
     broker.brokers = len(meta.brokers)

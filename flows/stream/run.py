@@ -25,7 +25,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from flows.errors import ServiceUnavailable, StockpipeError
-from flows.net import free_port
+from flows.net import free_port, kafka_unreachable
 from flows.settings import Settings, load_settings, parse_duration
 from flows.stream.recovery import open_store, recovery_path, start_from_drain
 
@@ -38,10 +38,7 @@ def check_input(settings: Settings) -> int:
     try:
         meta = admin.list_topics(timeout=10)  # all topics: asking for one may auto-create it
     except KafkaException:
-        raise ServiceUnavailable(
-            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: start the local broker "
-            "with `stockpipe kafka start`, or set KAFKA_BOOTSTRAP_SERVERS to a running one"
-        ) from None
+        raise ServiceUnavailable(kafka_unreachable(settings.kafka_config())) from None
     topic = meta.topics.get(settings.topic)
     if topic is None or topic.error is not None or not topic.partitions:
         raise StockpipeError(
