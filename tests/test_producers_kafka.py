@@ -456,6 +456,41 @@ def test_rest_poller_backs_off_keeps_the_rate_and_drops_repeats(
     assert "rest-key" not in caplog.text
 
 
+def test_rest_poller_gives_up_on_a_failing_symbol_after_max_retries_and_goes_on(
+    settings_for, new_topic, kafka_bootstrap, caplog
+):
+    topic = new_topic("rest-fail")
+    scripts = {"COIN": [(503, {})] * 4 + [quote(250.0, TS)], "MARA": [quote(17.0, TS)]}
+
+    async def scenario():
+        async with FakeFinnhubREST(scripts, token="k") as server:
+            settings = settings_for(
+                topic=topic, finnhub_api_key="k", finnhub_rest_url=server.base_url
+            )
+            with TickWriter(settings) as writer:
+                poller = QuotePoller(
+                    settings, writer, ["COIN", "MARA"], calls_per_minute=1200,
+                    backoff_initial=0.05, max_retries=2,
+                )  # fmt: skip
+                stop = asyncio.Event()
+                task = asyncio.create_task(poller.run(stop))
+                deadline = time.monotonic() + 30
+                while not server.exhausted and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                stop.set()
+                await asyncio.wait_for(task, 5)
+            return server, poller
+
+    server, poller = asyncio.run(scenario())
+    order = [(c.symbol, c.status) for c in server.calls]
+    # three tries of COIN (two retries), then MARA, then COIN again from the top of the round
+    assert order[:5] == [("COIN", 503), ("COIN", 503), ("COIN", 503), ("MARA", 200), ("COIN", 503)]
+    assert "finnhub quote for COIN failed 3 times (503); moving on" in caplog.text
+    assert poller.server_errors >= 4
+    got = per_key(read_topic(kafka_bootstrap, topic))
+    assert [orjson.loads(v)["price"] for v in got["COIN"]] == [250.0]
+
+
 # --------------------------------------------------------------------------- command line
 
 

@@ -1,11 +1,13 @@
 """Finnhub REST `/quote` polling -> Kafka: quote snapshots as ticks with `volume` null.
 
-Symbols are polled round-robin, as fast as a token bucket allows (60 calls a
-minute on the free tier, configurable). A quote identical to the symbol's
-previous one (a quiet market) is dropped. HTTP 429 pauses all polling for
-`Retry-After` seconds, or an exponential backoff without it; 5xx and network
-errors are retried with backoff; `c == 0` (Finnhub's answer for an unknown
-symbol) is logged and skipped.
+Symbols are polled round-robin, as fast as the rate limit allows (60 calls a
+minute on the free tier, configurable; an `aiolimiter` leaky bucket of one
+call, so calls are spread evenly, never bursts). A quote identical to the
+symbol's previous one (a quiet market) is dropped. HTTP 429 pauses all
+polling for `Retry-After` seconds, or an exponential backoff without it,
+however often it comes; 5xx and network errors are retried with backoff up to
+`max_retries` (both through `tenacity`); `c == 0` (Finnhub's answer for an
+unknown symbol) is logged and skipped.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from flows.errors import StockpipeError
 from flows.ingest.finnhub_ws import api_key, redact
@@ -33,28 +36,25 @@ log = logging.getLogger(__name__)
 SOURCE = "finnhub-rest"
 
 
-class TokenBucket:
-    """At most `per_minute` acquisitions a minute, spread evenly (capacity 1: no bursts)."""
+def rate_limiter(per_minute: float) -> AsyncLimiter:
+    """At most `per_minute` calls a minute, spread evenly (a bucket of one call: no bursts)."""
+    if per_minute <= 0:
+        raise ValueError(f"per_minute must be > 0, got {per_minute!r}")
+    return AsyncLimiter(1, 60.0 / per_minute)
 
-    def __init__(self, per_minute: float, capacity: float = 1.0):
-        if per_minute <= 0:
-            raise ValueError(f"per_minute must be > 0, got {per_minute!r}")
-        self.rate = per_minute / 60.0  # tokens per second
-        self.capacity = capacity
-        self.tokens = capacity
-        self.updated = time.monotonic()
 
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
+class _RateLimited(Exception):
+    """HTTP 429: wait `delay` (Retry-After) or back off, and ask again."""
 
-    async def acquire(self) -> None:
-        self._refill()
-        while self.tokens < 1.0:
-            await asyncio.sleep((1.0 - self.tokens) / self.rate)
-            self._refill()
-        self.tokens -= 1.0
+    def __init__(self, delay: float | None):
+        self.delay = delay
+
+
+class _Failed(Exception):
+    """A 5xx answer or a network error: back off and ask again, `max_retries` times."""
+
+    def __init__(self, reason: object):
+        self.reason = reason
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -98,7 +98,7 @@ class QuotePoller:
         self.writer = writer
         self.symbols = list(symbols)
         self.base_url = (base_url or settings.finnhub_rest_url).rstrip("/")
-        self.bucket = TokenBucket(calls_per_minute or settings.finnhub_calls_per_minute)
+        self.limiter = rate_limiter(calls_per_minute or settings.finnhub_calls_per_minute)
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.max_retries = max_retries
         self.last: dict[str, dict[str, Any]] = {}
@@ -129,58 +129,89 @@ class QuotePoller:
         self, session: aiohttp.ClientSession, symbol: str, stop: asyncio.Event
     ) -> dict[str, Any] | None:
         """One quote, retrying 429 (always) and 5xx / network errors (up to max_retries)."""
-        url = f"{self.base_url}/quote"
-        params = {"symbol": symbol, "token": self._token}
-        limited = 0
-        failures = 0
-        while not stop.is_set():
-            await self.bucket.acquire()
-            if stop.is_set():
-                return None
-            self.calls += 1
-            try:
-                async with session.get(url, params=params) as resp:
-                    status = resp.status
-                    retry_after = resp.headers.get("Retry-After")
-                    body = (
-                        await resp.json(content_type=None) if status == 200 else await resp.text()
-                    )
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                status, body, retry_after = None, redact(f"{type(exc).__name__}: {exc}"), None
-            if status == 200:
-                return body if isinstance(body, dict) else None
-            if status == 429:
-                self.rate_limited += 1
-                delay = retry_after_seconds(retry_after)
-                if delay is None:
-                    delay = min(self.backoff_max, self.backoff_initial * 2**limited)
-                limited += 1
-                log.warning("finnhub rate limit (429) on %s; pausing %.2fs", symbol, delay)
-                await self._sleep(stop, delay)
-                continue
-            if status == 401:
-                raise StockpipeError(
-                    f"finnhub rejected FINNHUB_API_KEY (HTTP {status}): {str(body)[:200]}"
-                )
-            if status is None or status >= 500:
-                self.server_errors += 1
-                failures += 1
-                if failures > self.max_retries:
-                    log.error(
-                        "finnhub quote for %s failed %d times (%s); moving on",
-                        symbol,
-                        failures,
-                        body,
-                    )
-                    return None
-                delay = min(self.backoff_max, self.backoff_initial * 2 ** (failures - 1))
+        tries = {_RateLimited: 0, _Failed: 0}  # counted as they happen, whatever tenacity's order
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, _RateLimited) and exc.delay is not None:
+                return exc.delay
+            n = tries[_RateLimited if isinstance(exc, _RateLimited) else _Failed]
+            return min(self.backoff_max, self.backoff_initial * 2 ** (n - 1))
+
+        def give_up(state: RetryCallState) -> bool:
+            return stop.is_set() or tries[_Failed] > self.max_retries
+
+        def say(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, _RateLimited):
                 log.warning(
-                    "finnhub quote for %s: %s; retrying in %.2fs", symbol, status or body, delay
+                    "finnhub rate limit (429) on %s; pausing %.2fs", symbol, state.upcoming_sleep
                 )
-                await self._sleep(stop, delay)
-                continue
-            log.error("finnhub quote for %s: HTTP %s %s; skipping", symbol, status, str(body)[:200])
+            else:
+                log.warning(
+                    "finnhub quote for %s: %s; retrying in %.2fs",
+                    symbol,
+                    getattr(exc, "reason", exc),
+                    state.upcoming_sleep,
+                )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((_RateLimited, _Failed)),
+            wait=wait,
+            stop=give_up,
+            sleep=lambda seconds: self._sleep(stop, seconds),
+            before_sleep=say,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if stop.is_set():
+                        return None
+                    try:
+                        return await self._ask(session, symbol)
+                    except (_RateLimited, _Failed) as exc:
+                        tries[type(exc)] += 1
+                        raise
+        except _RateLimited:  # only when stopping
             return None
+        except _Failed as exc:
+            if not stop.is_set():
+                log.error(
+                    "finnhub quote for %s failed %d times (%s); moving on",
+                    symbol,
+                    tries[_Failed],
+                    exc.reason,
+                )
+            return None
+        return None
+
+    async def _ask(self, session: aiohttp.ClientSession, symbol: str) -> dict[str, Any] | None:
+        """One call: the quote, None to skip the symbol, or `_RateLimited` / `_Failed`."""
+        await self.limiter.acquire()
+        self.calls += 1
+        params = {"symbol": symbol, "token": self._token}
+        try:
+            async with session.get(f"{self.base_url}/quote", params=params) as resp:
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+                body = await resp.json(content_type=None) if status == 200 else await resp.text()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self.server_errors += 1
+            raise _Failed(redact(f"{type(exc).__name__}: {exc}")) from None
+        if status == 200:
+            return body if isinstance(body, dict) else None
+        if status == 429:
+            self.rate_limited += 1
+            raise _RateLimited(retry_after_seconds(retry_after))
+        if status == 401:
+            raise StockpipeError(
+                f"finnhub rejected FINNHUB_API_KEY (HTTP {status}): {str(body)[:200]}"
+            )
+        if status >= 500:
+            self.server_errors += 1
+            raise _Failed(status)
+        log.error("finnhub quote for %s: HTTP %s %s; skipping", symbol, status, str(body)[:200])
         return None
 
     def _handle(self, symbol: str, quote: dict[str, Any]) -> None:

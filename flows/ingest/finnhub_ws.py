@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
@@ -99,6 +100,10 @@ class _Stalled(Exception):
     pass
 
 
+# What a reconnect can cure: a drop, a stall, a refused handshake, the network.
+_RECONNECT_ON = (_Stalled, ConnectionClosed, InvalidHandshake, OSError, TimeoutError)
+
+
 class FinnhubStream:
     """One websocket subscription to Finnhub trades for `symbols`, written to `writer`.
 
@@ -136,57 +141,77 @@ class FinnhubStream:
         self.on_frame: Callable[[dict[str, Any]], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Stream until `stop` is set; reconnect on drops and stalls."""
-        failures = 0
-        outage: Outage | None = None
-        last_seen = now_ms()
-        while not stop.is_set():
-            try:
-                async with connect(
-                    self.url, open_timeout=10, ping_interval=20, ping_timeout=20, close_timeout=2
-                ) as ws:
-                    for symbol in self.symbols:
-                        await ws.send(
-                            orjson.dumps({"type": "subscribe", "symbol": symbol}).decode()
-                        )
-                    self.connections += 1
-                    log.info("subscribed to %s on %s", ",".join(self.symbols), redact(self.url))
-                    if outage is not None:
-                        self._close_outage(outage, now_ms())
-                        outage = None
-                    last_seen = now_ms()
-                    async for _ in self._messages(ws, stop):
-                        last_seen = now_ms()
-                        failures = 0  # the connection works: the next drop starts a fresh backoff
-                    if stop.is_set():
-                        break
+        """Stream until `stop` is set; reconnect on drops and stalls (through `tenacity`).
+
+        Reconnect delays double from `backoff_initial` to `backoff_max` while
+        connections keep failing, and start again from the first once a
+        connection delivered messages.
+        """
+        self._failures = 0
+        self._outage: Outage | None = None
+        self._last_seen = now_ms()
+
+        async def pause(seconds: float) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), seconds)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_RECONNECT_ON),
+            wait=self._reconnect_delay,
+            stop=lambda _state: stop.is_set(),
+            sleep=pause,
+            before_sleep=self._note_drop,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._session(stop)
+        except _RECONNECT_ON:
+            pass  # a drop while stopping
+        if self._outage is not None:  # still down when asked to stop: the gap ends now
+            self._outage.reason += " (still down at shutdown)"
+            self._close_outage(self._outage, now_ms())
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        """One connection: subscribe, then stream until stopped (return) or dropped (raise)."""
+        try:
+            async with connect(
+                self.url, open_timeout=10, ping_interval=20, ping_timeout=20, close_timeout=2
+            ) as ws:
+                for symbol in self.symbols:
+                    await ws.send(orjson.dumps({"type": "subscribe", "symbol": symbol}).decode())
+                self.connections += 1
+                log.info("subscribed to %s on %s", ",".join(self.symbols), redact(self.url))
+                if self._outage is not None:
+                    self._close_outage(self._outage, now_ms())
+                    self._outage = None
+                self._last_seen = now_ms()
+                async for _ in self._messages(ws, stop):
+                    self._last_seen = now_ms()
+                    self._failures = 0  # the connection works: the next drop backs off afresh
+                if not stop.is_set():
                     raise ConnectionClosed(None, None)  # the iterator ended: the server closed
-            except InvalidURI as exc:
-                raise StockpipeError(
-                    f"bad FINNHUB_WS_URL {redact(self.url)!r}: {redact(str(exc))}"
-                ) from None
-            except (_Stalled, ConnectionClosed, InvalidHandshake, OSError, TimeoutError) as exc:
-                if stop.is_set():
-                    break
-                reason = _describe(exc, self.stall_timeout)
-                if outage is None:
-                    outage = Outage(
-                        start_ms=last_seen,
-                        symbols=list(self.symbols),
-                        reason=reason,
-                        source=SOURCE,
-                    )
-                outage.attempts += 1
-                outage.reasons.append(reason)
-                delay = min(self.backoff_max, self.backoff_initial * 2**failures)
-                delay *= 0.5 + 0.5 * self.rng.random()
-                failures += 1
-                log.warning("finnhub websocket: %s; reconnecting in %.2fs", reason, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-        if outage is not None:  # still down when asked to stop: the gap ends now
-            outage.reason += " (still down at shutdown)"
-            self._close_outage(outage, now_ms())
+        except InvalidURI as exc:
+            raise StockpipeError(
+                f"bad FINNHUB_WS_URL {redact(self.url)!r}: {redact(str(exc))}"
+            ) from None
+
+    def _reconnect_delay(self, _state: RetryCallState) -> float:
+        delay = min(self.backoff_max, self.backoff_initial * 2**self._failures)
+        self._failures += 1
+        return delay * (0.5 + 0.5 * self.rng.random())  # jitter: clients do not reconnect in step
+
+    def _note_drop(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        reason = _describe(exc, self.stall_timeout)
+        if self._outage is None:
+            self._outage = Outage(
+                start_ms=self._last_seen, symbols=list(self.symbols), reason=reason, source=SOURCE
+            )
+        self._outage.attempts += 1
+        self._outage.reasons.append(reason)
+        log.warning("finnhub websocket: %s; reconnecting in %.2fs", reason, state.upcoming_sleep)
 
     async def _messages(self, ws: ClientConnection, stop: asyncio.Event):  # noqa: ANN202
         """Yield after each handled message; raise `_Stalled` after `stall_timeout` of silence."""

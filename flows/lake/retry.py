@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import Counter
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
 from flows.errors import ServiceUnavailable, StockpipeError
 
@@ -356,30 +357,36 @@ def put_with_retry(
     """
     if initial_delay_s <= 0 or retry_cap_s < initial_delay_s:
         raise ValueError("need 0 < initial_delay_s <= retry_cap_s")
-    delay = initial_delay_s
-    failures = 0
-    while True:
-        try:
-            put()
-            if failures:
-                log.info("lake write of %s succeeded after %d failed attempts", url, failures)
-            return failures
-        except Exception as exc:  # noqa: BLE001 - classified below: retried or raised
-            kind = classify(exc)
-            if kind in PERMANENT_KINDS:
-                LAKE_WRITE_FAILURES.labels(kind=kind).inc()
-                error = LakeWriteError(url, exc, kind)
-                log.error("%s", error)
-                raise error from exc
-            failures += 1
-            LAKE_WRITE_RETRIES.labels(kind=kind).inc()
-            log.warning(
-                "lake write of %s failed (attempt %d, %s): %s; retrying in %.1fs",
-                url,
-                failures,
-                kind,
-                _describe(exc),
-                delay,
-            )
-            sleep(delay)
-            delay = min(delay * 2, retry_cap_s)
+
+    def log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        kind = classify(exc) if exc is not None else UNEXPECTED
+        LAKE_WRITE_RETRIES.labels(kind=kind).inc()
+        log.warning(
+            "lake write of %s failed (attempt %d, %s): %s; retrying in %.1fs",
+            url,
+            state.attempt_number,
+            kind,
+            _describe(exc) if exc is not None else "?",
+            state.upcoming_sleep,
+        )
+
+    retrying = Retrying(
+        retry=retry_if_exception(lambda exc: isinstance(exc, Exception) and not is_permanent(exc)),
+        wait=wait_exponential(multiplier=initial_delay_s, max=retry_cap_s),  # no stop: wait on
+        sleep=sleep,
+        before_sleep=log_retry,
+        reraise=True,
+    )
+    try:
+        retrying(put)
+    except Exception as exc:  # only a permanent error gets out of the retrying
+        kind = classify(exc)
+        LAKE_WRITE_FAILURES.labels(kind=kind).inc()
+        error = LakeWriteError(url, exc, kind)
+        log.error("%s", error)
+        raise error from exc
+    failures = retrying.statistics.get("attempt_number", 1) - 1
+    if failures:
+        log.info("lake write of %s succeeded after %d failed attempts", url, failures)
+    return failures
