@@ -254,6 +254,10 @@ class Settings(BaseSettings):
     # Orchestration and reporting
     load_interval: Duration = Field(300.0, validation_alias="STOCKPIPE_LOAD_INTERVAL")
     alert_webhook: SecretStr | None = Field(None, validation_alias="STOCKPIPE_ALERT_WEBHOOK")
+    # Metrics (flows/metrics.py): the producer serves /metrics and /healthz on this port,
+    # stream worker process i on port + 1 + i; 0 turns the endpoint off.
+    metrics_port: int = Field(9464, ge=0, le=65000, validation_alias="STOCKPIPE_METRICS_PORT")
+    metrics_textfile: Path | None = Field(None, validation_alias="STOCKPIPE_METRICS_TEXTFILE")
     # Airflow task retries; the delay doubles per try (exponential backoff), up to 10 minutes
     task_retries: int = Field(3, ge=0, le=20, validation_alias="STOCKPIPE_TASK_RETRIES")
     retry_delay: Duration = Field(30.0, validation_alias="STOCKPIPE_RETRY_DELAY")

@@ -91,6 +91,7 @@ def settings_for(tmp_path: Path, kafka_bootstrap: str) -> Callable[..., Settings
             "lake_url": str(tmp_path / "lake"),
             "recovery_dir": tmp_path / "recovery",
             "warehouse": f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
+            "metrics_port": 0,  # no endpoint unless a test asks for one
         }
         base.update(overrides)
         return load_settings(**base)

@@ -16,7 +16,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-FOUNDATION = {"flows", "flows.settings", "flows.errors", "flows.net", "flows.assets"}
+FOUNDATION = {
+    "flows",
+    "flows.settings",
+    "flows.errors",
+    "flows.net",
+    "flows.assets",
+    "flows.metrics",
+}
 
 # What each stage may import, besides itself. Data flows ingest -> stream -> lake ->
 # warehouse -> transform -> report; the lake package is the object-store code that

@@ -23,6 +23,7 @@ from helpers import (
     consume_all,
     expected_bars,
     final_bars,
+    free_port_pair,
     golden_bars,
     golden_messages,
     produce_raw,
@@ -499,8 +500,8 @@ def _scrape_lag(port: int, topic: str) -> dict[int, float] | None:
     }
 
 
-def test_consumer_lag_is_exported_as_a_prometheus_gauge(new_topic, settings_for, tmp_path):
-    """Bytewax keeps offsets in its recovery store, so the flow exports lag itself.
+def test_consumer_lag_is_exported_as_a_prometheus_gauge(new_topic, settings_for):
+    """Bytewax keeps offsets in its recovery store, so the flow exports lag itself, on /metrics.
 
     What the gauge must say is known apart from it: the test produces a known
     number of records to each partition (and the stream appends none: no
@@ -509,8 +510,6 @@ def test_consumer_lag_is_exported_as_a_prometheus_gauge(new_topic, settings_for,
     waits until the store has every record of both partitions committed and the
     gauge reports, for each partition, end offset - committed offset (0 by then).
     """
-    import socket
-
     from confluent_kafka import TopicPartition
 
     topic = new_topic("lag", partitions=2)
@@ -542,16 +541,8 @@ def test_consumer_lag_is_exported_as_a_prometheus_gauge(new_topic, settings_for,
     reader.close()
     assert ends == {0: produced[0], 1: produced[1]}  # the log holds what was produced, no more
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        **settings.to_env(),
-        "BYTEWAX_DATAFLOW_API_ENABLED": "true",
-        "BYTEWAX_DATAFLOW_API_PORT": str(port),
-        "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path),
-    }
+    port = free_port_pair()  # the stream's process 0 serves on STOCKPIPE_METRICS_PORT + 1
+    env = {**os.environ, **settings.to_env(), "STOCKPIPE_METRICS_PORT": str(port - 1)}
     worker = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "stream"],
         env=env,

@@ -260,7 +260,10 @@ def produce_command(
     job = _plan(source, settings, file, wanted, speed, rate, seed, start, duration, count,
                 duplicates, out_of_order, late, too_late, bad, intensity, warmup_from,
                 warmup_intensity, mode, stall_timeout, calls_per_minute)  # fmt: skip
+    from flows.metrics import serve, write_textfile
+
     with stop_on_signals() as stop, TickWriter(settings) as writer:
+        server = serve(settings.metrics_port, writer.health)
         started = time.monotonic()
         typer.echo(
             f"producing {source.value} ticks into {writer.topic} at {settings.kafka_bootstrap_servers} "
@@ -274,6 +277,9 @@ def produce_command(
                 writer.close()
             finally:
                 _print_summary(writer, started)
+                write_textfile(settings.metrics_textfile)
+                if server is not None:
+                    server.shutdown()
 
 
 Job = Callable[[TickWriter, threading.Event], None]

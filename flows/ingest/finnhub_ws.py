@@ -28,6 +28,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
+from prometheus_client import Counter as MetricCounter
+from prometheus_client import Gauge
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -100,6 +102,17 @@ class _Stalled(Exception):
     pass
 
 
+CONNECTED = Gauge(
+    "stockpipe_feed_connected",
+    "1 while the feed's websocket is connected and subscribed.",
+    ["source"],
+)
+RECONNECTS = MetricCounter(
+    "stockpipe_feed_reconnects_total",
+    "Times the feed's websocket dropped or stalled and was reconnected.",
+    ["source"],
+)
+
 # What a reconnect can cure: a drop, a stall, a refused handshake, the network.
 _RECONNECT_ON = (_Stalled, ConnectionClosed, InvalidHandshake, OSError, TimeoutError)
 
@@ -169,6 +182,7 @@ class FinnhubStream:
                     await self._session(stop)
         except _RECONNECT_ON:
             pass  # a drop while stopping
+        CONNECTED.labels(SOURCE).set(0)
         if self._outage is not None:  # still down when asked to stop: the gap ends now
             self._outage.reason += " (still down at shutdown)"
             self._close_outage(self._outage, now_ms())
@@ -182,6 +196,7 @@ class FinnhubStream:
                 for symbol in self.symbols:
                     await ws.send(orjson.dumps({"type": "subscribe", "symbol": symbol}).decode())
                 self.connections += 1
+                CONNECTED.labels(SOURCE).set(1)
                 log.info("subscribed to %s on %s", ",".join(self.symbols), redact(self.url))
                 if self._outage is not None:
                     self._close_outage(self._outage, now_ms())
@@ -204,6 +219,8 @@ class FinnhubStream:
 
     def _note_drop(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
+        CONNECTED.labels(SOURCE).set(0)
+        RECONNECTS.labels(SOURCE).inc()
         reason = _describe(exc, self.stall_timeout)
         if self._outage is None:
             self._outage = Outage(

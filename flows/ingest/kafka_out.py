@@ -68,6 +68,8 @@ from typing import IO, Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import Counter as MetricCounter
+from prometheus_client import Gauge
 
 from flows.errors import ServiceUnavailable
 from flows.ingest.ledger import Outage, append_outage
@@ -91,6 +93,22 @@ LEDGER_FLUSH_SECONDS = 5.0  # losses are written to the ledger at most this late
 _METADATA_REFRESH_SECONDS = 30.0  # partitions added to the topic get heartbeats too
 _TICK_SECONDS = 0.05  # the background thread's pace
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
+UNACKED_SECONDS = 60.0  # records pending and none acknowledged this long: /healthz says so
+
+PRODUCED = MetricCounter(
+    "stockpipe_producer_records_total",
+    "Records the producer handled, by outcome: sent (handed to the writer), delivered "
+    "(acknowledged by Kafka), spooled (waited on disk), undelivered (in the outage log).",
+    ["topic", "outcome"],
+)
+TRADES_RECEIVED = MetricCounter(
+    "stockpipe_trades_received_total",
+    "Ticks the producer received from its source and sent on, by source (sim, finnhub-ws, ...).",
+    ["source"],
+)
+SPOOL_BYTES = Gauge(
+    "stockpipe_spool_bytes", "Bytes waiting in the producer's disk spool.", ["topic"]
+)
 
 
 def _unreachable(config: dict[str, Any], exc: KafkaException) -> ServiceUnavailable:
@@ -360,6 +378,13 @@ class TickWriter:
 
         self.delivered: Counter[str] = Counter()
         self.delivered_raw: Counter[str] = Counter()
+        self._m_sent = PRODUCED.labels(self.topic, "sent")
+        self._m_delivered = PRODUCED.labels(self.topic, "delivered")
+        self._m_spooled = PRODUCED.labels(self.topic, "spooled")
+        self._m_undelivered = PRODUCED.labels(self.topic, "undelivered")
+        self._m_spool_bytes = SPOOL_BYTES.labels(self.topic)
+        self._m_sources: dict[str, Any] = {}
+        self._acked_at = time.monotonic()
         self.failed = 0
         self.spooled = 0
         self.heartbeats = 0
@@ -398,8 +423,9 @@ class TickWriter:
         with self._lock:
             key = msg.key()
             if err is None:
-                self._last_write[msg.partition()] = time.monotonic()
+                self._last_write[msg.partition()] = self._acked_at = time.monotonic()
                 counter[key.decode("utf-8", "replace") if key is not None else ""] += 1
+                self._m_delivered.inc()
                 return
             self.last_error = err
             if err.code() in _PURGED:
@@ -433,6 +459,7 @@ class TickWriter:
                 )
             loss.add(key, ts)
             self.failed += 1
+            self._m_undelivered.inc()
 
     def _write_ledger(self) -> None:
         """Append one outage line per reason for what was lost since the last call."""
@@ -487,6 +514,7 @@ class TickWriter:
                     self._spool.folder,
                 )
             self.spooled += 1
+            self._m_spooled.inc()
         else:
             self._lose(
                 f"spool full ({self._spool.max_bytes} bytes) while Kafka at {self.bootstrap} "
@@ -498,6 +526,7 @@ class TickWriter:
     def _send(self, kind: int, ts: int | None, key: bytes | None, value: bytes | None) -> None:
         if self._closed:
             raise RuntimeError("TickWriter is closed")
+        self._m_sent.inc()
         with self._lock:
             if self._spool.count:  # behind spooled records: keep the order
                 self._spool_or_lose(kind, ts, key, value)
@@ -526,6 +555,10 @@ class TickWriter:
 
     def send(self, tick: Tick) -> None:
         """Queue one tick: key = symbol, value = contract-1 JSON."""
+        source = self._m_sources.get(tick.source)
+        if source is None:
+            source = self._m_sources[tick.source] = TRADES_RECEIVED.labels(tick.source or "")
+        source.inc()
         self._send(_TICK, tick.ts, tick.symbol.encode(), encode_tick(tick))
 
     def send_raw(self, key: str | bytes | None, value: bytes | None) -> None:
@@ -548,6 +581,17 @@ class TickWriter:
     @property
     def acknowledged(self) -> int:
         return sum(self.delivered.values()) + sum(self.delivered_raw.values())
+
+    def health(self) -> tuple[bool, str]:
+        """For /healthz: unhealthy while records wait and Kafka has acknowledged none lately."""
+        pending = self.pending
+        quiet = time.monotonic() - self._acked_at
+        if pending and quiet > UNACKED_SECONDS:
+            return False, (
+                f"Kafka at {self.bootstrap} has acknowledged nothing for {quiet:.0f}s; "
+                f"{pending} records wait ({self._spool.count} spooled)"
+            )
+        return True, f"{self.acknowledged} records delivered, {pending} pending"
 
     @property
     def pending(self) -> int:
@@ -612,6 +656,7 @@ class TickWriter:
                 self._producer.poll(_TICK_SECONDS)
                 if self._spool.count:
                     self._drain_spool()
+                self._m_spool_bytes.set(self._spool.bytes)
                 self._send_heartbeats()
                 now = time.monotonic()
                 if now >= self._metadata_due:

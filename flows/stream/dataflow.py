@@ -21,6 +21,7 @@ import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSink
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
+from prometheus_client import Counter, Gauge, Histogram
 
 from flows.errors import StockpipeError
 from flows.lake.store import open_lake
@@ -30,6 +31,41 @@ from flows.stream.decode import Decoded, make_decoder
 from flows.stream.kafka_source import TickSource, topic_partitions
 from flows.stream.lake_sink import LakeSink
 from flows.stream.recovery import FLOW_ID, RulesChanged, rule_changes, stream_rules
+
+TICKS = Counter(
+    "stockpipe_ticks_total",
+    "Valid ticks by what became of them: in a bar, a duplicate (dropped), too late (late/).",
+    ["topic", "outcome"],
+)
+BARS = Counter(
+    "stockpipe_bars_emitted_total",
+    "Bar rows emitted into sealed micro-batches: first emissions (revision 0) and restatements.",
+    ["topic", "kind"],
+)
+WATERMARK_DELAY = Gauge(
+    "stockpipe_watermark_delay_seconds",
+    "The partition's log time minus its most advanced symbol watermark (event time): how far "
+    "behind the broker's clock the windows close.",
+    ["topic", "partition"],
+)
+SNAPSHOT_SECONDS = Histogram(
+    "stockpipe_snapshot_seconds",
+    "Time to snapshot one partition's bar state at the end of an epoch.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+_GAUGE_EVERY_MS = 1_000  # of log time: the watermark gauge walks every symbol of the partition
+
+
+class _Exported:
+    """What a partition's counters were when last exported: metrics move by the difference."""
+
+    __slots__ = ("ticks", "duplicates", "too_late", "gauge_log")
+
+    def __init__(self, state: PartitionBars | None = None):
+        self.ticks = state.ticks if state else 0
+        self.duplicates = state.duplicates if state else 0
+        self.too_late = state.too_late if state else 0
+        self.gauge_log = 0
 
 
 class BarLogic(StatefulBatchLogic[tuple, FileBatch, tuple]):
@@ -71,6 +107,7 @@ class BarLogic(StatefulBatchLogic[tuple, FileBatch, tuple]):
                     where = f"the bar state of {state.topic}[{state.partition}]"
                     raise RulesChanged(where, changes, state.topic)
             state.stamp = stamp  # a format-3 snapshot: recorded from now on
+        self._exported = _Exported(self.state)  # counters restored are not this process's
 
     def on_batch(self, values: list[Decoded]) -> tuple[list[FileBatch], bool]:
         sealed: list[FileBatch] = []
@@ -86,7 +123,34 @@ class BarLogic(StatefulBatchLogic[tuple, FileBatch, tuple]):
                     not_before=self.not_before,
                 )
             sealed.extend(state.on_batch(d.offsets, d.log_ts, d.kinds, d.ticks))
+        if self.state is not None:
+            self._export(self.state, sealed)
         return sealed, StatefulBatchLogic.RETAIN
+
+    def _export(self, state: PartitionBars, sealed: list[FileBatch]) -> None:
+        """Move the metrics by what this batch did (cheap: a few subtractions per batch)."""
+        seen, topic = self._exported, state.topic
+        dups, late = state.duplicates - seen.duplicates, state.too_late - seen.too_late
+        in_bars = state.ticks - seen.ticks - dups - late
+        if in_bars:
+            TICKS.labels(topic, "bar").inc(in_bars)
+        if dups:
+            TICKS.labels(topic, "duplicate").inc(dups)
+        if late:
+            TICKS.labels(topic, "late").inc(late)
+        seen.ticks, seen.duplicates, seen.too_late = state.ticks, state.duplicates, state.too_late
+        for batch in sealed:
+            first = sum(1 for row in batch.bars if row[13] == 0)  # revision
+            if first:
+                BARS.labels(topic, "first").inc(first)
+            if len(batch.bars) > first:
+                BARS.labels(topic, "restatement").inc(len(batch.bars) - first)
+        if state.log - seen.gauge_log >= _GAUGE_EVERY_MS:
+            seen.gauge_log = state.log
+            marks = [w for b in state.symbols.values() if (w := b.watermark(state.log)) is not None]
+            if marks:
+                delay = (state.log - max(marks)) / 1000
+                WATERMARK_DELAY.labels(topic, str(state.partition)).set(delay)
 
     def on_eof(self) -> tuple[list[FileBatch], bool]:
         # The close at end of input went through the flush marker in the log;
@@ -94,7 +158,10 @@ class BarLogic(StatefulBatchLogic[tuple, FileBatch, tuple]):
         return [], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> tuple | None:
-        return None if self.state is None else self.state.snapshot()
+        if self.state is None:
+            return None
+        with SNAPSHOT_SECONDS.time():
+            return self.state.snapshot()
 
 
 def build_flow(

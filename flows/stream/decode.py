@@ -12,6 +12,7 @@ from typing import Annotated, Any, NamedTuple
 
 import msgspec
 from bytewax.connectors.kafka import KafkaSinkMessage
+from prometheus_client import Counter
 
 from flows.ingest.ticks import (
     _KNOWN_SYMBOLS_MAX,
@@ -47,6 +48,12 @@ class WireTick(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 _decode_wire = msgspec.json.Decoder(WireTick).decode
 _SYMBOL_KEYS: dict[str, bytes] = {}  # symbols decode_tick accepted -> the key they need
 _WIRE_ERRORS = (msgspec.DecodeError, TypeError, ValueError)
+
+DLQ_RECORDS = Counter(
+    "stockpipe_dlq_records_total",
+    "Records sent to the dead-letter topic, by reason (contract 1's reason codes).",
+    ["topic", "reason"],
+)
 
 
 def decode_batch(
@@ -170,6 +177,7 @@ def make_decoder(max_skew_ms: int, max_bytes: int) -> Callable[[tuple[str, Parti
         for i in bad:
             kinds[i] = BAD
             out.append(("bad", dlq_message(batch, i, ticks[i])))
+            DLQ_RECORDS.labels(batch.topic, ticks[i].reason).inc()
             ticks[i] = None
         decoded = Decoded(
             batch.topic, batch.partition, batch.offsets, batch.timestamps, kinds, ticks

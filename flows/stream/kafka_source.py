@@ -27,6 +27,7 @@ fine because their effect on the bars goes through records in the log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -34,7 +35,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -45,7 +45,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from flows.errors import ServiceUnavailable, StockpipeError
 from flows.ingest.kafka_out import FLUSH_HEADER, HEARTBEAT_HEADER
@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 
 LAG = Gauge(
     "stockpipe_consumer_lag",
-    "Messages in the partition not yet read by the dataflow (end offset - next offset).",
+    "Messages in the partition not yet read by the dataflow (end offset - next offset), "
+    "refreshed every few seconds from the broker, also while the stream is blocked.",
     ["topic", "partition"],
 )
 LOG_TIME = Gauge(
@@ -64,6 +65,19 @@ LOG_TIME = Gauge(
     "Log time of the partition: the largest record timestamp the dataflow has read.",
     ["topic", "partition"],
 )
+LOG_TIME_LAG = Gauge(
+    "stockpipe_log_time_lag_seconds",
+    "Wall-clock time minus the partition's log time: how old the newest record read is.",
+    ["topic", "partition"],
+)
+RECORDS_READ = Counter(
+    "stockpipe_records_read_total",
+    "Records the dataflow read (ticks, bad records, heartbeats and flush markers).",
+    ["topic", "partition"],
+)
+LAG_REFRESH_SECONDS = 5.0
+GROUP = "stockpipe-bytewax"  # the consumer group the offsets read are committed to
+STALL_SECONDS = 60.0  # records waiting and none read for this long: /healthz says stalled
 
 RESET_CHOICES = ("earliest", "latest")
 SECURITY_KEYS = ("security.", "sasl.", "ssl.")  # librdkafka's, as Settings.kafka_config gives
@@ -157,7 +171,9 @@ class _Partition(StatefulSourcePartition[tuple[str, PartitionBatch], int]):
         self._done = False
         self._labels = (topic, str(partition))
         self._tp = TopicPartition(topic, partition)
-        self._consumer = Consumer(dict(config, stats_cb=self._on_stats))
+        self._records = RECORDS_READ.labels(*self._labels)
+        WATCHER.watch(config, self._tp, offset)
+        self._consumer = Consumer(config)
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         self._warned_at = 0.0
         self._producer = Producer(
@@ -170,20 +186,6 @@ class _Partition(StatefulSourcePartition[tuple[str, PartitionBatch], int]):
                 "message.timeout.ms": 0,  # a marker waits out a broker outage, never dropped
             }
         )
-
-    def _on_stats(self, stats_json: str) -> None:
-        stats = orjson.loads(stats_json)
-        part = (
-            stats.get("topics", {})
-            .get(self._topic, {})
-            .get("partitions", {})
-            .get(str(self._partition))
-        )
-        if not part or part.get("ls_offset", -1) < 0:
-            return
-        position = self._offset if self._offset >= 0 else part.get("lo_offset", -1)
-        if position >= 0:
-            LAG.labels(*self._labels).set(max(part["ls_offset"] - position, 0))
 
     def next_batch(self) -> list[tuple[str, PartitionBatch]]:
         if self._done or _STOP.is_set():
@@ -224,7 +226,10 @@ class _Partition(StatefulSourcePartition[tuple[str, PartitionBatch], int]):
         if data:
             self._last_data = now
         self._awake = None
-        LOG_TIME.labels(*self._labels).set(max(timestamps) / 1000)
+        log_time = max(timestamps) / 1000
+        LOG_TIME.labels(*self._labels).set(log_time)
+        self._records.inc(len(msgs))
+        WATCHER.read(self._tp, self._offset, log_time, now)
         batch = PartitionBatch(
             self._topic, self._partition, offsets, timestamps, keys, values, kinds
         )
@@ -306,8 +311,103 @@ class _Partition(StatefulSourcePartition[tuple[str, PartitionBatch], int]):
         return self._offset
 
     def close(self) -> None:
+        WATCHER.forget(self._tp)
         self._consumer.close()
         self._producer.flush(10)
+
+
+class _Progress:
+    """What the watcher knows of one partition the process reads."""
+
+    __slots__ = ("offset", "end", "log_time", "read_at")
+
+    def __init__(self, offset: int, now: float):
+        self.offset = offset  # next offset to read (negative: the start, not read yet)
+        self.end: int | None = None  # the partition's end offset, from the broker
+        self.log_time: float | None = None
+        self.read_at = now  # monotonic time of the last read
+
+
+class LagWatcher:
+    """Consumer lag and progress of every partition this process reads, on a thread of its own.
+
+    Lag is end offset (asked of the broker every LAG_REFRESH_SECONDS) minus the
+    partition's next offset, so it keeps growing while the dataflow is blocked
+    (a lake outage, a slow sink), when nothing the dataflow runs would update it.
+    The offsets read are also committed to the consumer group `stockpipe-bytewax`,
+    so Kafka's own lag tools (`kafka-consumer-groups.sh --describe`) see the
+    stream; they are for watching only: the stream resumes from its recovery
+    store, never from the group. `health` tells /healthz whether the process
+    makes progress.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: dict[tuple[str, int], _Progress] = {}
+        self._config: dict | None = None
+        self._thread: threading.Thread | None = None
+
+    def watch(self, config: dict, tp: TopicPartition, offset: int) -> None:
+        with self._lock:
+            self._parts[(tp.topic, tp.partition)] = _Progress(offset, time.monotonic())
+            if self._thread is None:
+                self._config = dict(config)
+                self._thread = threading.Thread(target=self._run, name="lag-watcher", daemon=True)
+                self._thread.start()
+
+    def forget(self, tp: TopicPartition) -> None:
+        with self._lock:
+            self._parts.pop((tp.topic, tp.partition), None)
+
+    def read(self, tp: TopicPartition, offset: int, log_time: float, now: float) -> None:
+        part = self._parts.get((tp.topic, tp.partition))
+        if part is not None:
+            part.offset, part.log_time, part.read_at = offset, log_time, now
+
+    def _run(self) -> None:
+        consumer = Consumer({**(self._config or {}), "group.id": GROUP})
+        while True:
+            with self._lock:
+                parts = list(self._parts.items())
+            read = [TopicPartition(t, p, part.offset) for (t, p), part in parts if part.offset >= 0]
+            if read:
+                with contextlib.suppress(KafkaException):
+                    consumer.commit(offsets=read, asynchronous=False)
+            for (topic, partition), part in parts:
+                try:
+                    low, high = consumer.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=5
+                    )
+                except KafkaException:
+                    continue  # the broker is away: keep the last values
+                part.end = high
+                position = part.offset if part.offset >= 0 else low
+                labels = (topic, str(partition))
+                LAG.labels(*labels).set(max(high - position, 0))
+                if part.log_time is not None:
+                    LOG_TIME_LAG.labels(*labels).set(max(time.time() - part.log_time, 0.0))
+            time.sleep(LAG_REFRESH_SECONDS)
+
+    def health(self) -> tuple[bool, str]:
+        now = time.monotonic()
+        with self._lock:
+            parts = list(self._parts.items())
+        if not parts:
+            return True, "starting: no partition assigned yet"
+        stalled = []
+        for (topic, partition), part in parts:
+            waiting = None if part.end is None else part.end - max(part.offset, 0)
+            if waiting and waiting > 0 and now - part.read_at > STALL_SECONDS:
+                stalled.append(
+                    f"{topic}[{partition}]: {waiting} records wait, none read for "
+                    f"{now - part.read_at:.0f}s"
+                )
+        if stalled:
+            return False, "stalled: " + "; ".join(stalled)
+        return True, f"reading {len(parts)} partitions"
+
+
+WATCHER = LagWatcher()
 
 
 def _gone_message(topic: str, partition: int, offset: int, low: int, high: int) -> str:
@@ -378,11 +478,10 @@ class TickSource(FixedPartitionedSource[tuple[str, PartitionBatch], int]):
         partition = int(idx)
         config = {
             "bootstrap.servers": self._brokers,
-            "group.id": "stockpipe-bytewax",  # required by librdkafka; offsets are not committed
+            "group.id": GROUP,  # required by librdkafka; the lag watcher commits to it
             "enable.auto.commit": "false",
             "enable.partition.eof": "false",
             "auto.offset.reset": "error",
-            "statistics.interval.ms": 5000,
             "fetch.wait.max.ms": 50,
             **READ_AHEAD,
             **self._add_config,
@@ -411,7 +510,7 @@ class TickSource(FixedPartitionedSource[tuple[str, PartitionBatch], int]):
 
     def _resume_at(self, config: dict, topic: str, partition: int, offset: int) -> int:
         """The recovered offset, checked against what the partition still holds."""
-        probe = Consumer({k: v for k, v in config.items() if k != "statistics.interval.ms"})
+        probe = Consumer(config)
         deadline = time.monotonic() + 120  # a broker restarting: wait for it, as the client does
         try:
             while True:

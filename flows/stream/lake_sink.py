@@ -19,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from prometheus_client import Counter, Histogram
 
 from flows.lake.retry import put_with_retry
 from flows.lake.store import BARS_PREFIX, LATE_PREFIX, Lake
@@ -33,6 +35,20 @@ from flows.stream.bars import FileBatch
 log = logging.getLogger(__name__)
 
 TS = pa.timestamp("us", tz="UTC")
+
+FILES_WRITTEN = Counter(
+    "stockpipe_lake_files_written_total", "Parquet files written to the lake, by kind.", ["kind"]
+)
+ROWS_WRITTEN = Counter(
+    "stockpipe_lake_rows_written_total",
+    "Rows in the Parquet files written to the lake, by kind (bars: every revision).",
+    ["kind"],
+)
+WRITE_SECONDS = Histogram(
+    "stockpipe_lake_write_seconds",
+    "Time to encode and write one lake file, retries included.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 
 BAR_SCHEMA = pa.schema(
     [
@@ -116,12 +132,17 @@ class LakeWriter:
         for interval_s, date, rows in _by_date(batch.bars, ts_col=2, interval_col=1):
             folder = self.lake.path(BARS_PREFIX, f"interval_s={interval_s}", f"date={date}")
             paths.append(self._write(folder, name, table_of(rows, BAR_SCHEMA)))
+            FILES_WRITTEN.labels("bars").inc()
+            ROWS_WRITTEN.labels("bars").inc(len(rows))
         for _, date, rows in _by_date(batch.late, ts_col=1, interval_col=None):
             folder = self.lake.path(LATE_PREFIX, f"date={date}")
             paths.append(self._write(folder, name, table_of(rows, LATE_SCHEMA)))
+            FILES_WRITTEN.labels("late").inc()
+            ROWS_WRITTEN.labels("late").inc(len(rows))
         return paths
 
     def _write(self, folder: str, name: str, table: pa.Table) -> str:
+        started = time.perf_counter()
         path = f"{folder}/{name}"
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
@@ -135,6 +156,7 @@ class LakeWriter:
                 raise
 
         put_with_retry(attempt, self.lake.url(path), retry_cap_s=self.retry_cap_s)
+        WRITE_SECONDS.observe(time.perf_counter() - started)
         return path
 
     def _put_atomically(self, folder: str, name: str, data: bytes) -> None:

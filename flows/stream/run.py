@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -91,8 +92,12 @@ def run_stream(
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
+    from flows.metrics import serve, write_textfile
     from flows.stream.dataflow import build_flow
+    from flows.stream.kafka_source import WATCHER
 
+    if settings.metrics_port:  # process i of a cluster on port + 1 + i (the producer: port)
+        serve(settings.metrics_port + 1 + (process_id or 0), WATCHER.health)
     flow = build_flow(
         settings,
         exit_when_idle=exit_when_idle,
@@ -112,6 +117,7 @@ def run_stream(
             epoch_interval=timedelta(seconds=settings.epoch_interval),
             recovery_config=RecoveryConfig(str(recovery), backup_interval=timedelta(0)),
         )
+        write_textfile(_textfile(settings, process_id))
     except Exception as exc:
         user_error = _user_error(exc)
         if user_error is not None:  # Bytewax wraps it: show the user's error, not the chain
@@ -121,6 +127,14 @@ def run_stream(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return 0
+
+
+def _textfile(settings: Settings, process_id: int | None) -> Path | None:
+    """STOCKPIPE_METRICS_TEXTFILE, one file per process of a cluster (`name.<i>.prom`)."""
+    path = settings.metrics_textfile
+    if path is None or process_id is None:
+        return path
+    return path.with_name(f"{path.stem}.{process_id}{path.suffix}")
 
 
 def _stop_cleanly_on_signals() -> dict[int, Any]:
