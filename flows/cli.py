@@ -220,7 +220,7 @@ def main() -> None:
         sys.exit(1)
     except StockpipeError as exc:
         _error(exc)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("stockpipe: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+from flows.errors import ServiceUnavailable, StockpipeError
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on at `host` right now (the OS picks it)."""
@@ -22,6 +24,11 @@ def kafka_refusal(config: dict[str, str], timeout: float = 5.0) -> str | None:
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
 
+    host, _, port = config.get("bootstrap.servers", "").split(",")[0].strip().rpartition(":")
+    try:  # nothing listens: no broker to refuse anything (and no timeout to wait out)
+        socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
+    except (OSError, ValueError):
+        return None
     seen: list[KafkaError] = []
     admin = AdminClient({**config, "error_cb": seen.append, "log_level": 0})
     try:
@@ -43,14 +50,15 @@ def kafka_refusal(config: dict[str, str], timeout: float = 5.0) -> str | None:
     return None
 
 
-def kafka_unreachable(config: dict[str, str], reason: object = None) -> str:
-    """One line on a broker that cannot be used: refused settings, or not reachable."""
+def kafka_unusable(config: dict[str, str], reason: object = None) -> StockpipeError:
+    """The error for a broker that cannot be used: settings it refuses (a `StockpipeError`,
+    exit 2), or a broker that does not answer (`ServiceUnavailable`, exit 69)."""
     servers = config.get("bootstrap.servers", "?")
     refusal = kafka_refusal(config)
     if refusal is not None:
-        return f"Kafka at {servers} is reachable, but {refusal}"
+        return StockpipeError(f"Kafka at {servers} is reachable, but {refusal}")
     because = f" ({reason})" if reason else ""
-    return (
+    return ServiceUnavailable(
         f"cannot reach Kafka at {servers}{because}: start the local broker with "
         "`stockpipe kafka start`, or set KAFKA_BOOTSTRAP_SERVERS to a running one"
     )

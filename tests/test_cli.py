@@ -102,3 +102,33 @@ def test_a_library_behind_no_extra_is_named_by_the_commands_extras() -> None:
     code, _, _, err = run(["load"], ["pyarrow"])
     assert code == 1
     assert "stockpipe load needs the [warehouse] extra (the module 'pyarrow'" in err, err
+
+
+def test_exit_codes_tell_a_bad_setting_from_a_service_that_is_down(tmp_path) -> None:
+    """2 for a bad setting, 69 (EX_UNAVAILABLE) for a broker nobody runs: scripts can tell."""
+    import os
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = {**os.environ, "STOCKPIPE_SPOOL_DIR": str(tmp_path / "spool")}
+    command = [sys.executable, "-m", "flows.cli", "produce", "--source", "sim", "--count", "1"]
+    down = subprocess.run(
+        command,
+        env={**base, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert down.returncode == 69, down.stderr[-1000:]
+    assert f"cannot reach Kafka at 127.0.0.1:{port}" in " ".join(down.stderr.split())
+    bad = subprocess.run(
+        command,
+        env={**base, "KAFKA_SECURITY_PROTOCOL": "TLS"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2, bad.stderr[-1000:]
+    assert "KAFKA_SECURITY_PROTOCOL='TLS'" in bad.stderr and "Traceback" not in bad.stderr

@@ -165,7 +165,7 @@ def test_refused_settings_stop_every_command_with_what_to_check(secured, tmp_pat
         ["stream", "--exit-when-idle", "2"],
     ):
         done = run_stockpipe(settings, *command, timeout=120)
-        assert done.returncode == 2, (command, done.stdout[-2000:])
+        assert done.returncode == 2, (command, done.stdout[-2000:])  # a setting, not a service
         assert says in " ".join(done.stdout.split()), (command, done.stdout[-2000:])
         assert "Traceback" not in done.stdout
         assert WRONG not in done.stdout and PASSWORD not in done.stdout

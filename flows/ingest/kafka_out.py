@@ -71,10 +71,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import Counter as MetricCounter
 from prometheus_client import Gauge
 
-from flows.errors import ServiceUnavailable
+from flows.errors import ServiceUnavailable, StockpipeError
 from flows.ingest.ledger import Outage, append_outage
 from flows.ingest.ticks import Tick, encode_tick
-from flows.net import kafka_unreachable
+from flows.net import kafka_unusable
 from flows.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,9 +111,9 @@ SPOOL_BYTES = Gauge(
 )
 
 
-def _unreachable(config: dict[str, Any], exc: KafkaException) -> ServiceUnavailable:
+def _unreachable(config: dict[str, Any], exc: KafkaException) -> StockpipeError:
     reason = exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc
-    return ServiceUnavailable(kafka_unreachable(config, reason))
+    return kafka_unusable(config, reason)
 
 
 def ensure_topics(settings: Settings, topic: str | None = None, timeout: float = 15.0) -> list[str]:

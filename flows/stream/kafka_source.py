@@ -49,7 +49,7 @@ from prometheus_client import Counter, Gauge
 
 from flows.errors import ServiceUnavailable, StockpipeError
 from flows.ingest.kafka_out import FLUSH_HEADER, HEARTBEAT_HEADER
-from flows.net import kafka_unreachable
+from flows.net import kafka_unusable
 from flows.stream.bars import FLUSH, HEARTBEAT, TICK
 
 log = logging.getLogger(__name__)
@@ -427,7 +427,7 @@ def topic_partitions(brokers: str, topic: str, add_config: dict | None = None) -
         meta = admin.list_topics(timeout=15)  # all topics: asking for one may auto-create it
     except KafkaException as exc:
         config = {"bootstrap.servers": brokers, **(add_config or {})}
-        raise ServiceUnavailable(kafka_unreachable(config, exc.args[0].str())) from None
+        raise kafka_unusable(config, exc.args[0].str()) from None
     found = meta.topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
         raise ServiceUnavailable(

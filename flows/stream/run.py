@@ -25,8 +25,8 @@ import typer
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from flows.errors import ServiceUnavailable, StockpipeError
-from flows.net import free_port, kafka_unreachable
+from flows.errors import StockpipeError
+from flows.net import free_port, kafka_unusable
 from flows.settings import Settings, load_settings, parse_duration
 from flows.stream.recovery import open_store, recovery_path, start_from_drain
 
@@ -39,7 +39,7 @@ def check_input(settings: Settings) -> int:
     try:
         meta = admin.list_topics(timeout=10)  # all topics: asking for one may auto-create it
     except KafkaException:
-        raise ServiceUnavailable(kafka_unreachable(settings.kafka_config())) from None
+        raise kafka_unusable(settings.kafka_config()) from None
     topic = meta.topics.get(settings.topic)
     if topic is None or topic.error is not None or not topic.partitions:
         raise StockpipeError(

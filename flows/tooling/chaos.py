@@ -66,7 +66,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flows.errors import StockpipeError
+from flows.errors import EXIT_CHECK, StockpipeError
 from flows.tooling.engines.common import kafka_security
 
 SEQ_HEADER = "chaos.seq"
@@ -1284,7 +1284,7 @@ def chaos_command(
     print_report(result)
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2, default=str))
-    raise typer.Exit(0 if result["ok"] else 1)
+    raise typer.Exit(0 if result["ok"] else EXIT_CHECK)  # 3: the campaign found a problem
 
 
 def main() -> None:
