@@ -13,9 +13,11 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -74,7 +76,6 @@ MODULE_EXTRAS: dict[str, str] = {
     "bytewax": "stream",
     "msgspec": "stream",
     "xxhash": "stream",
-    "prometheus_client": "stream",
     "dbt": "warehouse",
     "yaml": "warehouse",
     "snowflake": "snowflake",
@@ -203,9 +204,42 @@ _typer_app = typer.Typer(
 )
 
 
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"stockpipe {version('stockpipe')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("stockpipe (not installed)")
+        raise typer.Exit(0)
+
+
 @_typer_app.callback()
-def _root() -> None:
-    pass
+def _root(
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(
+            "--log-level",
+            help="DEBUG, INFO, WARNING or ERROR (STOCKPIPE_LOG_LEVEL; the processes a command "
+            "starts inherit it). STOCKPIPE_LOG_FORMAT=json logs one JSON object per line.",
+            case_sensitive=False,
+        ),
+    ] = None,
+    _show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    if log_level is not None:
+        os.environ["STOCKPIPE_LOG_LEVEL"] = log_level.value
 
 
 app = typer.main.get_command(_typer_app)

@@ -132,3 +132,41 @@ def test_exit_codes_tell_a_bad_setting_from_a_service_that_is_down(tmp_path) -> 
     )
     assert bad.returncode == 2, bad.stderr[-1000:]
     assert "KAFKA_SECURITY_PROTOCOL='TLS'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_version_and_log_level_and_json_logs(tmp_path) -> None:
+    import os
+    from importlib.metadata import version
+
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == f"stockpipe {version('stockpipe')}"
+    # a run that logs (the settings check of the stream), at DEBUG and as JSON lines
+    env = {
+        **os.environ,
+        "STOCKPIPE_LOG_FORMAT": "json",
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",  # nothing there: the command stops at once
+        "STOCKPIPE_RECOVERY_DIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "from flows.logs import setup_logging; import logging; "
+         "setup_logging(); logging.getLogger('x').debug('deep'); logging.getLogger('x').info('hi')"],
+        env={**env, "STOCKPIPE_LOG_LEVEL": "DEBUG"}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(d["level"], d["logger"], d["message"]) for d in lines] == [
+        ("DEBUG", "x", "deep"),
+        ("INFO", "x", "hi"),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--log-level", "warning", "stream", "--exit-when-idle", "1s"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 69
+    assert not [line for line in done.stderr.splitlines() if '"level": "INFO"' in line]
+    bad = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--log-level", "loud", "status"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "loud" in bad.stderr

@@ -23,6 +23,7 @@ FOUNDATION = {
     "flows.net",
     "flows.assets",
     "flows.metrics",
+    "flows.logs",
 }
 
 # What each stage may import, besides itself. Data flows ingest -> stream -> lake ->
@@ -133,7 +134,17 @@ def test_every_import_runs_down_the_stages() -> None:
 
 def test_the_top_of_flows_holds_only_the_foundation_the_cli_and_the_entry() -> None:
     top = {p.stem for p in (REPO / "flows").glob("*.py")}
-    assert top == {"__init__", "settings", "errors", "net", "assets", "cli", "ohlc"}
+    assert top == {
+        "__init__",
+        "settings",
+        "errors",
+        "net",
+        "assets",
+        "metrics",
+        "logs",
+        "cli",
+        "ohlc",
+    }
     packages = {p.name for p in (REPO / "flows").iterdir() if (p / "__init__.py").exists()}
     assert packages == STAGE_PACKAGES
 

@@ -241,9 +241,9 @@ def produce_command(
     ] = None,
 ) -> None:
     """Produce ticks into Kafka (key = symbol, contract-1 JSON) until done or Ctrl-C."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from flows.logs import setup_logging
+
+    setup_logging()
     settings = load_settings(**({"topic": topic} if topic else {}))
     try:
         wanted = parse_symbols(symbols) if symbols else settings.symbols

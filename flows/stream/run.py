@@ -258,9 +258,9 @@ def stream_command(
     ] = False,
 ) -> None:
     """Run the Bytewax dataflow: Kafka ticks -> OHLCV bars -> Parquet lake (with recovery)."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from flows.logs import setup_logging
+
+    setup_logging()
     if (process_id is None) != (addresses is None):
         raise StockpipeError("--process-id and --addresses go together")
     settings = load_settings()

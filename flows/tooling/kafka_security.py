@@ -52,7 +52,14 @@ def ensure_tls(data_dir: Path, host: str) -> TlsFiles:
     files = TlsFiles(folder / "ca.pem", folder / "server.pem")
     if files.ca.exists() and files.server.exists():
         return files
-    from cryptography import x509
+    try:
+        from cryptography import x509
+    except ModuleNotFoundError:
+        raise StockpipeError(
+            "a TLS listener on the local broker needs the `cryptography` package to make its "
+            "certificates: `pip install cryptography` (it comes with stockpipe[snowflake] and "
+            "[dev])"
+        ) from None
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID

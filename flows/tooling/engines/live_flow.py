@@ -20,7 +20,6 @@ line, which the reader skips.
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -59,9 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--progress", type=Path, required=True, help="Append progress lines here.")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from flows.logs import setup_logging
+
+    setup_logging()
     from flows.settings import load_settings
     from flows.stream.run import run_stream
 
