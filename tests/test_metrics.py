@@ -185,3 +185,7 @@ def test_health_says_stalled_when_records_wait_and_none_are_read():
     assert not ok and detail.startswith("stalled: t[1]: 30 records wait, none read for ")
     idle.end = 50  # caught up: nothing waits, so a quiet partition is healthy
     assert watcher.health() == (True, "reading 2 partitions")
+    busy.log_time = time.time() - 2.0
+    line = watcher.progress(600, 60.0)
+    assert line.startswith("2 partitions, 10 records/s, lag 150 records, log time 2.")
+    assert line.endswith("s behind the clock")

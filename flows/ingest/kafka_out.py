@@ -94,6 +94,7 @@ _METADATA_REFRESH_SECONDS = 30.0  # partitions added to the topic get heartbeats
 _TICK_SECONDS = 0.05  # the background thread's pace
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 UNACKED_SECONDS = 60.0  # records pending and none acknowledged this long: /healthz says so
+PROGRESS_SECONDS = 60.0  # one progress line this often
 
 PRODUCED = MetricCounter(
     "stockpipe_producer_records_total",
@@ -651,6 +652,7 @@ class TickWriter:
 
     def _background(self) -> None:
         """Serve delivery reports, drain the spool, send heartbeats, write the ledger."""
+        said_at, said = time.monotonic(), 0
         while not self._stop.is_set():
             try:
                 self._producer.poll(_TICK_SECONDS)
@@ -664,6 +666,17 @@ class TickWriter:
                     self._refresh_partitions()
                 if self._losses and now >= self._ledger_due:
                     self._write_ledger()
+                if now - said_at >= PROGRESS_SECONDS:
+                    done = self.acknowledged
+                    log.info(
+                        "progress: %s %.0f records/s delivered, %d pending (%d spooled), %d lost",
+                        self.topic,
+                        (done - said) / (now - said_at),
+                        self.pending,
+                        self._spool.count,
+                        self.failed,
+                    )
+                    said_at, said = now, done
             except Exception:  # never let the thread die silently: it carries the spool
                 log.exception("TickWriter background work for %s failed; retrying", self.topic)
                 self._stop.wait(1.0)

@@ -78,6 +78,7 @@ RECORDS_READ = Counter(
 LAG_REFRESH_SECONDS = 5.0
 GROUP = "stockpipe-bytewax"  # the consumer group the offsets read are committed to
 STALL_SECONDS = 60.0  # records waiting and none read for this long: /healthz says stalled
+PROGRESS_SECONDS = 60.0  # one progress line this often
 
 RESET_CHOICES = ("earliest", "latest")
 SECURITY_KEYS = ("security.", "sasl.", "ssl.")  # librdkafka's, as Settings.kafka_config gives
@@ -366,6 +367,7 @@ class LagWatcher:
 
     def _run(self) -> None:
         consumer = Consumer({**(self._config or {}), "group.id": GROUP})
+        said_at, said_read = time.monotonic(), self._read_total()
         while True:
             with self._lock:
                 parts = list(self._parts.items())
@@ -386,7 +388,26 @@ class LagWatcher:
                 LAG.labels(*labels).set(max(high - position, 0))
                 if part.log_time is not None:
                     LOG_TIME_LAG.labels(*labels).set(max(time.time() - part.log_time, 0.0))
+            now = time.monotonic()
+            if now - said_at >= PROGRESS_SECONDS:
+                read = self._read_total()
+                log.info("progress: %s", self.progress(read - said_read, now - said_at))
+                said_at, said_read = now, read
             time.sleep(LAG_REFRESH_SECONDS)
+
+    def _read_total(self) -> int:
+        return sum(max(p.offset, 0) for p in list(self._parts.values()))
+
+    def progress(self, read: int, seconds: float) -> str:
+        """One line: the read rate, lag and log-time lag over the partitions of this process."""
+        parts = list(self._parts.values())
+        lag = sum(max(p.end - max(p.offset, 0), 0) for p in parts if p.end is not None)
+        times = [p.log_time for p in parts if p.log_time is not None]
+        behind = f"{time.time() - max(times):.1f}s" if times else "-"
+        return (
+            f"{len(parts)} partitions, {read / max(seconds, 1e-9):.0f} records/s, "
+            f"lag {lag} records, log time {behind} behind the clock"
+        )
 
     def health(self) -> tuple[bool, str]:
         now = time.monotonic()
