@@ -61,6 +61,10 @@ COMMANDS: dict[str, Entry] = {
         "Where every part stands.",
         ("stream", "warehouse"),
     ),
+    "dlq": Entry(
+        "flows.ops.dlq:dlq_command",
+        "The dead-letter topic by reason, with samples and their source offsets.",
+    ),
     "bench": Entry("flows.tooling.bench:bench_command", "The stream benchmark.", ("bench",)),
     "chaos": Entry(
         "flows.tooling.chaos:chaos_command",

@@ -28,6 +28,13 @@ MAX_AHEAD_MS = 86_400_000  # producers' self-check: at most one day ahead of the
 MAX_SKEW_MS = 60_000  # the stream: at most STOCKPIPE_MAX_CLOCK_SKEW ahead of the log time
 MAX_MESSAGE_BYTES = 65_536  # STOCKPIPE_MAX_MESSAGE_BYTES
 MAX_ID_LEN = 256
+# Headers of a DLQ record (contract 1): why, and where the original bytes came from.
+DLQ_REASON, DLQ_DETAIL = "stockpipe.reason", "stockpipe.detail"
+DLQ_TOPIC, DLQ_PARTITION, DLQ_OFFSET = (
+    "stockpipe.source.topic",
+    "stockpipe.source.partition",
+    "stockpipe.source.offset",
+)
 MAX_NUMBER = 2.0**63  # |price|, |volume| below this: finite, and castable to int64
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _KNOWN_SYMBOLS: set[str] = set()  # symbols already matched: the regex runs once per symbol

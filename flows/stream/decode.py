@@ -16,6 +16,11 @@ from prometheus_client import Counter
 
 from flows.ingest.ticks import (
     _KNOWN_SYMBOLS_MAX,
+    DLQ_DETAIL,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_REASON,
+    DLQ_TOPIC,
     MAX_ID_LEN,
     MAX_MESSAGE_BYTES,
     MAX_NUMBER,
@@ -191,10 +196,10 @@ def make_decoder(max_skew_ms: int, max_bytes: int) -> Callable[[tuple[str, Parti
 def dlq_message(batch: PartitionBatch, i: int, bad: BadTick) -> KafkaSinkMessage:
     """The original bytes of record `i`, the reason, and where they came from (contract 1)."""
     headers = [
-        ("stockpipe.reason", bad.reason.encode()),
-        ("stockpipe.detail", bad.detail.encode("utf-8", "backslashreplace")[:1000]),
-        ("stockpipe.source.topic", batch.topic.encode()),
-        ("stockpipe.source.partition", str(batch.partition).encode()),
-        ("stockpipe.source.offset", str(batch.offsets[i]).encode()),
+        (DLQ_REASON, bad.reason.encode()),
+        (DLQ_DETAIL, bad.detail.encode("utf-8", "backslashreplace")[:1000]),
+        (DLQ_TOPIC, batch.topic.encode()),
+        (DLQ_PARTITION, str(batch.partition).encode()),
+        (DLQ_OFFSET, str(batch.offsets[i]).encode()),
     ]
     return KafkaSinkMessage(key=batch.keys[i], value=batch.values[i], headers=headers)

@@ -67,6 +67,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.errors import EXIT_CHECK, StockpipeError
+from flows.ingest.ticks import DLQ_OFFSET, DLQ_PARTITION
 from flows.tooling.engines.common import kafka_security
 
 SEQ_HEADER = "chaos.seq"
@@ -1152,9 +1153,7 @@ def run_campaign(camp: Campaign) -> dict[str, Any]:
         dlq_src: list[tuple[int, int]] = []
         for _off, _seq, msg in dlq_rows.get(0, []):
             h = dict(msg.headers() or [])
-            dlq_src.append(
-                (int(h["stockpipe.source.partition"]), int(h["stockpipe.source.offset"]))
-            )
+            dlq_src.append((int(h[DLQ_PARTITION]), int(h[DLQ_OFFSET])))
         del dlq_rows
         fs = s3fs.S3FileSystem(endpoint_url=store.endpoint, key="chaos", secret="chaos")
         bar_rows, late_rows = read_lake(fs, "chaos/lake")
