@@ -6,7 +6,12 @@ another error the message explains, 3 a check found a problem, 69 a service is
 unavailable (EX_UNAVAILABLE of sysexits.h), 130 interrupted.
 """
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CHECK, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 69, 130
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CHECK = 3
+EXIT_UNAVAILABLE = 69
+EXIT_INTERRUPTED = 130
 
 
 class StockpipeError(Exception):
