@@ -7,6 +7,7 @@ its own on another port and data dir.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -75,6 +76,15 @@ def test_status_shows_end_offsets_per_partition_after_producing(
     assert info["topics"][topic] == {0: 5, 1: 0, 2: 7}
     assert info["topics"][f"{topic}.dlq"] == {0: 0}
     assert not any(name.startswith("__") for name in info["topics"])
+    # the command's --json prints the same, as one JSON document
+    done = CliRunner().invoke(
+        kafka_local.kafka_app,
+        ["status", "--json"],
+        env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
+    )
+    assert done.exit_code == 0, done.output
+    doc = json.loads(done.output)
+    assert doc["running"] is True and doc["topics"][topic] == {"0": 5, "1": 0, "2": 7}
 
 
 def test_start_is_a_noop_when_a_broker_already_answers(kafka_bootstrap: str) -> None:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -217,6 +218,11 @@ def _run_local_cluster(
     return 0
 
 
+class ResetOffsets(StrEnum):
+    earliest = "earliest"
+    latest = "latest"
+
+
 def stream_command(
     workers: Annotated[
         int, typer.Option("--workers", "-w", min=1, max=64, help="Worker processes on this host.")
@@ -230,7 +236,7 @@ def stream_command(
         ),
     ] = None,
     reset_offsets: Annotated[
-        str | None,
+        ResetOffsets | None,
         typer.Option(
             "--reset-offsets",
             help="Only when a partition no longer holds the offset to resume from: go on from "
@@ -264,8 +270,6 @@ def stream_command(
     if (process_id is None) != (addresses is None):
         raise StockpipeError("--process-id and --addresses go together")
     settings = load_settings()
-    if reset_offsets not in (None, "earliest", "latest"):
-        raise StockpipeError(f"--reset-offsets must be earliest or latest, got {reset_offsets!r}")
     try:
         idle = None if exit_when_idle is None else parse_duration(exit_when_idle)
     except ValueError as exc:
@@ -275,7 +279,7 @@ def stream_command(
             settings,
             workers=workers,
             exit_when_idle=idle,
-            reset_offsets=reset_offsets,
+            reset_offsets=reset_offsets.value if reset_offsets else None,
             process_id=process_id,
             addresses=addresses.split(";") if addresses else None,
             from_drain=from_drain,

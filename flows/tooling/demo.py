@@ -21,6 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +30,7 @@ from rich.console import Console
 
 from flows.assets import asset_dir
 from flows.errors import StockpipeError
-from flows.settings import Settings, load_settings
+from flows.settings import Settings, load_settings, parse_duration
 
 DEMO_TOPIC_PREFIX = "stockpipe.demo."
 SESSION_SECONDS = 6.5 * 3600
@@ -301,24 +302,38 @@ def run_demo(
     return paths
 
 
+class DemoSource(StrEnum):
+    sim = "sim"
+    finnhub = "finnhub"
+
+
 def demo_command(
     source: Annotated[
-        str | None,
+        DemoSource | None,
         typer.Option(help="sim (default) or finnhub (default when FINNHUB_API_KEY is set)."),
     ] = None,
     history_days: Annotated[int, typer.Option(min=30, max=730, help="Days of history.")] = 90,
-    session_seconds: Annotated[
-        float, typer.Option(min=10, help="Wall-clock seconds to play the 6.5-hour session in.")
-    ] = 120.0,
+    session: Annotated[
+        str,
+        typer.Option(
+            "--session",
+            "--session-seconds",
+            help="Wall-clock time to play the 6.5-hour session in (a duration, at least 10s).",
+        ),
+    ] = "2m",
     live_minutes: Annotated[
         float, typer.Option(min=1, help="With --source finnhub: minutes of live trades.")
     ] = 10.0,
 ) -> None:
     """The whole pipeline on embedded defaults, with progress; ends with where everything is."""
     settings = load_settings()
-    chosen = source or ("finnhub" if settings.finnhub_api_key else "sim")
-    if chosen not in ("sim", "finnhub"):
-        raise StockpipeError(f"--source must be sim or finnhub, got {chosen!r}")
+    chosen = source.value if source else ("finnhub" if settings.finnhub_api_key else "sim")
+    try:
+        session_seconds = parse_duration(session)
+    except ValueError as exc:
+        raise StockpipeError(f"--session: {exc}") from None
+    if session_seconds < 10:
+        raise StockpipeError(f"--session must be at least 10s, got {session!r}")
     run_demo(
         settings,
         source=chosen,

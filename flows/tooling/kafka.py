@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -48,7 +49,7 @@ from rich.table import Table
 from flows.assets import asset_dir
 from flows.errors import ServiceUnavailable, StockpipeError
 from flows.net import free_port
-from flows.settings import Settings, load_settings
+from flows.settings import Settings, load_settings, parse_duration
 from flows.tooling import kafka_security as security
 
 INFRA_DIR = asset_dir("infra/kafka")
@@ -637,12 +638,18 @@ _out = Console(soft_wrap=True)  # paths and messages stay on one line
 
 @kafka_app.command("start")
 def start_command(
-    timeout: float = typer.Option(60.0, help="Seconds to wait until the broker accepts clients."),
+    timeout: str = typer.Option(
+        "60s", help="How long to wait until the broker accepts clients (a duration: 90s, 2m)."
+    ),
 ) -> None:
     """Start the broker in the background (no-op when one already answers)."""
     settings = load_settings()
+    try:
+        wait = parse_duration(timeout)
+    except ValueError as exc:
+        raise StockpipeError(f"--timeout: {exc}") from None
     began = time.monotonic()
-    if start(settings, timeout=timeout):
+    if start(settings, timeout=wait):
         info = status(settings)
         _out.print(
             f"started Apache Kafka {info['kafka_version']} at {info['bootstrap']} "
@@ -663,9 +670,14 @@ def stop_command() -> None:
 
 
 @kafka_app.command("status")
-def status_command() -> None:
+def status_command(
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
+) -> None:
     """Whether the broker runs, and each topic's per-partition end offsets."""
     info = status(load_settings())
+    if json_output:
+        typer.echo(json.dumps(info, indent=2))
+        return
     state = "[green]running[/]" if info["running"] else "[red]not running[/]"
     if info["pid"]:
         state += f" (pid {info['pid']})"
