@@ -204,9 +204,9 @@ def test_bad_options_say_which_option_is_wrong():
         run_bench(settings, ticks=10, symbol_counts=[1], skip=["spark"])
     with pytest.raises(StockpipeError, match="--repeat must be at least 1, got 0"):
         run_bench(settings, ticks=10, symbol_counts=[1], repeat=0)
-    with pytest.raises(StockpipeError, match="--span-hours must be > 0"):
+    with pytest.raises(StockpipeError, match="--span must be > 0"):
         run_bench(settings, ticks=10, symbol_counts=[1], span_hours=0)
-    with pytest.raises(StockpipeError, match="--latency-seconds 30 is shorter than one bar"):
+    with pytest.raises(StockpipeError, match="--latency 30s is shorter than one bar"):
         run_bench(settings, ticks=10, symbol_counts=[1], latency_seconds=30)
     with pytest.raises(StockpipeError, match="--latency-rate must be > 0"):
         run_bench(settings, ticks=10, symbol_counts=[1], latency_rate=0)
@@ -228,3 +228,19 @@ def test_long_run_samples_memory_through_the_run_and_times_the_resume(settings_f
     assert known == sorted(known)  # a running peak
     assert result["kill_at"] == [0.3, 0.6]
     assert len(result["resume_s"]) == 2 and all(s >= 0 for s in result["resume_s"])
+
+
+def test_the_command_takes_durations_and_names_a_bad_one():
+    import subprocess
+    import sys
+
+    for args, says in (
+        (["--span", "soon"], "--span/--latency/--exit-when-idle: "),
+        (["--exit-when-idle", "100ms"], "--exit-when-idle must be at least 500ms, got '100ms'"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "bench", *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr[-1000:]
+        assert says in " ".join(done.stderr.split()), done.stderr[-1000:]

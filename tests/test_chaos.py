@@ -27,7 +27,7 @@ def test_chaos_campaign_finds_no_loss_no_duplicate_no_crash(tmp_path: Path) -> N
         [
             sys.executable, "-m", "flows.cli", "chaos",
             "--ticks", "100000", "--kills", "3", "--store-outage", "5s", "--rate", "5000",
-            "--seed", "11", "--json", str(report), "--workdir", str(tmp_path / "work"),
+            "--seed", "11", "--out", str(report), "--workdir", str(tmp_path / "work"),
         ],
         cwd=REPO,
         env=os.environ.copy(),

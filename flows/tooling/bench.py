@@ -54,7 +54,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.errors import StockpipeError
-from flows.settings import Settings, load_settings
+from flows.settings import Settings, load_settings, parse_duration
 from flows.tooling.bench_live import LiveResult, run_live
 
 ENGINES = ("raw", "dataflow", "naive", "quix")
@@ -494,14 +494,12 @@ def check_options(
     if repeat < 1:
         raise StockpipeError(f"bench: --repeat must be at least 1, got {repeat}")
     if not span_hours > 0:
-        raise StockpipeError(f"bench: --span-hours must be > 0, got {span_hours}")
+        raise StockpipeError(f"bench: --span must be > 0, got {span_hours:g}h")
     if latency_seconds < 0:
-        raise StockpipeError(
-            f"bench: --latency-seconds must be >= 0 (0 skips), got {latency_seconds}"
-        )
+        raise StockpipeError(f"bench: --latency must be >= 0 (0 skips), got {latency_seconds:g}s")
     if latency_seconds and latency_seconds < settings.bar_seconds:
         raise StockpipeError(
-            f"bench: --latency-seconds {latency_seconds:g} is shorter than one bar "
+            f"bench: --latency {latency_seconds:g}s is shorter than one bar "
             f"(STOCKPIPE_BAR_SECONDS={settings.bar_seconds}): no bar would be measured; "
             "give at least one bar, or 0 to skip the latency run"
         )
@@ -724,15 +722,17 @@ def bench_command(
         int,
         typer.Option("--repeat", help="Repetitions of every engine per run (median, min, max)."),
     ] = 3,
-    span_hours: Annotated[
-        float, typer.Option("--span-hours", help="Event time the ticks span per symbol, hours.")
-    ] = 4.0,
-    latency_seconds: Annotated[
-        float,
+    span: Annotated[
+        str, typer.Option("--span", help="Event time the ticks span per symbol (a duration).")
+    ] = "4h",
+    latency: Annotated[
+        str,
         typer.Option(
-            "--latency-seconds", help="Length of the paced live run (bar latency); 0 skips it."
+            "--latency",
+            "--latency-seconds",
+            help="Length of the paced live run that measures bar latency (a duration); 0 skips it.",
         ),
-    ] = 150.0,
+    ] = "150s",
     latency_rate: Annotated[
         float, typer.Option("--latency-rate", help="Ticks/s of the live run, over all symbols.")
     ] = 2000.0,
@@ -742,8 +742,12 @@ def bench_command(
     skip: Annotated[
         str, typer.Option("--skip", help=f"Engines to leave out, of {','.join(ENGINES)}.")
     ] = "",
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write the results as JSON here.")
+    json_output: Annotated[
+        bool,
+        typer.Option("--json", help="Print the results as one JSON object (progress: stderr)."),
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also write the results as JSON to this file.")
     ] = None,
     partitions: Annotated[
         int | None,
@@ -751,8 +755,9 @@ def bench_command(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Simulator seed.")] = 0,
     exit_when_idle: Annotated[
-        float, typer.Option("--exit-when-idle", min=0.5, help="Dataflow idle stop, seconds.")
-    ] = 2.0,
+        str,
+        typer.Option("--exit-when-idle", help="The dataflow's idle stop (a duration, >= 500ms)."),
+    ] = "2s",
     workdir: Annotated[
         Path | None,
         typer.Option("--workdir", help="Keep lakes, engine state and logs here (default: temp)."),
@@ -762,24 +767,35 @@ def bench_command(
 
     Then measure bar latency on a paced live stream, and how fast it resumes after a kill.
     """
-    console = Console()
+    try:
+        span_s, latency_s, idle_s = (parse_duration(v) for v in (span, latency, exit_when_idle))
+    except ValueError as exc:
+        raise StockpipeError(f"bench: --span/--latency/--exit-when-idle: {exc}") from None
+    if idle_s < 0.5:
+        raise StockpipeError(
+            f"bench: --exit-when-idle must be at least 500ms, got {exit_when_idle!r}"
+        )
+    console = Console(stderr=json_output)
     report = run_bench(
         load_settings(),
         ticks=ticks,
         symbol_counts=_counts(symbols),
         skip=[s.strip() for s in skip.split(",") if s.strip()],
         repeat=repeat,
-        span_hours=span_hours,
-        latency_seconds=latency_seconds,
+        span_hours=span_s / 3600,
+        latency_seconds=latency_s,
         latency_rate=latency_rate,
         latency_symbols=latency_symbols,
         partitions=partitions,
         seed=seed,
-        exit_when_idle=exit_when_idle,
+        exit_when_idle=idle_s,
         workdir=workdir,
-        json_path=json_path,
+        json_path=out,
         say=lambda line: console.print(line, highlight=False, markup=False),
     )
-    print_report(report, console)
-    if json_path is not None:
-        console.print(f"wrote {json_path}")
+    if json_output:
+        typer.echo(json.dumps(report.as_json(), indent=2))
+    else:
+        print_report(report, console)
+    if out is not None:
+        console.print(f"wrote {out}")

@@ -1263,8 +1263,11 @@ def chaos_command(
     rate: Annotated[
         float, typer.Option("--rate", min=100, help="Producer pace, records per second.")
     ] = 10_000.0,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write the table as JSON here.")
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the result as one JSON object instead.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also write the result as JSON to this file.")
     ] = None,
     workdir: Annotated[
         Path | None, typer.Option("--workdir", help="Keep broker data, logs, recovery here.")
@@ -1280,9 +1283,12 @@ def chaos_command(
     camp = Campaign(ticks=ticks, kills=kills, seed=seed, store_outage=outage, rate=rate,
                     workdir=workdir)  # fmt: skip
     result = run_campaign(camp)
-    print_report(result)
-    if json_path is not None:
-        json_path.write_text(json.dumps(result, indent=2, default=str))
+    if json_output:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        print_report(result)
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2, default=str))
     raise typer.Exit(0 if result["ok"] else EXIT_CHECK)  # 3: the campaign found a problem
 
 
