@@ -44,6 +44,12 @@ ROWS_WRITTEN = Counter(
     "Rows in the Parquet files written to the lake, by kind (bars: every revision).",
     ["kind"],
 )
+BAR_LATENCY = Histogram(
+    "stockpipe_bar_latency_seconds",
+    "Wall-clock time from a window's end until its first bar (revision 0) is in the lake: "
+    "the live pipeline's latency (a replay of old ticks reads as very late).",
+    buckets=(1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300, 900, 3600),
+)
 WRITE_SECONDS = Histogram(
     "stockpipe_lake_write_seconds",
     "Time to encode and write one lake file, retries included.",
@@ -134,6 +140,10 @@ class LakeWriter:
             paths.append(self._write(folder, name, table_of(rows, BAR_SCHEMA)))
             FILES_WRITTEN.labels("bars").inc()
             ROWS_WRITTEN.labels("bars").inc(len(rows))
+            now_us = time.time() * 1e6
+            for row in rows:
+                if row[13] == 0:  # revision 0: the first time the window is in the lake
+                    BAR_LATENCY.observe(max(now_us - row[3], 0.0) / 1e6)
         for _, date, rows in _by_date(batch.late, ts_col=1, interval_col=None):
             folder = self.lake.path(LATE_PREFIX, f"date={date}")
             paths.append(self._write(folder, name, table_of(rows, LATE_SCHEMA)))
