@@ -51,6 +51,8 @@ EXPECTED_SERVICES = {
     "stream-0",
     "stream-1",
     "dbt-docs",
+    "prometheus",
+    "grafana",
 }
 HEALTHCHECKED = {
     "kafka",
@@ -60,6 +62,24 @@ HEALTHCHECKED = {
     "airflow-scheduler",
     "airflow-dag-processor",
     "airflow-triggerer",
+    "producer",
+    "stream-0",
+    "stream-1",
+    "prometheus",
+    "grafana",
+}
+# What compose decides for the stockpipe containers over the env_file: their names and
+# paths inside the stack, and the metrics port. Every other setting comes from .env.
+CONTAINER_FIXED = {
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "S3_ENDPOINT_URL",
+    "STOCKPIPE_LAKE_URL",
+    "STOCKPIPE_RECOVERY_DIR",
+    "STOCKPIPE_SPOOL_DIR",
+    "STOCKPIPE_DBT_TARGET_PATH",
+    "STOCKPIPE_OUTAGE_LOG",
+    "STOCKPIPE_REPORT_PATH",
+    "STOCKPIPE_METRICS_PORT",
 }
 # Variables a stockpipe-image container may carry besides stockpipe's settings:
 # Airflow's own configuration (AIRFLOW__SECTION__KEY) and the init job's
@@ -442,3 +462,88 @@ def test_system_deps_off_debian_name_what_to_install_and_stop(tmp_path: Path) ->
     install_prerequisites = re.search(r"^install: (.*)$", makefile, flags=re.MULTILINE).group(1)
     assert "system-deps" not in demo_prerequisites + install_prerequisites.split()
     assert "system-deps" in re.search(r"^test: (.*)$", makefile, flags=re.MULTILINE).group(1)
+
+
+def raw_services() -> dict[str, Any]:
+    """The services as written (anchors resolved, ${...} not interpolated)."""
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def test_every_setting_in_env_example_reaches_every_stockpipe_service() -> None:
+    """One env_file for every stockpipe service; `environment:` overrides only what compose
+    must decide, and passes everything else through from .env by interpolation."""
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M))
+    settings = documented & settings_aliases()
+    assert len(settings) > 40  # the scan reads the file
+    checked = 0
+    for name, service in raw_services().items():
+        if not uses_stockpipe_image(service):
+            continue
+        checked += 1
+        files = service.get("env_file")
+        files = [files] if isinstance(files, str) else files or []
+        assert interpolate(files, {}) == [".env"], f"{name} does not read .env: {files}"
+        for var, value in environment(service).items():
+            if var not in settings or var in CONTAINER_FIXED:
+                continue
+            # a default of compose's own is fine as long as a value in .env still wins
+            assert re.fullmatch(r"\$\{" + var + r"(:?[-?][^}]*)?\}", value), (
+                f"{name}: {var}={value!r} hides the value .env gives"
+            )
+    assert checked >= 8
+
+
+def test_long_running_services_stop_within_their_grace(services: dict[str, Any]) -> None:
+    defaults = Settings.model_fields
+
+    def seconds(text: str) -> float:
+        return float(text.rstrip("s"))
+
+    drain = defaults["producer_drain_timeout"].default
+    assert seconds(services["producer"]["stop_grace_period"]) > drain + 10
+    epoch = defaults["epoch_interval"].default
+    for name in ("stream-0", "stream-1"):
+        assert seconds(services[name]["stop_grace_period"]) >= 10 * epoch, name
+        assert services[name].get("init") is True, f"{name}: SIGTERM must reach stockpipe"
+    assert services["producer"].get("init") is True
+
+
+def test_the_producer_spools_to_a_volume_its_user_owns(services: dict[str, Any]) -> None:
+    producer = services["producer"]
+    spool = environment(producer)["STOCKPIPE_SPOOL_DIR"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in producer["volumes"]}
+    mount = next((m for m in mounts if spool == m or spool.startswith(m + "/")), None)
+    assert mount is not None, f"{spool} is on no volume of the producer"
+    assert mounts[mount] in yaml.safe_load(COMPOSE.read_text())["volumes"]  # a named volume
+    dockerfile = (ROOT / STOCKPIPE_IMAGE_DOCKERFILE).read_text()
+    assert re.search(rf"chown -R stockpipe:stockpipe [^\n]*{re.escape(mount)}\b", dockerfile)
+
+
+def test_health_and_scrapes_use_each_process_metrics_port(services: dict[str, Any]) -> None:
+    base = Settings.model_fields["metrics_port"].default
+    assert environment(services["producer"])["STOCKPIPE_METRICS_PORT"] == str(base)
+    want = {"producer": base}
+    for name, service in services.items():
+        m = re.fullmatch(r"stream-(\d+)", name)
+        if m:
+            command = as_list(service["command"])
+            process = int(command[command.index("--process-id") + 1])
+            want[name] = base + 1 + process
+    for name, port in want.items():
+        check = " ".join(as_list(services[name]["healthcheck"]["test"]))
+        assert f"localhost:{port}/healthz" in check, (name, check)
+    scrape = yaml.safe_load((ROOT / "infra" / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]
+    }
+    assert targets == {f"{name}:{port}" for name, port in want.items()}
+
+
+def test_every_service_rotates_its_logs_and_pins_its_image(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        logging_ = service.get("logging") or {}
+        assert logging_.get("options", {}).get("max-size"), f"{name} logs grow without bound"
+        image = service.get("image", "")
+        if not uses_stockpipe_image(service):
+            tag = image.rpartition(":")[2]
+            assert re.search(r"\d+\.\d+|RELEASE\.\d{4}-", tag), f"{name}: {image} floats"

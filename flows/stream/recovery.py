@@ -205,6 +205,19 @@ def recovery_path(settings: Settings) -> Path:
     return settings.recovery_dir / settings.topic
 
 
+def init_partitions(settings: Settings) -> Path:
+    """The SQLite partitions of the topic's store, created when missing (compose's
+    recovery-init, before the stream processes start and would race to create them).
+    The first process to start records the rules (`open_store`)."""
+    from bytewax.recovery import init_db_dir
+
+    path = recovery_path(settings)
+    if not has_store(path):
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, settings.recovery_partitions)
+    return path
+
+
 def has_store(path: Path) -> bool:
     return any(path.glob("part-*.sqlite3"))
 
@@ -230,7 +243,7 @@ def open_store(settings: Settings, path: Path, partitions: int) -> StoreRecord:
         return record
     if record is None:
         recorded = snapshot_rules(path, settings.topic)
-        if recorded is None:
+        if recorded is None and read_recovery_store(path).resume_epoch is not None:
             log.warning("recovery store %s records no rules: recording the current ones", path)
         record = StoreRecord(settings.topic, recorded or rules, created_at=_now())
         record.write(path)

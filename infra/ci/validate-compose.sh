@@ -19,6 +19,8 @@ if ! command -v docker-compose > /dev/null 2>&1; then
 fi
 
 # `config` reads no engine; keep any DOCKER_HOST out of it all the same.
+# The services' env_file is .env.example too (STOCKPIPE_ENV_FILE), as a clone has no .env.
+export STOCKPIPE_ENV_FILE=.env.example
 env -u DOCKER_HOST docker-compose -f docker-compose.yml --env-file .env.example config -q
 # The ad-hoc `cli` service sits in a profile: validate with it enabled as well.
 env -u DOCKER_HOST docker-compose -f docker-compose.yml --env-file .env.example --profile tools config -q
