@@ -147,6 +147,21 @@ def consume_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list:
     return out
 
 
+# The golden file's label of a bad record -> the reason code its DLQ record carries.
+GOLDEN_REASONS = {
+    "bad:negative-price": "negative-price",
+    "bad:ts-in-seconds-float": "ts-not-integer",
+    "bad:bad-symbol": "bad-symbol",
+    "bad:future-ts": "future-ts",
+    "bad:ts-before-2000": "ts-before-2000",
+    "bad:price-not-number": "price-not-number",
+    "bad:zero-price": "zero-price",
+    "bad:missing-price": "missing-price",
+    "bad:negative-volume": "negative-volume",
+    "bad:nan-price": "non-finite-price",
+}
+
+
 def golden_messages(golden_dir: Path) -> list[dict]:
     with open(golden_dir / "ticks_golden.jsonl") as fh:
         return [json.loads(line) for line in fh]

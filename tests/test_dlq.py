@@ -7,22 +7,9 @@ from collections import Counter
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from helpers import golden_messages, produce_raw, run_stockpipe
+from helpers import GOLDEN_REASONS, golden_messages, produce_raw, run_stockpipe
 
 pytestmark = pytest.mark.kafka
-
-GOLDEN_REASONS = {
-    "bad:negative-price": "negative-price",
-    "bad:ts-in-seconds-float": "ts-not-integer",
-    "bad:bad-symbol": "bad-symbol",
-    "bad:future-ts": "future-ts",
-    "bad:ts-before-2000": "ts-before-2000",
-    "bad:price-not-number": "price-not-number",
-    "bad:zero-price": "zero-price",
-    "bad:missing-price": "missing-price",
-    "bad:negative-volume": "negative-volume",
-    "bad:nan-price": "non-finite-price",
-}
 
 
 def record_at(bootstrap: str, topic: str, partition: int, offset: int) -> bytes:

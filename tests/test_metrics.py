@@ -18,6 +18,7 @@ from collections import Counter
 
 import pytest
 from helpers import (
+    GOLDEN_REASONS,
     free_port_pair,
     golden_bars,
     golden_messages,
@@ -31,19 +32,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from flows.ingest.kafka_out import HEARTBEAT_HEADER
 
 pytestmark = pytest.mark.kafka
-
-GOLDEN_REASONS = {  # the golden file's label -> the reason code the DLQ carries
-    "bad:negative-price": "negative-price",
-    "bad:ts-in-seconds-float": "ts-not-integer",
-    "bad:bad-symbol": "bad-symbol",
-    "bad:future-ts": "future-ts",
-    "bad:ts-before-2000": "ts-before-2000",
-    "bad:price-not-number": "price-not-number",
-    "bad:zero-price": "zero-price",
-    "bad:missing-price": "missing-price",
-    "bad:negative-volume": "negative-volume",
-    "bad:nan-price": "non-finite-price",
-}
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:

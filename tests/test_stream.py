@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 from confluent_kafka import Consumer, Producer
 from helpers import (
+    GOLDEN_REASONS,
     assert_bars_equal,
     assert_each_row_once,
     assert_revisions_never_change,
@@ -36,19 +37,6 @@ from helpers import (
 from streamgen import StreamSpec, make_stream
 
 pytestmark = pytest.mark.kafka
-
-GOLDEN_REASONS = {  # the golden file's label -> the reason code the DLQ carries
-    "bad:negative-price": "negative-price",
-    "bad:ts-in-seconds-float": "ts-not-integer",
-    "bad:bad-symbol": "bad-symbol",
-    "bad:future-ts": "future-ts",
-    "bad:ts-before-2000": "ts-before-2000",
-    "bad:price-not-number": "price-not-number",
-    "bad:zero-price": "zero-price",
-    "bad:missing-price": "missing-price",
-    "bad:negative-volume": "negative-volume",
-    "bad:nan-price": "non-finite-price",
-}
 
 
 def test_golden_stream_through_kafka_gives_golden_bars_dlq_and_late(
