@@ -17,6 +17,8 @@ and every row written is a function of that partition's log.
 
 from __future__ import annotations
 
+import time
+
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSink
 from bytewax.dataflow import Dataflow
@@ -53,19 +55,21 @@ SNAPSHOT_SECONDS = Histogram(
     "Time to snapshot one partition's bar state at the end of an epoch.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-_GAUGE_EVERY_MS = 1_000  # of log time: the watermark gauge walks every symbol of the partition
+# The watermark gauge walks every symbol of the partition: at most once a second of wall
+# time (not log time, which races ahead while a backlog is read).
+_GAUGE_EVERY_S = 1.0
 
 
 class _Exported:
     """What a partition's counters were when last exported: metrics move by the difference."""
 
-    __slots__ = ("ticks", "duplicates", "too_late", "gauge_log")
+    __slots__ = ("ticks", "duplicates", "too_late", "gauge_at")
 
     def __init__(self, state: PartitionBars | None = None):
         self.ticks = state.ticks if state else 0
         self.duplicates = state.duplicates if state else 0
         self.too_late = state.too_late if state else 0
-        self.gauge_log = 0
+        self.gauge_at = 0.0  # monotonic time of the last watermark gauge
 
 
 class BarLogic(StatefulBatchLogic[tuple, FileBatch, tuple]):
@@ -145,8 +149,9 @@ class BarLogic(StatefulBatchLogic[tuple, FileBatch, tuple]):
                 BARS.labels(topic, "first").inc(first)
             if len(batch.bars) > first:
                 BARS.labels(topic, "restatement").inc(len(batch.bars) - first)
-        if state.log - seen.gauge_log >= _GAUGE_EVERY_MS:
-            seen.gauge_log = state.log
+        now = time.monotonic()
+        if now - seen.gauge_at >= _GAUGE_EVERY_S:
+            seen.gauge_at = now
             marks = [w for b in state.symbols.values() if (w := b.watermark(state.log)) is not None]
             if marks:
                 delay = (state.log - max(marks)) / 1000
