@@ -7,8 +7,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install system-deps demo test test-fast lint format kafka-start kafka-stop clean
 
-# Python, Java and Maven are all `make install` and `make demo` need.
+# Python, Java and Maven are all `make install` and `make demo` need. The last step
+# builds the dbt manifest the Airflow DAGs render dbt from (they never run dbt while
+# Airflow parses them); it is a no-op while the dbt project is unchanged.
 install: $(STAMP)
+	$(BIN)/python -m flows.transform.orchestration manifest
 
 # Packages the whole suite uses beyond Python, Java and Maven (Chromium for the
 # report's browser test, docker-compose to validate docker-compose.yml, PostgreSQL

@@ -17,7 +17,8 @@ dbt runs even when no file was missing, so a backfill is also a way to re-run db
 On DuckDB every task that opens the warehouse (find_missing_files, load_batch,
 each dbt node) runs in the one-slot pool `stockpipe_duckdb` it shares with
 stockpipe_load, so the two DAGs can run together without fighting over the file
-lock (why a pool and not one dbt task: see stockpipe_load). Limits: task
+lock (why a pool and not one dbt task, and what a missing dbt manifest does:
+see stockpipe_load). Limits: task
 `execution_timeout`s, `dagrun_timeout` BACKFILL_DAGRUN_TIMEOUT, one active run,
 and at most STOCKPIPE_LOAD_MAX_BATCHES (and max_map_length) mapped load tasks
 (larger batches rather than fewer files). One run loads at most the loader's

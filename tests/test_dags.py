@@ -59,12 +59,16 @@ DBT_TASKS = {
 }
 
 # Run inside a fresh interpreter: one dag.test() of argv[1] with run conf argv[2],
-# the run's state and task states written as JSON to argv[3].
+# the run's state and task states written as JSON to argv[3]. The manifest is built
+# first when it is not current (as run_dag does): others may edit dbt/ meanwhile.
 DAG_TEST = textwrap.dedent(
     """
     import json, sys
     from airflow.dag_processing.dagbag import DagBag
+    from flows.settings import load_settings
+    from flows.transform.orchestration import build_manifest
 
+    build_manifest(load_settings())
     bag = DagBag()
     assert not bag.import_errors, bag.import_errors
     run = bag.dags[sys.argv[1]].test(run_conf=json.loads(sys.argv[2]))
@@ -103,10 +107,66 @@ PARSE_AND_DESCRIBE = textwrap.dedent(
             "task_callback": bool(load.on_failure_callback),
             "dag_callback": bool(dag.on_failure_callback),
             "outlets": [a.uri for a in dag.get_task("publish_marts").outlets],
+            "pools": {t.task_id: t.pool for t in dag.tasks},
         }
     print(json.dumps({"errors": bag.import_errors, "heavy": heavy, "dags": dags}))
     """
 )
+
+
+# Parse dags/ in a fresh interpreter under an audit hook (after Airflow itself is
+# imported, as in the DAG processor): every process the DAG files start, and every
+# write under the folders of argv[1] (comma-separated), as JSON on the last line.
+AUDITED_PARSE = textwrap.dedent(
+    """
+    import json, os, sys
+    from airflow.dag_processing.dagbag import DagBag
+
+    roots = [os.path.realpath(p) for p in sys.argv[1].split(",")]
+    WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    SPAWN = {"subprocess.Popen", "os.posix_spawn", "os.spawn", "os.exec", "os.system",
+             "os.fork", "os.forkpty", "pty.spawn"}
+    CHANGE = {"os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.utime", "os.truncate",
+              "os.symlink", "os.link", "os.chmod", "shutil.copyfile", "shutil.rmtree"}
+    spawned, written = [], []
+
+    def under(path):
+        try:
+            path = os.path.realpath(os.fsdecode(path))
+        except (TypeError, ValueError):
+            return False
+        return any(path == r or path.startswith(r + os.sep) for r in roots)
+
+    def hook(event, args):
+        if event in SPAWN:
+            spawned.append(f"{event} {args!r}"[:300])
+        elif event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            path, mode, flags = args
+            if under(path) and ((mode and set(mode) & set("wax+")) or flags & WRITE):
+                written.append(f"open {path} {mode} {flags}")
+        elif event in CHANGE and args and isinstance(args[0], (str, bytes, os.PathLike)):
+            if under(args[0]):
+                written.append(f"{event} {args[0]}")
+
+    sys.addaudithook(hook)
+    bag = DagBag()
+    print(json.dumps({"errors": bag.import_errors, "dags": sorted(bag.dags),
+                      "spawned": spawned, "written": written}))
+    """
+)
+
+
+def audited_parse(env: dict[str, str], cwd: Path, *watched: Path) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", AUDITED_PARSE, ",".join(str(p) for p in watched)],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # ------------------------------------------------------------------ fixtures
@@ -131,19 +191,19 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__COSMOS__CACHE_DIR": str(home / "cosmos"),
         "PYTHONPATH": str(REPO),
+        # `airflow` of this venv first (pools.sh calls it)
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    done = subprocess.run(
+    for command in (
         [str(VENV_BIN / "airflow"), "db", "migrate"],
-        env=env,
-        cwd=home,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    # dbt parse once for the module; each test starts from a copy of its manifest
-    shared = load_settings(dbt_target_path=home / "dbt_target")
-    orchestration.dbt_manifest(shared)
+        ["bash", str(REPO / "infra" / "airflow" / "pools.sh")],
+    ):
+        done = subprocess.run(
+            command, env=env, cwd=home, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # dbt parse once for the module (as `make install` does); each test starts from a copy
+    orchestration.build_manifest(load_settings(dbt_target_path=home / "dbt_target"))
     env["STOCKPIPE_DBT_TARGET_PATH"] = str(home / "dbt_target")
     return env
 
@@ -260,6 +320,7 @@ def test_dag_folder_parses_without_heavy_imports_into_the_designed_dags(
     assert load["task_callback"] and load["dag_callback"]
     assert load["outlets"] == ["stockpipe://gold/marts"]
     up = load["upstream"]
+    assert up["find_new_files"] == []
     assert up["load_batch"] == ["find_new_files"]
     assert up["dbt_build.stg_bronze__bars_model_build"] == ["load_batch"]
     assert up["dbt_build.fct_bars_1m_model_build"] == [
@@ -275,8 +336,84 @@ def test_dag_folder_parses_without_heavy_imports_into_the_designed_dags(
     assert backfill["params"] == ["end_date", "full_refresh", "start_date"]
     assert backfill["mapped"] == ["load_batch"]
     assert backfill["upstream"]["find_missing_files"] == ["check_range"]
+    # On DuckDB every task that opens the warehouse runs in the one-slot pool.
+    for dag in (load, backfill):
+        pools = dag["pools"]
+        opens = ("find_", "load_batch", "dbt_build.", "source_freshness")
+        warehouse = {t for t in pools if t.startswith(opens)}
+        assert warehouse == {t for t, pool in pools.items() if pool == "stockpipe_duckdb"}
+        assert {"load_batch", "dbt_build.fct_bars_1m_model_build"} <= warehouse
     assert "check_range" in backfill["upstream"]["publish_marts"]
     assert backfill["outlets"] == ["stockpipe://gold/marts"]
+
+
+def test_dag_files_parse_without_a_process_or_a_write_and_name_the_manifest_command(
+    airflow_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The DAG processor imports the files again and again: they must never run dbt (a
+    subprocess) nor write, however the manifest stands; a missing or stale one is an
+    import error that says how to build it."""
+    watched = (REPO / "dbt", tmp_path)  # the project (dbt/target inside it), the target path
+    fresh = audited_parse(airflow_env, tmp_path, *watched)
+    assert fresh["errors"] == {}
+    assert fresh["dags"] == ["stockpipe_backfill", "stockpipe_load"]
+    assert fresh["spawned"] == [] and fresh["written"] == []
+
+    for dbt_target in ("duckdb", "snowflake"):
+        # no manifest at all in this target path (for snowflake: none in the shared one)
+        env = {
+            **airflow_env,
+            "STOCKPIPE_DBT_TARGET_PATH": str(tmp_path / "nothing-built"),
+            "STOCKPIPE_DBT_TARGET": dbt_target,
+        }
+        if dbt_target == "snowflake":
+            env.update(
+                STOCKPIPE_DBT_TARGET_PATH=airflow_env["STOCKPIPE_DBT_TARGET_PATH"],
+                STOCKPIPE_WAREHOUSE="snowflake",
+            )
+        missing = audited_parse(env, tmp_path, *watched, Path(env["STOCKPIPE_DBT_TARGET_PATH"]))
+        assert missing["spawned"] == [] and missing["written"] == [], dbt_target
+        assert missing["dags"] == []
+        assert set(missing["errors"]) == {
+            str(REPO / "dags" / "stockpipe_load.py"),
+            str(REPO / "dags" / "stockpipe_backfill.py"),
+        }
+        for error in missing["errors"].values():
+            assert f"ManifestError: no dbt manifest for the {dbt_target} target" in error
+            assert "`python -m flows.transform.orchestration manifest`" in error
+            assert "`make install` runs it" in error
+
+    # stale: the manifest of another version of the project (as after editing a model)
+    built = orchestration.manifest_path(
+        load_settings(dbt_target_path=airflow_env["STOCKPIPE_DBT_TARGET_PATH"])
+    )
+    old = tmp_path / "old-target" / "airflow" / "manifest.duckdb.0123456789abcdef.json"
+    old.parent.mkdir(parents=True)
+    shutil.copy2(built, old)
+    env = {**airflow_env, "STOCKPIPE_DBT_TARGET_PATH": str(tmp_path / "old-target")}
+    stale = audited_parse(env, tmp_path, *watched)
+    assert stale["spawned"] == [] and stale["written"] == [] and stale["dags"] == []
+    (error, _) = stale["errors"].values()
+    assert f"the dbt manifest in {old.parent} ({old.name}) is stale" in error
+    assert "`python -m flows.transform.orchestration manifest`" in error
+
+    # the command the message names builds what the DAGs look for, and keeps only it
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.transform.orchestration", "manifest"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [str(old.parent / built.name)]
+    assert sorted(p.name for p in old.parent.iterdir()) == [built.name]
+    rebuilt = audited_parse(env, tmp_path, *watched)
+    assert rebuilt["errors"] == {} and rebuilt["spawned"] == [] and rebuilt["written"] == []
+    assert json.loads((old.parent / built.name).read_text())["metadata"]["project_name"] == (
+        "stockpipe"
+    )
 
 
 def test_load_dag_loads_new_files_builds_the_marts_then_is_a_no_op(

@@ -7,8 +7,13 @@ run in task processes (or once per parse, for the cosmos task group).
 
 dbt runs inside Airflow as an astronomer-cosmos `DbtTaskGroup`: one `dbt build
 --select <node>` task per seed and model (its tests included), run in the task
-process through dbtRunner. Cosmos reads the project graph from dbt's
-manifest.json, which `dbt_manifest` keeps current with `dbt parse`.
+process through dbtRunner. Cosmos reads the project graph from a dbt manifest.json
+that is built ahead of time, never while a DAG file is parsed: by `make install` in a
+checkout, by the image build (infra/docker/Dockerfile), or by hand with
+`python -m flows.transform.orchestration manifest` (MANIFEST_COMMAND). Its file name
+carries a fingerprint of the dbt project's files, so parsing only checks that the
+file for the current project exists (hashing the project's few files, no dbt, no
+subprocess) and fails with that command when it is missing or stale.
 
 Under a real scheduler (LocalExecutor, parallelism > 1) a DuckDB warehouse is
 one file that takes one process at a time (reader or writer): every task of
@@ -16,12 +21,13 @@ either DAG that opens it (finding, loading, every dbt node, source freshness)
 runs in the one-slot pool DUCKDB_POOL (`duckdb_pool`), so two of them never
 overlap, within a run, across runs or across the two DAGs. The pool must exist
 before the scheduler can queue those tasks: `infra/airflow/pools.sh` creates it
-(`airflow pools set stockpipe_duckdb 1 …`). On Snowflake there is no pool and
-independent dbt nodes run in parallel.
+(`airflow pools set stockpipe_duckdb 1 …`, see POOLS). On Snowflake there is no
+pool and independent dbt nodes run in parallel.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -37,7 +43,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flows.assets import asset_dir
+from flows.assets import BUNDLED_DIR, asset_dir
 from flows.errors import StockpipeError
 from flows.settings import Settings, SettingsError, load_settings
 
@@ -52,6 +58,11 @@ ALERT_TIMEOUT_SECONDS = 5.0
 BACKFILL_MAX_DAYS = 366
 MAX_RETRY_DELAY = timedelta(minutes=10)
 DUCKDB_POOL = "stockpipe_duckdb"
+# Every pool a stockpipe task names, with its slots and description: what
+# infra/airflow/pools.sh creates (compose's airflow-init runs it) and what run_dag
+# creates for dag.test().
+POOLS = {DUCKDB_POOL: (1, "one task at a time opens the stockpipe DuckDB warehouse file")}
+MANIFEST_COMMAND = "python -m flows.transform.orchestration manifest"
 DEFAULT_MAX_MAP_LENGTH = 1024  # Airflow's [core] max_map_length default
 # Task and run time limits: generous for years of history, short enough that a hung
 # task (a stalled object store, a lock never released) frees the pool and alerts.
@@ -218,6 +229,31 @@ def warehouse_task_args(settings: Settings, timeout: timedelta) -> dict[str, Any
     return {"execution_timeout": timeout, **({"pool": pool} if pool else {})}
 
 
+# ------------------------------------------------------------------ pools
+
+
+def pool_command(name: str) -> str:
+    """The Airflow CLI command that creates pool `name` as stockpipe needs it."""
+    slots, description = POOLS.get(name, (1, "stockpipe"))
+    return f'airflow pools set {name} {slots} "{description}"'
+
+
+def create_missing_pools() -> list[str]:
+    """Create each of POOLS this Airflow lacks, leaving existing ones as they are.
+
+    For `run_dag` (dag.test() in a scratch AIRFLOW_HOME, the demo's): a process of
+    Airflow's own, with its database. Returns the pools created.
+    """
+    from airflow.models.pool import Pool
+
+    created = []
+    for name, (slots, description) in POOLS.items():
+        if Pool.get_pool(name) is None:
+            Pool.create_or_update_pool(name, slots, description, include_deferred=False)
+            created.append(name)
+    return created
+
+
 # ------------------------------------------------------------------ loading
 
 
@@ -364,32 +400,112 @@ def dbt_profile_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _project_mtime() -> float:
-    newest = (DBT_PROJECT_DIR / "dbt_project.yml").stat().st_mtime
-    for folder in ("models", "macros", "seeds", "tests", "snapshots"):
-        root = DBT_PROJECT_DIR / folder
-        if root.exists():
-            for path in root.rglob("*"):
-                if path.is_file():
-                    newest = max(newest, path.stat().st_mtime)
-    return newest
+# What `dbt parse` reads besides the paths dbt_project.yml names (dbt's defaults for those).
+_PROJECT_FILES = ("dbt_project.yml", "packages.yml", "dependencies.yml", "selectors.yml")
+_PROJECT_PATHS = {
+    "model-paths": ["models"],
+    "seed-paths": ["seeds"],
+    "macro-paths": ["macros"],
+    "test-paths": ["tests"],
+    "snapshot-paths": ["snapshots"],
+    "analysis-paths": ["analyses"],
+}
+
+
+class ManifestError(StockpipeError):
+    """The dbt manifest the DAGs render dbt from is missing or was built from another project."""
+
+
+def _project_files(project: Path) -> list[Path]:
+    import yaml
+
+    config = yaml.safe_load((project / "dbt_project.yml").read_text()) or {}
+    files = [project / name for name in _PROJECT_FILES if (project / name).is_file()]
+    for key, default in _PROJECT_PATHS.items():
+        for folder in config.get(key) or default:
+            root = project / folder
+            if root.is_dir():
+                files += [
+                    path
+                    for path in root.rglob("*")
+                    if path.is_file() and not path.name.startswith(".")
+                ]
+    return sorted(set(files))
+
+
+def project_fingerprint(target: str, project: Path = DBT_PROJECT_DIR) -> str:
+    """A digest of what the manifest of `project` for `target` is made from: every file
+    `dbt parse` reads (by path inside the project, and content), the target and dbt-core's
+    version. Cheap enough to compute at each DAG parse (a few small files, no dbt)."""
+    from importlib import metadata
+
+    try:
+        dbt_version = metadata.version("dbt-core")
+    except metadata.PackageNotFoundError:
+        dbt_version = "none"
+    digest = hashlib.sha256(f"dbt-core {dbt_version}\0target {target}\0".encode())
+    for path in _project_files(project):
+        content = path.read_bytes()
+        digest.update(f"{path.relative_to(project).as_posix()}\0{len(content)}\0".encode())
+        digest.update(content)
+    return digest.hexdigest()[:16]
+
+
+def manifest_dir(settings: Settings) -> Path:
+    """Where the DAGs' dbt manifests are kept.
+
+    An installed package's dbt project is read-only and changes only with the package,
+    so its manifests sit beside it (`<project>/target/airflow/`, written by the image
+    build); a checkout keeps them under its dbt target path (STOCKPIPE_DBT_TARGET_PATH,
+    default dbt/target), in `airflow/`.
+    """
+    if DBT_PROJECT_DIR.is_relative_to(BUNDLED_DIR):
+        return DBT_PROJECT_DIR / "target" / "airflow"
+    return dbt_target_path(settings) / "airflow"
 
 
 def manifest_path(settings: Settings) -> Path:
-    """Where `dbt_manifest` keeps the manifest cosmos renders the task group from."""
-    return dbt_target_path(settings) / "airflow" / "manifest.json"
+    """The manifest of the dbt project as it is now, for the settings' dbt target."""
+    target = settings.dbt_target
+    return manifest_dir(settings) / f"manifest.{target}.{project_fingerprint(target)}.json"
 
 
-def dbt_manifest(settings: Settings) -> Path:
-    """dbt's manifest.json for the project, re-made with `dbt parse` when the project changed.
+def current_manifest(settings: Settings) -> Path:
+    """The manifest cosmos renders the task group from; never runs dbt.
 
-    Cosmos renders the task group from it at DAG-parse time. Parsing dbt is slow and
-    heavy, so it happens here only when the manifest is missing or older than a file
-    of the project, in a subprocess (dbt never gets imported by the DAG processor),
-    and the new manifest replaces the old one atomically.
+    Raises ManifestError, naming MANIFEST_COMMAND, when there is no manifest for the
+    project as it is now: none at all, or one of another version of the project.
+    """
+    path = manifest_path(settings)
+    if path.is_file():
+        return path
+    target = settings.dbt_target
+    others = sorted(path.parent.glob(f"manifest.{target}.*.json")) if path.parent.is_dir() else []
+    build = (
+        f"build it with `{MANIFEST_COMMAND}`"
+        + ("" if DBT_PROJECT_DIR.is_relative_to(BUNDLED_DIR) else " (`make install` runs it)")
+        + "; the DAG files never run dbt while Airflow parses them"
+    )
+    if others:
+        raise ManifestError(
+            f"the dbt manifest in {path.parent} ({others[-1].name}) is stale: the dbt project"
+            f" {DBT_PROJECT_DIR} (or dbt-core) changed since it was built; {build}"
+        )
+    raise ManifestError(
+        f"no dbt manifest for the {target} target of {DBT_PROJECT_DIR} in {path.parent}: {build}"
+    )
+
+
+def build_manifest(settings: Settings) -> Path:
+    """Make the manifest `current_manifest` looks for with `dbt parse`, unless it exists.
+
+    For `make install`, the image build, run_dag and tests (MANIFEST_COMMAND), never
+    for a DAG parse. dbt runs in a subprocess writing into a scratch folder; the new
+    manifest replaces the old one atomically, and manifests of older versions of the
+    project for the same target are removed.
     """
     manifest = manifest_path(settings)
-    if manifest.exists() and manifest.stat().st_mtime >= _project_mtime():
+    if manifest.is_file():
         return manifest
     manifest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=manifest.parent) as scratch:
@@ -400,6 +516,8 @@ def dbt_manifest(settings: Settings) -> Path:
             str(DBT_PROJECT_DIR),
             "--profiles-dir",
             str(DBT_PROJECT_DIR),
+            "--target",
+            settings.dbt_target,
             "--target-path",
             scratch,
             "--log-path",
@@ -410,7 +528,7 @@ def dbt_manifest(settings: Settings) -> Path:
             env={**os.environ, **dbt_profile_env(settings)},
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=600,
             check=False,
         )
         if done.returncode != 0:
@@ -419,7 +537,18 @@ def dbt_manifest(settings: Settings) -> Path:
                 + " ".join((done.stdout + done.stderr).split())[-2000:]
             )
         os.replace(Path(scratch) / "manifest.json", manifest)
+    for old in manifest.parent.glob(f"manifest.{settings.dbt_target}.*.json"):
+        if old != manifest:
+            old.unlink(missing_ok=True)
     return manifest
+
+
+def dbt_targets() -> list[str]:
+    """The targets dbt/profiles.yml defines (the values STOCKPIPE_DBT_TARGET takes)."""
+    import yaml
+
+    profiles = yaml.safe_load((DBT_PROJECT_DIR / "profiles.yml").read_text())
+    return sorted(profiles["stockpipe"]["outputs"])
 
 
 def _export_profile_env(context: Any, operator: Any) -> None:
@@ -453,7 +582,10 @@ def dbt_task_group(
 
     Built with astronomer-cosmos (ExecutionMode.LOCAL, InvocationMode.DBT_RUNNER,
     TestBehavior.BUILD): each task builds its node and runs its tests in the task
-    process, with dbt/profiles.yml. Must be called inside a DAG definition.
+    process, with dbt/profiles.yml. Must be called inside a DAG definition. The graph
+    comes from `current_manifest`, which raises ManifestError (the DAG file's import
+    error, naming MANIFEST_COMMAND) when the manifest is missing or stale: dbt never
+    runs while a DAG file is parsed.
     """
     from cosmos import (
         DbtTaskGroup,
@@ -466,7 +598,7 @@ def dbt_task_group(
 
     project = ProjectConfig(
         dbt_project_path=DBT_PROJECT_DIR,
-        manifest_path=dbt_manifest(settings),
+        manifest_path=current_manifest(settings),
         install_dbt_deps=False,  # the project has no packages (dbt's hub is unreachable)
     )
     profile = ProfileConfig(
@@ -609,3 +741,40 @@ def source_freshness(settings: Settings, *, now: datetime | None = None) -> list
         log.info("every source is fresh")
     alert_freshness_changes(settings, results)
     return stale
+
+
+# ------------------------------------------------------------------ command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m flows.transform.orchestration manifest [--all-targets]` (MANIFEST_COMMAND)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.transform.orchestration",
+        description="Build what the Airflow DAGs need before Airflow parses them.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    manifest = commands.add_parser(
+        "manifest",
+        help="dbt parse the project into the manifest the DAGs render dbt from (a no-op when"
+        " it is current), for STOCKPIPE_DBT_TARGET",
+    )
+    manifest.add_argument(
+        "--all-targets",
+        action="store_true",
+        help="for every target of dbt/profiles.yml (what the image build runs)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        for target in dbt_targets() if args.all_targets else [settings.dbt_target]:
+            print(build_manifest(load_settings(dbt_target=target)))
+    except StockpipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,7 +2,10 @@
 
 For the demo (and anyone without a scheduler): AIRFLOW_HOME must point at an
 initialised metadata database (`airflow db migrate`) and
-AIRFLOW__CORE__DAGS_FOLDER at this repo's `dags/`. Exits 0 only when the run
+AIRFLOW__CORE__DAGS_FOLDER at this repo's `dags/`. As a deployment would beforehand,
+it first creates the stockpipe pools this Airflow lacks (infra/airflow/pools.sh's)
+and builds the dbt manifest the DAG files render dbt from, if it is not current
+(`python -m flows.transform.orchestration manifest`). Exits 0 only when the run
 succeeded, after printing each task's state.
 """
 
@@ -17,6 +20,17 @@ def main(argv: list[str]) -> int:
         return 2
     from airflow.dag_processing.dagbag import DagBag
 
+    from flows.errors import StockpipeError
+    from flows.settings import load_settings
+    from flows.transform import orchestration
+
+    for pool in orchestration.create_missing_pools():
+        print(f"created the Airflow pool {pool} ({orchestration.pool_command(pool)})")
+    try:
+        print(f"dbt manifest: {orchestration.build_manifest(load_settings())}")
+    except StockpipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     bag = DagBag()  # examples are off via AIRFLOW__CORE__LOAD_EXAMPLES
     if bag.import_errors:
         for path, error in bag.import_errors.items():
