@@ -10,6 +10,7 @@ from pathlib import Path
 
 import duckdb
 import fsspec
+import pyarrow.parquet as pq
 import pytest
 import typer
 from load_helpers import (
@@ -19,6 +20,7 @@ from load_helpers import (
     bars_table,
     day_folder,
     expected_rows,
+    key_of,
     write_bars,
     write_many,
 )
@@ -92,7 +94,7 @@ def test_load_copies_every_row_and_value_with_source_file(settings: Settings, la
         settings,
         "SELECT path, target_table, size_bytes, row_count, batch_id, loaded_at FROM bronze.load_manifest ORDER BY path",
     )
-    assert [m[0] for m in manifest] == sorted(files)
+    assert [m[0] for m in manifest] == sorted(key_of(p) for p in files)  # paths in the lake
     assert [m[1] for m in manifest] == ["bars"] * 4
     assert [m[2] for m in manifest] == [Path(p).stat().st_size for p in sorted(files)]
     assert [m[3] for m in manifest] == [len(files[p]) for p in sorted(files)]
@@ -304,7 +306,7 @@ def test_each_load_gets_the_next_sequence_number_on_all_its_rows(
         "FROM bronze.bars b JOIN bronze.load_manifest m ON m.path = b._source_file "
         "GROUP BY 1 ORDER BY 1",
     )
-    assert [p for p, *_ in per_file] == sorted([*files, later])
+    assert [p for p, *_ in per_file] == sorted(key_of(p) for p in [*files, later])
     assert all(lo == hi == seq for _, lo, hi, seq in per_file)
     per_load = query(
         settings,
@@ -378,36 +380,80 @@ def test_same_name_with_other_content_is_an_error_naming_the_file(
     write_bars(FS, lake, bar_rows(4, seed=1), name="rewritten")
     other = write_bars(FS, lake, bar_rows(2, symbol="MSTR"), name="fresh")
 
-    with pytest.raises(
-        ContentConflict, match=rf"{re.escape(path)} was loaded .*size .*rows 3 -> 4"
-    ):
+    with pytest.raises(ContentConflict) as raised:
         load(settings, progress=False)
 
+    # the file, and its first row that differs, loaded -> now (an independent reading)
+    was, now = bar_rows(3), bar_rows(4, seed=1)
+    assert was[0]["symbol"] == now[0]["symbol"] and was[0]["window_start"] == now[0]["window_start"]
+    changed = [c for c in BAR_COLUMN_NAMES if was[0][c] != now[0][c]]
+    assert changed
+    message = str(raised.value)
+    assert f"{path} was loaded (load 1, 3 row(s)) with other rows: first difference at" in message
+    assert f"symbol={now[0]['symbol']} window_start={now[0]['window_start'].isoformat()}" in message
+    assert f"{changed[0]} {was[0][changed[0]]!r} -> {now[0][changed[0]]!r}" in message
     # the conflicting file is never loaded again; every other new file is
     assert query(settings, "SELECT path FROM bronze.load_manifest ORDER BY path") == sorted(
-        [(path,), (other,)]
+        [(key_of(path),), (key_of(other),)]
     )
     with pytest.raises(ContentConflict, match="rewritten.parquet"):
         pending_files(settings)
 
 
-def test_same_size_other_bytes_is_told_by_the_checksum(settings: Settings, lake: str) -> None:
-    path = write_bars(FS, lake, bar_rows(3), name="same-size")
+def test_a_moved_lake_loads_nothing_twice(
+    settings: Settings, lake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest keys files by their path in the lake: a lake moved (copied, mtimes
+    and all new), reached through a symlink, or by a relative URL from another folder is
+    the same lake."""
+    files = write_many(FS, lake, 3)
+    load(settings, progress=False)
+    moved = tmp_path / "mnt" / "other-name"
+    moved.parent.mkdir()
+    FS.copy(lake, str(moved), recursive=True)  # new mtimes: the bytes are compared
+    link = tmp_path / "link-to-lake"
+    link.symlink_to(lake)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    for url in (str(moved), str(link), "../mnt/other-name", f"file://{moved}"):
+        summary = load(settings.model_copy(update={"lake_url": url}), progress=False)
+        assert summary.nothing_new and summary.files_unchanged == 3, url
+    assert counts(settings) == (sum(len(r) for r in files.values()), 3)
+    # a file new in the moved lake is loaded once, under its key
+    extra = write_bars(FS, str(moved), bar_rows(2, symbol="MOVED"), name="after-move")
+    moved_settings = settings.model_copy(update={"lake_url": str(moved)})
+    assert load(moved_settings, progress=False).files_loaded == 1
+    assert load(settings.model_copy(update={"lake_url": str(link)}), progress=False).nothing_new
+    assert query(settings, "SELECT count(*) FROM bronze.load_manifest WHERE path = ?".replace(
+        "?", f"'{key_of(extra)}'"
+    )) == [(1,)]
+
+
+def test_a_file_re_encoded_with_the_same_rows_is_unchanged_and_its_version_recorded(
+    settings: Settings, lake: str
+) -> None:
+    """Rows, not bytes: a replay under another compression and row order is the same file."""
+    rows = bar_rows(5)
+    path = write_bars(FS, lake, rows, name="re-encoded")
+    load(settings, progress=False)
+    before = FS.cat_file(path)
+    table = pq.read_table(path)
+    pq.write_table(table.take(list(reversed(range(table.num_rows)))), path, compression="gzip")
+    assert FS.cat_file(path) != before  # other bytes, other size
+
+    again = load(settings, progress=False)
+
+    assert again.nothing_new and again.files_unchanged == 1
+    assert counts(settings) == (5, 1)
+    # the new size and version are recorded, so the next run reads nothing
+    recorded = query(settings, "SELECT size_bytes, source_version FROM bronze.load_manifest")
+    assert recorded == [(FS.size(path), f"mtime:{FS.info(path)['mtime']}")]
     lake_fs = open_lake(settings)
-    file = LakeFile(url=path, path=path, size=FS.size(path), version="mtime:2")
-    entry = ManifestEntry(path, FS.size(path), 3, "0" * 32, "mtime:1", 7)
-
-    message = content_difference(lake_fs, file, entry)
-
-    assert message is not None and message.startswith(f"{path} was loaded (load 7)")
-    assert "checksum (MD5) 00000000000000000000000000000000 -> " in message
-    told = message.removeprefix(path)
-    assert "bytes" not in told and "rows " not in told
-    # unchanged size and version: equal without reading the file
-    assert (
-        content_difference(lake_fs, file, ManifestEntry(path, file.size, 3, "x", "mtime:2", 7))
-        is None
-    )
+    file = LakeFile(key_of(path), path, path, FS.size(path), f"mtime:{FS.info(path)['mtime']}")
+    entry = ManifestEntry(key_of(path), FS.size(path), 5, None, file.version, 1)
+    assert content_difference(lake_fs, None, file, entry) == (None, None)  # type: ignore[arg-type]
 
 
 # -------------------------------------------------- contract 3: what the loader lists
@@ -461,7 +507,8 @@ def test_a_backfill_of_old_dates_is_loaded_with_since(settings: Settings, lake: 
     summary = load(settings, progress=False, since=(T0 - timedelta(days=300)).date())
     assert summary.files_loaded == 1
     assert query(
-        settings, "SELECT count(*) FROM bronze.bars WHERE _source_file = ?".replace("?", f"'{old}'")
+        settings,
+        "SELECT count(*) FROM bronze.bars WHERE _source_file = ?".replace("?", f"'{key_of(old)}'"),
     ) == [(2,)]
 
 
@@ -489,10 +536,24 @@ def test_an_older_warehouse_is_migrated_in_place(settings: Settings, lake: str) 
             "INSERT INTO bronze.load_manifest VALUES (?, 'bars', ?, 2, 'b0', now())",
             [path, FS.size(path)],
         )
+        # its rows, recorded under the URL, as loaders before the lake keys did
+        con.execute(
+            f"CREATE TABLE bronze.bars AS SELECT {', '.join(BAR_COLUMN_NAMES)}, "
+            "?::VARCHAR AS _source_file, now() AS _loaded_at FROM read_parquet(?)",
+            [path, path],
+        )
     new = write_bars(FS, lake, bar_rows(1, symbol="NEW"), name="new")
 
     summary = load(settings, progress=False)
 
-    assert (summary.files_loaded, summary.files_unchanged) == (1, 1)  # old: same size and rows
-    assert query(settings, "SELECT _source_file, _load_seq FROM bronze.bars") == [(new, 1)]
+    # old: migrated to its key, and the same rows (no MD5 was recorded then)
+    assert (summary.files_loaded, summary.files_unchanged) == (1, 1)
+    assert query(
+        settings, "SELECT _source_file, _load_seq FROM bronze.bars ORDER BY _source_file"
+    ) == [(key_of(new), 1), (key_of(path), None), (key_of(path), None)]
+    assert query(settings, "SELECT path FROM bronze.load_manifest ORDER BY path") == [
+        (key_of(new),),
+        (key_of(path),),
+    ]
+    assert query(settings, "SELECT manifest_format FROM bronze.load_state") == [(2,)]
     load(settings, progress=False)  # idempotent

@@ -11,7 +11,7 @@ import fakesnow
 import pytest
 import s3fs
 import snowflake.connector
-from load_helpers import bar_rows, expected_rows, write_bars, write_many
+from load_helpers import bar_rows, expected_rows, key_of, write_bars, write_many
 from moto.server import ThreadedMotoServer
 
 from flows.settings import Settings, load_settings
@@ -73,8 +73,19 @@ def test_s3_lake_loads_into_duckdb_exactly_once(
         sizes = con.execute(
             "SELECT path, size_bytes FROM bronze.load_manifest ORDER BY path"
         ).fetchall()
-    assert rows == expected_rows(files, url_of=lambda p: f"s3://{p}")
-    assert sizes == [(f"s3://{p}", fs.size(p)) for p in sorted(files)]
+    assert rows == expected_rows(files)  # _source_file: the key in the lake
+    assert sizes == [(key_of(p), fs.size(p)) for p in sorted(files)]
+
+    # the same lake copied to another bucket under another prefix: nothing is loaded twice
+    fs.mkdir("moved-lake")
+    for path in files:
+        fs.copy(path, path.replace(f"{name}/prod/", "moved-lake/elsewhere/"))
+    moved = s3_settings(s3_endpoint, "moved-lake", warehouse=f"duckdb:///{tmp_path / 'w.duckdb'}")
+    moved = moved.model_copy(update={"lake_url": "s3://moved-lake/elsewhere"})
+    after_move = load(moved, progress=False)
+    assert after_move.nothing_new and after_move.files_unchanged == 3
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM bronze.bars").fetchone() == (9,)
 
 
 def test_s3_lake_is_downloaded_and_put_to_snowflake(
@@ -102,4 +113,4 @@ def test_s3_lake_is_downloaded_and_put_to_snowflake(
 
     assert (summary.files_loaded, summary.rows) == (2, 6)
     assert (again.files_found, again.files_loaded, again.rows) == (3, 1, 4)
-    assert rows == expected_rows(files, url_of=lambda p: f"s3://{p}")
+    assert rows == expected_rows(files)

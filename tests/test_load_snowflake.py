@@ -21,7 +21,7 @@ import fakesnow
 import fsspec
 import pytest
 import snowflake.connector
-from load_helpers import bar_rows, expected_rows, write_bars, write_many
+from load_helpers import bar_rows, expected_rows, key_of, write_bars, write_many
 
 from flows.errors import ServiceUnavailable, StockpipeError
 from flows.lake.store import open_lake
@@ -126,7 +126,7 @@ def test_put_copy_loads_every_row_with_source_file_and_manifest(
         "SELECT path, target_table, size_bytes, row_count, batch_id, loaded_at "
         "FROM stockpipe.bronze.load_manifest ORDER BY path"
     )
-    assert [m[0] for m in manifest] == sorted(files)
+    assert [m[0] for m in manifest] == sorted(key_of(p) for p in files)  # paths in the lake
     assert [m[2] for m in manifest] == [Path(p).stat().st_size for p in sorted(files)]
     assert [m[3] for m in manifest] == [len(files[p]) for p in sorted(files)]
     assert {m[1] for m in manifest} == {"bars"} and len({m[4] for m in manifest}) == 1
@@ -210,7 +210,9 @@ def test_batch_refuses_files_another_run_loaded_meanwhile(settings: Settings, la
     try:
         # as if a concurrent run loaded it between our manifest check and our commit
         with pytest.raises(LoadError, match="loaded by another run meanwhile"):
-            warehouse.load_batch([LakeFile(url=path, path=path, size=FS.size(path))])
+            warehouse.load_batch(
+                [LakeFile(key=key_of(path), url=path, path=path, size=FS.size(path))]
+            )
     finally:
         warehouse.close()
     assert counts() == (6, 2)
@@ -361,7 +363,11 @@ def test_setup_sql_tables_match_the_loader() -> None:
             re.M,
         )
     }
-    assert grants["BARS"] == {"SELECT", "INSERT"}  # written once, never updated
+    # rows are written once; UPDATE on BARS and DELETE on the manifest serve only the
+    # one-time rewrite of an older loader's URLs as lake keys, UPDATE on the manifest
+    # the recording of a re-encoded file's new version
+    assert grants["BARS"] == {"SELECT", "INSERT", "UPDATE"}
+    assert grants["LOAD_MANIFEST"] == {"SELECT", "INSERT", "UPDATE", "DELETE"}
     assert grants["BARS_LANDING"] == {"SELECT", "INSERT", "DELETE"}
 
 
@@ -394,7 +400,10 @@ def test_bars_are_written_once_by_insert_select_from_the_batchs_landing_rows() -
     import sqlglot
     from sqlglot import exp
 
-    files = [LakeFile(url=f"s3://lake/bars/f{i}.parquet", path="", size=1) for i in range(2)]
+    files = [
+        LakeFile(key=f"bars/f{i}.parquet", url=f"s3://lake/bars/f{i}.parquet", path="", size=1)
+        for i in range(2)
+    ]
     staged = [type("S", (), {"name": f"f{i:05d}.parquet"})() for i in range(2)]
     sql, params = insert_statement(BARS, LANDING, "batch_abc", files, staged, 7, "T")  # type: ignore[arg-type]
 
@@ -413,9 +422,9 @@ def test_bars_are_written_once_by_insert_select_from_the_batchs_landing_rows() -
     assert sql.count("%s") == len(params)
     assert params == [
         "f00000.parquet",
-        "s3://lake/bars/f0.parquet",
+        "bars/f0.parquet",  # the key in the lake, not the URL
         "f00001.parquet",
-        "s3://lake/bars/f1.parquet",
+        "bars/f1.parquet",
         "T",
         7,
         "batch_abc/",
@@ -474,7 +483,7 @@ def test_real_path_sends_one_copy_per_batch_and_removes_the_stage_path(
     files = sorted(write_many(FS, lake, 3))
     staged = [f"f{i:05d}.parquet" for i in range(3)]
     warehouse, sent = _recording_warehouse(settings, monkeypatch, staged)
-    batch = [LakeFile(url=p, path=p, size=FS.size(p)) for p in files]
+    batch = [LakeFile(key=key_of(p), url=p, path=p, size=FS.size(p)) for p in files]
 
     result = warehouse.load_batch(batch)
 
@@ -590,7 +599,8 @@ def test_same_name_identical_is_skipped_other_content_is_an_error(
 
     write_bars(FS, lake, bar_rows(5, seed=2), name="again")
     with pytest.raises(
-        ContentConflict, match=rf"{re.escape(path)} was loaded \(load 1\).*rows 3 -> 5"
+        ContentConflict,
+        match=rf"{re.escape(path)} was loaded \(load 1, 3 row\(s\)\) with other rows: first diff",
     ):
         load(settings, progress=False)
     assert counts() == (3, 1)

@@ -34,8 +34,16 @@ class Lake:
         return "/".join([self.root.rstrip("/"), *parts])
 
     def url(self, path: str) -> str:
-        """A full URL for a path inside this lake (what the manifest records)."""
+        """A full URL for a path of this lake's filesystem (for messages and Airflow)."""
         return path if self.protocol == "file" else f"{self.protocol}://{path}"
+
+    def key(self, path: str) -> str:
+        """The path inside the lake of a path of its filesystem (what the manifest records):
+        the same whichever mount, bucket, prefix or relative URL the lake is reached by."""
+        root = self.root.rstrip("/") + "/"
+        if not path.startswith(root):
+            raise ValueError(f"{self.url(path)} is not inside the lake {self.url(self.root)}")
+        return path[len(root) :]
 
     @property
     def is_local(self) -> bool:

@@ -14,11 +14,19 @@ reader that has seen load N committed has seen every load below N too. That
 is what lets dbt select new rows by `_load_seq > max processed` (contract 3),
 where the client clock `_loaded_at` could commit out of order.
 
+Names: the manifest's `path` and `_source_file` are the file's key, its path
+inside the lake (`bars/interval_s=60/date=…/<name>.parquet`), never the URL it
+was reached by. Older loaders recorded URLs; `ensure_schema` rewrites them to
+keys once (`key_migration`) and marks `load_state.manifest_format`.
+
 Content check: the manifest keeps `size_bytes`, `content_md5` (MD5 of the file's
 bytes, computed while loading, which reads them anyway) and `source_version`
 (the S3 ETag, or the local mtime). A file listed again under a loaded name is
-unchanged when its size and version match (no read at all); when only the
-version differs (rewritten), its bytes are hashed and compared.
+unchanged when its size and version match (no read at all), else when its bytes
+hash the same, else when it holds the rows bronze holds from it (re-encoded:
+another compression, pyarrow version or row order; its new size, version and
+MD5 are recorded). Other rows are a `ContentConflict` naming the file and the
+first row that differs (`first_difference`).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -93,15 +101,23 @@ MANIFEST_COLUMNS: tuple[Column, ...] = (
     Column("content_md5", "VARCHAR", "VARCHAR"),
     Column("source_version", "VARCHAR", "VARCHAR"),
 )
-# Columns that warehouses created before the load sequence lack: ensure_schema adds them.
-MIGRATED_COLUMNS: dict[str, tuple[Column, ...]] = {
-    BARS_TABLE: LOAD_COLUMNS[2:],
-    MANIFEST_TABLE: MANIFEST_COLUMNS[6:],
-}
 STATE_COLUMNS: tuple[Column, ...] = (
     Column("last_seq", "BIGINT", "BIGINT"),
     Column("updated_at", *_TS),
+    # added by migration: NULL (older loaders: manifest paths are URLs) or MANIFEST_FORMAT
+    Column("manifest_format", "INTEGER", "INTEGER"),
 )
+# Columns that warehouses created by older loaders lack: ensure_schema adds them.
+MIGRATED_COLUMNS: dict[str, tuple[Column, ...]] = {
+    BARS_TABLE: LOAD_COLUMNS[2:],
+    MANIFEST_TABLE: MANIFEST_COLUMNS[6:],
+    STATE_TABLE: STATE_COLUMNS[2:],
+}
+# load_state.manifest_format of a manifest (and `_source_file`) keyed by the path in the lake.
+MANIFEST_FORMAT = 2
+# The path inside the lake at the end of a URL an older loader recorded: the layout of
+# contract 2 (`manifest_key`).
+_LAKE_KEY_RE = re.compile(r"bars/interval_s=[0-9]+/date=[0-9]{4}-[0-9]{2}-[0-9]{2}/[^/]+$")
 
 # The Arrow schema of contract 2, for writers and for checking files before a load.
 BAR_ARROW_SCHEMA = pa.schema(
@@ -142,15 +158,23 @@ class ConcurrentLoad(LoadError):
 
 
 class ContentConflict(LoadError):
-    """Lake files that were loaded under the same name with other content."""
+    """Lake files that were loaded under the same name with other rows."""
 
 
 @dataclass(frozen=True)
 class LakeFile:
-    """A Parquet file in the lake: `url` is what the manifest and `_source_file` record."""
+    """A Parquet file in the lake.
 
+    `key`, its path inside the lake (`bars/interval_s=60/date=…/<name>.parquet`), is
+    what the manifest and `_source_file` record, so the same lake reached through
+    another mount, symlink, bucket, prefix or relative URL loads nothing twice;
+    `url` is how this run reaches it (messages, Airflow), `path` the same in the
+    lake's filesystem.
+    """
+
+    key: str
     url: str
-    path: str  # path inside the lake filesystem (no protocol)
+    path: str  # path in the lake filesystem (no protocol)
     size: int
     version: str | None = None  # S3 ETag or local mtime: unchanged files are not re-read
 
@@ -159,7 +183,7 @@ class LakeFile:
 class ManifestEntry:
     """What the manifest recorded for one loaded file (NULLs on rows older than the migration)."""
 
-    url: str
+    key: str
     size: int
     rows: int
     content_md5: str | None
@@ -204,11 +228,17 @@ class Warehouse(Protocol):
     def ensure_schema(self) -> None:
         """Create the bronze schema and tables (and stage) when missing."""
 
-    def manifest_entries(self, urls: Sequence[str]) -> dict[str, ManifestEntry]:
-        """The manifest rows of these URLs only (the manifest is never read whole)."""
+    def manifest_entries(self, keys: Sequence[str]) -> dict[str, ManifestEntry]:
+        """The manifest rows of these lake keys only (the manifest is never read whole)."""
 
     def max_loaded_path(self, prefix: str) -> str | None:
-        """The greatest manifest path starting with `prefix` (the newest loaded date there)."""
+        """The greatest manifest key starting with `prefix` (the newest loaded date there)."""
+
+    def loaded_rows(self, key: str) -> pa.Table:
+        """The bar rows bronze holds from the file `key`, in contract-2 columns (any order)."""
+
+    def record_versions(self, files: Sequence[LakeFile], md5s: Sequence[str]) -> None:
+        """Record the size, version and MD5 of loaded files found re-encoded, same rows."""
 
     def load_batch(
         self, files: Sequence[LakeFile], *, before_commit: BeforeCommit | None = None
@@ -244,6 +274,82 @@ def md5_hex(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
+def manifest_key(url: str) -> str | None:
+    """The path inside the lake at the end of a URL an older loader recorded, if any."""
+    match = _LAKE_KEY_RE.search(url)
+    return match[0] if match else None
+
+
+def key_migration(paths: Sequence[tuple[str, int | None]]) -> tuple[dict[str, str], list[str]]:
+    """What to do with the manifest (path, load_seq) rows of an older loader, which held URLs.
+
+    Returns {old path: key} to rewrite, and the old paths to drop because an earlier
+    load holds the same key (one lake reached by two URLs and loaded twice: the
+    earliest load keeps the name). Paths already keys, or outside the layout, stay.
+    """
+    taken = {path for path, _ in paths if manifest_key(path) == path}
+    rewrite: dict[str, str] = {}
+    drop: list[str] = []
+    for path, _seq in sorted(paths, key=lambda p: (p[1] is not None, p[1] or 0, p[0])):
+        key = manifest_key(path)
+        if key is None or key == path:
+            continue
+        if key in taken:
+            drop.append(path)
+        else:
+            taken.add(key)
+            rewrite[path] = key
+    return rewrite, drop
+
+
+def log_key_migration(rewrite: dict[str, str], drop: Sequence[str], where: str) -> None:
+    if rewrite:
+        log.info("%s: %d manifest path(s) rewritten as keys in the lake", where, len(rewrite))
+    for path in drop:
+        log.warning(
+            "%s: %s was loaded twice under two URLs of one lake; its later manifest row is"
+            " dropped (its bronze rows keep the old URL in _source_file; silver keeps one)",
+            where,
+            path,
+        )
+
+
+def key_migration_sql(
+    bars: str,
+    manifest: str,
+    rewrite: dict[str, str],
+    drop: Sequence[str],
+    mark: str,
+    q: Callable[[str], str] = quote,
+) -> list[tuple[str, list[str]]]:
+    """The statements of `key_migration`'s answer, with `mark` as bind placeholder (? or %s)
+    and `q` quoting column names: drop the duplicate manifest rows, then rename manifest
+    paths and `_source_file`s."""
+    out: list[tuple[str, list[str]]] = []
+    for part in chunks(list(drop)):
+        out.append(
+            (
+                f"DELETE FROM {manifest} WHERE {q('path')} IN ({', '.join([mark] * len(part))})",
+                list(part),
+            )
+        )
+    pairs = list(rewrite.items())
+    for i in range(0, len(pairs), 500):
+        part = pairs[i : i + 500]
+        values = ", ".join([f"({mark}, {mark})"] * len(part))
+        params = [v for pair in part for v in pair]
+        for table, column in ((manifest, "path"), (bars, "_source_file")):
+            out.append(
+                (
+                    f"UPDATE {table} AS t SET {q(column)} = k.new_key "
+                    f"FROM (VALUES {values}) AS k(old_path, new_key) "
+                    f"WHERE t.{q(column)} = k.old_path",
+                    params,
+                )
+            )
+    return out
+
+
 def chunks(items: Sequence[str], size: int = 500) -> list[Sequence[str]]:
     """Bound IN lists (and their bind parameters) per manifest query."""
     return [items[i : i + size] for i in range(0, len(items), size)]
@@ -257,3 +363,67 @@ def check_bar_schema(schema: pa.Schema, url: str) -> None:
             f"{url} is not a contract-2 bar file: missing column(s) {', '.join(missing)}; "
             "move it out of the lake's bars/ folder and run the load again"
         )
+
+
+# ------------------------------------------------------------------ rows, not bytes
+
+# A file's content is its set of contract-2 rows: sorted by the key that names a row
+# in messages, then by every other column, the same rows compare equal however encoded.
+ROW_KEY: tuple[str, ...] = ("symbol", "window_start", "revision")
+_SORT_KEYS = [
+    (name, "ascending") for name in (*ROW_KEY, *(n for n in BAR_COLUMN_NAMES if n not in ROW_KEY))
+]
+
+
+def canonical_rows(table: pa.Table, url: str) -> pa.Table:
+    """The contract-2 columns of `table` in contract order and types, rows sorted."""
+    check_bar_schema(table.schema, url)
+    try:
+        table = table.select(list(BAR_COLUMN_NAMES)).cast(BAR_ARROW_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+        raise LoadError(f"{url} does not hold contract-2 bar columns: {exc}") from None
+    return table.sort_by(_SORT_KEYS)
+
+
+def first_difference(now: pa.Table, loaded: pa.Table) -> str | None:
+    """None when two canonical tables hold the same rows, else the first row that differs.
+
+    Rows are walked in (symbol, window_start, revision) order; the answer names the
+    row and each column that differs (loaded -> now), or says on which side it is missing.
+    """
+    new_rows, old_rows = now.to_pylist(), loaded.to_pylist()
+    i = j = 0
+    while i < len(new_rows) or j < len(old_rows):
+        new = new_rows[i] if i < len(new_rows) else None
+        old = old_rows[j] if j < len(old_rows) else None
+        if new is not None and old is not None and _row_key(new) == _row_key(old):
+            changed = [c for c in BAR_COLUMN_NAMES if not _same(old[c], new[c])]
+            if changed:
+                what = ", ".join(f"{c} {_show(old[c])} -> {_show(new[c])}" for c in changed)
+                return f"{_row_name(new)}: {what}"
+            i, j = i + 1, j + 1
+        elif old is None or (new is not None and _row_key(new) < _row_key(old)):
+            return f"{_row_name(new)}: in the file now, not in what was loaded"
+        else:
+            return f"{_row_name(old)}: loaded, no longer in the file"
+    return None
+
+
+def _row_key(row: dict[str, Any]) -> tuple:
+    return tuple((row[c] is None, row[c] if row[c] is not None else 0) for c in ROW_KEY)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+
+
+def _show(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else repr(value)
+
+
+def _row_name(row: dict[str, Any] | None) -> str:
+    """`symbol=COIN window_start=2024-11-26T14:30:00+00:00 revision=1`"""
+    assert row is not None
+    return " ".join(
+        f"{c}={'NULL' if row[c] is None else _show(row[c]).strip(chr(39))}" for c in ROW_KEY
+    )

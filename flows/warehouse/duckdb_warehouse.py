@@ -32,6 +32,7 @@ from flows.warehouse.base import (
     BRONZE_SCHEMA,
     LOAD_COLUMNS,
     MANIFEST_COLUMNS,
+    MANIFEST_FORMAT,
     MANIFEST_TABLE,
     MIGRATED_COLUMNS,
     STATE_COLUMNS,
@@ -45,6 +46,9 @@ from flows.warehouse.base import (
     ManifestEntry,
     check_bar_schema,
     chunks,
+    key_migration,
+    key_migration_sql,
+    log_key_migration,
     md5_hex,
     quote,
 )
@@ -96,7 +100,10 @@ class DuckDBWarehouse:
                 f"CREATE TABLE IF NOT EXISTS {self._manifest} "
                 f"({_columns_ddl(MANIFEST_COLUMNS)}, PRIMARY KEY ({quote('path')}))"
             )
-            # Migration of warehouses created before the load sequence (idempotent).
+            self.con.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._state} ({_columns_ddl(STATE_COLUMNS)})"
+            )
+            # Migration of warehouses created by older loaders (idempotent).
             for table, columns in MIGRATED_COLUMNS.items():
                 for column in columns:
                     self.con.execute(
@@ -104,16 +111,46 @@ class DuckDBWarehouse:
                         f"ADD COLUMN IF NOT EXISTS {quote(column.name)} {column.duckdb}"
                     )
             self.con.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._state} ({_columns_ddl(STATE_COLUMNS)})"
-            )
-            self.con.execute(
-                f"INSERT INTO {self._state} "
+                f"INSERT INTO {self._state} (last_seq, updated_at) "
                 f"SELECT (SELECT coalesce(max(load_seq), 0) FROM {self._manifest}), now() "
                 f"WHERE NOT EXISTS (SELECT 1 FROM {self._state})"
             )
+            self._migrate_keys()
 
-    def manifest_entries(self, urls: Sequence[str]) -> dict[str, ManifestEntry]:
-        return _manifest_entries(self.con, self._manifest, urls)
+    def _migrate_keys(self) -> None:
+        """Manifest paths and `_source_file`s of older loaders (URLs) become lake keys, once."""
+        (fmt,) = self.con.execute(f"SELECT max(manifest_format) FROM {self._state}").fetchone()
+        if fmt is not None and fmt >= MANIFEST_FORMAT:
+            return
+        rows = self.con.execute(f"SELECT path, load_seq FROM {self._manifest}").fetchall()
+        rewrite, drop = key_migration(rows)
+        self.con.begin()
+        try:
+            for sql, params in key_migration_sql(self._bars, self._manifest, rewrite, drop, "?"):
+                self.con.execute(sql, params)
+            self.con.execute(f"UPDATE {self._state} SET manifest_format = ?", [MANIFEST_FORMAT])
+            self.con.commit()
+        except BaseException:
+            self.con.rollback()
+            raise
+        log_key_migration(rewrite, drop, str(self.path))
+
+    def manifest_entries(self, keys: Sequence[str]) -> dict[str, ManifestEntry]:
+        return _manifest_entries(self.con, self._manifest, keys)
+
+    def loaded_rows(self, key: str) -> pa.Table:
+        columns = ", ".join(quote(name) for name in BAR_COLUMN_NAMES)
+        return self.con.execute(
+            f"SELECT {columns} FROM {self._bars} WHERE _source_file = ?", [key]
+        ).to_arrow_table()
+
+    def record_versions(self, files: Sequence[LakeFile], md5s: Sequence[str]) -> None:
+        with self._lock:
+            self.con.executemany(
+                f"UPDATE {self._manifest} SET size_bytes = ?, source_version = ?, "
+                "content_md5 = ? WHERE path = ?",
+                [[f.size, f.version, md5, f.key] for f, md5 in zip(files, md5s, strict=True)],
+            )
 
     def max_loaded_path(self, prefix: str) -> str | None:
         row = self.con.execute(
@@ -143,7 +180,7 @@ class DuckDBWarehouse:
             self.con.begin()
             try:
                 seq = self._next_seq(loaded_at)
-                if clash := _manifest_entries(self.con, self._manifest, [f.url for f in files]):
+                if clash := _manifest_entries(self.con, self._manifest, [f.key for f in files]):
                     raise ConcurrentLoad(
                         f"{len(clash)} file(s) were loaded by another run meanwhile "
                         f"(e.g. {min(clash)}); nothing of this batch was kept, run the load again",
@@ -153,13 +190,13 @@ class DuckDBWarehouse:
                     table, md5 = self._read(file)
                     self.con.register(_VIEW, table)
                     try:
-                        self.con.execute(insert_bars, [file.url, loaded_at, seq])
+                        self.con.execute(insert_bars, [file.key, loaded_at, seq])
                     finally:
                         self.con.unregister(_VIEW)
                     self.con.execute(
                         insert_manifest,
                         [
-                            file.url,
+                            file.key,
                             BARS_TABLE,
                             file.size,
                             table.num_rows,
@@ -209,10 +246,10 @@ class DuckDBWarehouse:
 
 
 def _manifest_entries(
-    con: duckdb.DuckDBPyConnection, manifest: str, urls: Sequence[str]
+    con: duckdb.DuckDBPyConnection, manifest: str, keys: Sequence[str]
 ) -> dict[str, ManifestEntry]:
     out: dict[str, ManifestEntry] = {}
-    for part in chunks(list(dict.fromkeys(urls))):
+    for part in chunks(list(dict.fromkeys(keys))):
         rows = con.execute(
             "SELECT path, size_bytes, row_count, content_md5, source_version, load_seq "
             f"FROM {manifest} WHERE path IN ({', '.join(['?'] * len(part))})",

@@ -9,9 +9,12 @@ at or after its high-water mark,
 
 (every partition when nothing is loaded there yet; `since`/`full_scan` for
 backfills of older dates), and asks the manifest about just the files it
-found. A file already in the manifest is skipped when its content is the same
-(size + version, else MD5 of its bytes) and is an error naming it otherwise.
-A run commits at most STOCKPIPE_LOAD_MAX_BATCHES batches; the rest waits.
+found, by their key: the path inside the lake, so a lake moved or reached by
+another URL loads nothing twice. A file already in the manifest is skipped when
+it holds the same rows (same size + version, else the same MD5 of its bytes,
+else the same rows as bronze holds from it: re-encoded) and is an error naming
+it and its first differing row otherwise. A run commits at most
+STOCKPIPE_LOAD_MAX_BATCHES batches; the rest waits.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from datetime import UTC, date, datetime, timedelta
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from flows.errors import ServiceUnavailable
 from flows.lake.store import (
@@ -50,6 +54,8 @@ from flows.warehouse.base import (
     LoadError,
     ManifestEntry,
     Warehouse,
+    canonical_rows,
+    first_difference,
     md5_hex,
 )
 
@@ -80,12 +86,14 @@ class LoadSummary:
 
 @dataclass
 class Scan:
-    """Lake files sorted into new, unchanged and conflicting (loaded with other content)."""
+    """Lake files sorted into new, unchanged and conflicting (loaded with other rows)."""
 
     found: int = 0
     new: list[LakeFile] = field(default_factory=list)
     unchanged: int = 0
     conflicts: list[str] = field(default_factory=list)
+    # unchanged rows under a new size or version (copied, re-encoded): to record, with MD5s
+    refreshed: list[tuple[LakeFile, str]] = field(default_factory=list)
 
 
 def open_warehouse(settings: Settings, lake: Lake | None = None) -> Warehouse:
@@ -157,7 +165,7 @@ def list_new_candidates(
             elif since is not None:
                 start = since
             else:
-                start = high_water_mark(warehouse.max_loaded_path(lake.url(parent) + "/"), settings)
+                start = high_water_mark(warehouse.max_loaded_path(lake.key(parent) + "/"), settings)
             for partition in partitions_from(found, start):
                 files += [_lake_file(lake, e) for e in list_data_files(lake, partition.path)]
     except OSError as exc:
@@ -167,52 +175,71 @@ def list_new_candidates(
 
 def _lake_file(lake: Lake, entry: LakeEntry) -> LakeFile:
     return LakeFile(
-        url=lake.url(entry.path), path=entry.path, size=entry.size, version=entry.version
+        key=lake.key(entry.path),
+        url=lake.url(entry.path),
+        path=entry.path,
+        size=entry.size,
+        version=entry.version,
     )
 
 
 def scan(lake: Lake, warehouse: Warehouse, files: Sequence[LakeFile]) -> Scan:
-    """Sort `files` by what the manifest says of just them."""
+    """Sort `files` by what the manifest says of just them (and record refreshed versions)."""
     out = Scan(found=len(files))
-    entries = warehouse.manifest_entries([f.url for f in files])
+    entries = warehouse.manifest_entries([f.key for f in files])
     for file in files:
-        entry = entries.get(file.url)
+        entry = entries.get(file.key)
         if entry is None:
             out.new.append(file)
-        elif difference := content_difference(lake, file, entry):
+            continue
+        difference, md5 = content_difference(lake, warehouse, file, entry)
+        if difference:
             out.conflicts.append(difference)
-        else:
-            out.unchanged += 1
+            continue
+        out.unchanged += 1
+        if md5 is not None:
+            out.refreshed.append((file, md5))
+    if out.refreshed:
+        warehouse.record_versions([f for f, _ in out.refreshed], [m for _, m in out.refreshed])
+        log.info(
+            "%d loaded file(s) seen under a new size or version, same rows", len(out.refreshed)
+        )
     return out
 
 
-def content_difference(lake: Lake, file: LakeFile, entry: ManifestEntry) -> str | None:
-    """None when `file` holds what was loaded under its name, else what differs.
+def content_difference(
+    lake: Lake, warehouse: Warehouse, file: LakeFile, entry: ManifestEntry
+) -> tuple[str | None, str | None]:
+    """(None, MD5 to record or None) when `file` holds the rows loaded under its key, else
+    (what differs, None).
 
-    Cheap first: same size and same version (S3 ETag, local mtime) means unchanged
-    without reading; otherwise the bytes are hashed. Rows loaded before the
-    manifest kept an MD5 can only be compared by size and row count.
+    Cheap first: the same size and version (S3 ETag, local mtime) is unchanged
+    without reading. Otherwise (copied, rewritten by a replay, re-encoded) the
+    bytes are read: the same MD5 is unchanged; else its rows are compared with the
+    rows bronze holds from it, so the same rows under another compression, pyarrow
+    version or row order are unchanged, and other rows name the first that differs.
     """
     if entry.size == file.size and file.version and file.version == entry.source_version:
-        return None
-    data: bytes | None = None
-    md5: str | None = None
-    if entry.size == file.size and entry.content_md5 is not None:
-        data = _read(lake, file)
-        md5 = md5_hex(data)
-        if md5 == entry.content_md5:
-            return None
-    rows = _row_count(lake, file, data)
-    if entry.size == file.size and entry.content_md5 is None and rows == entry.rows:
-        return None
-    what = []
-    if entry.size != file.size:
-        what.append(f"size {entry.size} -> {file.size} bytes")
-    if rows != entry.rows:
-        what.append(f"rows {entry.rows} -> {rows}")
-    if md5 is not None:
-        what.append(f"checksum (MD5) {entry.content_md5} -> {md5}")
-    return f"{file.url} was loaded (load {entry.load_seq}) with other content: {', '.join(what)}"
+        return None, None
+    data = _read(lake, file)
+    md5 = md5_hex(data)
+    if md5 == entry.content_md5:
+        return None, md5
+    try:
+        now = canonical_rows(pq.read_table(io.BytesIO(data)), file.url)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        what = f"it is no longer a readable Parquet file ({exc})"
+    else:
+        loaded = canonical_rows(warehouse.loaded_rows(file.key), file.url)
+        difference = first_difference(now, loaded)
+        if difference is None:
+            return None, md5
+        what = f"first difference at {difference}"
+    return (
+        f"{file.url} was loaded (load {entry.load_seq}, {entry.rows} row(s)) with other rows:"
+        f" {what}",
+        None,
+    )
 
 
 def _read(lake: Lake, file: LakeFile) -> bytes:
@@ -222,34 +249,29 @@ def _read(lake: Lake, file: LakeFile) -> bytes:
         raise LoadError(f"{file.url} vanished from the lake while it was checked") from None
 
 
-def _row_count(lake: Lake, file: LakeFile, data: bytes | None) -> int | None:
-    try:
-        if data is not None:
-            return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
-        with lake.fs.open(file.path, "rb") as handle:
-            return pq.ParquetFile(handle).metadata.num_rows
-    except (OSError, ValueError):
-        return None  # not Parquet any more: size or checksum tells the difference
-
-
-def _path_of(lake: Lake, url: str) -> str:
-    """The filesystem path of a manifest URL, which must lie under the lake's bars/ folder."""
+def _path_of(lake: Lake, name: str) -> str:
+    """The filesystem path of a file named by its URL or its key (`bars/…`), under bars/."""
     scheme = "" if lake.protocol == "file" else f"{lake.protocol}://"
-    path = url.removeprefix(scheme)
-    if not url.startswith(scheme) or not path.startswith(lake.path(BARS_PREFIX) + "/"):
-        raise LoadError(f"{url} is not a file under {lake.url(lake.path(BARS_PREFIX))}")
+    if name.startswith(BARS_PREFIX + "/"):
+        path = lake.path(name)
+    elif name.startswith(scheme):
+        path = name.removeprefix(scheme)
+    else:
+        path = ""
+    if not path.startswith(lake.path(BARS_PREFIX) + "/"):
+        raise LoadError(f"{name} is not a file under {lake.url(lake.path(BARS_PREFIX))}")
     return path
 
 
-def _stat(lake: Lake, urls: Sequence[str]) -> list[LakeFile]:
+def _stat(lake: Lake, names: Sequence[str]) -> list[LakeFile]:
     files = []
-    for url in urls:
-        path = _path_of(lake, url)
+    for name in names:
+        path = _path_of(lake, name)
         try:
             entry = stat_file(lake, path)
         except FileNotFoundError:
-            raise LoadError(f"{url} is not in the lake") from None
-        files.append(LakeFile(url=url, path=path, size=entry.size, version=entry.version))
+            raise LoadError(f"{name} is not in the lake") from None
+        files.append(_lake_file(lake, LakeEntry(path, entry.size, entry.version)))
     return files
 
 
@@ -371,28 +393,33 @@ def _load(
     conflicts = list(found.conflicts)
     with _progress(progress and bool(new), len(new) - left, warehouse.name) as advance:
         for batch in batches:
-            for attempt in range(_ATTEMPTS):
-                try:
+            # Another load holding the lock, or committing some of these files meanwhile,
+            # is retried after a backoff with the batch scanned again (tenacity).
+            retrying = Retrying(
+                retry=retry_if_exception_type(ConcurrentLoad),
+                stop=stop_after_attempt(_ATTEMPTS),
+                wait=wait_exponential(multiplier=0.2, max=5),
+                before_sleep=lambda state: log.info(
+                    "a batch was not loaded: %s; checking it again", state.outcome.exception()
+                ),
+                reraise=True,
+            )
+            for attempt in retrying:
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        again = scan(lake, warehouse, batch)
+                        unchanged += again.unchanged
+                        conflicts += again.conflicts
+                        batch = again.new
+                        if not batch:
+                            break
                     result = warehouse.load_batch(batch, before_commit=before_commit)
-                except ConcurrentLoad as exc:
-                    if attempt == _ATTEMPTS - 1:
-                        raise
-                    log.info("batch of %d file(s): %s; checking again", len(batch), exc)
-                    again = scan(lake, warehouse, batch)
-                    unchanged += again.unchanged
-                    conflicts += again.conflicts
-                    batch = again.new
-                    if not batch:
-                        break
-                    time.sleep(0.2 * 2**attempt)
-                    continue
-                files_loaded += result.files
-                rows += result.rows
-                committed += 1
-                if result.load_seq is not None:
-                    seqs.append(result.load_seq)
-                advance(result.files)
-                break
+                    files_loaded += result.files
+                    rows += result.rows
+                    committed += 1
+                    if result.load_seq is not None:
+                        seqs.append(result.load_seq)
+                    advance(result.files)
     summary = LoadSummary(
         files_found=found.found,
         files_new=len(new),

@@ -56,6 +56,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import snowflake.connector
 import snowflake.connector.errors
@@ -69,6 +70,7 @@ from flows.warehouse.base import (
     BRONZE_SCHEMA,
     LOAD_COLUMNS,
     MANIFEST_COLUMNS,
+    MANIFEST_FORMAT,
     MANIFEST_TABLE,
     MIGRATED_COLUMNS,
     STATE_COLUMNS,
@@ -83,6 +85,9 @@ from flows.warehouse.base import (
     check_bar_schema,
     check_identifier,
     chunks,
+    key_migration,
+    key_migration_sql,
+    log_key_migration,
     md5_hex,
 )
 
@@ -290,11 +295,51 @@ class SnowflakeWarehouse:
                 f"SELECT coalesce(max({_q('load_seq')}), 0), current_timestamp() "
                 f"FROM {self._manifest}"
             )
+        self._migrate_keys()
 
-    def manifest_entries(self, urls: Sequence[str]) -> dict[str, ManifestEntry]:
+    def _migrate_keys(self) -> None:
+        """Manifest paths and `_source_file`s of older loaders (URLs) become lake keys, once."""
+        fmt = self._execute(f"SELECT max({_q('manifest_format')}) FROM {self._state}").fetchone()[0]
+        if fmt is not None and fmt >= MANIFEST_FORMAT:
+            return
+        rows = self._execute(f"SELECT {_q('path')}, {_q('load_seq')} FROM {self._manifest}")
+        rewrite, drop = key_migration(rows.fetchall())
+        self._execute("BEGIN")
+        try:
+            for sql, params in key_migration_sql(
+                self._bars, self._manifest, rewrite, drop, "%s", _q
+            ):
+                self._execute(sql, params)
+            self._execute(
+                f"UPDATE {self._state} SET {_q('manifest_format')} = %s", [MANIFEST_FORMAT]
+            )
+            self._execute("COMMIT")
+        except BaseException:
+            self.conn.cursor().execute("ROLLBACK")
+            raise
+        log_key_migration(rewrite, drop, self._manifest)
+
+    def loaded_rows(self, key: str) -> pa.Table:
+        columns = ", ".join(_q(c.name) for c in BAR_COLUMNS)
+        cur = self._execute(
+            f"SELECT {columns} FROM {self._bars} WHERE {_q('_source_file')} = %s", [key]
+        )
+        rows = cur.fetchall()
+        names = [c.name for c in BAR_COLUMNS]
+        return pa.Table.from_pylist([dict(zip(names, r, strict=True)) for r in rows])
+
+    def record_versions(self, files: Sequence[LakeFile], md5s: Sequence[str]) -> None:
+        for file, md5 in zip(files, md5s, strict=True):
+            self._execute(
+                f"UPDATE {self._manifest} SET {_q('size_bytes')} = %s, "
+                f"{_q('source_version')} = %s, {_q('content_md5')} = %s WHERE {_q('path')} = %s",
+                [file.size, file.version, md5, file.key],
+            )
+
+    def manifest_entries(self, keys: Sequence[str]) -> dict[str, ManifestEntry]:
         out: dict[str, ManifestEntry] = {}
         columns = ("path", "size_bytes", "row_count", "content_md5", "source_version", "load_seq")
-        for part in chunks(list(dict.fromkeys(urls))):
+        for part in chunks(list(dict.fromkeys(keys))):
             cur = self._execute(
                 f"SELECT {', '.join(_q(c) for c in columns)} FROM {self._manifest} "
                 f"WHERE {_q('path')} IN ({', '.join(['%s'] * len(part))})",
@@ -375,7 +420,7 @@ class SnowflakeWarehouse:
         self._execute("BEGIN")
         try:
             seq = self._next_seq()
-            if clash := self.manifest_entries([f.url for f in files]):
+            if clash := self.manifest_entries([f.key for f in files]):
                 raise ConcurrentLoad(
                     f"{len(clash)} file(s) were loaded by another run meanwhile "
                     f"(e.g. {min(clash)}); nothing of this batch was kept, run the load again",
@@ -397,7 +442,7 @@ class SnowflakeWarehouse:
             params = []
             for file, done in zip(files, staged, strict=True):
                 params += [
-                    file.url,
+                    file.key,
                     BARS_TABLE,
                     file.size,
                     done.rows,
@@ -527,7 +572,7 @@ def insert_statement(
     seq: int,
     loaded_at: datetime,
 ) -> tuple[str, list[Any]]:
-    """The batch's one write of bars: its landing rows with lake URL, load time and sequence.
+    """The batch's one write of bars: its landing rows with lake key, load time and sequence.
 
     Only this batch's landing rows match: the batch's unique stage path is in
     their `_source_file` (METADATA$FILENAME).
@@ -543,7 +588,7 @@ def insert_statement(
     )
     params: list[Any] = []
     for file, done in zip(files, staged, strict=True):
-        params += [done.name, file.url]
+        params += [done.name, file.key]
     return sql, [*params, loaded_at, seq, f"{stage_dir}/"]
 
 
