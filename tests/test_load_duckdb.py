@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from datetime import date, timedelta
@@ -426,9 +425,12 @@ def test_a_moved_lake_loads_nothing_twice(
     moved_settings = settings.model_copy(update={"lake_url": str(moved)})
     assert load(moved_settings, progress=False).files_loaded == 1
     assert load(settings.model_copy(update={"lake_url": str(link)}), progress=False).nothing_new
-    assert query(settings, "SELECT count(*) FROM bronze.load_manifest WHERE path = ?".replace(
-        "?", f"'{key_of(extra)}'"
-    )) == [(1,)]
+    assert query(
+        settings,
+        "SELECT count(*) FROM bronze.load_manifest WHERE path = ?".replace(
+            "?", f"'{key_of(extra)}'"
+        ),
+    ) == [(1,)]
 
 
 def test_a_file_re_encoded_with_the_same_rows_is_unchanged_and_its_version_recorded(
