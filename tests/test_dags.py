@@ -156,16 +156,17 @@ AUDITED_PARSE = textwrap.dedent(
 )
 
 
-def audited_parse(env: dict[str, str], cwd: Path, *watched: Path) -> dict:
+def python(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """This interpreter on `args`, which must exit 0."""
     done = subprocess.run(
-        [sys.executable, "-c", AUDITED_PARSE, ",".join(str(p) for p in watched)],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def audited_parse(env: dict[str, str], cwd: Path, *watched: Path) -> dict:
+    done = python(env, cwd, "-c", AUDITED_PARSE, ",".join(str(p) for p in watched))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -398,15 +399,7 @@ def test_dag_files_parse_without_a_process_or_a_write_and_name_the_manifest_comm
     assert "`python -m flows.transform.orchestration manifest`" in error
 
     # the command the message names builds what the DAGs look for, and keeps only it
-    done = subprocess.run(
-        [sys.executable, "-m", "flows.transform.orchestration", "manifest"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = python(env, tmp_path, "-m", "flows.transform.orchestration", "manifest")
     assert done.stdout.split() == [str(old.parent / built.name)]
     assert sorted(p.name for p in old.parent.iterdir()) == [built.name]
     rebuilt = audited_parse(env, tmp_path, *watched)
