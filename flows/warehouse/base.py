@@ -333,9 +333,7 @@ def key_migration_sql(
                 list(part),
             )
         )
-    pairs = list(rewrite.items())
-    for i in range(0, len(pairs), 500):
-        part = pairs[i : i + 500]
+    for part in chunks(list(rewrite.items())):
         values = ", ".join([f"({mark}, {mark})"] * len(part))
         params = [v for pair in part for v in pair]
         for table, column in ((manifest, "path"), (bars, "_source_file")):
@@ -350,8 +348,8 @@ def key_migration_sql(
     return out
 
 
-def chunks(items: Sequence[str], size: int = 500) -> list[Sequence[str]]:
-    """Bound IN lists (and their bind parameters) per manifest query."""
+def chunks(items: Sequence[Any], size: int = 500) -> list[Sequence[Any]]:
+    """Bound IN and VALUES lists (and their bind parameters) per manifest statement."""
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -403,7 +401,7 @@ def first_difference(now: pa.Table, loaded: pa.Table) -> str | None:
                 return f"{_row_name(new)}: {what}"
             i, j = i + 1, j + 1
         elif old is None or (new is not None and _row_key(new) < _row_key(old)):
-            return f"{_row_name(new)}: in the file now, not in what was loaded"
+            return f"{_row_name(new)}: in the file now, not in what was loaded"  # type: ignore[arg-type]
         else:
             return f"{_row_name(old)}: loaded, no longer in the file"
     return None
@@ -421,9 +419,12 @@ def _show(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime) else repr(value)
 
 
-def _row_name(row: dict[str, Any] | None) -> str:
+def _row_name(row: dict[str, Any]) -> str:
     """`symbol=COIN window_start=2024-11-26T14:30:00+00:00 revision=1`"""
-    assert row is not None
-    return " ".join(
-        f"{c}={'NULL' if row[c] is None else _show(row[c]).strip(chr(39))}" for c in ROW_KEY
-    )
+    return " ".join(f"{c}={_plain(row[c])}" for c in ROW_KEY)
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    return value.isoformat() if isinstance(value, datetime) else str(value)
