@@ -604,3 +604,22 @@ def test_same_name_identical_is_skipped_other_content_is_an_error(
     ):
         load(settings, progress=False)
     assert counts() == (3, 1)
+
+
+def test_rows_in_a_file_loaded_empty_are_named_as_new_rows(settings: Settings, lake: str) -> None:
+    """The rows bronze holds from a file loaded with none are an empty contract-2 table,
+    so a rewrite with rows is a conflict naming its first row, not a schema error."""
+    path = write_bars(FS, lake, [], name="was-empty")
+    assert load(settings, progress=False).files_loaded == 1
+    rows = bar_rows(2)
+    write_bars(FS, lake, rows, name="was-empty")
+
+    with pytest.raises(ContentConflict) as raised:
+        load(settings, progress=False)
+
+    first = min(rows, key=lambda r: (r["symbol"], r["window_start"], r["revision"]))
+    assert f"{path} was loaded (load 1, 0 row(s)) with other rows" in str(raised.value)
+    assert (
+        f"symbol={first['symbol']} window_start={first['window_start'].isoformat()} "
+        f"revision={first['revision']}: in the file now, not in what was loaded"
+    ) in str(raised.value)

@@ -65,6 +65,7 @@ from flows.errors import ServiceUnavailable, StockpipeError
 from flows.lake.store import Lake
 from flows.settings import Settings, SettingsError
 from flows.warehouse.base import (
+    BAR_ARROW_SCHEMA,
     BAR_COLUMNS,
     BARS_TABLE,
     BRONZE_SCHEMA,
@@ -324,9 +325,10 @@ class SnowflakeWarehouse:
         cur = self._execute(
             f"SELECT {columns} FROM {self._bars} WHERE {_q('_source_file')} = %s", [key]
         )
-        rows = cur.fetchall()
         names = [c.name for c in BAR_COLUMNS]
-        return pa.Table.from_pylist([dict(zip(names, r, strict=True)) for r in rows])
+        return pa.Table.from_pylist(
+            [dict(zip(names, r, strict=True)) for r in cur.fetchall()], schema=BAR_ARROW_SCHEMA
+        )
 
     def record_versions(self, files: Sequence[LakeFile], md5s: Sequence[str]) -> None:
         for file, md5 in zip(files, md5s, strict=True):
