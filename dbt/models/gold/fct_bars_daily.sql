@@ -3,35 +3,48 @@
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key=['symbol', 'trade_date'],
+        incremental_predicates=trade_date_bounds(),
         on_schema_change='fail',
     )
 }}
 
 {#- Incremental runs recompute the (symbol, trade_date) pairs that silver rebuilt
     since this model last ran (silver `_load_seq` above this model's max); silver stamps
-    every rebuilt row with the load it reflects. -#}
+    every rebuilt row with the load it reflects. The high-water mark and the changed
+    trade dates are read when the model compiles and written in as constants
+    (macros/incremental.sql), so silver is read for those dates only, on both targets. -#}
+
+{%- if is_incremental() -%}
+    {%- set previous_seq = high_water_mark() -%}
+    {%- set changed_filter = '_load_seq > ' ~ previous_seq if previous_seq is not none else '1 = 1' -%}
+    {%- set changed = compile_time_row(
+        'select min(trade_date), max(trade_date) from ' ~ ref('fct_bars_1m') ~ ' where ' ~ changed_filter
+    ) -%}
+    {%- set dates_filter -%}
+        trade_date >= {{ date_literal(changed[0] if changed else none) }}
+        and trade_date <= {{ date_literal(changed[1] if changed else none) }}
+    {%- endset -%}
+{%- endif %}
 
 with
 
 regular_bars as (
     select * from {{ ref('fct_bars_1m') }}
     where session = 'regular'
+    {%- if is_incremental() %}
+        and {{ dates_filter }}
+    {%- endif %}
 ),
 
 {% if is_incremental() %}
 
-previous_run as (
-    select max(_load_seq) as load_seq from {{ this }}
-),
-
 changed_days as (
     select distinct
-        bars.symbol,
-        bars.trade_date
-    from {{ ref('fct_bars_1m') }} as bars
-    cross join previous_run
-    where previous_run.load_seq is null
-        or bars._load_seq > previous_run.load_seq
+        symbol,
+        trade_date
+    from {{ ref('fct_bars_1m') }}
+    where {{ changed_filter }}
+        and {{ dates_filter }}
 ),
 
 session_bars as (
@@ -140,3 +153,5 @@ final as (
 )
 
 select * from final
+-- stored in trade-date order: incremental runs and recent-day tests read a few blocks
+order by trade_date

@@ -3,9 +3,24 @@
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key=['symbol', 'hour_start'],
+        incremental_predicates=trade_date_bounds(),
         on_schema_change='fail',
     )
 }}
+
+{#- Incremental runs recompute the hours silver rebuilt since this model last ran
+    (silver `_load_seq` above this model's max). The high-water mark and the changed
+    trade dates are constants written in when the model compiles
+    (macros/incremental.sql). An hour's trade date is a function of the hour (New
+    York is a whole number of hours off UTC), so the delete is bounded by it. -#}
+
+{%- if is_incremental() -%}
+    {%- set previous_seq = high_water_mark() -%}
+    {%- set changed_filter = '_load_seq > ' ~ previous_seq if previous_seq is not none else '1 = 1' -%}
+    {%- set changed = compile_time_row(
+        'select min(trade_date), max(trade_date) from ' ~ ref('fct_bars_1m') ~ ' where ' ~ changed_filter
+    ) -%}
+{%- endif %}
 
 with
 
@@ -14,22 +29,20 @@ bars as (
         *,
         {{ dbt.date_trunc('hour', 'window_start') }} as hour_start
     from {{ ref('fct_bars_1m') }}
+    {%- if is_incremental() %}
+    where trade_date >= {{ date_literal(changed[0] if changed else none) }}
+        and trade_date <= {{ date_literal(changed[1] if changed else none) }}
+    {%- endif %}
 ),
 
 {% if is_incremental() %}
-
-previous_run as (
-    select max(_load_seq) as load_seq from {{ this }}
-),
 
 changed_hours as (
     select distinct
         bars.symbol,
         bars.hour_start
     from bars
-    cross join previous_run
-    where previous_run.load_seq is null
-        or bars._load_seq > previous_run.load_seq
+    where {{ changed_filter }}
 ),
 
 hour_bars as (
@@ -112,3 +125,5 @@ final as (
 )
 
 select * from final
+-- stored in trade-date order: incremental runs and recent-day tests read a few blocks
+order by trade_date

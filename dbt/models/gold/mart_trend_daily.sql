@@ -1,61 +1,290 @@
-{{ config(materialized='table') }}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key=['symbol', 'trade_date'],
+        incremental_predicates=trade_date_bounds(),
+        on_schema_change='fail',
+    )
+}}
 
 {#- TA-Lib's SMA, EMA, MACD(12, 26, 9), RSI(14) and BBANDS(20, 2, 2) on daily closes;
-    NULL wherever TA-Lib returns NaN (its lookback). -#}
+    NULL wherever TA-Lib returns NaN (its lookback).
+
+    Incremental over the symbol-days fct_bars_daily rebuilt since this model last ran
+    (its `_load_seq` above this table's): each such symbol is recomputed from its
+    first changed day D0 to its last day (a changed close moves every later EMA), and
+    nothing else is touched. The windows (SMA 50, BBANDS 20) read the 49 closes
+    before D0; the recursive indicators (the EMAs, MACD's lines, RSI's Wilder
+    averages) continue from the values this table holds for the day before D0
+    (`_macd_fast`, `_average_gain` and `_average_loss` keep the ones no public
+    column holds), the same recursion a full build runs from the series' start. So a
+    new day costs a few rows per symbol, not its history. A symbol whose day before
+    D0 is still inside a lookback (fewer than 50 days of history), or whose 49 earlier
+    closes are not within `indicator_lookback_days` (100) days (a new symbol, or one
+    back from a long halt), is recomputed from its start, as a full build does.
+    Bounds are constants written in when the model compiles (macros/incremental.sql). -#}
+
+{%- set lookback_days = var('indicator_lookback_days', 100) | int -%}
+{%- set warm_rows_before = 49 -%}
+
+{%- if is_incremental() -%}
+    {%- set previous_seq = high_water_mark() -%}
+    {%- set changed_filter = '_load_seq > ' ~ previous_seq if previous_seq is not none else '1 = 1' -%}
+    {%- set changed = compile_time_row(
+        'select min(trade_date), count(*) from ' ~ ref('fct_bars_daily') ~ ' where ' ~ changed_filter
+    ) -%}
+    {%- set has_changes = changed is not none and changed[1] | int > 0 -%}
+    {%- set window_from = date_literal(changed[0] if has_changes else none, -lookback_days) -%}
+
+{%- set incremental_inputs_sql -%}
+changed_symbols as (
+    select
+        symbol,
+        min(trade_date) as first_changed,
+        max(_load_seq) as load_seq
+    from {{ ref('fct_bars_daily') }}
+    where {{ changed_filter }}
+    group by symbol
+),
+
+-- each changed symbol's closes from the lookback window on
+window_rows as (
+    select
+        daily.symbol,
+        daily.trade_date,
+        daily.close,
+        changed_symbols.first_changed
+    from {{ ref('fct_bars_daily') }} as daily
+    inner join changed_symbols
+        on changed_symbols.symbol = daily.symbol
+    where daily.trade_date >= {{ window_from }}
+),
+
+history as (
+    select
+        symbol,
+        count(case when trade_date < first_changed then 1 end) as rows_before,
+        max(case when trade_date < first_changed then trade_date end) as state_date
+    from window_rows
+    group by symbol
+),
+
+-- this table's row for the day before D0, past every lookback (sma_50 exists)
+states as (
+    select
+        existing.symbol,
+        existing.trade_date,
+        existing.ema_12,
+        existing.ema_26,
+        existing._macd_fast,
+        existing.macd_signal,
+        existing._average_gain,
+        existing._average_loss
+    from {{ this }} as existing
+    inner join history
+        on history.symbol = existing.symbol
+        and history.state_date = existing.trade_date
+    where existing.trade_date >= {{ window_from }}
+        and existing.sma_50 is not null
+),
+
+warm_symbols as (
+    select history.symbol, history.rows_before
+    from history
+    inner join states
+        on states.symbol = history.symbol
+    where history.rows_before >= {{ warm_rows_before }}
+)
+{%- endset -%}
+
+    {%- set cold = compile_time_row(
+        'with ' ~ incremental_inputs_sql ~ ' select count(*) from changed_symbols'
+        ~ ' where symbol not in (select symbol from warm_symbols)'
+    ) if has_changes else none -%}
+    {%- set has_cold = cold is not none and cold[0] | int > 0 -%}
+{%- endif %}
 
 with
 
-daily as (
+{% if is_incremental() and has_changes %}
+
+{{ incremental_inputs_sql }},
+
+-- warm symbols: idx 0 is the day before D0 (it carries the stored state), the
+-- window's earlier closes have negative idx and only feed the rolling windows
+series as (
+    select
+        window_rows.symbol,
+        window_rows.trade_date,
+        window_rows.close,
+        row_number() over (partition by window_rows.symbol order by window_rows.trade_date)
+            - warm_symbols.rows_before as idx,
+        true as is_warm,
+        states.ema_12 as state_ema_12,
+        states.ema_26 as state_ema_26,
+        states._macd_fast as state_macd_fast,
+        states.macd_signal as state_macd_signal,
+        states._average_gain as state_average_gain,
+        states._average_loss as state_average_loss
+    from window_rows
+    inner join warm_symbols
+        on warm_symbols.symbol = window_rows.symbol
+    left join states
+        on states.symbol = window_rows.symbol
+        and states.trade_date = window_rows.trade_date
+    {%- if has_cold %}
+
+    union all
+
+    -- cold symbols: the whole series, as a full build computes it
+    select
+        daily.symbol,
+        daily.trade_date,
+        daily.close,
+        row_number() over (partition by daily.symbol order by daily.trade_date) - 1 as idx,
+        false as is_warm,
+        cast(null as double) as state_ema_12,
+        cast(null as double) as state_ema_26,
+        cast(null as double) as state_macd_fast,
+        cast(null as double) as state_macd_signal,
+        cast(null as double) as state_average_gain,
+        cast(null as double) as state_average_loss
+    from {{ ref('fct_bars_daily') }} as daily
+    inner join changed_symbols
+        on changed_symbols.symbol = daily.symbol
+    where daily.symbol not in (select symbol from warm_symbols)
+    {%- endif %}
+),
+
+-- rows written: each changed symbol's days from D0 on
+written as (
+    select
+        series.symbol,
+        series.trade_date
+    from series
+    inner join changed_symbols
+        on changed_symbols.symbol = series.symbol
+    where series.trade_date >= changed_symbols.first_changed
+),
+
+load_seq as (
+    select max(load_seq) as load_seq from changed_symbols
+),
+
+{% elif is_incremental() %}
+
+-- nothing changed since the last run: nothing to write
+series as (
     select
         symbol,
         trade_date,
         close,
-        row_number() over (partition by symbol order by trade_date) - 1 as idx
+        0 as idx,
+        false as is_warm,
+        cast(null as double) as state_ema_12,
+        cast(null as double) as state_ema_26,
+        cast(null as double) as state_macd_fast,
+        cast(null as double) as state_macd_signal,
+        cast(null as double) as state_average_gain,
+        cast(null as double) as state_average_loss
+    from {{ ref('fct_bars_daily') }}
+    where 1 = 0
+),
+
+written as (
+    select symbol, trade_date from series
+),
+
+load_seq as (
+    select cast(null as bigint) as load_seq
+),
+
+{% else %}
+
+series as (
+    select
+        symbol,
+        trade_date,
+        close,
+        row_number() over (partition by symbol order by trade_date) - 1 as idx,
+        false as is_warm,
+        cast(null as double) as state_ema_12,
+        cast(null as double) as state_ema_26,
+        cast(null as double) as state_macd_fast,
+        cast(null as double) as state_macd_signal,
+        cast(null as double) as state_average_gain,
+        cast(null as double) as state_average_loss
     from {{ ref('fct_bars_daily') }}
 ),
 
-{{ ema_ctes('ema_12', 'daily', 'close', 12) }},
+written as (
+    select symbol, trade_date from series
+),
 
-{{ ema_ctes('ema_26', 'daily', 'close', 26) }},
+load_seq as (
+    select max(_load_seq) as load_seq from {{ ref('fct_bars_daily') }}
+),
+
+{% endif %}
+
+-- the recursive indicators' input: from idx 0 (the carried state, or the series' start)
+recursive_input as (
+    select * from series where idx >= 0
+),
+
+{{ ema_ctes('ema_12', 'recursive_input', 'close', 12, state='state_ema_12') }},
+
+{{ ema_ctes('ema_26', 'recursive_input', 'close', 26, state='state_ema_26') }},
 
 -- TA-Lib's MACD starts both EMAs where the slow one starts (index 25): the fast
 -- EMA is seeded there with the mean of the 12 closes ending at index 25.
-{{ ema_ctes('macd_fast', 'daily', 'close', 12, seed_index=25) }},
+{{ ema_ctes('macd_fast', 'recursive_input', 'close', 12, seed_index=25, state='state_macd_fast') }},
 
 macd_line as (
     select
         ema_26.symbol,
         ema_26.idx,
-        macd_fast.macd_fast - ema_26.ema_26 as macd
+        macd_fast.macd_fast,
+        macd_fast.macd_fast - ema_26.ema_26 as macd,
+        recursive_input.state_macd_signal
     from ema_26
     inner join macd_fast
         on macd_fast.symbol = ema_26.symbol
         and macd_fast.idx = ema_26.idx
+    inner join recursive_input
+        on recursive_input.symbol = ema_26.symbol
+        and recursive_input.idx = ema_26.idx
 ),
 
-{{ ema_ctes('macd_signal', 'macd_line', 'macd', 9, seed_index=33) }},
+{{ ema_ctes('macd_signal', 'macd_line', 'macd', 9, seed_index=33, state='state_macd_signal') }},
 
 price_changes as (
     select
         symbol,
         idx,
+        state_average_gain,
+        state_average_loss,
         close - lag(close) over (partition by symbol order by idx) as change
-    from daily
+    from series
 ),
 
 gains_and_losses as (
     select
         symbol,
         idx,
+        state_average_gain,
+        state_average_loss,
         case when change > 0 then change when change is not null then 0 end as gain,
         case when change < 0 then -change when change is not null then 0 end as loss
     from price_changes
+    where idx >= 0
 ),
 
 -- Wilder smoothing: seeded with the mean of the first 14 changes, alpha = 1/14
-{{ ema_ctes('average_gain', 'gains_and_losses', 'gain', 14, alpha=1/14, seed_index=14) }},
+{{ ema_ctes('average_gain', 'gains_and_losses', 'gain', 14, alpha=1/14, seed_index=14, state='state_average_gain') }},
 
-{{ ema_ctes('average_loss', 'gains_and_losses', 'loss', 14, alpha=1/14, seed_index=14) }},
+{{ ema_ctes('average_loss', 'gains_and_losses', 'loss', 14, alpha=1/14, seed_index=14, state='state_average_loss') }},
 
 rolling as (
     select
@@ -63,6 +292,7 @@ rolling as (
         trade_date,
         close,
         idx,
+        is_warm,
         avg(close) over (
             partition by symbol order by idx rows between 19 preceding and current row
         ) as mean_20,
@@ -72,31 +302,42 @@ rolling as (
         avg(close) over (
             partition by symbol order by idx rows between 49 preceding and current row
         ) as mean_50
-    from daily
+    from series
 ),
 
+-- past a lookback: a warm symbol's rows all are
 indicators as (
     select
         rolling.symbol,
         rolling.trade_date,
         rolling.close,
-        case when rolling.idx >= 19 then rolling.mean_20 end as sma_20,
-        case when rolling.idx >= 49 then rolling.mean_50 end as sma_50,
+        case when rolling.is_warm or rolling.idx >= 19 then rolling.mean_20 end as sma_20,
+        case when rolling.is_warm or rolling.idx >= 49 then rolling.mean_50 end as sma_50,
         ema_12.ema_12,
         ema_26.ema_26,
-        case when rolling.idx >= 33 then macd_line.macd end as macd,
+        case when rolling.is_warm or rolling.idx >= 33 then macd_line.macd end as macd,
         macd_signal.macd_signal,
-        case when rolling.idx >= 33 then macd_line.macd - macd_signal.macd_signal end as macd_hist,
+        case when rolling.is_warm or rolling.idx >= 33
+            then macd_line.macd - macd_signal.macd_signal end as macd_hist,
         case
-            when rolling.idx < 14 then null
+            when not rolling.is_warm and rolling.idx < 14 then null
             when abs(average_gain.average_gain + average_loss.average_loss) < 1e-14 then 0
             else 100 * average_gain.average_gain
                 / (average_gain.average_gain + average_loss.average_loss)
         end as rsi_14,
-        case when rolling.idx >= 19 then rolling.mean_20 end as bb_middle_20,
-        case when rolling.idx >= 19 then rolling.mean_20 + 2 * rolling.stddev_20 end as bb_upper_20,
-        case when rolling.idx >= 19 then rolling.mean_20 - 2 * rolling.stddev_20 end as bb_lower_20
+        case when rolling.is_warm or rolling.idx >= 19 then rolling.mean_20 end as bb_middle_20,
+        case when rolling.is_warm or rolling.idx >= 19
+            then rolling.mean_20 + 2 * rolling.stddev_20 end as bb_upper_20,
+        case when rolling.is_warm or rolling.idx >= 19
+            then rolling.mean_20 - 2 * rolling.stddev_20 end as bb_lower_20,
+        -- the recursions' states no public column holds, for the next incremental run
+        macd_line.macd_fast as _macd_fast,
+        average_gain.average_gain as _average_gain,
+        average_loss.average_loss as _average_loss
     from rolling
+    inner join written
+        on written.symbol = rolling.symbol
+        and written.trade_date = rolling.trade_date
     inner join ema_12 on ema_12.symbol = rolling.symbol and ema_12.idx = rolling.idx
     inner join ema_26 on ema_26.symbol = rolling.symbol and ema_26.idx = rolling.idx
     inner join macd_line on macd_line.symbol = rolling.symbol and macd_line.idx = rolling.idx
@@ -107,14 +348,37 @@ indicators as (
 
 final as (
     select
-        *,
+        indicators.symbol,
+        indicators.trade_date,
+        indicators.close,
+        indicators.sma_20,
+        indicators.sma_50,
+        indicators.ema_12,
+        indicators.ema_26,
+        indicators.macd,
+        indicators.macd_signal,
+        indicators.macd_hist,
+        indicators.rsi_14,
+        indicators.bb_middle_20,
+        indicators.bb_upper_20,
+        indicators.bb_lower_20,
         case
-            when sma_50 is null then null
-            when close > sma_50 and sma_20 > sma_50 then 'uptrend'
-            when close < sma_50 and sma_20 < sma_50 then 'downtrend'
+            when indicators.sma_50 is null then null
+            when indicators.close > indicators.sma_50 and indicators.sma_20 > indicators.sma_50
+                then 'uptrend'
+            when indicators.close < indicators.sma_50 and indicators.sma_20 < indicators.sma_50
+                then 'downtrend'
             else 'sideways'
-        end as trend_regime
+        end as trend_regime,
+        indicators._macd_fast,
+        indicators._average_gain,
+        indicators._average_loss,
+        -- the fct_bars_daily load this row reflects: the next incremental run starts after it
+        load_seq.load_seq as _load_seq
     from indicators
+    cross join load_seq
 )
 
 select * from final
+-- stored in trade-date order: incremental runs and recent-day tests read a few blocks
+order by trade_date

@@ -1,21 +1,171 @@
-{{ config(materialized='table') }}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key=['symbol', 'trade_date'],
+        incremental_predicates=trade_date_bounds(),
+        on_schema_change='fail',
+    )
+}}
 
 {#- Daily volatility estimators over 20 trading days (annualised with 252), TA-Lib's
-    ATR(14), and the realised volatility of each regular session's minutes. -#}
+    ATR(14), and the realised volatility of each regular session's minutes.
+
+    Incremental over the symbol-days fct_bars_daily rebuilt since this model last ran,
+    as mart_trend_daily is: each such symbol from its first changed day D0 on, the
+    20-day windows reading the 20 days before D0, Wilder's ATR continuing from the
+    value this table holds for the day before D0; a symbol with fewer than 21 days
+    of history there, or whose 20 earlier days are not within
+    `indicator_lookback_days` (100) days, is recomputed from its start. -#}
+
+{%- set lookback_days = var('indicator_lookback_days', 100) | int -%}
+{%- set warm_rows_before = 20 -%}
+
+{%- if is_incremental() -%}
+    {%- set previous_seq = high_water_mark() -%}
+    {%- set changed_filter = '_load_seq > ' ~ previous_seq if previous_seq is not none else '1 = 1' -%}
+    {%- set changed = compile_time_row(
+        'select min(trade_date), count(*) from ' ~ ref('fct_bars_daily') ~ ' where ' ~ changed_filter
+    ) -%}
+    {%- set has_changes = changed is not none and changed[1] | int > 0 -%}
+    {%- set window_from = date_literal(changed[0] if has_changes else none, -lookback_days) -%}
+
+{%- set incremental_inputs_sql -%}
+changed_symbols as (
+    select
+        symbol,
+        min(trade_date) as first_changed,
+        max(_load_seq) as load_seq
+    from {{ ref('fct_bars_daily') }}
+    where {{ changed_filter }}
+    group by symbol
+),
+
+-- each changed symbol's days from the lookback window on
+window_rows as (
+    select
+        daily.symbol,
+        daily.trade_date,
+        daily.open,
+        daily.high,
+        daily.low,
+        daily.close,
+        daily.realized_variance_1m,
+        changed_symbols.first_changed
+    from {{ ref('fct_bars_daily') }} as daily
+    inner join changed_symbols
+        on changed_symbols.symbol = daily.symbol
+    where daily.trade_date >= {{ window_from }}
+),
+
+history as (
+    select
+        symbol,
+        count(case when trade_date < first_changed then 1 end) as rows_before,
+        max(case when trade_date < first_changed then trade_date end) as state_date
+    from window_rows
+    group by symbol
+),
+
+-- this table's row for the day before D0, past every lookback (realized_vol_20d exists)
+states as (
+    select
+        existing.symbol,
+        existing.trade_date,
+        existing.atr_14
+    from {{ this }} as existing
+    inner join history
+        on history.symbol = existing.symbol
+        and history.state_date = existing.trade_date
+    where existing.trade_date >= {{ window_from }}
+        and existing.realized_vol_20d is not null
+),
+
+warm_symbols as (
+    select history.symbol, history.rows_before
+    from history
+    inner join states
+        on states.symbol = history.symbol
+    where history.rows_before >= {{ warm_rows_before }}
+)
+{%- endset -%}
+
+    {%- set cold = compile_time_row(
+        'with ' ~ incremental_inputs_sql ~ ' select count(*) from changed_symbols'
+        ~ ' where symbol not in (select symbol from warm_symbols)'
+    ) if has_changes else none -%}
+    {%- set has_cold = cold is not none and cold[0] | int > 0 -%}
+{%- endif %}
 
 with
 
--- each regular session's realized variance from its first real trade on
--- (fct_bars_daily.realized_variance_1m, kept incrementally there)
-intraday as (
+{% if is_incremental() and has_changes %}
+
+{{ incremental_inputs_sql }},
+
+-- warm symbols: idx 0 is the day before D0 (it carries the stored ATR), the window's
+-- earlier days have negative idx and only feed the rolling windows
+series as (
     select
-        symbol,
-        trade_date,
-        realized_variance_1m
-    from {{ ref('fct_bars_daily') }}
+        window_rows.symbol,
+        window_rows.trade_date,
+        window_rows.open,
+        window_rows.high,
+        window_rows.low,
+        window_rows.close,
+        window_rows.realized_variance_1m,
+        row_number() over (partition by window_rows.symbol order by window_rows.trade_date)
+            - warm_symbols.rows_before as idx,
+        true as is_warm,
+        states.atr_14 as state_atr_14
+    from window_rows
+    inner join warm_symbols
+        on warm_symbols.symbol = window_rows.symbol
+    left join states
+        on states.symbol = window_rows.symbol
+        and states.trade_date = window_rows.trade_date
+    {%- if has_cold %}
+
+    union all
+
+    -- cold symbols: the whole series, as a full build computes it
+    select
+        daily.symbol,
+        daily.trade_date,
+        daily.open,
+        daily.high,
+        daily.low,
+        daily.close,
+        daily.realized_variance_1m,
+        row_number() over (partition by daily.symbol order by daily.trade_date) - 1 as idx,
+        false as is_warm,
+        cast(null as double) as state_atr_14
+    from {{ ref('fct_bars_daily') }} as daily
+    inner join changed_symbols
+        on changed_symbols.symbol = daily.symbol
+    where daily.symbol not in (select symbol from warm_symbols)
+    {%- endif %}
 ),
 
-daily as (
+-- rows written: each changed symbol's days from D0 on
+written as (
+    select
+        series.symbol,
+        series.trade_date
+    from series
+    inner join changed_symbols
+        on changed_symbols.symbol = series.symbol
+    where series.trade_date >= changed_symbols.first_changed
+),
+
+load_seq as (
+    select max(load_seq) as load_seq from changed_symbols
+),
+
+{% elif is_incremental() %}
+
+-- nothing changed since the last run: nothing to write
+series as (
     select
         symbol,
         trade_date,
@@ -23,9 +173,54 @@ daily as (
         high,
         low,
         close,
-        lag(close) over (partition by symbol order by trade_date) as previous_close,
-        row_number() over (partition by symbol order by trade_date) - 1 as idx
+        realized_variance_1m,
+        0 as idx,
+        false as is_warm,
+        cast(null as double) as state_atr_14
     from {{ ref('fct_bars_daily') }}
+    where 1 = 0
+),
+
+written as (
+    select symbol, trade_date from series
+),
+
+load_seq as (
+    select cast(null as bigint) as load_seq
+),
+
+{% else %}
+
+series as (
+    select
+        symbol,
+        trade_date,
+        open,
+        high,
+        low,
+        close,
+        realized_variance_1m,
+        row_number() over (partition by symbol order by trade_date) - 1 as idx,
+        false as is_warm,
+        cast(null as double) as state_atr_14
+    from {{ ref('fct_bars_daily') }}
+),
+
+written as (
+    select symbol, trade_date from series
+),
+
+load_seq as (
+    select max(_load_seq) as load_seq from {{ ref('fct_bars_daily') }}
+),
+
+{% endif %}
+
+daily as (
+    select
+        *,
+        lag(close) over (partition by symbol order by idx) as previous_close
+    from series
 ),
 
 terms as (
@@ -43,15 +238,22 @@ terms as (
     from daily
 ),
 
+-- the recursive indicator's input: from idx 0 (the carried state, or the series' start)
+recursive_input as (
+    select * from terms where idx >= 0
+),
+
 -- Wilder's ATR: seeded with the mean of the first 14 true ranges, alpha = 1/14
-{{ ema_ctes('atr_14', 'terms', 'true_range', 14, alpha=1/14, seed_index=14) }},
+{{ ema_ctes('atr_14', 'recursive_input', 'true_range', 14, alpha=1/14, seed_index=14, state='state_atr_14') }},
 
 rolling as (
     select
         symbol,
         trade_date,
         idx,
+        is_warm,
         log_return,
+        realized_variance_1m,
         stddev_samp(log_return) over (
             partition by symbol order by idx rows between 19 preceding and current row
         ) as log_return_stddev_20,
@@ -69,24 +271,32 @@ final as (
         rolling.symbol,
         rolling.trade_date,
         rolling.log_return,
-        case when rolling.idx >= 20 then rolling.log_return_stddev_20 * sqrt(252) end
+        case when rolling.is_warm or rolling.idx >= 20 then rolling.log_return_stddev_20 * sqrt(252) end
             as realized_vol_20d,
         case
-            when rolling.idx >= 19 then sqrt(252 * rolling.log_range_squared_mean_20 / (4 * ln(2)))
+            when rolling.is_warm or rolling.idx >= 19
+                then sqrt(252 * rolling.log_range_squared_mean_20 / (4 * ln(2)))
         end as parkinson_vol_20d,
         case
-            when rolling.idx >= 19 and rolling.garman_klass_mean_20 >= 0
+            when (rolling.is_warm or rolling.idx >= 19) and rolling.garman_klass_mean_20 >= 0
                 then sqrt(252 * rolling.garman_klass_mean_20)
         end as garman_klass_vol_20d,
         atr_14.atr_14,
-        sqrt(coalesce(intraday.realized_variance_1m, 0)) * sqrt(252) as intraday_realized_vol
+        -- each regular session's realized variance from its first real trade on
+        -- (fct_bars_daily.realized_variance_1m, kept incrementally there)
+        sqrt(coalesce(rolling.realized_variance_1m, 0)) * sqrt(252) as intraday_realized_vol,
+        -- the fct_bars_daily load this row reflects: the next incremental run starts after it
+        load_seq.load_seq as _load_seq
     from rolling
+    inner join written
+        on written.symbol = rolling.symbol
+        and written.trade_date = rolling.trade_date
     inner join atr_14
         on atr_14.symbol = rolling.symbol
         and atr_14.idx = rolling.idx
-    left join intraday
-        on intraday.symbol = rolling.symbol
-        and intraday.trade_date = rolling.trade_date
+    cross join load_seq
 )
 
 select * from final
+-- stored in trade-date order: incremental runs and recent-day tests read a few blocks
+order by trade_date

@@ -3,34 +3,158 @@
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key=['symbol', 'window_start'],
+        incremental_predicates=trade_date_bounds(),
         on_schema_change='fail',
     )
 }}
 
 {#-
-    Incremental runs rebuild, per symbol, one range: from the last real bar before
-    the earliest bar loaded since the previous run, up to the first real bar after
-    the latest one (to the end of the symbol's history when there is none).
+    Incremental runs rebuild, per symbol, one range [S, E]: E is the first real bar
+    after the latest bar loaded since the previous run (the end of the symbol's
+    history when there is none); S is the earliest new bar, or, when the new bars
+    reach past the symbol's last real bar (E is none: a new session, say), the last
+    real bar before them, which is read for its close but not written again (it
+    does not change, and rewriting it would mark its day changed downstream).
     Why that is enough: a synthetic bar carries the close of the last real bar
-    before it, so a new or restated bar changes itself and the synthetic bars
-    after it up to the next real bar, and nothing else; a bar inserted into a gap
-    turns that synthetic minute real and re-bases the synthetic minutes after it
-    up to the same next real bar; a bar before the symbol's first or after its
-    last bar widens the gap-filled span up to the old first or from the old last
-    bar, which are the range's ends. Rows outside the range are left as they are
-    (delete+insert by key only touches the range's keys, and every key of the
-    range in the table comes back: bars never leave bronze). Both ends are
-    unchanged real bars, rebuilt identically, so the gap-filling between them
-    runs exactly as the full build's does.
-    The bronze load sequence (`_load_seq`, numbered in commit order; not event
-    time, not the loader's clock, never the wall clock) decides what is new, so
-    restatements of any age are picked up and no late commit is missed; rebuilt
-    rows carry the new sequence number (the downstream models' change marker).
+    before it, so a new or restated bar changes itself and the synthetic bars after
+    it up to the next real bar, and nothing else; a bar inserted into a gap turns
+    that synthetic minute real and re-bases the synthetic minutes after it up to the
+    same next real bar; a bar before the symbol's first bar widens the gap-filled
+    span up to the old first bar, which is E; a bar after its last bar L fills the
+    minutes from L on, carrying L's close, hence S = L there. Rows outside the range
+    are left as they are (delete+insert by key only touches the range's keys, and
+    every key of the range in the table comes back: bars never leave bronze). E, and
+    S when it is not a new bar, are unchanged real bars, rebuilt identically, so the
+    gap-filling runs exactly as the full build's does; S may also be any unchanged
+    real bar earlier than that, or midnight before one, with the same result.
+
+    Cost in proportion to the new rows, on both targets: the bronze load sequence
+    (`_load_seq`, numbered in commit order; not event time, not the loader's clock,
+    never the wall clock) decides what is new, against this table's high-water mark,
+    read when the model compiles and written in as a constant (Snowflake prunes on
+    constants only, macros/incremental.sql), so restatements of any age are picked
+    up and no late commit is missed. The real bars around the new ones are looked
+    for within `silver_search_days` (7) days of them, which holds every weekend and
+    holiday closure of the NYSE since 2000; only a symbol whose new bars follow a
+    longer silence with no real bar after them, or that is new, has its earlier
+    rows read (once). Bronze is read from the earliest S on, the table within the
+    search window, the delete bounded by the rebuilt trade dates; rebuilt rows carry
+    the new rows' load sequence (the downstream models' change marker).
 -#}
 
 {#- bronze is read through ref() at each use, never through one shared CTE: DuckDB
     materializes a CTE used twice whole (every column of every bronze row), which
     would make every incremental run cost in proportion to bronze. -#}
+
+{%- set bar_seconds = env_var('STOCKPIPE_BAR_SECONDS', '60') | int -%}
+{%- set search_days = var('silver_search_days', 7) | int -%}
+
+{%- if is_incremental() -%}
+    {%- set previous_seq = high_water_mark() -%}
+    {#- bronze rows loaded since this table's last run, on the raw column (a constant
+        bound, nothing wrapped around it): rows loaded before loads were numbered
+        (NULL) count as load 0, which no high-water mark is below -#}
+    {%- set new_rows_filter -%}
+        interval_s = {{ bar_seconds }}
+        {%- if previous_seq is not none %} and _load_seq > {{ previous_seq }}{% endif %}
+    {%- endset -%}
+    {%- set new = compile_time_row(
+        "select cast(min(window_start) as date), cast(max(window_start) as date), count(*) from "
+        ~ source('bronze', 'bars') ~ " where " ~ new_rows_filter
+    ) -%}
+    {%- set has_new = new is not none and new[2] | int > 0 -%}
+    {#- the table's rows near the new ones: trade dates are New York's or UTC's, a day
+        off at most from the UTC dates above -#}
+    {%- set search_from = date_literal(new[0], -search_days - 1) if has_new else none -%}
+    {%- set search_to = date_literal(new[1], search_days + 1) if has_new else none -%}
+
+{%- set neighbours_sql -%}
+newly_loaded as (
+    select
+        symbol,
+        min(window_start) as first_new_start,
+        max(window_start) as last_new_start,
+        max(_load_seq) as load_seq,
+        max(_loaded_at) as loaded_at
+    from {{ source('bronze', 'bars') }}
+    where {{ new_rows_filter }}
+    group by symbol
+),
+
+-- the table's real bars within the search window, of the symbols with new bars
+nearby as (
+    select
+        existing.symbol,
+        existing.window_start
+    from {{ this }} as existing
+    inner join newly_loaded
+        on newly_loaded.symbol = existing.symbol
+    where existing.trade_date >= {{ search_from }}
+        and existing.trade_date <= {{ search_to }}
+        and not existing.is_synthetic
+),
+
+neighbours as (
+    select
+        newly_loaded.symbol,
+        newly_loaded.first_new_start,
+        newly_loaded.last_new_start,
+        max(case when nearby.window_start < newly_loaded.first_new_start
+            then nearby.window_start end) as previous_near,
+        min(case when nearby.window_start > newly_loaded.last_new_start
+            then nearby.window_start end) as next_near
+    from newly_loaded
+    left join nearby
+        on nearby.symbol = newly_loaded.symbol
+    group by newly_loaded.symbol, newly_loaded.first_new_start, newly_loaded.last_new_start
+)
+{%- endset -%}
+
+{%- set far_sql -%}
+-- symbols whose new bars have no real bar after them nearby nor before them: the
+-- last real bar before them is further back, if there is one (a long silence; none
+-- for a new symbol)
+far_previous as (
+    select
+        existing.symbol,
+        max(existing.window_start) as previous_far
+    from {{ this }} as existing
+    inner join neighbours
+        on neighbours.symbol = existing.symbol
+        and neighbours.next_near is null
+        and neighbours.previous_near is null
+    where existing.trade_date < {{ search_from }}
+        and not existing.is_synthetic
+    group by existing.symbol
+)
+{%- endset -%}
+{%- endif -%}
+
+{%- if is_incremental() and has_new -%}
+    {%- set plan = compile_time_row(
+        "with " ~ neighbours_sql ~ " select "
+        ~ "count(case when next_near is null and previous_near is null then 1 end), "
+        ~ "cast(min(case when next_near is not null then first_new_start "
+        ~ "else coalesce(previous_near, first_new_start) end) as date), "
+        ~ "count(case when next_near is null then 1 end), "
+        ~ "cast(max(next_near) as date) "
+        ~ "from neighbours"
+    ) -%}
+    {%- set needs_far = plan[0] | int > 0 -%}
+    {%- set read_from = plan[1] -%}
+    {%- if needs_far -%}
+        {%- set far = compile_time_row(
+            "with " ~ neighbours_sql ~ ", " ~ far_sql
+            ~ " select cast(min(previous_far) as date) from far_previous"
+        ) -%}
+        {%- if far[0] is not none and (far[0] | string)[:10] < (read_from | string)[:10] -%}
+            {%- set read_from = far[0] -%}
+        {%- endif -%}
+    {%- endif -%}
+    {#- bronze's window_start is UTC, these dates are the engine's: a day of margin -#}
+    {%- set read_from_literal = timestamp_literal(read_from, -1) -%}
+    {%- set read_to_literal = timestamp_literal(plan[3], 2) if plan[2] | int == 0 else none -%}
+{%- endif -%}
 
 with
 
@@ -42,45 +166,44 @@ minutes_of_day as (
     {{ integer_series(1440) }}
 ),
 
-{% if is_incremental() %}
+{% if is_incremental() and has_new %}
 
-previous_run as (
-    select max(_load_seq) as load_seq from {{ this }}
-),
+{{ neighbours_sql }},
 
-newly_loaded as (
-    select
-        bars.symbol,
-        min(bars.window_start) as first_new_start,
-        max(bars.window_start) as last_new_start
-    from {{ ref('stg_bronze__bars') }} as bars
-    cross join previous_run
-    where previous_run.load_seq is null
-        or bars._load_seq > previous_run.load_seq
-    group by bars.symbol
-),
+{% if needs_far %}
+{{ far_sql }},
+{% endif %}
 
--- the real bars of the table just outside the new bars, per symbol
 rebuild_range as (
     select
-        newly_loaded.symbol,
-        coalesce(
-            max(case when existing.window_start < newly_loaded.first_new_start
-                then existing.window_start end),
-            min(newly_loaded.first_new_start)
-        ) as rebuild_start,
-        -- null: no real bar after the new ones, the range runs to the end
-        min(case when existing.window_start > newly_loaded.last_new_start
-            then existing.window_start end) as rebuild_end
-    from newly_loaded
-    left join {{ this }} as existing
-        on existing.symbol = newly_loaded.symbol
-        and not existing.is_synthetic
-        and (
-            existing.window_start < newly_loaded.first_new_start
-            or existing.window_start > newly_loaded.last_new_start
-        )
-    group by newly_loaded.symbol
+        neighbours.symbol,
+        case
+            when neighbours.next_near is not null then neighbours.first_new_start
+            else coalesce(
+                neighbours.previous_near,
+                {%- if needs_far %}
+                far_previous.previous_far,
+                {%- endif %}
+                neighbours.first_new_start
+            )
+        end as rebuild_start,
+        -- null: no real bar after the new ones nearby, the range runs to the end
+        neighbours.next_near as rebuild_end,
+        -- an old bar the range starts from only carries its close into the minutes
+        -- after it: it is read, not written (its day is not changed by a new session)
+        case
+            when neighbours.next_near is null then coalesce(
+                neighbours.previous_near
+                {%- if needs_far %},
+                far_previous.previous_far
+                {%- endif %}
+            )
+        end as write_after
+    from neighbours
+    {%- if needs_far %}
+    left join far_previous
+        on far_previous.symbol = neighbours.symbol
+    {%- endif %}
 ),
 
 bars_to_rebuild as (
@@ -90,12 +213,45 @@ bars_to_rebuild as (
         on rebuild_range.symbol = bars.symbol
         and bars.window_start >= rebuild_range.rebuild_start
         and (rebuild_range.rebuild_end is null or bars.window_start <= rebuild_range.rebuild_end)
+    where bars.window_start >= {{ read_from_literal }}
+        {%- if read_to_literal is not none %}
+        and bars.window_start < {{ read_to_literal }}
+        {%- endif %}
+),
+
+-- the newest load among the new rows: rebuilt rows reflect it
+lineage as (
+    select
+        max(load_seq) as _load_seq,
+        max(loaded_at) as _loaded_at
+    from newly_loaded
+),
+
+{% elif is_incremental() %}
+
+-- nothing loaded since the last run: nothing to rebuild
+bars_to_rebuild as (
+    select * from {{ ref('stg_bronze__bars') }}
+    where 1 = 0
+),
+
+lineage as (
+    select
+        cast(null as bigint) as _load_seq,
+        cast(null as timestamp with time zone) as _loaded_at
 ),
 
 {% else %}
 
 bars_to_rebuild as (
     select * from {{ ref('stg_bronze__bars') }}
+),
+
+lineage as (
+    select
+        max(_load_seq) as _load_seq,
+        max(_loaded_at) as _loaded_at
+    from {{ ref('stg_bronze__bars') }}
 ),
 
 {% endif %}
@@ -257,9 +413,19 @@ final as (
     select
         unioned.*,
         -- the bronze load this row reflects: downstream incremental models rebuild what changed
-        (select max(_loaded_at) from {{ ref('stg_bronze__bars') }}) as _loaded_at,
-        (select max(_load_seq) from {{ ref('stg_bronze__bars') }}) as _load_seq
+        lineage._loaded_at,
+        lineage._load_seq
     from unioned
+    cross join lineage
+    {%- if is_incremental() and has_new %}
+    inner join rebuild_range
+        on rebuild_range.symbol = unioned.symbol
+        and (rebuild_range.write_after is null or unioned.window_start > rebuild_range.write_after)
+    {%- endif %}
 )
 
 select * from final
+-- stored in trade-date order (full builds and every run's new rows), so that
+-- incremental runs, their deletes and the data tests of recent days read a few
+-- days' blocks of the table (DuckDB row groups, Snowflake micro-partitions)
+order by trade_date, symbol, window_start
