@@ -8,10 +8,11 @@ SQL and run. One load is built on both targets from the same bronze rows and
 every silver and gold table must agree; the DuckDB results are pinned against
 pandas and TA-Lib in test_dbt_transform.py.
 
-Only full builds run here: for a delete+insert incremental run dbt-snowflake
-creates `create or replace temporary table <db>.<schema>.<name>__dbt_tmp`, which
-fakesnow hands to DuckDB unchanged and DuckDB rejects ("TEMPORARY table names can
-*only* use the temp catalog"). The incremental SQL is exercised on DuckDB.
+Only full builds run here. Incremental runs on the emulator (dbt-snowflake's
+delete+insert, through tests/snowflake_emulator.py, which lets fakesnow create
+dbt's qualified temporary tables) are compared with full refreshes in
+test_dbt_incremental.py, and their SQL is checked against Snowflake's rules in
+test_snowflake_sql.py.
 """
 
 from __future__ import annotations

@@ -468,9 +468,9 @@ def test_a_restated_bar_rebuilds_only_itself_and_what_follows(
     built: Built, silver_actual: pd.DataFrame
 ) -> None:
     # The last run sees only the fourth load (the run before processed the third), so
-    # it rebuilds AAA from the last real bar before the fourth load's restated bar
-    # (14:59 UTC for its 15:00 bar), not from before the third's (13:59), up to the
-    # first real bar after it.
+    # it rebuilds AAA from the fourth load's restated bar (15:00 UTC) itself, not from
+    # the third's (13:30), up to the first real bar after it: the minutes before the
+    # restated bar, the real bar before it included, cannot change.
     restated = built.loads.fourth.window_start.iloc[0]
     last_load = built.load_seqs["fourth"]
     aaa = silver_actual[silver_actual.symbol == "AAA"]
@@ -479,22 +479,21 @@ def test_a_restated_bar_rebuilds_only_itself_and_what_follows(
     next_real = aaa[(aaa.window_start > restated) & ~aaa.is_synthetic].window_start.min()
     rebuilt = silver_actual[silver_actual._load_seq == last_load]
     assert set(rebuilt.symbol) == {"AAA"}
-    assert rebuilt.window_start.min() == previous_real
+    assert rebuilt.window_start.min() == restated
     # ... up to the next real bar, not to the end of the history: the synthetic bars
     # after that one carry its close, which did not change
     assert rebuilt.window_start.max() == next_real < aaa.window_start.max()
-    assert len(rebuilt) == len(aaa[aaa.window_start.between(previous_real, next_real)])
-    # what the run before rebuilt for the third load (its restated bar's range, from
-    # the real bar before it to the real bar after it) keeps its number, and the rows
-    # between the two ranges still carry the second load's, which last rebuilt them
+    assert len(rebuilt) == len(aaa[aaa.window_start.between(restated, next_real)])
+    # what the run before rebuilt for the third load (its restated bar up to the real
+    # bar after it) keeps its number, and the rows between the two ranges still carry
+    # the second load's, which last rebuilt them
     third = built.loads.third.window_start.iloc[0]
     real = aaa[~aaa.is_synthetic].window_start
-    third_range = aaa.window_start.between(real[real < third].max(), real[real > third].min())
-    assert third_range.sum() >= 3
+    third_range = aaa.window_start.between(third, real[real > third].min())
+    assert third_range.sum() >= 2
+    assert (aaa._load_seq == built.load_seqs["third"]).sum() == third_range.sum()
     assert (aaa[third_range]._load_seq == built.load_seqs["third"]).all()
-    between = aaa[
-        (aaa.window_start > real[real > third].min()) & (aaa.window_start < previous_real)
-    ]
+    between = aaa[(aaa.window_start > real[real > third].min()) & (aaa.window_start < restated)]
     assert len(between) > 0
     assert (between._load_seq == built.load_seqs["second"]).all()
     daily = built.query(
@@ -888,9 +887,10 @@ def backfilled(tmp_path_factory: pytest.TempPathFactory) -> Backfilled:
 
 
 def _affected_range(silver: pd.DataFrame, symbol: str, starts: pd.Series) -> tuple:
-    """The last real bar before the first of `starts` and the first real bar after the last."""
+    """The first of `starts` and the first real bar after the last of them: the rows that
+    change (a bar changes itself and the synthetic bars carrying its close)."""
     real = silver[(silver.symbol == symbol) & ~silver.is_synthetic].window_start
-    return real[real < starts.min()].max(), real[real > starts.max()].min()
+    return starts.min(), real[real > starts.max()].min()
 
 
 def _split(frame: pd.DataFrame, key: list[str], inside: pd.Series) -> tuple:
@@ -910,8 +910,8 @@ def test_a_backfilled_day_rewrites_only_its_affected_minutes(backfilled: Backfil
     for col in ("open", "high", "low", "close", "volume", "vwap"):
         assert_close(after[col], expected[col], f"silver after the backfill: {col}")
 
-    # per symbol, the range from the last real bar before the backfilled bars to the
-    # first real bar after them (in the table before the run) ...
+    # per symbol, the range from the first backfilled bar to the first real bar after
+    # the last of them (in the table before the run) ...
     inside = pd.Series(False, index=after.index)
     ranges = {}
     for symbol, starts in backfilled.rows.groupby("symbol").window_start:

@@ -3,12 +3,21 @@
 fakesnow runs the Snowflake target's SQL on DuckDB, so SQL that Snowflake rejects
 but DuckDB accepts passes test_dbt_snowflake.py and fails the first production
 `dbt build` (e.g. CORR(...) OVER (... ORDER BY ... ROWS BETWEEN ...)). Here the
-project is compiled for the snowflake target (against fakesnow, for dbt's
-introspection only), twice: on an empty database, and with the incremental
-models' tables present, so both branches of every `is_incremental()` render.
-Every compiled model and data test must parse as Snowflake SQL (sqlglot,
-error level RAISE) and must use none of the constructs listed below, each with
-the Snowflake documentation that rules it out.
+project is compiled for the snowflake target (against fakesnow) three times: before
+anything is built, after a build and a second load (the incremental branches, with
+new rows, a new symbol among them), and after that incremental run (nothing new).
+Every compiled model and data test, and the statements the incremental run sent
+(its deletes and inserts), must parse as Snowflake SQL (sqlglot, error level RAISE)
+and must use none of the constructs listed below, each with the Snowflake
+documentation that rules it out.
+
+Incremental cost on Snowflake rests on pruning, and Snowflake prunes on constants
+only: "Snowflake does not prune micro-partitions based on a predicate with a
+subquery, even if the subquery results in a constant"
+(https://docs.snowflake.com/en/user-guide/tables-clustering-micropartitions). So the
+incremental SQL must select new rows by `_load_seq` > a number, and each
+delete+insert's delete must be bounded by constant trade dates
+(`incremental_predicates`), both checked on the SQL dbt compiled and ran.
 """
 
 from __future__ import annotations
@@ -320,16 +329,23 @@ def test_checker_passes_valid_snowflake_sql(snippet: str) -> None:
 # --- the project, compiled for the snowflake target -----------------------------------
 
 
-def _compile(target_path: Path) -> dict[str, tuple[str, str, str, str]]:
-    """`dbt compile` on the snowflake target: unique_id -> (materialization, schema, name, SQL)."""
+def _invoke(target_path: Path, command: list[str]):
     from flows.transform.dbt_runner import dbt_session, invoke
 
     settings = emulator_snowflake_settings(target_path)
     with dbt_session(settings, target_path) as common:
         # One thread: dbt's parallel connections would race to create the same schema
         # in the emulator (a DuckDB catalog write-write conflict), not in Snowflake.
-        outcome = invoke(["compile", "--threads", "1"], common)
-    assert outcome.success, f"dbt compile failed on the snowflake target: {outcome.exception}"
+        outcome = invoke([*command, "--threads", "1"], common)
+    assert outcome.success, f"dbt {command[0]} failed on the snowflake target: {outcome.exception}"
+    return outcome
+
+
+def _compile(target_path: Path, command: str = "compile") -> dict[str, tuple[str, str, str, str]]:
+    """`dbt compile` (or `build`: each node compiled when its turn comes, after what it
+    reads was built) on the snowflake target: unique_id -> (materialization, schema,
+    name, SQL)."""
+    outcome = _invoke(target_path, [command])
     return {
         r.node.unique_id: (
             getattr(r.node.config, "materialized", ""),
@@ -342,36 +358,72 @@ def _compile(target_path: Path) -> dict[str, tuple[str, str, str, str]]:
     }
 
 
+def _bronze_batches():
+    """Two loads of bars: five sessions, then the sixth with a symbol new in it."""
+    import pandas as pd
+    from test_dbt_transform import BRONZE_COLUMNS, generate_loads, nyse_schedule
+
+    schedule = nyse_schedule().iloc[:6]
+    loads = generate_loads(schedule)
+    rows = pd.concat([loads.first, loads.second])
+    cut = schedule.market_open.iloc[-1] - pd.Timedelta(hours=6)
+    first, second = rows[rows.window_start < cut], rows[rows.window_start >= cut]
+    newcomer = second[second.symbol == "AAA"].assign(symbol="CCC")
+    second = pd.concat([second, newcomer]).assign(_loaded_at=pd.Timestamp("2025-06-01", tz="UTC"))
+    return [
+        batch[BRONZE_COLUMNS].assign(_load_seq=seq) for seq, batch in enumerate((first, second), 1)
+    ]
+
+
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Every model and data test as compiled for Snowflake, first and incremental runs."""
-    import fakesnow
+def snowflake_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    """Every model and data test as compiled for Snowflake (first, incremental and
+    nothing-new runs), and the SQL the incremental run sent for each model."""
     import snowflake.connector
+    from snowflake_emulator import emulated_snowflake
+    from test_dbt_incremental import SNOWFLAKE_DDL
 
     tmp = tmp_path_factory.mktemp("snowflake_sql")
-    with fakesnow.patch():
+    first_batch, second_batch = _bronze_batches()
+    with emulated_snowflake():
+        from snowflake.connector.pandas_tools import write_pandas
+
         # One connection of our own for the whole session: fakesnow attaches the
         # database once, and dbt's connections come and go around it.
         con = snowflake.connector.connect(
             account="fakesnow", user="dbt", password="unused", database="STOCKPIPE"
         )
+        con.cursor().execute("create schema if not exists bronze")
+        con.cursor().execute(SNOWFLAKE_DDL)
+        write_pandas(con, first_batch.rename(columns=str.upper), "BARS", schema="BRONZE")
         first = _compile(tmp / "first")
-        # With the incremental models' tables present, is_incremental() is true.
-        incremental = {uid: node for uid, node in first.items() if node[0] == "incremental"}
-        assert incremental, "no incremental models found: the second compile would test nothing"
-        for _, schema, name, _ in incremental.values():
-            con.cursor().execute(f"create schema if not exists {schema}")
-            con.cursor().execute(f"create table if not exists {schema}.{name} (_unused integer)")
-        second = _compile(tmp / "incremental")
+        _invoke(tmp / "build", ["build"])
+        write_pandas(con, second_batch.rename(columns=str.upper), "BARS", schema="BRONZE")
+        # With the incremental models' tables present, is_incremental() is true; each
+        # model compiles as the models before it have taken the new rows in.
+        second = _compile(tmp / "incremental", "build")
+        nothing_new = _compile(tmp / "nothing-new")
         con.close()
+    incremental = {uid: node for uid, node in first.items() if node[0] == "incremental"}
+    assert incremental, "no incremental models found: the second compile would test nothing"
     changed = [uid for uid, node in incremental.items() if second[uid][3] != node[3]]
     assert changed == list(incremental), (
         f"is_incremental() stayed false for {set(incremental) - set(changed)}: "
         "their incremental SQL was not compiled"
     )
-    sql = {f"{uid} (first run)": node[3] for uid, node in first.items()}
-    sql |= {f"{uid} (incremental run)": second[uid][3] for uid in changed}
-    return sql
+    compiled = {f"{uid} (first run)": node[3] for uid, node in first.items()}
+    compiled |= {f"{uid} (incremental run)": second[uid][3] for uid in second}
+    compiled |= {f"{uid} (nothing new)": nothing_new[uid][3] for uid in nothing_new}
+    ran = {}
+    for uid, (_, _, name, _) in incremental.items():
+        (path,) = (tmp / "incremental" / "run").rglob(f"{name}.sql")
+        ran[uid] = path.read_text()
+    return {"compiled": compiled, "ran": ran, "incremental": sorted(incremental)}
+
+
+@pytest.fixture(scope="module")
+def compiled(snowflake_runs: dict) -> dict[str, str]:
+    return snowflake_runs["compiled"]
 
 
 @pytest.mark.slow
@@ -389,3 +441,132 @@ def test_every_compiled_model_and_test_is_valid_snowflake_sql(compiled: dict[str
     assert not problems, "\n".join(
         f"{name}:\n  " + "\n  ".join(found) for name, found in sorted(problems.items())
     )
+
+
+@pytest.mark.slow
+def test_the_statements_an_incremental_run_sends_are_valid_snowflake_sql(
+    snowflake_runs: dict,
+) -> None:
+    problems = {
+        uid: found
+        for uid, sql in snowflake_runs["ran"].items()
+        if (found := snowflake_violations(sql))
+    }
+    assert not problems, problems
+
+
+# --- incremental cost: constants where Snowflake prunes ---------------------------------
+
+
+def _is_constant(node: exp.Expression) -> bool:
+    """A literal, or casts / date arithmetic of literals only: no column, no subquery."""
+    return not any(
+        isinstance(n, exp.Column | exp.Subquery | exp.Select) for n in node.walk()
+    ) and any(isinstance(n, exp.Literal) for n in node.walk())
+
+
+def unbounded_deletes(sql: str, column: str = "trade_date") -> list[str]:
+    """Each DELETE in `sql` whose WHERE does not bound the target's `column` by constants
+    from below and from above (ANDed with the rest), with what it lacks."""
+    found = []
+    for tree in sqlglot.parse(sql, read="snowflake", error_level=ErrorLevel.RAISE):
+        for delete in tree.find_all(exp.Delete) if tree else []:
+            where = delete.args.get("where")
+            conjuncts = (
+                list(where.this.flatten())
+                if where and isinstance(where.this, exp.And)
+                else ([where.this] if where else [])
+            )
+            bounds = set()
+            for node in conjuncts:
+                for kind, ops in (("lower", (exp.GTE, exp.GT)), ("upper", (exp.LTE, exp.LT))):
+                    if (
+                        isinstance(node, ops)
+                        and isinstance(node.this, exp.Column)
+                        and (node.this.name.lower() == column)
+                        and _is_constant(node.expression)
+                    ):
+                        bounds.add(kind)
+            missing = {"lower", "upper"} - bounds
+            if missing:
+                found.append(
+                    f"{delete.sql(dialect='snowflake')[:160]}...: no constant "
+                    f"{' and '.join(sorted(missing))} bound on {column}"
+                )
+    return found
+
+
+def non_constant_load_seq_filters(sql: str) -> tuple[int, list[str]]:
+    """(how many `_load_seq > x` filters `sql` has, the ones whose x is not a constant)."""
+    count, found = 0, []
+    for tree in sqlglot.parse(sql, read="snowflake", error_level=ErrorLevel.RAISE):
+        for node in tree.find_all(exp.GT, exp.GTE) if tree else []:
+            if isinstance(node.this, exp.Column) and node.this.name.lower() == "_load_seq":
+                count += 1
+                if not _is_constant(node.expression):
+                    found.append(node.sql(dialect="snowflake"))
+    return count, found
+
+
+OLD_DELETE = """
+delete from STOCKPIPE.silver.fct_bars_1m as DBT_INTERNAL_DEST
+where (symbol, window_start) in (
+    select distinct symbol, window_start from STOCKPIPE.silver.fct_bars_1m__dbt_tmp as DBT_INTERNAL_SOURCE
+);
+"""
+SUBQUERY_BOUND_DELETE = """
+delete from t as DBT_INTERNAL_DEST
+where (symbol, trade_date) in (select distinct symbol, trade_date from t__dbt_tmp)
+    and DBT_INTERNAL_DEST.trade_date >= (select min(trade_date) from t__dbt_tmp)
+    and DBT_INTERNAL_DEST.trade_date <= (select max(trade_date) from t__dbt_tmp);
+"""
+BOUNDED_DELETE = """
+begin;
+delete from t as DBT_INTERNAL_DEST
+where (symbol, trade_date) in (select distinct symbol, trade_date from t__dbt_tmp)
+    and DBT_INTERNAL_DEST.trade_date >= cast('2025-01-08' as date)
+    and DBT_INTERNAL_DEST.trade_date <= cast('2025-01-10' as date);
+insert into t (symbol, trade_date) (select symbol, trade_date from t__dbt_tmp);
+commit;
+"""
+OLD_NEW_ROWS_FILTER = """
+with previous_run as (select max(_load_seq) as load_seq from silver.fct_bars_1m)
+select bars.symbol from stg as bars cross join previous_run
+where previous_run.load_seq is null or bars._load_seq > previous_run.load_seq
+"""
+
+
+def test_the_delete_checker_flags_unbounded_and_subquery_bounded_deletes() -> None:
+    assert unbounded_deletes(OLD_DELETE)
+    assert unbounded_deletes(SUBQUERY_BOUND_DELETE)
+    assert unbounded_deletes(BOUNDED_DELETE) == []
+    assert non_constant_load_seq_filters(OLD_NEW_ROWS_FILTER) == (
+        1,
+        ["bars._load_seq > previous_run.load_seq"],
+    )
+    assert non_constant_load_seq_filters("select * from t where _load_seq > 41") == (1, [])
+
+
+@pytest.mark.slow
+def test_every_delete_insert_delete_is_bounded_by_constant_trade_dates(
+    snowflake_runs: dict,
+) -> None:
+    ran = snowflake_runs["ran"]
+    assert set(ran) == set(snowflake_runs["incremental"])
+    problems = {}
+    for uid, sql in ran.items():
+        assert "delete from" in sql.lower(), f"{uid}: the incremental run sent no delete"
+        if found := unbounded_deletes(sql):
+            problems[uid] = found
+    assert not problems, problems
+
+
+@pytest.mark.slow
+def test_incremental_runs_select_new_rows_by_a_constant_load_sequence(
+    snowflake_runs: dict,
+) -> None:
+    compiled = snowflake_runs["compiled"]
+    for uid in snowflake_runs["incremental"]:
+        count, found = non_constant_load_seq_filters(compiled[f"{uid} (incremental run)"])
+        assert count > 0, f"{uid}: its incremental SQL selects nothing by _load_seq"
+        assert not found, f"{uid}: _load_seq compared with a non-constant: {found}"
