@@ -20,7 +20,10 @@ one file that takes one process at a time (reader or writer): every task of
 either DAG that opens it (finding, loading, every dbt node, source freshness)
 runs in the one-slot pool DUCKDB_POOL (`duckdb_pool`), so two of them never
 overlap, within a run, across runs or across the two DAGs. The pool must exist
-before the scheduler can queue those tasks: `infra/airflow/pools.sh` creates it
+before the scheduler can queue those tasks: the stockpipe Airflow plugin
+(flows/transform/airflow_plugin.py, the package's `airflow.plugins` entry point)
+creates any that is missing when the scheduler starts and when a run of a DAG
+that needs it starts; `infra/airflow/pools.sh` sets them explicitly
 (`airflow pools set stockpipe_duckdb 1 …`, see POOLS). On Snowflake there is no
 pool and independent dbt nodes run in parallel.
 """
@@ -38,7 +41,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,8 +62,8 @@ BACKFILL_MAX_DAYS = 366
 MAX_RETRY_DELAY = timedelta(minutes=10)
 DUCKDB_POOL = "stockpipe_duckdb"
 # Every pool a stockpipe task names, with its slots and description: what
-# infra/airflow/pools.sh creates (compose's airflow-init runs it) and what run_dag
-# creates for dag.test().
+# infra/airflow/pools.sh creates (compose's airflow-init runs it), what run_dag
+# creates for dag.test() and what the stockpipe Airflow plugin creates when missing.
 POOLS = {DUCKDB_POOL: (1, "one task at a time opens the stockpipe DuckDB warehouse file")}
 MANIFEST_COMMAND = "python -m flows.transform.orchestration manifest"
 DEFAULT_MAX_MAP_LENGTH = 1024  # Airflow's [core] max_map_length default
@@ -238,19 +241,46 @@ def pool_command(name: str) -> str:
     return f'airflow pools set {name} {slots} "{description}"'
 
 
-def create_missing_pools() -> list[str]:
-    """Create each of POOLS this Airflow lacks, leaving existing ones as they are.
+def missing_pools(names: Iterable[str] | None = None, *, session: Any = None) -> list[str]:
+    """Which of `names` (default: every pool of POOLS) this Airflow's metadata lacks.
 
-    For `run_dag` (dag.test() in a scratch AIRFLOW_HOME, the demo's): a process of
-    Airflow's own, with its database. Returns the pools created.
+    Needs Airflow's metadata database (a scheduler, `run_dag`, the CLI), never a task
+    or a DAG-parse process. Without `session`, reads in a session of its own that is
+    not Airflow's thread-scoped one, so it never commits or closes a caller's.
     """
     from airflow.models.pool import Pool
 
-    created = []
-    for name, (slots, description) in POOLS.items():
-        if Pool.get_pool(name) is None:
-            Pool.create_or_update_pool(name, slots, description, include_deferred=False)
-            created.append(name)
+    wanted = list(POOLS) if names is None else [name for name in names if name in POOLS]
+    if session is None:
+        from airflow.utils.session import create_session
+
+        with create_session(scoped=False) as own:
+            return missing_pools(wanted, session=own)
+    return [name for name in wanted if Pool.get_pool(name, session=session) is None]
+
+
+def create_missing_pools(names: Iterable[str] | None = None, *, session: Any = None) -> list[str]:
+    """Create each of `names` (default: every pool of POOLS) this Airflow lacks, as POOLS says.
+
+    Pools that exist are left as they are (an operator may have given one other
+    slots). For `run_dag` (dag.test() in a scratch AIRFLOW_HOME) and the stockpipe
+    Airflow plugin's scheduler listener (flows/transform/airflow_plugin.py): processes
+    of Airflow's own, with its database. Without `session`, in a session of its own
+    (not the thread-scoped one) committed before returning. Returns the pools created.
+    """
+    from airflow.models.pool import Pool
+
+    if session is None:
+        from airflow.utils.session import create_session
+
+        with create_session(scoped=False) as own:
+            return create_missing_pools(names, session=own)
+    created = missing_pools(names, session=session)
+    for name in created:
+        slots, description = POOLS[name]
+        Pool.create_or_update_pool(
+            name, slots, description, include_deferred=False, session=session
+        )
     return created
 
 
