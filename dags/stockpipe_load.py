@@ -19,7 +19,8 @@ get through by retries. A pool, rather than collapsing dbt into one task, becaus
 it also orders the loads and the other DAG's tasks (a single dbt task would
 still collide with them), keeps one task, log and retry per model, and costs
 nothing on Snowflake, where no pool is set and independent models run in
-parallel. Create the pool once: `infra/airflow/pools.sh`. The dbt task group is
+parallel. The scheduler creates the pool when it is missing (the stockpipe
+Airflow plugin); `infra/airflow/pools.sh` sets it explicitly. The dbt task group is
 rendered from a manifest built ahead of time
 (`make install`, the image build, or `python -m flows.transform.orchestration
 manifest`): a missing or stale one is this file's import error naming that

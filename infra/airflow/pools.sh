@@ -5,8 +5,10 @@
 # stockpipe_duckdb (1 slot): on a DuckDB warehouse every task of stockpipe_load and
 # stockpipe_backfill that opens the warehouse file takes this one slot, because
 # DuckDB lets one process at a time open a database file. Without the pool those
-# tasks would never be scheduled ("Tasks using non-existent pool"). On Snowflake
-# the DAGs use no pool and the pool is harmless.
+# tasks would never be scheduled ("Tasks using non-existent pool"); the stockpipe
+# Airflow plugin (flows/transform/airflow_plugin.py) makes the scheduler create it
+# when missing, and never changes one that exists. On Snowflake the DAGs use no
+# pool and the pool is harmless.
 set -euo pipefail
 
 airflow pools set stockpipe_duckdb 1 \
