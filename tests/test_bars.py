@@ -617,6 +617,18 @@ def test_resuming_from_any_snapshot_after_a_crash_rewrites_the_same_rows(seed, d
     want = batch_bars(good)
     assert_bars_equal(got.select(want.columns), want)
     assert sum(len(b.late) for b in lake.values()) == len(late)
+    assert_chain([b for bs in out1 for b in bs])
+
+
+def assert_chain(batches: list[FileBatch]) -> None:
+    """Each batch follows the last bar batch before it: its offsets and its rows' UTC days."""
+    before = None
+    for batch in batches:
+        assert batch.follows == before, (batch.first_offset, batch.last_offset)
+        if batch.bars:
+            days = sorted({r[2] // 86_400_000_000 for r in batch.bars})
+            before = (batch.first_offset, batch.last_offset, tuple(days))
+            assert before[0] > (batch.follows or (-1, -1))[1]  # after the batch it follows
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -769,7 +781,7 @@ def test_merging_partial_bars_in_any_split_equals_one_fold(ticks, data):
     ],
 )
 def test_a_snapshot_of_another_format_is_refused_not_misread(old):
-    with pytest.raises(ValueError, match=r"not a version-4 \(or 2, 3\) partition bar-state"):
+    with pytest.raises(ValueError, match=r"not a version-5 \(or 2 to 4\) partition bar-state"):
         PartitionBars.restore(RULES, FILES, old)
 
 
@@ -830,8 +842,18 @@ def test_a_format_2_snapshot_of_the_previous_release_resumes_to_the_same_rows():
     fresh = PartitionBars(RULES, files, "t", 0)
     run_records(fresh, records[:cut])
     resumed = PartitionBars.restore(RULES, files, saved["snapshot"])
+    # the same state, but for the bar batch the next one follows: format 2 did not keep it
+    assert resumed._follows is None and fresh._follows is not None
+    resumed._follows = fresh._follows
     assert resumed.snapshot() == fresh.snapshot()
-    assert run_records(resumed, records[cut:]) == run_records(fresh, records[cut:])
+    resumed._follows = None
+    got, want = run_records(resumed, records[cut:]), run_records(fresh, records[cut:])
+    sealed = [b for bs in got for b in bs]
+    assert sealed[0].follows is None  # a new chain begins at the first batch after the restore
+    assert [b._replace(follows=None) for bs in got for b in bs] == [
+        b._replace(follows=None) for bs in want for b in bs
+    ]
+    assert [b.follows for b in sealed[1:]] == [b.follows for bs in want for b in bs][1:]
     assert resumed.snapshot() == fresh.snapshot()
 
 

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flows.net import kafka_refusal
@@ -428,6 +429,24 @@ class WarehouseStatus:
     last_load: LastLoad | None = None
     manifest_files: int | None = None
     bronze_rows: int | None = None
+    # None: not checked (a manifest without the offset columns of a newer loader)
+    offset_gaps: list[OffsetGap] | None = None
+
+
+@dataclass
+class OffsetGap:
+    """Offsets of one source partition whose bar files the warehouse lacks, between two it has.
+
+    The file `before_file` follows the bar batch ending at `through_offset`, and the
+    batch before it in the warehouse ends at `after_offset`: the bars of the records
+    after that, up to `through_offset`, were never loaded (`flows.lake.batches`).
+    """
+
+    topic: str
+    partition: int
+    after_offset: int
+    through_offset: int
+    before_file: str
 
 
 @dataclass
@@ -516,6 +535,8 @@ def _query_warehouse(con: Any, status: WarehouseStatus, marts: list[MartStatus])
         status.has_load_seq = "load_seq" in manifest
         status.manifest_files = _rows(con, "SELECT count(*) FROM bronze.load_manifest")[0][0]
         status.last_load = _last_load(con, status.has_load_seq)
+        if "follows_offset" in manifest:
+            status.offset_gaps = _offset_gaps(con)
     if "bronze.bars" in columns:
         status.bronze_rows = _rows(con, "SELECT count(*) FROM bronze.bars")[0][0]
 
@@ -530,6 +551,36 @@ def _query_warehouse(con: Any, status: WarehouseStatus, marts: list[MartStatus])
             continue
         latest, rows = _rows(con, f"SELECT max({col}), count(*) FROM {schema}.{table}")[0]
         mart.latest, mart.rows = _iso(latest), rows
+
+
+# A loaded batch whose predecessor in the warehouse, by offset, is not the batch it follows.
+_GAPS_SQL = """
+WITH b AS (
+    SELECT source_topic, source_partition, last_offset,
+           max(follows_offset) AS follows_offset, min(path) AS path
+    FROM bronze.load_manifest
+    WHERE source_topic IS NOT NULL AND last_offset IS NOT NULL
+    GROUP BY source_topic, source_partition, last_offset
+), o AS (
+    SELECT source_topic, source_partition, follows_offset, path,
+           lag(last_offset) OVER (
+               PARTITION BY source_topic, source_partition ORDER BY last_offset
+           ) AS before_last
+    FROM b
+)
+SELECT source_topic, source_partition, before_last, follows_offset, path FROM o
+WHERE follows_offset IS NOT NULL AND before_last IS NOT NULL AND before_last < follows_offset
+ORDER BY source_topic, source_partition, follows_offset
+LIMIT 100
+"""
+
+
+def _offset_gaps(con: Any) -> list[OffsetGap]:
+    """The offset gaps of every source partition (at most 100), from the manifest."""
+    return [
+        OffsetGap(topic, int(partition), int(after), int(through), path)
+        for topic, partition, after, through, path in _rows(con, _GAPS_SQL)
+    ]
 
 
 def _last_load(con: Any, has_seq: bool) -> LastLoad | None:
@@ -729,6 +780,19 @@ def render(report: StatusReport, console: Console) -> None:
         ll = wh.last_load
         seq = f"load {ll.load_seq}" if ll.load_seq is not None else f"batch {ll.batch_id}"
         rest.add_row("last load", f"{seq} at {_t(ll.loaded_at)}: {ll.files} files, {ll.rows} rows")
+    if wh.offset_gaps is not None:
+        rest.add_row(
+            "offset gaps",
+            "none"
+            if not wh.offset_gaps
+            else "\n".join(
+                escape(
+                    f"{g.topic}[{g.partition}]: offsets {g.after_offset + 1}..{g.through_offset} "
+                    f"not loaded (before {g.before_file})"
+                )
+                for g in wh.offset_gaps
+            ),
+        )
     for m in report.marts:
         if m.exists is None:
             text = "not checked"

@@ -252,6 +252,7 @@ class Window:
 TOO_LATE = "too-late"
 DUPLICATE = "duplicate"
 NEVER = 2**62  # a time (ms) later than any event or log time
+DAY_US = 86_400_000_000  # a UTC day in the microseconds of the lake rows
 
 
 class SymbolBars:
@@ -485,7 +486,9 @@ class FileBatch(NamedTuple):
 
     Its boundaries are decided from the log alone (row count, log time, flush
     markers), so a replay seals the same batch and the lake sink rewrites the
-    same file under the same name.
+    same file under the same name. `follows` names the partition's bar batch
+    before it, so the bar files of a partition form a chain the loader can
+    check for a missing link (`flows.lake.batches`).
     """
 
     topic: str
@@ -494,6 +497,9 @@ class FileBatch(NamedTuple):
     last_offset: int
     bars: list[tuple]
     late: list[tuple]
+    # The bar batch this one follows in its partition's chain (`flows.lake.batches`):
+    # (first offset, last offset, UTC day numbers of its bar rows); None for a chain's first.
+    follows: tuple[int, int, tuple[int, ...]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,12 +510,12 @@ class FileRules:
     max_age_ms: int = 1_000
 
 
-# 4: 3 plus the rules the state was made under and its event-time cut; 3: each symbol's
+# 5: 4 plus the bar batch the next one follows (`FileBatch.follows`); 4: 3 plus the rules the state was made under and its event-time cut; 3: each symbol's
 # windows packed into bytes; 2: dedup keys are XXH3 per (symbol, window), windows as
 # tuples (2 and 3 still read, their rules unknown); 1: blake2b per id (refused: the keys
 # cannot be converted)
-SNAPSHOT_VERSION = 4
-READABLE_VERSIONS = (2, 3, 4)
+SNAPSHOT_VERSION = 5
+READABLE_VERSIONS = (2, 3, 4, 5)
 
 
 class PartitionBars:
@@ -558,6 +564,8 @@ class PartitionBars:
         self._first_offset = -1
         self._last_offset = -1
         self._first_log = 0
+        # The last sealed batch with bar rows, which the next batch follows (FileBatch.follows).
+        self._follows: tuple[int, int, tuple[int, ...]] | None = None
         # Due closings and restatements: (log time, symbol, window start or -1 for a
         # closing). Entries may be stale: a closing counts only if it is the one in
         # `_scheduled`, a restatement only if its window is still due.
@@ -849,14 +857,19 @@ class PartitionBars:
         )
 
     def _seal(self) -> FileBatch:
+        bars = sorted(self._bars, key=_bar_order)
         batch = FileBatch(
             self.topic,
             self.partition,
             self._first_offset,
             self._last_offset,
-            sorted(self._bars, key=_bar_order),
+            bars,
             sorted(self._late, key=_late_order),
+            self._follows,
         )
+        if bars:  # a batch of late rows only is not a link of the bar files' chain
+            days = tuple(sorted({row[2] // DAY_US for row in bars}))
+            self._follows = (self._first_offset, self._last_offset, days)
         self._bars, self._late = [], []
         return batch
 
@@ -870,7 +883,14 @@ class PartitionBars:
             self.log,
             {s: b.snapshot() for s, b in self.symbols.items()},
             (self.duplicates, self.too_late, self.ticks),
-            (self._bars, self._late, self._first_offset, self._last_offset, self._first_log),
+            (
+                self._bars,
+                self._late,
+                self._first_offset,
+                self._last_offset,
+                self._first_log,
+                self._follows,
+            ),
             None if self.stamp is None else tuple(self.stamp.items()),
             self.not_before,
         )
@@ -884,7 +904,7 @@ class PartitionBars:
             or len(snap) != (9 if snap[0] >= 4 else 7)
         ):
             raise ValueError(
-                f"not a version-{SNAPSHOT_VERSION} (or 2, 3) partition bar-state snapshot: "
+                f"not a version-{SNAPSHOT_VERSION} (or 2 to 4) partition bar-state snapshot: "
                 f"{str(snap)[:80]}"
             )
         _version, topic, partition, log, symbols, counts, pending = snap[:7]
@@ -900,7 +920,9 @@ class PartitionBars:
         state.log = log
         state.symbols = {s: SymbolBars.restore(rules, s, state.live, b) for s, b in symbols.items()}
         state.duplicates, state.too_late, state.ticks = counts
-        bars, late, state._first_offset, state._last_offset, state._first_log = pending
+        # before format 5 the batch the next one follows is unknown: the chain starts again
+        bars, late, state._first_offset, state._last_offset, state._first_log = pending[:5]
+        state._follows = pending[5] if len(pending) > 5 else None
         state._bars, state._late = list(bars), list(late)
         for symbol, bars_state in state.symbols.items():  # the due list is derived state
             state._schedule_closing(symbol, bars_state)

@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Histogram
 
+from flows.lake.batches import META_KEY, Follows, encode_link, file_name
 from flows.lake.retry import put_with_retry
 from flows.lake.store import BARS_PREFIX, LATE_PREFIX, Lake
-from flows.stream.bars import FileBatch
+from flows.stream.bars import DAY_US, FileBatch
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +136,15 @@ class LakeWriter:
         """The files of one sealed micro-batch: one per `date` partition and kind."""
         name = batch_name(batch)
         paths = []
-        for interval_s, date, rows in _by_date(batch.bars, ts_col=2, interval_col=1):
+        groups = _by_date(batch.bars, ts_col=2, interval_col=1)
+        follows = _follows(batch)
+        for interval_s, date, rows in groups:
             folder = self.lake.path(BARS_PREFIX, f"interval_s={interval_s}", f"date={date}")
-            paths.append(self._write(folder, name, table_of(rows, BAR_SCHEMA)))
+            # every bar file names its batch's other dates and the batch it follows
+            dates = [d for i, d, _ in groups if i == interval_s]
+            link = {META_KEY: encode_link(dates, follows)}
+            table = table_of(rows, BAR_SCHEMA).replace_schema_metadata(link)
+            paths.append(self._write(folder, name, table))
             FILES_WRITTEN.labels("bars").inc()
             ROWS_WRITTEN.labels("bars").inc(len(rows))
             now_us = time.time() * 1e6
@@ -184,10 +191,14 @@ class LakeWriter:
 
 def batch_name(batch: FileBatch) -> str:
     """`<topic>+<partition>+<first offset>-<last offset>.parquet`: what the file holds."""
-    return f"{batch.topic}+{batch.partition}+{batch.first_offset:019d}-{batch.last_offset:019d}.parquet"
+    return file_name(batch.topic, batch.partition, batch.first_offset, batch.last_offset)
 
 
-DAY_US = 86_400_000_000
+def _follows(batch: FileBatch) -> Follows | None:
+    if batch.follows is None:
+        return None
+    first, last, days = batch.follows
+    return Follows(first, last, tuple(_date_of(day * DAY_US) for day in days))
 
 
 def _by_date(rows: list[tuple], ts_col: int, interval_col: int | None):

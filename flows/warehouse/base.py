@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from flows.errors import StockpipeError
+from flows.lake.batches import Link, parse_name
 
 BRONZE_SCHEMA = "bronze"
 BARS_TABLE = "bars"
@@ -100,6 +101,14 @@ MANIFEST_COLUMNS: tuple[Column, ...] = (
     Column("load_seq", "BIGINT", "BIGINT"),
     Column("content_md5", "VARCHAR", "VARCHAR"),
     Column("source_version", "VARCHAR", "VARCHAR"),
+    # the file's batch (flows.lake.batches): its source partition and offsets, from its
+    # name, and the last offset of the bar batch it follows (NULL: a chain's first, or
+    # a file without the link, as older writers made them)
+    Column("source_topic", "VARCHAR", "VARCHAR"),
+    Column("source_partition", "INTEGER", "INTEGER"),
+    Column("first_offset", "BIGINT", "BIGINT"),
+    Column("last_offset", "BIGINT", "BIGINT"),
+    Column("follows_offset", "BIGINT", "BIGINT"),
 )
 STATE_COLUMNS: tuple[Column, ...] = (
     Column("last_seq", "BIGINT", "BIGINT"),
@@ -177,6 +186,37 @@ class LakeFile:
     path: str  # path in the lake filesystem (no protocol)
     size: int
     version: str | None = None  # S3 ETag or local mtime: unchanged files are not re-read
+    link: Link | None = None  # its place in its partition's chain, once the loader read it
+
+
+def manifest_values(
+    file: LakeFile,
+    *,
+    rows: int,
+    batch_id: str,
+    loaded_at: datetime,
+    seq: int,
+    md5: str,
+) -> list[Any]:
+    """One manifest row for a loaded file, in MANIFEST_COLUMNS order (both warehouses)."""
+    batch = parse_name(file.key.rsplit("/", 1)[-1])
+    follows = file.link.follows if file.link is not None else None
+    return [
+        file.key,
+        BARS_TABLE,
+        file.size,
+        rows,
+        batch_id,
+        loaded_at,
+        seq,
+        md5,
+        file.version,
+        batch.topic if batch else None,
+        batch.partition if batch else None,
+        batch.first_offset if batch else None,
+        batch.last_offset if batch else None,
+        follows.last_offset if follows else None,
+    ]
 
 
 @dataclass(frozen=True)

@@ -67,11 +67,24 @@ def load_command(
             f"nothing new to load: all {summary.files_found} file(s) of the partitions listed "
             f"are in {target} already"
         )
-        return
-    out.print(
-        f"loaded {summary.files_loaded} file(s), {summary.rows} row(s) in {summary.batches} "
-        f"batch(es) into {target} in {summary.seconds:.1f}s "
-        f"({summary.files_found} file(s) in the partitions listed)"
-    )
+    else:
+        linked = (
+            f", {summary.files_linked} more found in older partitions by their links"
+            if summary.files_linked
+            else ""
+        )
+        out.print(
+            f"loaded {summary.files_loaded} file(s), {summary.rows} row(s) in {summary.batches} "
+            f"batch(es) into {target} in {summary.seconds:.1f}s "
+            f"({summary.files_found} file(s) in the partitions listed{linked})"
+        )
     if summary.files_left:
         out.print(f"{summary.files_left} new file(s) left for the next run (--max-batches)")
+    for gap in summary.gaps:
+        out.print(f"offset gap: {gap}", markup=False)
+    if summary.gaps:
+        out.print(
+            f"{len(summary.gaps)} file(s) named by their partition's chain are not in the lake: "
+            "see 'Offset gaps' in docs/operations.md",
+            markup=False,
+        )

@@ -49,6 +49,7 @@ from flows.warehouse.base import (
     key_migration,
     key_migration_sql,
     log_key_migration,
+    manifest_values,
     md5_hex,
     quote,
 )
@@ -195,17 +196,14 @@ class DuckDBWarehouse:
                         self.con.unregister(_VIEW)
                     self.con.execute(
                         insert_manifest,
-                        [
-                            file.key,
-                            BARS_TABLE,
-                            file.size,
-                            table.num_rows,
-                            batch_id,
-                            loaded_at,
-                            seq,
-                            md5,
-                            file.version,
-                        ],
+                        manifest_values(
+                            file,
+                            rows=table.num_rows,
+                            batch_id=batch_id,
+                            loaded_at=loaded_at,
+                            seq=seq,
+                            md5=md5,
+                        ),
                     )
                     total += table.num_rows
                 if before_commit is not None:

@@ -15,6 +15,17 @@ it holds the same rows (same size + version, else the same MD5 of its bytes,
 else the same rows as bronze holds from it: re-encoded) and is an error naming
 it and its first differing row otherwise. A run commits at most
 STOCKPIPE_LOAD_MAX_BATCHES batches; the rest waits.
+
+No file is left behind: every new bar file names the other files of its batch
+and the batch it follows in its source partition (`flows.lake.batches`), so
+the loader reads each new file's link and follows it to files in `date=`
+partitions older than the ones it listed, as far back as the warehouse lacks
+them (a slow partition's files written days late), at a cost in proportion to
+the new files. Those are loaded before the files that named them, so a crash
+between batches leaves nothing the next run cannot find again. A file named
+but not in the lake is an offset gap of its partition: logged, reported by
+the run (`LoadSummary.gaps`) and by `stockpipe status` (from the manifest's
+offsets), and the rest still loads.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
 import pyarrow.parquet as pq
@@ -35,6 +46,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from flows.errors import ServiceUnavailable
+from flows.lake.batches import Link, read_link
 from flows.lake.store import (
     BARS_PREFIX,
     Lake,
@@ -78,6 +90,8 @@ class LoadSummary:
     files_unchanged: int = 0  # in the manifest already, same content
     files_left: int = 0  # new, left for the next run (STOCKPIPE_LOAD_MAX_BATCHES)
     load_seqs: tuple[int, ...] = ()
+    files_linked: int = 0  # of the new files, found by following links to older partitions
+    gaps: tuple[str, ...] = ()  # files the chain names that the lake does not hold
 
     @property
     def nothing_new(self) -> bool:
@@ -94,6 +108,8 @@ class Scan:
     conflicts: list[str] = field(default_factory=list)
     # unchanged rows under a new size or version (copied, re-encoded): to record, with MD5s
     refreshed: list[tuple[LakeFile, str]] = field(default_factory=list)
+    linked: int = 0  # new files found by following links (`follow_links`), not listed
+    gaps: list[str] = field(default_factory=list)
 
 
 def open_warehouse(settings: Settings, lake: Lake | None = None) -> Warehouse:
@@ -207,6 +223,81 @@ def scan(lake: Lake, warehouse: Warehouse, files: Sequence[LakeFile]) -> Scan:
     return out
 
 
+def follow_links(
+    lake: Lake,
+    warehouse: Warehouse,
+    found: Scan,
+    seen: set[str],
+    *,
+    since: date | None = None,
+) -> Scan:
+    """`found` with the links of its new files read, and the files they name added.
+
+    A new file names the other files of its batch and the batch it follows; each
+    one not in `seen` (the keys this run listed), not in the manifest and in the
+    lake is new too, and its own links are followed in turn, so a chain is
+    followed back to where the warehouse has it. Files found that way come first,
+    the deepest first, so a batch that commits holds no file whose links a later
+    run could not find again. A named file the lake lacks is a gap (logged and
+    kept in `found.gaps`); one dated before `since` is not followed.
+    """
+    known = set(seen) | {f.key for f in found.new}
+    rounds = [[_with_link(lake, f) for f in found.new]]
+    while True:
+        named: dict[str, Link] = {}
+        for file in rounds[-1]:
+            if file.link is None:
+                continue
+            for key in [*file.link.sibling_keys(), *file.link.follows_keys()]:
+                if key not in known and not _before(key, since):
+                    named.setdefault(key, file.link)
+        if not named:
+            break
+        known |= named.keys()
+        loaded = warehouse.manifest_entries(list(named))
+        more = []
+        for key, linker in sorted(named.items()):
+            if key in loaded:
+                continue
+            path = lake.path(key)
+            try:
+                entry = stat_file(lake, path)
+            except FileNotFoundError:
+                found.gaps.append(linker.describe_gap(key))
+                log.warning("offset gap: %s", found.gaps[-1])
+                continue
+            more.append(
+                _with_link(lake, _lake_file(lake, LakeEntry(path, entry.size, entry.version)))
+            )
+        if not more:
+            break
+        log.info("%d file(s) of older date= partitions found by following links", len(more))
+        found.linked += len(more)
+        rounds.append(more)
+    found.new = [f for files in reversed(rounds) for f in files]
+    return found
+
+
+def _with_link(lake: Lake, file: LakeFile) -> LakeFile:
+    """`file` with its link read from its Parquet footer (none when unreadable: the load says)."""
+    try:
+        with lake.fs.open(file.path, "rb") as fh:
+            metadata = pq.read_schema(fh).metadata
+    except FileNotFoundError:
+        raise LoadError(f"{file.url} vanished from the lake while it was checked") from None
+    except (OSError, ValueError):  # not Parquet: load_batch names the problem
+        return file
+    try:
+        return replace(file, link=read_link(file.key, metadata))
+    except ValueError as exc:
+        raise LoadError(f"{file.url}: {exc}") from None
+
+
+def _before(key: str, since: date | None) -> bool:
+    match = _DATE_RE.search(key)
+    return since is not None and match is not None and date.fromisoformat(match[1]) < since
+
+
 def content_difference(
     lake: Lake, warehouse: Warehouse, file: LakeFile, entry: ManifestEntry
 ) -> tuple[str | None, str | None]:
@@ -297,10 +388,9 @@ def pending_files(
     per_batch, batches = _bound(settings, None, None)
     lake = open_lake(settings)
     with _warehouse(settings, lake) as warehouse:
-        found = scan(
-            lake,
-            warehouse,
-            list_new_candidates(lake, warehouse, settings, since=since, full_scan=full_scan),
+        listed = list_new_candidates(lake, warehouse, settings, since=since, full_scan=full_scan)
+        found = follow_links(
+            lake, warehouse, scan(lake, warehouse, listed), {f.key for f in listed}, since=since
         )
     _raise_conflicts(found.conflicts)
     return [f.url for f in found.new[: per_batch * batches]]
@@ -322,7 +412,8 @@ def load_files(
     per_batch, _ = _bound(settings, batch_files, None)
     lake = open_lake(settings)
     with _warehouse(settings, lake) as warehouse:
-        found = scan(lake, warehouse, _stat(lake, list(dict.fromkeys(files))))
+        given = _stat(lake, list(dict.fromkeys(files)))
+        found = follow_links(lake, warehouse, scan(lake, warehouse, given), {f.key for f in given})
         return _load(
             lake,
             warehouse,
@@ -360,10 +451,11 @@ def load(
         candidates = list_new_candidates(
             lake, warehouse, settings, since=since, full_scan=full_scan
         )
+        found = scan(lake, warehouse, candidates)
         return _load(
             lake,
             warehouse,
-            scan(lake, warehouse, candidates),
+            follow_links(lake, warehouse, found, {f.key for f in candidates}, since=since),
             batch_files=per_batch,
             max_batches=batches,
             progress=progress,
@@ -430,6 +522,8 @@ def _load(
         files_unchanged=unchanged,
         files_left=left,
         load_seqs=tuple(seqs),
+        files_linked=found.linked,
+        gaps=tuple(found.gaps),
     )
     log.info("load into %s: %s", warehouse.name, summary)
     _raise_conflicts(conflicts)

@@ -89,6 +89,7 @@ from flows.warehouse.base import (
     key_migration,
     key_migration_sql,
     log_key_migration,
+    manifest_values,
     md5_hex,
 )
 
@@ -443,17 +444,14 @@ class SnowflakeWarehouse:
             )
             params = []
             for file, done in zip(files, staged, strict=True):
-                params += [
-                    file.key,
-                    BARS_TABLE,
-                    file.size,
-                    done.rows,
-                    batch_id,
-                    loaded_at,
-                    seq,
-                    done.md5,
-                    file.version,
-                ]
+                params += manifest_values(
+                    file,
+                    rows=done.rows,
+                    batch_id=batch_id,
+                    loaded_at=loaded_at,
+                    seq=seq,
+                    md5=done.md5,
+                )
             columns = ", ".join(_q(c.name) for c in MANIFEST_COLUMNS)
             self._execute(f"INSERT INTO {self._manifest} ({columns}) VALUES {placeholders}", params)
             if before_commit is not None:
