@@ -8,16 +8,19 @@ lake sink's writer writes them, so the links are the ones the stream writes.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pytest
+import s3fs
 from helpers import run_stockpipe
+from test_load_s3 import KEY, SECRET, s3_endpoint  # noqa: F401 - the moto server fixture
 
 from flows.ingest.ticks import Tick
-from flows.lake.store import open_lake
+from flows.lake.store import BARS_PREFIX, open_lake
 from flows.ops.status import warehouse_status
 from flows.settings import Settings, load_settings
 from flows.stream.bars import FLUSH, TICK, BarRules, FileBatch, FileRules, PartitionBars, Record
@@ -64,11 +67,21 @@ class Partition:
         return sealed
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+@pytest.fixture(params=["local", "s3"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """A local-folder lake, and a bucket on a real S3 endpoint (moto server on loopback)."""
+    warehouse = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    if request.param == "local":
+        return load_settings(lake_url=str(tmp_path / "lake"), warehouse=warehouse)
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = f"lake-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(endpoint_url=endpoint, key=KEY, secret=SECRET).mkdir(bucket)
     return load_settings(
-        lake_url=str(tmp_path / "lake"),
-        warehouse=f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
+        lake_url=f"s3://{bucket}/prod",
+        s3_endpoint_url=endpoint,
+        aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+        warehouse=warehouse,
     )
 
 
@@ -115,9 +128,11 @@ def rows_of(*batches: FileBatch) -> list[tuple]:
     )
 
 
-def old_files(settings: Settings, batch: FileBatch) -> list[Path]:
+def old_files(settings: Settings, batch: FileBatch) -> list[str]:
+    lake = open_lake(settings)
+    lake.fs.invalidate_cache()
     return sorted(
-        Path(settings.lake_url).glob(f"bars/interval_s=60/date={OLD}/{batch_name(batch)}")
+        lake.fs.glob(lake.path(BARS_PREFIX, "interval_s=60", f"date={OLD}", batch_name(batch)))
     )
 
 
@@ -158,8 +173,9 @@ def test_airflow_lists_the_linked_files_and_loads_them(settings, lake):
 
 def test_a_file_missing_from_the_chain_is_an_offset_gap_in_the_load_and_in_status(settings, lake):
     [b_file] = old_files(settings, lake["B"])
-    kept = b_file.read_bytes()
-    b_file.unlink()  # lost: deleted by hand, or a bucket lifecycle rule
+    fs = open_lake(settings).fs
+    kept = fs.cat_file(b_file)
+    fs.rm(b_file)  # lost: deleted by hand, or a bucket lifecycle rule
     result = run_stockpipe(settings, "load", "--no-progress")
     assert result.returncode == 0, result.stdout
     b = lake["B"]
@@ -180,7 +196,7 @@ def test_a_file_missing_from_the_chain_is_an_offset_gap_in_the_load_and_in_statu
         status.stdout
     ), status.stdout
 
-    b_file.write_bytes(kept)  # restored from a backup: a backfill of its date loads it
+    fs.pipe_file(b_file, kept)  # restored from a backup: a backfill of its date loads it
     assert load(settings, since=OLD, progress=False).files_loaded == 1
     assert bronze(settings) == rows_of(*lake.values())
     assert warehouse_status(settings)[0].offset_gaps == []
