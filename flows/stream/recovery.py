@@ -331,7 +331,7 @@ def partition_snapshots(store: RecoveryStore, topic: str) -> tuple[dict[int, Any
 
 
 def snapshot_rules(path: Path, topic: str) -> dict[str, int] | None:
-    """The rules the committed bar-state snapshots of `topic` record (format 4), if any."""
+    """The rules the committed bar-state snapshots of `topic` record (format 4 and later), if any."""
     _, bars = partition_snapshots(read_recovery_store(path, (BARS_STEP,)), topic)
     for _, (_, snap) in sorted(bars.items()):
         if isinstance(snap, tuple) and len(snap) == 9 and snap[7] is not None:
