@@ -45,7 +45,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-from test_dbt_transform import BRONZE_COLUMNS, generate_loads, load_bronze, nyse_schedule
+from test_dbt_transform import BRONZE_COLUMNS, TABLES, generate_loads, load_bronze, nyse_schedule
 
 from flows.settings import load_settings
 from flows.transform.dbt_runner import dbt_session, invoke, transform
@@ -53,14 +53,6 @@ from flows.transform.dbt_runner import dbt_session, invoke, transform
 pytestmark = [pytest.mark.slow, pytest.mark.dbt]
 
 SESSIONS = 70
-TABLES = {
-    "silver.fct_bars_1m": ["symbol", "window_start"],
-    "gold.fct_bars_daily": ["symbol", "trade_date"],
-    "gold.mart_intraday_hourly": ["symbol", "hour_start"],
-    "gold.mart_trend_daily": ["symbol", "trade_date"],
-    "gold.mart_volatility_daily": ["symbol", "trade_date"],
-    "gold.mart_correlation_daily": ["symbol_a", "symbol_b", "trade_date"],
-}
 LINEAGE = {"_load_seq", "_loaded_at"}
 # Numbers agree to this relative tolerance; MACD's lines cross zero, so theirs is
 # relative to the day's close. Nothing here is looser than 1e-12 (contract 3 asks 1e-6

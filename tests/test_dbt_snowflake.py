@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 import snowflake.connector
 from helpers import emulator_snowflake_settings
-from test_dbt_transform import CRYPTO, generate_loads, load_bronze, nyse_schedule
+from test_dbt_transform import CRYPTO, TABLES, generate_loads, load_bronze, nyse_schedule
 
 from flows.settings import load_settings
 from flows.transform.dbt_runner import transform
@@ -34,14 +34,6 @@ from flows.transform.dbt_runner import transform
 pytestmark = [pytest.mark.slow, pytest.mark.dbt]
 
 SESSIONS = 45
-TABLES = {
-    "silver.fct_bars_1m": ["symbol", "window_start"],
-    "gold.fct_bars_daily": ["symbol", "trade_date"],
-    "gold.mart_intraday_hourly": ["symbol", "hour_start"],
-    "gold.mart_trend_daily": ["symbol", "trade_date"],
-    "gold.mart_volatility_daily": ["symbol", "trade_date"],
-    "gold.mart_correlation_daily": ["symbol_a", "symbol_b", "trade_date"],
-}
 SNOWFLAKE_DDL = """
 create table bronze.bars (
     symbol varchar, interval_s integer, window_start timestamp_tz, window_end timestamp_tz,

@@ -25,6 +25,16 @@ from flows.errors import StockpipeError
 from flows.settings import load_settings
 from flows.transform.dbt_runner import TransformResult, transform
 
+# Every table dbt builds, with its unique key (the DuckDB and Snowflake-emulator tests).
+TABLES = {
+    "silver.fct_bars_1m": ["symbol", "window_start"],
+    "gold.fct_bars_daily": ["symbol", "trade_date"],
+    "gold.mart_intraday_hourly": ["symbol", "hour_start"],
+    "gold.mart_trend_daily": ["symbol", "trade_date"],
+    "gold.mart_volatility_daily": ["symbol", "trade_date"],
+    "gold.mart_correlation_daily": ["symbol_a", "symbol_b", "trade_date"],
+}
+
 pytestmark = [pytest.mark.slow, pytest.mark.dbt]
 
 STOCKS = ["AAA", "BBB"]

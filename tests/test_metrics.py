@@ -126,9 +126,12 @@ def test_the_producer_serves_metrics_and_writes_them_at_exit(new_topic, settings
     textfile = tmp_path / "producer.prom"
     settings = settings_for(topic=topic, metrics_port=port, metrics_textfile=textfile)
 
-    # a long-running producer: its endpoint answers while it runs
+    # a long-running producer: its endpoint answers while it runs. It starts at a past
+    # session's open: from "now" a stock simulator waits for the next NYSE session, so
+    # outside market hours it would deliver nothing for many minutes
     running = stockpipe(
         settings, "produce", "--source", "sim", "--speed", "60",
+        "--start", "2026-11-30T14:30:00Z",
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

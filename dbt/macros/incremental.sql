@@ -123,3 +123,118 @@
         "DBT_INTERNAL_DEST.trade_date <= __new_rows_max__(trade_date)",
     ]) }}
 {%- endmacro %}
+
+{#- What an incremental model's upstream changed since the model last ran: the rows
+    above the model's load-sequence high-water mark. Returns the filter that selects
+    them (`filter`, '1 = 1' on an empty table) and, read when the model compiles,
+    their first and last trade_date (`first`, `last`; none when nothing changed or
+    at parse time) and their count (`rows`). -#}
+{% macro changed_since(upstream) -%}
+    {%- set previous_seq = high_water_mark() -%}
+    {%- set filter = '_load_seq > ' ~ previous_seq if previous_seq is not none else '1 = 1' -%}
+    {%- set row = compile_time_row(
+        'select min(trade_date), max(trade_date), count(*) from ' ~ upstream ~ ' where ' ~ filter
+    ) -%}
+    {{ return({
+        'filter': filter,
+        'first': row[0] if row is not none else none,
+        'last': row[1] if row is not none else none,
+        'rows': row[2] | int if row is not none else 0,
+    }) }}
+{%- endmacro %}
+
+{#- The CTEs a daily mart continuing recursions from its own rows starts from
+    (mart_trend_daily, mart_volatility_daily): `changed_symbols` (each symbol of
+    fct_bars_daily changed since the mart last ran, its first changed day D0),
+    `window_rows` (their `window_columns` from `window_from` on), `history` (per
+    symbol, its days before D0 and the last of them), `states` (the mart's row for
+    that day with its `state_columns`, when `warm_column` is set there: past every
+    lookback) and `warm_symbols` (the symbols with a state and `warm_rows_before`
+    days before D0, which continue; the rest are recomputed from their start). -#}
+{% macro warm_start_inputs(changed, window_from, window_columns, state_columns, warm_column, warm_rows_before) -%}
+changed_symbols as (
+    select
+        symbol,
+        min(trade_date) as first_changed,
+        max(_load_seq) as load_seq
+    from {{ ref('fct_bars_daily') }}
+    where {{ changed['filter'] }}
+    group by symbol
+),
+
+-- each changed symbol's days from the lookback window on
+window_rows as (
+    select
+        daily.symbol,
+        daily.trade_date,
+        {%- for column in window_columns %}
+        daily.{{ column }},
+        {%- endfor %}
+        changed_symbols.first_changed
+    from {{ ref('fct_bars_daily') }} as daily
+    inner join changed_symbols
+        on changed_symbols.symbol = daily.symbol
+    where daily.trade_date >= {{ window_from }}
+),
+
+history as (
+    select
+        symbol,
+        count(case when trade_date < first_changed then 1 end) as rows_before,
+        max(case when trade_date < first_changed then trade_date end) as state_date
+    from window_rows
+    group by symbol
+),
+
+-- this table's row for the day before D0, past every lookback ({{ warm_column }} is set)
+states as (
+    select
+        existing.symbol,
+        existing.trade_date,
+        {%- for column in state_columns %}
+        existing.{{ column }}{{ ',' if not loop.last }}
+        {%- endfor %}
+    from {{ this }} as existing
+    inner join history
+        on history.symbol = existing.symbol
+        and history.state_date = existing.trade_date
+    where existing.trade_date >= {{ window_from }}
+        and existing.{{ warm_column }} is not null
+),
+
+warm_symbols as (
+    select history.symbol, history.rows_before
+    from history
+    inner join states
+        on states.symbol = history.symbol
+    where history.rows_before >= {{ warm_rows_before }}
+)
+{%- endmacro %}
+
+{#- Everything a daily mart continuing recursions from its own rows needs when it
+    compiles incrementally: the `warm_start_inputs` CTEs (`sql`) over the days from
+    `indicator_lookback_days` (100) before the first changed one, whether anything
+    changed (`has_changes`) and whether any changed symbol must be recomputed from
+    its start (`has_cold`). -#}
+{% macro warm_start(window_columns, state_columns, warm_column, warm_rows_before) -%}
+    {%- set changed = changed_since(ref('fct_bars_daily')) -%}
+    {%- set has_changes = changed['rows'] > 0 -%}
+    {%- set lookback_days = var('indicator_lookback_days', 100) | int -%}
+    {%- set sql = warm_start_inputs(
+        changed,
+        date_literal(changed['first'], -lookback_days),
+        window_columns=window_columns,
+        state_columns=state_columns,
+        warm_column=warm_column,
+        warm_rows_before=warm_rows_before,
+    ) -%}
+    {%- set cold = compile_time_row(
+        'with ' ~ sql ~ ' select count(*) from changed_symbols'
+        ~ ' where symbol not in (select symbol from warm_symbols)'
+    ) if has_changes else none -%}
+    {{ return({
+        'sql': sql,
+        'has_changes': has_changes,
+        'has_cold': cold is not none and cold[0] | int > 0,
+    }) }}
+{%- endmacro %}

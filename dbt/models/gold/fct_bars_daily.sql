@@ -15,14 +15,11 @@
     (macros/incremental.sql), so silver is read for those dates only, on both targets. -#}
 
 {%- if is_incremental() -%}
-    {%- set previous_seq = high_water_mark() -%}
-    {%- set changed_filter = '_load_seq > ' ~ previous_seq if previous_seq is not none else '1 = 1' -%}
-    {%- set changed = compile_time_row(
-        'select min(trade_date), max(trade_date) from ' ~ ref('fct_bars_1m') ~ ' where ' ~ changed_filter
-    ) -%}
+    {%- set changed = changed_since(ref('fct_bars_1m')) -%}
+    {%- set changed_filter = changed['filter'] -%}
     {%- set dates_filter -%}
-        trade_date >= {{ date_literal(changed[0] if changed else none) }}
-        and trade_date <= {{ date_literal(changed[1] if changed else none) }}
+        trade_date >= {{ date_literal(changed['first']) }}
+        and trade_date <= {{ date_literal(changed['last']) }}
     {%- endset -%}
 {%- endif %}
 

@@ -33,13 +33,10 @@
 {%- set scan_days = var('correlation_scan_days', 60) | int %}
 
 {%- if is_incremental() -%}
-    {%- set previous_seq = high_water_mark() -%}
-    {%- set changed_filter = '_load_seq > ' ~ previous_seq if previous_seq is not none else '1 = 1' -%}
-    {%- set changed = compile_time_row(
-        'select min(trade_date), max(trade_date) from ' ~ ref('fct_bars_daily') ~ ' where ' ~ changed_filter
-    ) -%}
-    {%- set first_changed = changed[0] if changed else none -%}
-    {%- set last_changed = changed[1] if changed else none -%}
+    {%- set changed = changed_since(ref('fct_bars_daily')) -%}
+    {%- set changed_filter = changed['filter'] -%}
+    {%- set first_changed = changed['first'] -%}
+    {%- set last_changed = changed['last'] -%}
 {%- endif %}
 
 with

@@ -15,11 +15,8 @@
     York is a whole number of hours off UTC), so the delete is bounded by it. -#}
 
 {%- if is_incremental() -%}
-    {%- set previous_seq = high_water_mark() -%}
-    {%- set changed_filter = '_load_seq > ' ~ previous_seq if previous_seq is not none else '1 = 1' -%}
-    {%- set changed = compile_time_row(
-        'select min(trade_date), max(trade_date) from ' ~ ref('fct_bars_1m') ~ ' where ' ~ changed_filter
-    ) -%}
+    {%- set changed = changed_since(ref('fct_bars_1m')) -%}
+    {%- set changed_filter = changed['filter'] -%}
 {%- endif %}
 
 with
@@ -30,8 +27,8 @@ bars as (
         {{ dbt.date_trunc('hour', 'window_start') }} as hour_start
     from {{ ref('fct_bars_1m') }}
     {%- if is_incremental() %}
-    where trade_date >= {{ date_literal(changed[0] if changed else none) }}
-        and trade_date <= {{ date_literal(changed[1] if changed else none) }}
+    where trade_date >= {{ date_literal(changed['first']) }}
+        and trade_date <= {{ date_literal(changed['last']) }}
     {%- endif %}
 ),
 

@@ -25,91 +25,20 @@
     back from a long halt), is recomputed from its start, as a full build does.
     Bounds are constants written in when the model compiles (macros/incremental.sql). -#}
 
-{%- set lookback_days = var('indicator_lookback_days', 100) | int -%}
-{%- set warm_rows_before = 49 -%}
-
 {%- if is_incremental() -%}
-    {%- set previous_seq = high_water_mark() -%}
-    {%- set changed_filter = '_load_seq > ' ~ previous_seq if previous_seq is not none else '1 = 1' -%}
-    {%- set changed = compile_time_row(
-        'select min(trade_date), count(*) from ' ~ ref('fct_bars_daily') ~ ' where ' ~ changed_filter
+    {%- set warm = warm_start(
+        window_columns=['close'],
+        state_columns=['ema_12', 'ema_26', '_macd_fast', 'macd_signal', '_average_gain', '_average_loss'],
+        warm_column='sma_50',
+        warm_rows_before=49,
     ) -%}
-    {%- set has_changes = changed is not none and changed[1] | int > 0 -%}
-    {%- set window_from = date_literal(changed[0] if has_changes else none, -lookback_days) -%}
-
-{%- set incremental_inputs_sql -%}
-changed_symbols as (
-    select
-        symbol,
-        min(trade_date) as first_changed,
-        max(_load_seq) as load_seq
-    from {{ ref('fct_bars_daily') }}
-    where {{ changed_filter }}
-    group by symbol
-),
-
--- each changed symbol's closes from the lookback window on
-window_rows as (
-    select
-        daily.symbol,
-        daily.trade_date,
-        daily.close,
-        changed_symbols.first_changed
-    from {{ ref('fct_bars_daily') }} as daily
-    inner join changed_symbols
-        on changed_symbols.symbol = daily.symbol
-    where daily.trade_date >= {{ window_from }}
-),
-
-history as (
-    select
-        symbol,
-        count(case when trade_date < first_changed then 1 end) as rows_before,
-        max(case when trade_date < first_changed then trade_date end) as state_date
-    from window_rows
-    group by symbol
-),
-
--- this table's row for the day before D0, past every lookback (sma_50 exists)
-states as (
-    select
-        existing.symbol,
-        existing.trade_date,
-        existing.ema_12,
-        existing.ema_26,
-        existing._macd_fast,
-        existing.macd_signal,
-        existing._average_gain,
-        existing._average_loss
-    from {{ this }} as existing
-    inner join history
-        on history.symbol = existing.symbol
-        and history.state_date = existing.trade_date
-    where existing.trade_date >= {{ window_from }}
-        and existing.sma_50 is not null
-),
-
-warm_symbols as (
-    select history.symbol, history.rows_before
-    from history
-    inner join states
-        on states.symbol = history.symbol
-    where history.rows_before >= {{ warm_rows_before }}
-)
-{%- endset -%}
-
-    {%- set cold = compile_time_row(
-        'with ' ~ incremental_inputs_sql ~ ' select count(*) from changed_symbols'
-        ~ ' where symbol not in (select symbol from warm_symbols)'
-    ) if has_changes else none -%}
-    {%- set has_cold = cold is not none and cold[0] | int > 0 -%}
 {%- endif %}
 
 with
 
-{% if is_incremental() and has_changes %}
+{% if is_incremental() and warm.has_changes %}
 
-{{ incremental_inputs_sql }},
+{{ warm.sql }},
 
 -- warm symbols: idx 0 is the day before D0 (it carries the stored state), the
 -- window's earlier closes have negative idx and only feed the rolling windows
@@ -133,7 +62,7 @@ series as (
     left join states
         on states.symbol = window_rows.symbol
         and states.trade_date = window_rows.trade_date
-    {%- if has_cold %}
+    {%- if warm.has_cold %}
 
     union all
 

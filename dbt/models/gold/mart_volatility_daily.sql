@@ -18,90 +18,20 @@
     of history there, or whose 20 earlier days are not within
     `indicator_lookback_days` (100) days, is recomputed from its start. -#}
 
-{%- set lookback_days = var('indicator_lookback_days', 100) | int -%}
-{%- set warm_rows_before = 20 -%}
-
 {%- if is_incremental() -%}
-    {%- set previous_seq = high_water_mark() -%}
-    {%- set changed_filter = '_load_seq > ' ~ previous_seq if previous_seq is not none else '1 = 1' -%}
-    {%- set changed = compile_time_row(
-        'select min(trade_date), count(*) from ' ~ ref('fct_bars_daily') ~ ' where ' ~ changed_filter
+    {%- set warm = warm_start(
+        window_columns=['open', 'high', 'low', 'close', 'realized_variance_1m'],
+        state_columns=['atr_14'],
+        warm_column='realized_vol_20d',
+        warm_rows_before=20,
     ) -%}
-    {%- set has_changes = changed is not none and changed[1] | int > 0 -%}
-    {%- set window_from = date_literal(changed[0] if has_changes else none, -lookback_days) -%}
-
-{%- set incremental_inputs_sql -%}
-changed_symbols as (
-    select
-        symbol,
-        min(trade_date) as first_changed,
-        max(_load_seq) as load_seq
-    from {{ ref('fct_bars_daily') }}
-    where {{ changed_filter }}
-    group by symbol
-),
-
--- each changed symbol's days from the lookback window on
-window_rows as (
-    select
-        daily.symbol,
-        daily.trade_date,
-        daily.open,
-        daily.high,
-        daily.low,
-        daily.close,
-        daily.realized_variance_1m,
-        changed_symbols.first_changed
-    from {{ ref('fct_bars_daily') }} as daily
-    inner join changed_symbols
-        on changed_symbols.symbol = daily.symbol
-    where daily.trade_date >= {{ window_from }}
-),
-
-history as (
-    select
-        symbol,
-        count(case when trade_date < first_changed then 1 end) as rows_before,
-        max(case when trade_date < first_changed then trade_date end) as state_date
-    from window_rows
-    group by symbol
-),
-
--- this table's row for the day before D0, past every lookback (realized_vol_20d exists)
-states as (
-    select
-        existing.symbol,
-        existing.trade_date,
-        existing.atr_14
-    from {{ this }} as existing
-    inner join history
-        on history.symbol = existing.symbol
-        and history.state_date = existing.trade_date
-    where existing.trade_date >= {{ window_from }}
-        and existing.realized_vol_20d is not null
-),
-
-warm_symbols as (
-    select history.symbol, history.rows_before
-    from history
-    inner join states
-        on states.symbol = history.symbol
-    where history.rows_before >= {{ warm_rows_before }}
-)
-{%- endset -%}
-
-    {%- set cold = compile_time_row(
-        'with ' ~ incremental_inputs_sql ~ ' select count(*) from changed_symbols'
-        ~ ' where symbol not in (select symbol from warm_symbols)'
-    ) if has_changes else none -%}
-    {%- set has_cold = cold is not none and cold[0] | int > 0 -%}
 {%- endif %}
 
 with
 
-{% if is_incremental() and has_changes %}
+{% if is_incremental() and warm.has_changes %}
 
-{{ incremental_inputs_sql }},
+{{ warm.sql }},
 
 -- warm symbols: idx 0 is the day before D0 (it carries the stored ATR), the window's
 -- earlier days have negative idx and only feed the rolling windows
@@ -124,7 +54,7 @@ series as (
     left join states
         on states.symbol = window_rows.symbol
         and states.trade_date = window_rows.trade_date
-    {%- if has_cold %}
+    {%- if warm.has_cold %}
 
     union all
 
