@@ -232,7 +232,7 @@ def test_every_stockpipe_command_is_real(services: dict[str, Any]) -> None:
             check_cli(args)
             checked.setdefault(name, []).append(args[:1])
     # the parser must have seen the commands that matter, or it checks nothing
-    assert checked["producer"] == [["produce"], ["produce"]]
+    assert checked["producer"] == [["produce"], ["produce"], ["produce"]]
     assert checked["stream-0"] == checked["stream-1"] == [["stream"]]
 
 

@@ -537,3 +537,46 @@ def test_ctrl_c_flushes_and_every_reported_tick_is_in_the_topic(new_topic, kafka
     messages = read_topic(kafka_bootstrap, topic)
     assert sum(reported.values()) == len(messages) >= 200
     assert reported == dict(Counter(k for k, _, _ in messages))
+
+
+def _latest_weekday_open(now: datetime) -> datetime:
+    """09:30 New York of the latest weekday at or before `now` (written apart from the sim's)."""
+    from datetime import time as clock
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    new_york = ZoneInfo("America/New_York")
+    local = now.astimezone(new_york)
+    for back in range(8):
+        day = (local - timedelta(days=back)).date()
+        opened = datetime.combine(day, clock(9, 30), new_york)
+        if day.isoweekday() <= 5 and opened <= local:
+            return opened.astimezone(UTC)
+    raise AssertionError("no weekday in a week")
+
+
+def test_last_session_with_warmup_shows_a_session_at_any_hour(new_topic, kafka_bootstrap):
+    """What compose runs: the latest session compressed, after sparse history, never ahead
+    of the clock (a run right after an open waits for the session's ticks in real time)."""
+    topic = new_topic("last-session")
+    before = _latest_weekday_open(datetime.now(UTC))
+    exe = Path(sys.executable).with_name("stockpipe")
+    cmd = [str(exe) if exe.exists() else shutil.which("stockpipe") or "stockpipe"]
+    cmd += ["produce", "--source", "sim", "--symbols", "COIN,MARA", "--seed", "5"]
+    cmd += ["--start", "last-session", "--warmup-from", "3d", "--warmup-intensity", "0.01"]
+    cmd += ["--duration", "2m", "--speed", "240"]  # 2 minutes of a session in 0.5 s
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "STOCKPIPE_TOPIC": topic}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    finished = datetime.now(UTC)
+    after = _latest_weekday_open(finished)
+    assert done.returncode == 0, done.stderr
+    stamps = sorted(orjson.loads(v)["ts"] for _, v, _ in read_topic(kafka_bootstrap, topic))
+    opens = {int(o.timestamp() * 1000) for o in (before, after)}  # a run across 09:30
+    session_open = next((o for o in opens if any(o <= ts < o + 120_000 for ts in stamps)), None)
+    assert session_open is not None, f"no tick after the opens {sorted(opens)}"
+    history = [ts for ts in stamps if ts < session_open]
+    session = [ts for ts in stamps if ts >= session_open]
+    # at least one weekday of history (at 1%), then the session
+    assert history and session_open - 3 * 86_400_000 <= history[0]
+    assert session and max(session) < session_open + 120_000  # --duration bounds event time
+    assert max(stamps) <= finished.timestamp() * 1000  # nothing from the future

@@ -302,3 +302,48 @@ def test_pacing_starts_at_the_origin_not_during_the_unpaced_warmup():
     assert pacer.wait(origin)  # the first session tick starts the clock
     assert pacer.wait(origin + 400)  # 0.4 s later in event time: waits ~0.4 s, not 0.1 s
     assert time.monotonic() - started >= 0.35
+
+
+def test_last_open_is_the_latest_weekday_0930_new_york_at_or_before_now():
+    from flows.ingest.sim import last_open
+
+    def utc(*args: int) -> int:
+        return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)
+
+    # Saturday noon: Friday's open (EST, 14:30 UTC); Monday 08:00 ET: the Friday before
+    assert last_open(utc(2026, 12, 5, 17, 0)) == utc(2026, 12, 4, 14, 30)
+    assert last_open(utc(2026, 12, 7, 13, 0)) == utc(2026, 12, 4, 14, 30)
+    # during a session, today's; at the open itself, that open
+    assert last_open(utc(2026, 12, 8, 16, 0)) == utc(2026, 12, 8, 14, 30)
+    assert last_open(utc(2026, 12, 8, 14, 30)) == utc(2026, 12, 8, 14, 30)
+    # in summer time the open is 13:30 UTC
+    assert last_open(utc(2026, 7, 1, 20, 0)) == utc(2026, 7, 1, 13, 30)
+
+
+def test_a_live_edge_pacer_holds_a_tick_until_its_time():
+    from flows.ingest.pacing import now_ms
+
+    now = now_ms()
+    fast = Pacer(threading.Event(), speed=1e9)  # an hour of event time is nothing at 1e9x
+    assert fast.wait(now - 60_000) and fast.wait(now + 3_600_000)
+    stop = threading.Event()
+    live = Pacer(stop, speed=1e9, live_edge=True)
+    assert live.wait(now - 60_000)  # the past goes out at speed
+    threading.Timer(0.5, stop.set).start()
+    assert not live.wait(now + 3_600_000)  # an hour ahead: held until the stop
+
+
+def test_warmup_from_is_a_date_time_or_a_duration_before_the_start():
+    from flows.errors import StockpipeError
+    from flows.ingest.command import _parse_start, _warmup_from
+
+    start = int(datetime(2026, 12, 4, 14, 30, tzinfo=UTC).timestamp() * 1000)
+    assert _warmup_from("30d", start) == start - 30 * 86_400_000
+    assert _warmup_from("90m", start) == start - 90 * 60_000
+    assert _warmup_from("2026-11-04T14:30:00Z", start) == start - 30 * 86_400_000
+    with pytest.raises(
+        StockpipeError, match=r"--warmup-from 'yesterday' is not an ISO .* duration"
+    ):
+        _warmup_from("yesterday", start)
+    with pytest.raises(StockpipeError, match=r"--start 'soon' is not an ISO .*last-session"):
+        _parse_start("soon")

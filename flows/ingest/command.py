@@ -39,18 +39,37 @@ class Mode(StrEnum):
     rest = "rest"
 
 
-def _parse_start(value: str | None) -> int:
+def _parse_start(value: str | None, option: str = "--start") -> int:
+    """Epoch ms of an ISO date-time, of `now` (the default) or of `last-session`.
+
+    `last-session`: the latest regular-session open at or before now (the simulator's
+    calendar), so a stock simulator has a session to show at any hour.
+    """
+    now = time.time_ns() // 1_000_000
     if not value or value == "now":
-        return time.time_ns() // 1_000_000
+        return now
+    if value == "last-session":
+        from flows.ingest.sim import last_open
+
+        return last_open(now)
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise StockpipeError(
-            f"--start {value!r} is not an ISO date-time (e.g. 2025-03-04T09:30:00-05:00)"
+            f"{option} {value!r} is not an ISO date-time (e.g. 2025-03-04T09:30:00-05:00)"
+            + (", now or last-session" if option == "--start" else " or a duration (30d)")
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return int(when.timestamp() * 1000)
+
+
+def _warmup_from(value: str, start_ms: int) -> int:
+    """Epoch ms of `--warmup-from`: an ISO date-time, or a duration before the start (30d)."""
+    try:
+        return start_ms - int(parse_duration(value) * 1000)
+    except ValueError:
+        return _parse_start(value, "--warmup-from")  # its error names both forms
 
 
 def _probability(name: str, value: float) -> float:
@@ -152,8 +171,10 @@ def produce_command(
         str | None,
         typer.Option(
             "--start",
-            help="sim: event time of the first tick, ISO 8601 (UTC if no offset); default now. "
-            "Stocks wait for the next NYSE session, crypto pairs (X:Y) trade at once.",
+            help="sim: event time of the first tick: ISO 8601 (UTC if no offset), now (the "
+            "default) or last-session (the latest 09:30 New York weekday open). Stocks wait for "
+            "the next session, crypto pairs (X:Y) trade at once. Paced ticks never go out before "
+            "their time: a start in the past catches up at --speed, then runs in real time.",
             show_default=False,
         ),
     ] = None,
@@ -206,8 +227,9 @@ def produce_command(
         str | None,
         typer.Option(
             "--warmup-from",
-            help="sim: also simulate history from this ISO time up to --start, at "
-            "--warmup-intensity and without pacing, on the same price path.",
+            help="sim: also simulate history from this ISO time, or this long before --start "
+            "(30d), up to --start, at --warmup-intensity and without pacing, on the same price "
+            "path.",
             show_default=False,
         ),
     ] = None,
@@ -315,7 +337,7 @@ def _plan(
         start_ms = _parse_start(start)
         sim_from_ms = start_ms
         if warmup_from is not None:
-            sim_from_ms = _parse_start(warmup_from)
+            sim_from_ms = _warmup_from(warmup_from, start_ms)
             if sim_from_ms >= start_ms:
                 raise StockpipeError(f"--warmup-from {warmup_from!r} must be before --start")
         end_ms = None
@@ -339,9 +361,11 @@ def _plan(
             warmup_until_ms=start_ms if warmup_from is not None else None,
             warmup_intensity=_positive("--warmup-intensity", warmup_intensity),
         )
-        # paced from the start time, so the quiet hours before a session take time too
+        # paced from the start time, so the quiet hours before a session take time too;
+        # never ahead of the wall clock, so a start in the past catches up at --speed,
+        # then runs in real time
         return lambda writer, stop: pump(
-            items, writer, Pacer(stop, speed, rate, origin_ms=start_ms)
+            items, writer, Pacer(stop, speed, rate, origin_ms=start_ms, live_edge=True)
         )
     if source is Source.replay:
         from flows.ingest.replay import read_replay

@@ -67,6 +67,9 @@ class Pacer:
         a simulator starting before a session waits it out; items before it
         (warm-up history) go out at once, and the clock starts at the first one
         at or after it.
+    live_edge: with speed, an item never goes out before the wall clock reaches its
+        event time: a start in the past catches up at `speed`, then runs in real
+        time (a simulator never produces a tick from the future).
     The event clock only moves forward, so late ticks go out without a pause.
     """
 
@@ -76,12 +79,13 @@ class Pacer:
         speed: float = 0.0,
         rate: float | None = None,
         origin_ms: int | None = None,
+        live_edge: bool = False,
     ):
         if speed < 0:
             raise ValueError(f"speed must be >= 0, got {speed!r}")
         if rate is not None and rate <= 0:
             raise ValueError(f"rate must be > 0, got {rate!r}")
-        self.stop, self.speed, self.rate = stop, speed, rate
+        self.stop, self.speed, self.rate, self.live_edge = stop, speed, rate, live_edge
         self._wall0: float | None = None
         self._ts0: int | None = origin_ms
         self._clock: int | None = origin_ms
@@ -105,6 +109,8 @@ class Pacer:
                     self._ts0 = self._clock = ts
             self._clock = max(self._clock or ts, ts)
             due = self._wall0 + (self._clock - self._ts0) / 1000 / self.speed  # type: ignore[operator]
+            if self.live_edge:
+                due = max(due, time.monotonic() + (ts - now_ms()) / 1000)
         else:
             return True
         delay = due - time.monotonic()

@@ -166,6 +166,22 @@ def _stock_segments(start_ms: int) -> Iterator[tuple[int, int, float, float]]:
         day += timedelta(days=1)
 
 
+def last_open(now_ms: int) -> int:
+    """Epoch ms of the latest regular-session open (09:30 New York, a weekday) at or before `now_ms`.
+
+    The session a stock simulator started there shows first: during a session, today's;
+    at night or at a weekend, the last one (the simulator's calendar: every weekday).
+    """
+    day: date = datetime.fromtimestamp(now_ms / 1000, NEW_YORK).date()
+    while True:
+        if day.weekday() < 5:
+            midnight = datetime(day.year, day.month, day.day, tzinfo=NEW_YORK)
+            opened = int((midnight + timedelta(hours=9.5)).timestamp() * 1000)
+            if opened <= now_ms:
+                return opened
+        day -= timedelta(days=1)
+
+
 def _crypto_segments(start_ms: int) -> Iterator[tuple[int, int, float, float]]:
     while True:  # one open-ended stretch, chopped by days so nothing ever overflows
         yield start_ms, start_ms + _MS_PER_DAY, 1.0, 1.0
