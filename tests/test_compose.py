@@ -51,6 +51,7 @@ EXPECTED_SERVICES = {
     "stream-0",
     "stream-1",
     "dbt-docs",
+    "report",
     "prometheus",
     "grafana",
 }
@@ -65,6 +66,8 @@ HEALTHCHECKED = {
     "producer",
     "stream-0",
     "stream-1",
+    "dbt-docs",
+    "report",
     "prometheus",
     "grafana",
 }
@@ -547,3 +550,19 @@ def test_every_service_rotates_its_logs_and_pins_its_image(services: dict[str, A
         if not uses_stockpipe_image(service):
             tag = image.rpartition(":")[2]
             assert re.search(r"\d+\.\d+|RELEASE\.\d{4}-", tag), f"{name}: {image} floats"
+
+
+def test_the_static_servers_serve_where_the_publish_dag_writes(services: dict[str, Any]) -> None:
+    """dbt-docs serves STOCKPIPE_DBT_TARGET_PATH, report the folder of STOCKPIPE_REPORT_PATH,
+    on the volume the Airflow tasks (which run stockpipe_publish) write."""
+    env = services["airflow-scheduler"]["environment"]
+    for name, folder in (
+        ("dbt-docs", env["STOCKPIPE_DBT_TARGET_PATH"]),
+        ("report", str(Path(env["STOCKPIPE_REPORT_PATH"]).parent)),
+    ):
+        script = " ".join(services[name]["command"])
+        assert f"--directory {folder}" in script, (name, script)
+        for service in (name, "airflow-scheduler"):
+            mounts = {m.split(":")[1]: m.split(":")[0] for m in services[service]["volumes"]}
+            assert mounts.get("/data") == "stockpipe-data", (service, mounts)
+        assert folder.startswith("/data/")

@@ -92,7 +92,9 @@ PARSE_AND_DESCRIBE = textwrap.dedent(
     heavy = sorted(m for m in sys.modules if m.split(".")[0] in sys.argv[1].split(","))
     dags = {}
     for dag_id, dag in bag.dags.items():
-        load = dag.get_task("load_batch")
+        load = dag.task_dict.get("load_batch") or dag.tasks[0]
+        publish = dag.task_dict.get("publish_marts")
+        condition = getattr(dag.timetable, "asset_condition", None)
         dags[dag_id] = {
             "timetable": type(dag.timetable).__name__,
             "interval": str(getattr(dag.timetable, "delta", None)),
@@ -106,7 +108,8 @@ PARSE_AND_DESCRIBE = textwrap.dedent(
             "max_retry_delay": load.max_retry_delay.total_seconds(),
             "task_callback": bool(load.on_failure_callback),
             "dag_callback": bool(dag.on_failure_callback),
-            "outlets": [a.uri for a in dag.get_task("publish_marts").outlets],
+            "outlets": [a.uri for a in publish.outlets] if publish else [],
+            "scheduled_on": [a.uri for a in condition.objects] if condition else [],
             "pools": {t.task_id: t.pool for t in dag.tasks},
         }
     print(json.dumps({"errors": bag.import_errors, "heavy": heavy, "dags": dags}))
@@ -264,6 +267,7 @@ def pipeline(
         "STOCKPIPE_LOAD_BATCH_FILES": "4",  # 6 files: two mapped load tasks
         "STOCKPIPE_TASK_RETRIES": "1",
         "STOCKPIPE_RETRY_DELAY": "1s",
+        "STOCKPIPE_REPORT_PATH": str(tmp_path / "reports" / "stockpipe.html"),
     }
     for name, value in settings_env.items():
         monkeypatch.setenv(name, value)
@@ -347,6 +351,18 @@ def test_dag_folder_parses_without_heavy_imports_into_the_designed_dags(
     assert "check_range" in backfill["upstream"]["publish_marts"]
     assert backfill["outlets"] == ["stockpipe://gold/marts"]
 
+    # the docs and the report follow every change of the marts the other two announce
+    publish = dags["stockpipe_publish"]
+    assert publish["timetable"] == "AssetTriggeredTimetable"
+    assert publish["scheduled_on"] == load["outlets"] == ["stockpipe://gold/marts"]
+    assert publish["upstream"] == {"generate_docs": [], "build_report": ["generate_docs"]}
+    assert publish["pools"] == {
+        "generate_docs": "stockpipe_duckdb",
+        "build_report": "stockpipe_duckdb",
+    }
+    assert publish["max_active_runs"] == 1 and publish["catchup"] is False
+    assert publish["task_callback"] and publish["dag_callback"]
+
 
 def test_dag_files_parse_without_a_process_or_a_write_and_name_the_manifest_command(
     airflow_env: dict[str, str], tmp_path: Path
@@ -357,7 +373,7 @@ def test_dag_files_parse_without_a_process_or_a_write_and_name_the_manifest_comm
     watched = (REPO / "dbt", tmp_path)  # the project (dbt/target inside it), the target path
     fresh = audited_parse(airflow_env, tmp_path, *watched)
     assert fresh["errors"] == {}
-    assert fresh["dags"] == ["stockpipe_backfill", "stockpipe_load"]
+    assert fresh["dags"] == ["stockpipe_backfill", "stockpipe_load", "stockpipe_publish"]
     assert fresh["spawned"] == [] and fresh["written"] == []
 
     for dbt_target in ("duckdb", "snowflake"):
@@ -374,7 +390,7 @@ def test_dag_files_parse_without_a_process_or_a_write_and_name_the_manifest_comm
             )
         missing = audited_parse(env, tmp_path, *watched, Path(env["STOCKPIPE_DBT_TARGET_PATH"]))
         assert missing["spawned"] == [] and missing["written"] == [], dbt_target
-        assert missing["dags"] == []
+        assert missing["dags"] == ["stockpipe_publish"]  # it needs no manifest to parse
         assert set(missing["errors"]) == {
             str(REPO / "dags" / "stockpipe_load.py"),
             str(REPO / "dags" / "stockpipe_backfill.py"),
@@ -393,7 +409,8 @@ def test_dag_files_parse_without_a_process_or_a_write_and_name_the_manifest_comm
     shutil.copy2(built, old)
     env = {**airflow_env, "STOCKPIPE_DBT_TARGET_PATH": str(tmp_path / "old-target")}
     stale = audited_parse(env, tmp_path, *watched)
-    assert stale["spawned"] == [] and stale["written"] == [] and stale["dags"] == []
+    assert stale["spawned"] == [] and stale["written"] == []
+    assert stale["dags"] == ["stockpipe_publish"]
     (error, _) = stale["errors"].values()
     assert f"the dbt manifest in {old.parent} ({old.name}) is stale" in error
     assert "`python -m flows.transform.orchestration manifest`" in error
@@ -447,6 +464,36 @@ def test_load_dag_loads_new_files_builds_the_marts_then_is_a_no_op(
     assert pipeline.gold_mart_events() == [{"files_loaded": 6}]
     _, received = webhook
     assert not [m for m in received if m["json"]["event"] == "stockpipe.failure"]
+
+
+def test_publish_dag_documents_the_marts_and_writes_the_report(pipeline: Pipeline) -> None:
+    """What follows the load's Asset event: dbt docs of the marts as built, and the report."""
+    from test_report import parse
+
+    write_sessions(pipeline.lake)
+    assert pipeline.run_dag("stockpipe_load")["state"] == "success"
+
+    run = pipeline.run_dag("stockpipe_publish")
+    assert run["state"] == "success", run["tasks"]
+    assert {k: t["state"] for k, t in run["tasks"].items()} == {
+        "generate_docs": "success",
+        "build_report": "success",
+    }
+    target = Path(pipeline.env["STOCKPIPE_DBT_TARGET_PATH"])
+    assert "<html" in (target / "index.html").read_text().lower()
+    catalog = json.loads((target / "catalog.json").read_text())["nodes"]
+    for mart in ("mart_trend_daily", "mart_volatility_daily", "fct_bars_1m"):
+        node = catalog[next(k for k in catalog if k.endswith(f".{mart}"))]
+        schema = node["metadata"]["schema"]
+        columns = pipeline.query(
+            "select column_name from information_schema.columns"
+            f" where table_schema = '{schema}' and table_name = '{mart}'"
+        )
+        assert {c.lower() for c in node["columns"]} == {c for (c,) in columns}, mart
+    html = Path(pipeline.env["STOCKPIPE_REPORT_PATH"]).read_text()
+    assert parse(html).sections == sorted(SYMBOLS)
+    last_day = pipeline.query("select max(trade_date)::varchar from gold.mart_trend_daily")
+    assert last_day == [("2024-11-27",)] and "2024-11-27" in html
 
 
 def test_failing_load_fails_the_run_and_alerts_the_webhook(

@@ -400,12 +400,7 @@ def _build_and_document(
         )
     statuses = {r.node.unique_id: str(r.status) for r in build.result.results}
 
-    started = time.perf_counter()
-    docs = invoke(["docs", "generate"], common)
-    docs_seconds = time.perf_counter() - started
-    if not docs.success:
-        raise StockpipeError(f"dbt docs generate failed on target {settings.dbt_target}")
-
+    docs_seconds = _generate_docs(settings, common)
     return TransformResult(
         target=settings.dbt_target,
         target_path=target_path,
@@ -415,6 +410,23 @@ def _build_and_document(
         stale_sources=stale,
         freshness=freshness,
     )
+
+
+def _generate_docs(settings: Settings, common: list[str]) -> float:
+    """`dbt docs generate` (catalog.json and index.html beside the manifest); its seconds."""
+    started = time.perf_counter()
+    docs = invoke(["docs", "generate"], common)
+    if not docs.success:
+        raise StockpipeError(f"dbt docs generate failed on target {settings.dbt_target}")
+    return time.perf_counter() - started
+
+
+def generate_docs(settings: Settings) -> Path:
+    """The dbt docs of the warehouse as it stands, into the target path; returns that path."""
+    target_path = dbt_target_path(settings)
+    with dbt_session(settings, target_path) as common:
+        _generate_docs(settings, common)
+    return target_path
 
 
 def transform_command(

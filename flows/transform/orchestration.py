@@ -74,6 +74,7 @@ FIND_TIMEOUT = timedelta(minutes=15)  # listing the lake and the manifest
 LOAD_BATCH_TIMEOUT = timedelta(minutes=30)  # one bounded batch
 DBT_NODE_TIMEOUT = timedelta(hours=1)  # one `dbt build --select <node>` (full refresh included)
 FRESHNESS_TIMEOUT = timedelta(minutes=15)
+PUBLISH_TIMEOUT = timedelta(minutes=30)  # dbt docs generate; the report
 LOAD_DAGRUN_TIMEOUT = timedelta(hours=3)  # includes waiting for the pool behind a backfill
 BACKFILL_DAGRUN_TIMEOUT = timedelta(hours=12)
 _DATE_PARTITION = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
@@ -404,6 +405,23 @@ def load_batch(settings: Settings, files: Sequence[str]) -> dict[str, Any]:
         "skipped_already_loaded": summary.files_found - summary.files_new,
         "seconds": round(summary.seconds, 3),
     }
+
+
+# ------------------------------------------------------------------ publish
+
+
+def publish_docs(settings: Settings) -> str:
+    """`dbt docs generate` into the dbt target path (what the docs server serves)."""
+    from flows.transform.dbt_runner import generate_docs
+
+    return str(generate_docs(settings) / "index.html")
+
+
+def report_unsupported(settings: Settings) -> str | None:
+    """Why the report cannot be built on this warehouse, or None."""
+    if settings.warehouse == "snowflake":
+        return "the report reads the DuckDB warehouse; STOCKPIPE_WAREHOUSE=snowflake has none"
+    return None
 
 
 # ------------------------------------------------------------------ dbt
