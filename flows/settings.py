@@ -8,6 +8,7 @@ the CLI can stop with one clear line instead of a traceback.
 
 from __future__ import annotations
 
+import os
 import re
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +23,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from flows.errors import StockpipeError
 
@@ -120,6 +127,19 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # a secret's NAME_FILE counts as its NAME (an explicit argument still wins)
+        secret_files = SecretFiles(settings_cls)
+        return init_settings, secret_files, env_settings, dotenv_settings, file_secret_settings
 
     # Kafka
     kafka_bootstrap_servers: str = Field(
@@ -402,19 +422,64 @@ class Settings(BaseSettings):
         return opts
 
 
+def _alias(name: str, info: FieldInfo) -> str:
+    """The environment variable of a setting (the first of its aliases)."""
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        alias = alias.choices[0]
+    return str(alias or name.upper())
+
+
+def _is_secret(info: FieldInfo | None) -> bool:
+    return info is not None and "SecretStr" in str(info.annotation)
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """`NAME_FILE` for every secret setting `NAME`: the value is that file's content.
+
+    Docker and Kubernetes mount secrets as files (compose `secrets:` under
+    /run/secrets), so a password need never sit in the environment. One trailing
+    newline is dropped. Setting both `NAME` and `NAME_FILE` is an error, as is a
+    file that cannot be read; both name the variable.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads every field at once
+
+    def __call__(self) -> dict[str, Any]:
+        from dotenv import dotenv_values
+
+        env_file = self.config.get("env_file")
+        found = dotenv_values(env_file) if isinstance(env_file, str | Path) else {}
+        env = {**{k: v for k, v in found.items() if v is not None}, **os.environ}
+        values: dict[str, Any] = {}
+        for name, info in self.settings_cls.model_fields.items():
+            if not _is_secret(info):
+                continue
+            alias = _alias(name, info)
+            path = env.get(f"{alias}_FILE")
+            if not path:
+                continue
+            if env.get(alias):
+                raise SettingsError(f"set {alias} or {alias}_FILE, not both")
+            try:
+                text = Path(path).expanduser().read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise SettingsError(f"{alias}_FILE={path!r}: cannot read it ({reason})") from None
+            values[name] = text.removesuffix("\n").removesuffix("\r")
+        return values
+
+
 def _describe(error: dict[str, Any]) -> str:
     if not error.get("loc"):  # a rule over several settings: its message names them (the
         # input is every setting, secrets included, so it is never shown)
         return str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    field_name = error["loc"][0]
-    info = Settings.model_fields.get(str(field_name))
-    alias = info.validation_alias if info else None
-    if isinstance(alias, AliasChoices):
-        alias = alias.choices[0]
-    name = alias or str(field_name).upper()
+    field_name = str(error["loc"][0])
+    info = Settings.model_fields.get(field_name)
+    name = _alias(field_name, info) if info else field_name.upper()
     value = error.get("input")
-    secret = info is not None and "SecretStr" in str(info.annotation)
-    shown = "***" if secret else repr(value)
+    shown = "***" if _is_secret(info) else repr(value)
     msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     return f"{name}={shown}: {msg}"
 

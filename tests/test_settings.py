@@ -99,3 +99,68 @@ def test_load_with_an_unsupported_lake_stops_with_the_message(tmp_path) -> None:
 )
 def test_duckdb_urls_follow_sqlalchemys_rule(url: str, path: str) -> None:
     assert load_settings(warehouse=url).duckdb_path == Path(path)
+
+
+SECRETS = {
+    name: info
+    for name, info in __import__(
+        "flows.settings", fromlist=["Settings"]
+    ).Settings.model_fields.items()
+    if "SecretStr" in str(info.annotation)
+}
+
+
+def test_every_secret_reads_from_a_file_named_by_its_FILE_variable(tmp_path, monkeypatch) -> None:
+    """As Docker secrets are mounted: NAME_FILE holds a path, the file the value."""
+    from flows.settings import _alias
+
+    assert {"snowflake_password", "finnhub_api_key", "kafka_sasl_password"} <= set(SECRETS)
+    monkeypatch.chdir(tmp_path)  # no developer's .env
+    for name, info in SECRETS.items():
+        alias = _alias(name, info)
+        monkeypatch.delenv(alias, raising=False)
+        (tmp_path / name).write_text(f"from-file-{name}\n")  # one trailing newline is dropped
+        monkeypatch.setenv(f"{alias}_FILE", str(tmp_path / name))
+    settings = load_settings()
+    for name in SECRETS:
+        assert getattr(settings, name).get_secret_value() == f"from-file-{name}", name
+
+
+def test_a_secret_file_in_dotenv_works_and_a_clash_or_a_missing_file_is_named(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for var in ("SNOWFLAKE_PASSWORD", "SNOWFLAKE_PASSWORD_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "pw").write_text("s3cret")
+    (tmp_path / ".env").write_text(f"SNOWFLAKE_PASSWORD_FILE={tmp_path / 'pw'}\n")
+    assert load_settings().snowflake_password.get_secret_value() == "s3cret"
+
+    monkeypatch.setenv("SNOWFLAKE_PASSWORD", "inline")
+    with pytest.raises(
+        SettingsError, match="set SNOWFLAKE_PASSWORD or SNOWFLAKE_PASSWORD_FILE, not both"
+    ):
+        load_settings()
+    monkeypatch.delenv("SNOWFLAKE_PASSWORD")
+    missing = tmp_path / "gone"
+    monkeypatch.setenv("SNOWFLAKE_PASSWORD_FILE", str(missing))
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value) == (
+        f"SNOWFLAKE_PASSWORD_FILE={str(missing)!r}: cannot read it (No such file or directory)"
+    )
+
+
+def test_a_command_with_an_unreadable_secret_file_stops_with_the_message(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "status"],
+        env={"PATH": "/usr/bin:/bin", "FINNHUB_API_KEY_FILE": str(tmp_path / "nope")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    said = done.stderr.replace("\n", "")  # the console wraps long lines
+    assert f"FINNHUB_API_KEY_FILE={str(tmp_path / 'nope')!r}: cannot read it" in said
+    assert "Traceback" not in done.stderr
