@@ -86,9 +86,9 @@ CONTAINER_FIXED = {
 }
 # Variables a stockpipe-image container may carry besides stockpipe's settings:
 # Airflow's own configuration (AIRFLOW__SECTION__KEY) and the init job's
-# AIRFLOW_ADMIN_* inputs, Bytewax's and Python's runtime switches.
+# AIRFLOW_ADMIN_* and AIRFLOW_FERNET_KEY inputs, Bytewax's and Python's runtime switches.
 OTHER_ENV_PREFIXES = ("AIRFLOW__", "AIRFLOW_ADMIN_", "BYTEWAX_")
-OTHER_ENV_NAMES = {"PYTHONUNBUFFERED"}
+OTHER_ENV_NAMES = {"PYTHONUNBUFFERED", "AIRFLOW_FERNET_KEY"}
 SHELL_BREAKS = {";", "&&", "||", "|", "&", "then", "else", "fi", "do", "done"}
 
 
@@ -566,3 +566,27 @@ def test_the_static_servers_serve_where_the_publish_dag_writes(services: dict[st
             mounts = {m.split(":")[1]: m.split(":")[0] for m in services[service]["volumes"]}
             assert mounts.get("/data") == "stockpipe-data", (service, mounts)
         assert folder.startswith("/data/")
+
+
+def test_every_airflow_process_reads_the_fernet_key_airflow_init_keeps(
+    services: dict[str, Any],
+) -> None:
+    """No key in the environment (an empty one would mean unencrypted secrets): each
+    Airflow process runs `cat` on the file airflow-init writes to the airflow-auth volume."""
+    init_script = (ROOT / "infra/airflow/init.sh").read_text()
+    assert "fernet_key.py" in init_script
+    assert init_script.index("fernet_key.py") < init_script.index("airflow db migrate")
+    airflow = [
+        n for n, s in services.items() if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" in environment(s)
+    ]
+    assert {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+            "airflow-triggerer"} <= set(airflow)  # fmt: skip
+    for name in airflow:
+        env = environment(services[name])
+        assert "AIRFLOW__CORE__FERNET_KEY" not in env, name
+        command = env["AIRFLOW__CORE__FERNET_KEY_CMD"].split()
+        assert command[0] == "cat" and len(command) == 2, (name, command)
+        mounts = {m.split(":")[1]: m.split(":")[0] for m in services[name]["volumes"]}
+        folder = str(Path(command[1]).parent)
+        assert mounts.get(folder) == "airflow-auth", (name, mounts)
+    assert environment(services["airflow-init"])["AIRFLOW_FERNET_KEY"] == ""  # unset in .env

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot job of docker-compose.yml (stockpipe image): migrate Airflow's
-# metadata database and give the admin user its password. Idempotent.
+# metadata database, give the admin user its password, and keep the Fernet key.
+# Idempotent.
 #
 # Airflow 3's default SimpleAuthManager takes its users from
 # AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS and their passwords from the JSON file
@@ -12,6 +13,10 @@ set -euo pipefail
 : "${AIRFLOW_ADMIN_PASSWORD:?set AIRFLOW_ADMIN_PASSWORD (see .env.example)}"
 passwords_file="${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:?}"
 admin="${AIRFLOW_ADMIN_USERNAME:-admin}"
+
+# Before anything reads Airflow's configuration: the Fernet key its processes read
+# through AIRFLOW__CORE__FERNET_KEY_CMD (AIRFLOW_FERNET_KEY, else kept or generated).
+python "$(dirname "$0")/fernet_key.py" "${AIRFLOW_FERNET_KEY_FILE:-/opt/airflow/auth/fernet.key}"
 
 airflow db migrate
 # The one-slot pool the DAGs' DuckDB tasks share (see infra/airflow/pools.sh)
