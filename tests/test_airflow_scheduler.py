@@ -33,6 +33,7 @@ from pathlib import Path
 import duckdb
 import load_helpers
 import pytest
+from test_report import parse
 
 from flows.settings import load_settings
 from flows.transform import orchestration
@@ -47,11 +48,19 @@ DAYS = [datetime(2024, 11, day, 14, 30, tzinfo=UTC) for day in (18, 19, 20, 21, 
 SESSION_MINUTES = 390
 BATCH_FILES = 3  # 10 files: four mapped load tasks per DAG
 DAG_IDS = ("stockpipe_load", "stockpipe_backfill")
+PUBLISH = "stockpipe_publish"  # not triggered: the marts' Asset events start it
 DEADLINE_DAGS_VISIBLE = 600.0
 DEADLINE_RUNS = 1800.0
 TERMINAL = {"success", "failed"}
 # tasks that open the DuckDB warehouse, hence run in the one-slot pool
-WAREHOUSE_TASKS = ("find_new_files", "find_missing_files", "load_batch", "source_freshness")
+WAREHOUSE_TASKS = (
+    "find_new_files",
+    "find_missing_files",
+    "load_batch",
+    "source_freshness",
+    "generate_docs",
+    "build_report",
+)
 
 
 def free_port() -> int:
@@ -295,6 +304,7 @@ def test_load_and_backfill_together_under_a_real_scheduler_never_retry(tmp_path:
         "STOCKPIPE_LOAD_INTERVAL": "1h",  # the one scheduled run is the one at unpause
         "STOCKPIPE_TASK_RETRIES": "2",  # a lock conflict would show as a retry
         "STOCKPIPE_RETRY_DELAY": "1s",
+        "STOCKPIPE_REPORT_PATH": str(tmp_path / "reports" / "stockpipe.html"),
     }
     base_env = {
         k: v
@@ -344,16 +354,18 @@ def test_load_and_backfill_together_under_a_real_scheduler_never_retry(tmp_path:
                 "select slots from slot_pool where pool = 'stockpipe_duckdb'"
             ) == [(1,)]
             wait_for(
-                "both DAGs to be parsed",
+                "the three DAGs to be parsed",
                 lambda: (
                     len(
                         scheduler.query(
-                            "select distinct dag_id from serialized_dag where dag_id in (:a, :b)",
+                            "select distinct dag_id from serialized_dag"
+                            " where dag_id in (:a, :b, :c)",
                             a=DAG_IDS[0],
                             b=DAG_IDS[1],
+                            c=PUBLISH,
                         )
                     )
-                    == 2
+                    == 3
                 ),
                 DEADLINE_DAGS_VISIBLE,
                 scheduler,
@@ -389,22 +401,37 @@ def test_load_and_backfill_together_under_a_real_scheduler_never_retry(tmp_path:
                     stderr=subprocess.STDOUT,
                     text=True,
                 )
-                for dag_id in DAG_IDS
+                for dag_id in (*DAG_IDS, PUBLISH)
             ]
             for process in unpause:
                 output, _ = process.communicate(timeout=300)
                 assert process.returncode == 0, output[-3000:]
 
             def finished() -> list[tuple] | None:
+                """Both manual runs done, then a publish run that started after both
+                announced the marts (publish_marts ended), and nothing still running."""
                 runs = scheduler.query(
-                    "select dag_id, run_id, run_type, state from dag_run order by dag_id, run_id"
+                    "select dag_id, run_id, run_type, state, start_date from dag_run"
+                    " order by dag_id, run_id"
                 )
-                manual = {d for d, _, kind, _ in runs if str(kind) == "manual"}
-                if manual == set(DAG_IDS) and all(str(s) in TERMINAL for *_, s in runs):
-                    return runs
-                return None
+                manual = {d for d, _, kind, *_ in runs if str(kind) == "manual"}
+                if manual != set(DAG_IDS) or not all(str(r[3]) in TERMINAL for r in runs):
+                    return None
+                announced = scheduler.query(
+                    "select max(ti.end_date) from task_instance ti join dag_run r"
+                    " on r.dag_id = ti.dag_id and r.run_id = ti.run_id"
+                    " where ti.task_id = 'publish_marts' and r.run_type = 'manual'"
+                )[0][0]
+                after = [r for r in runs if r[0] == PUBLISH and r[4] and r[4] >= announced]
+                return [r[:4] for r in runs] if after else None
 
-            runs = wait_for("both runs to finish", finished, DEADLINE_RUNS, scheduler, every=10)
+            runs = wait_for(
+                "both runs and the publish run after them to finish",
+                finished,
+                DEADLINE_RUNS,
+                scheduler,
+                every=10,
+            )
             tis = scheduler.query(
                 "select dag_id, run_id, task_id, map_index, state, try_number, pool,"
                 " start_date, end_date from task_instance"
@@ -438,6 +465,7 @@ def test_load_and_backfill_together_under_a_real_scheduler_never_retry(tmp_path:
 
     assert all(str(state) == "success" for *_, state in runs), runs
     assert {str(kind) for d, _, kind, _ in runs if d == "stockpipe_backfill"} == {"manual"}
+    assert {str(kind) for d, _, kind, _ in runs if d == PUBLISH} == {"asset_triggered"}
     failed = [t[:6] for t in tis if str(t[4]) not in ("success", "skipped")]
     assert failed == [], failed
     retried = [t[:6] for t in tis if (t[5] or 0) > 1]
@@ -462,3 +490,8 @@ def test_load_and_backfill_together_under_a_real_scheduler_never_retry(tmp_path:
     assert len(want["fct_bars_daily"]) == len(SYMBOLS) * len(DAYS)
     for table in want:
         assert_rows_equal(got[table], want[table], table)
+    # and the publish run after them documented the marts and wrote the report
+    catalog = json.loads((tmp_path / "dbt_target" / "catalog.json").read_text())["nodes"]
+    assert {k.rsplit(".", 1)[1] for k in catalog} >= set(want)
+    report = (tmp_path / "reports" / "stockpipe.html").read_text()
+    assert parse(report).sections == sorted(SYMBOLS)
