@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -215,19 +214,54 @@ def test_retry_after_reads_seconds_and_http_dates():
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
 
 
-def test_pacer_follows_event_time_at_speed_and_fixed_rate():
-    stop = threading.Event()
-    pacer = Pacer(stop, speed=10.0)
-    t0 = time.monotonic()
+class FakeClock:
+    """A monotonic clock that moves only when the pacer waits (or a test says so): the
+    pacer's waits are then exact, whatever the machine's load."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+        self.stopped = False
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time_ns(self) -> int:
+        return time.time_ns()
+
+    def is_set(self) -> bool:
+        return self.stopped
+
+    def wait(self, delay: float) -> bool:  # threading.Event.wait: True when stopped
+        self.waits.append(round(delay, 6))
+        self.now += delay
+        return self.stopped
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    import types
+
+    from flows.ingest import pacing
+
+    fake = FakeClock()
+    monkeypatch.setattr(
+        pacing, "time", types.SimpleNamespace(monotonic=fake.monotonic, time_ns=fake.time_ns)
+    )
+    return fake
+
+
+def test_pacer_follows_event_time_at_speed_and_fixed_rate(clock: FakeClock):
+    pacer = Pacer(clock, speed=10.0)  # type: ignore[arg-type]
     for ts in (0, 1000, 500, 3000):  # 3 s of event time at 10x: 0.3 s; the late tick does not wait
         assert pacer.wait(1_741_100_400_000 + ts)
-    assert 0.28 < time.monotonic() - t0 < 0.6
-    pacer = Pacer(stop, rate=50)
-    t0 = time.monotonic()
+    assert clock.waits == [0.1, 0.2]
+    clock.waits.clear()
+    pacer = Pacer(clock, rate=50)  # type: ignore[arg-type]
     for _ in range(11):
-        pacer.wait(None)
-    assert 0.18 < time.monotonic() - t0 < 0.5
-    stop.set()
+        assert pacer.wait(None)
+    assert clock.waits == [0.02] * 10  # the first goes at once
+    clock.stopped = True
     assert not pacer.wait(None)
 
 
@@ -238,18 +272,14 @@ def test_identical_trades_in_the_same_millisecond_get_distinct_ids():
     assert len({t.id for t in ticks}) == len(ticks)
 
 
-def test_pacer_with_an_origin_waits_out_the_quiet_time_before_the_first_tick():
-    pacer = Pacer(threading.Event(), speed=10.0, origin_ms=1_741_100_400_000)
-    t0 = time.monotonic()
+def test_pacer_with_an_origin_waits_out_the_quiet_time_before_the_first_tick(clock: FakeClock):
+    pacer = Pacer(clock, speed=10.0, origin_ms=1_741_100_400_000)  # type: ignore[arg-type]
     assert pacer.wait(1_741_100_400_000 + 2000)  # 2 s of event time after the origin: 0.2 s
-    assert 0.18 < time.monotonic() - t0 < 0.5
+    assert clock.waits == [0.2]
 
 
-def test_a_bad_record_with_a_future_ts_does_not_hold_back_pacing():
-    import threading
-    import time
-
-    from flows.ingest.pacing import Pacer, event_ts
+def test_a_bad_record_with_a_future_ts_does_not_hold_back_pacing(clock: FakeClock):
+    from flows.ingest.pacing import event_ts
     from flows.ingest.ticks import Tick
 
     t0 = 1_741_100_400_000
@@ -258,11 +288,10 @@ def test_a_bad_record_with_a_future_ts_does_not_hold_back_pacing():
         (b"COIN", b'{"symbol": "COIN", "price": 1, "volume": 1, "ts": 4102444800000}'),
         Tick("COIN", t0 + 1000, 1.0, 1.0, "b"),
     ]
-    pacer = Pacer(threading.Event(), speed=100.0)
-    started = time.monotonic()
+    pacer = Pacer(clock, speed=100.0)  # type: ignore[arg-type]
     for item in items:
         assert pacer.wait(event_ts(item))
-    assert time.monotonic() - started < 5  # 1 s of event time at 100x, not 75 years
+    assert clock.waits == [0.01]  # 1 s of event time at 100x, not 75 years
 
 
 def test_warmup_history_is_sparse_and_leads_into_the_session_on_one_price_path():
@@ -286,22 +315,18 @@ def test_warmup_history_is_sparse_and_leads_into_the_session_on_one_price_path()
     assert abs(math.log(after[0].price / before[-1].price)) < 0.25
 
 
-def test_pacing_starts_at_the_origin_not_during_the_unpaced_warmup():
-    import threading
-    import time
-
-    from flows.ingest.pacing import Pacer
+def test_pacing_starts_at_the_origin_not_during_the_unpaced_warmup(clock: FakeClock):
     from flows.ingest.ticks import Tick
 
     origin = 1_741_100_400_000
-    pacer = Pacer(threading.Event(), speed=1.0, origin_ms=origin)
+    pacer = Pacer(clock, speed=1.0, origin_ms=origin)  # type: ignore[arg-type]
     for i in range(3):  # history: immediate
         assert pacer.wait(Tick("COIN", origin - 86_400_000 + i, 1.0, 1.0, str(i)).ts)
-    time.sleep(0.3)  # producing history took a while
-    started = time.monotonic()
+    assert clock.waits == []
+    clock.now += 0.3  # producing history took a while
     assert pacer.wait(origin)  # the first session tick starts the clock
-    assert pacer.wait(origin + 400)  # 0.4 s later in event time: waits ~0.4 s, not 0.1 s
-    assert time.monotonic() - started >= 0.35
+    assert pacer.wait(origin + 400)  # 0.4 s later in event time: waits 0.4 s, not 0.1 s
+    assert clock.waits == [0.4]
 
 
 def test_last_open_is_the_latest_weekday_0930_new_york_at_or_before_now():
@@ -320,17 +345,19 @@ def test_last_open_is_the_latest_weekday_0930_new_york_at_or_before_now():
     assert last_open(utc(2026, 7, 1, 20, 0)) == utc(2026, 7, 1, 13, 30)
 
 
-def test_a_live_edge_pacer_holds_a_tick_until_its_time():
+def test_a_live_edge_pacer_holds_a_tick_until_its_time(clock: FakeClock):
     from flows.ingest.pacing import now_ms
 
     now = now_ms()
-    fast = Pacer(threading.Event(), speed=1e9)  # an hour of event time is nothing at 1e9x
+    fast = Pacer(clock, speed=1e9)  # type: ignore[arg-type]  # an hour of event time is nothing
     assert fast.wait(now - 60_000) and fast.wait(now + 3_600_000)
-    stop = threading.Event()
-    live = Pacer(stop, speed=1e9, live_edge=True)
+    assert clock.waits == []
+    live = Pacer(clock, speed=1e9, live_edge=True)  # type: ignore[arg-type]
     assert live.wait(now - 60_000)  # the past goes out at speed
-    threading.Timer(0.5, stop.set).start()
-    assert not live.wait(now + 3_600_000)  # an hour ahead: held until the stop
+    assert clock.waits == []
+    assert live.wait(now + 3_600_000)  # an hour ahead: held until its time
+    (held,) = clock.waits
+    assert 3_590 < held <= 3_600
 
 
 def test_warmup_from_is_a_date_time_or_a_duration_before_the_start():
