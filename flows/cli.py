@@ -266,8 +266,12 @@ def main() -> None:
 
 def _error(exc: StockpipeError) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]stockpipe:[/] {exc}", highlight=False)
+    # The message is text, not markup ("[default: x]" would vanish), on one line however wide.
+    Console(stderr=True).print(
+        f"[bold red]stockpipe:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+    )
 
 
 if __name__ == "__main__":
