@@ -232,9 +232,10 @@ def _root(
         LogLevel | None,
         typer.Option(
             "--log-level",
-            help="DEBUG, INFO, WARNING or ERROR (STOCKPIPE_LOG_LEVEL; the processes a command "
-            "starts inherit it). STOCKPIPE_LOG_FORMAT=json logs one JSON object per line.",
+            help="DEBUG, INFO, WARNING or ERROR (the processes a command starts inherit it). "
+            "STOCKPIPE_LOG_FORMAT=json logs one JSON object per line.",
             case_sensitive=False,
+            show_default="STOCKPIPE_LOG_LEVEL, INFO",
         ),
     ] = None,
     _show_version: Annotated[
