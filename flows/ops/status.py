@@ -783,9 +783,11 @@ def _ago(seconds: float) -> str:
 
 
 def _ms(iso: str | None) -> int | None:
+    """Epoch milliseconds of an ISO time; one without a zone is UTC (a TIMESTAMP_NTZ)."""
     if iso is None:
         return None
-    return int(datetime.fromisoformat(iso).timestamp() * 1000)
+    value = datetime.fromisoformat(iso)
+    return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 def run_checks(report: StatusReport, limits: Limits, now_ms: int) -> list[Check]:
