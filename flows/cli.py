@@ -232,9 +232,10 @@ def _root(
         LogLevel | None,
         typer.Option(
             "--log-level",
-            help="DEBUG, INFO, WARNING or ERROR (STOCKPIPE_LOG_LEVEL; the processes a command "
-            "starts inherit it). STOCKPIPE_LOG_FORMAT=json logs one JSON object per line.",
+            help="DEBUG, INFO, WARNING or ERROR (the processes a command starts inherit it). "
+            "STOCKPIPE_LOG_FORMAT=json logs one JSON object per line.",
             case_sensitive=False,
+            show_default="STOCKPIPE_LOG_LEVEL, INFO",
         ),
     ] = None,
     _show_version: Annotated[
@@ -266,8 +267,12 @@ def main() -> None:
 
 def _error(exc: StockpipeError) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]stockpipe:[/] {exc}", highlight=False)
+    # The message is text, not markup ("[default: x]" would vanish), on one line however wide.
+    Console(stderr=True).print(
+        f"[bold red]stockpipe:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+    )
 
 
 if __name__ == "__main__":

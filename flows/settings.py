@@ -287,6 +287,14 @@ class Settings(BaseSettings):
     report_path: Path = Field(
         Path("./reports/stockpipe.html"), validation_alias="STOCKPIPE_REPORT_PATH"
     )
+    # `stockpipe status --check` (flows/ops/status.py): how far behind each part may be
+    check_max_lag: int = Field(10_000, ge=0, validation_alias="STOCKPIPE_CHECK_MAX_LAG")
+    check_max_log_time_lag: Duration = Field(
+        300.0, validation_alias="STOCKPIPE_CHECK_MAX_LOG_TIME_LAG"
+    )
+    check_max_lake_delay: Duration = Field(600.0, validation_alias="STOCKPIPE_CHECK_MAX_LAKE_DELAY")
+    check_max_load_delay: Duration = Field(900.0, validation_alias="STOCKPIPE_CHECK_MAX_LOAD_DELAY")
+    check_max_mart_delay: Duration = Field(900.0, validation_alias="STOCKPIPE_CHECK_MAX_MART_DELAY")
 
     @field_validator("heartbeat_interval")
     @classmethod

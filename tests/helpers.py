@@ -192,6 +192,22 @@ def run_stockpipe(
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, None)
 
 
+def run_stockpipe_json(
+    settings: Settings, *args: str, timeout: float = 180
+) -> tuple[int, object, str]:
+    """The command with `--json`: its exit code, the one JSON document that is its whole
+    stdout, and its stderr (where progress and dbt's log go)."""
+    proc = stockpipe(
+        settings, *args, "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    out, err = proc.communicate(timeout=timeout)
+    assert "Traceback" not in err, err[-3000:]
+    try:
+        return proc.returncode, json.loads(out), err
+    except json.JSONDecodeError:
+        raise AssertionError(f"stdout is not one JSON document: {out[:2000]!r}") from None
+
+
 def stream_messages(stream: list[tuple[str, dict]]) -> list[tuple[bytes, bytes]]:
     return [(symbol.encode(), orjson.dumps(msg)) for symbol, msg in stream]
 

@@ -170,3 +170,74 @@ def test_version_and_log_level_and_json_logs(tmp_path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2 and "loud" in bad.stderr
+
+
+# -- help that shows every default ------------------------------------------------------
+
+
+def _leaves() -> list[tuple[str, ...]]:
+    """Every command line that has options of its own: the root, each command, each
+    subcommand of a group (`kafka start`)."""
+    from flows.cli import _load
+
+    paths: list[tuple[str, ...]] = [()]
+    for name in COMMANDS:
+        group = getattr(_load(name), "commands", None)
+        paths += [(name, sub) for sub in group] if group else [(name,)]
+    return paths
+
+
+def _command(path: tuple[str, ...]):
+    from flows.cli import _load, app
+
+    command = app if not path else _load(path[0])
+    for sub in path[1:]:
+        command = command.commands[sub]
+    return command
+
+
+def _shown_default(param) -> str | None:
+    """What `[default: …]` must say for an option, from its definition (None: a switch,
+    off unless given)."""
+    from enum import Enum
+
+    if isinstance(param.show_default, str):
+        return f"({param.show_default})"  # how Typer shows a default described in words
+    if param.is_flag and not param.secondary_opts:
+        assert param.default is False, param.opts
+        return None
+    if param.is_flag:  # --progress/--no-progress
+        return (param.opts[0] if param.default else param.secondary_opts[0]).lstrip("-")
+    assert param.default not in (None, ""), (
+        f"{param.opts}: say what happens without it (show_default='…')"
+    )
+    return param.default.value if isinstance(param.default, Enum) else str(param.default)
+
+
+@pytest.mark.parametrize("path", _leaves(), ids=lambda p: " ".join(p) or "stockpipe")
+def test_every_options_help_shows_its_default_and_every_bracket(path: tuple[str, ...]) -> None:
+    """Rich reads `[...]` in help as markup and drops it: every default, and every bracket
+    a help text holds, must reach the screen."""
+    import os
+    import re
+
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *path, "--help"],
+        env={**os.environ, "COLUMNS": "400"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.replace("│", " ").split())
+    options = [p for p in _command(path).params if p.param_type_name == "option"]
+    if path == ("load",):  # the options are found (the rest holds for every one of them)
+        assert {"--batch-files", "--since", "--json"} <= {o for p in options for o in p.opts}
+    for param in options:
+        want = _shown_default(param)
+        if want is not None:
+            assert f"[default: {want}]" in text, (param.opts, text)
+        for bracket in re.findall(r"\[[^\]]*\]", param.help or ""):
+            assert bracket in text, (param.opts, bracket)
+    for bracket in re.findall(r"\[[^\]]*\]", _command(path).help or ""):
+        assert bracket in text, bracket

@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 import s3fs
-from helpers import run_stockpipe
+from helpers import run_stockpipe, run_stockpipe_json
 from test_load_s3 import KEY, SECRET, s3_endpoint  # noqa: F401 - the moto server fixture
 
 from flows.ingest.ticks import Tick
@@ -200,3 +200,49 @@ def test_a_file_missing_from_the_chain_is_an_offset_gap_in_the_load_and_in_statu
     assert load(settings, since=OLD, progress=False).files_loaded == 1
     assert bronze(settings) == rows_of(*lake.values())
     assert warehouse_status(settings)[0].offset_gaps == []
+
+
+def test_load_json_and_status_check_name_the_offset_gap(settings, lake):
+    [b_file] = old_files(settings, lake["B"])
+    fs = open_lake(settings).fs
+    kept = fs.cat_file(b_file)
+    fs.rm(b_file)
+    a, b, c = lake["A"], lake["B"], lake["C"]
+    folder = f"{BARS_PREFIX}/interval_s=60"
+
+    code, doc, err = run_stockpipe_json(settings, "load")
+
+    assert code == 0, err
+    # C's file of NEW (listed) names B's file of OLD, which the lake lacks
+    assert doc["offset_gaps"] == [
+        {
+            "topic": TOPIC,
+            "partition": 1,
+            "first_offset": b.first_offset,
+            "last_offset": b.last_offset,
+            "key": f"{folder}/date={OLD}/{batch_name(b)}",
+            "named_by": f"{folder}/date={NEW}/{batch_name(c)}",
+            "detail": f"{TOPIC}[1]: offsets {b.first_offset}..{b.last_offset} missing from the "
+            f"lake: {folder}/date={OLD}/{batch_name(b)} is named by "
+            f"{folder}/date={NEW}/{batch_name(c)} but not there",
+        }
+    ]
+    assert (doc["files_loaded"], doc["files_linked"], doc["rows"]) == (2, 1, len(rows_of(c)))
+    assert bronze(settings) == rows_of(lake["fast"], a, c)
+
+    offline = settings.model_copy(update={"kafka_bootstrap_servers": "127.0.0.1:9"})
+    code, doc, err = run_stockpipe_json(offline, "status", "--check")
+    assert code == 3
+    assert doc["check"]["failed"] == ["broker", "stream", "offset_gaps"]
+    [gap] = doc["warehouse"]["offset_gaps"]
+    assert (gap["after_offset"], gap["through_offset"]) == (a.last_offset, b.last_offset)
+    [check] = [x for x in doc["check"]["checks"] if x["name"] == "offset_gaps"]
+    assert check["detail"].startswith(
+        f"1 gap(s): {TOPIC}[1] offsets {a.last_offset + 1}..{b.last_offset} not loaded"
+    )
+
+    fs.pipe_file(b_file, kept)
+    code, doc, _ = run_stockpipe_json(settings, "load", "--since", OLD.isoformat())
+    assert (code, doc["files_loaded"], doc["offset_gaps"]) == (0, 1, [])
+    code, doc, _ = run_stockpipe_json(offline, "status", "--check")
+    assert doc["check"]["failed"] == ["broker", "stream"]

@@ -12,6 +12,7 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 import typer
+from helpers import run_stockpipe_json
 from load_helpers import (
     T0,
     CountingLocalFS,
@@ -269,6 +270,55 @@ def test_load_command_prints_a_summary_then_nothing_new(
     assert second.exit_code == 0, second.output
     assert "nothing new to load" in second.output
     assert counts(settings) == (9, 3)
+
+
+def test_load_json_is_one_document_of_what_the_warehouse_now_holds(
+    settings: Settings, lake: str
+) -> None:
+    files = write_many(FS, lake, 5, rows_each=4)
+    conflicting = write_bars(FS, lake, bar_rows(2, symbol="OLD", seed=3), name="conflicting")
+
+    code, doc, err = run_stockpipe_json(settings, "load", "--batch-files", "2")
+
+    assert code == 0, err
+    manifest = query(
+        settings,
+        "SELECT load_seq, count(*), sum(row_count) FROM bronze.load_manifest "
+        "GROUP BY load_seq ORDER BY load_seq",
+    )
+    assert [(b["load_seq"], b["files"], b["rows"]) for b in doc["batches"]] == manifest
+    assert len(manifest) == 3  # 6 files, 2 a batch
+    assert all(b["seconds"] >= 0 for b in doc["batches"]) and doc["seconds"] >= 0
+    bars, loaded = counts(settings)
+    assert (doc["files_loaded"], doc["rows"]) == (loaded, bars) == (6, 22)
+    assert sum(len(r) for r in files.values()) + 2 == bars
+    assert {k: doc[k] for k in ("files_found", "files_new", "files_unchanged", "files_linked")} == {
+        "files_found": 6,
+        "files_new": 6,
+        "files_unchanged": 0,
+        "files_linked": 0,
+    }
+    assert (doc["nothing_new"], doc["files_left"], doc["offset_gaps"], doc["conflicts"]) == (
+        False,
+        0,
+        [],
+        [],
+    )
+    assert doc["warehouse"] == settings.warehouse and doc["lake"] == settings.lake_url
+
+    # again: nothing new; then a loaded file with other rows: the rest loads, the document
+    # says what did, and the command fails naming the file
+    code, doc, _ = run_stockpipe_json(settings, "load")
+    assert code == 0
+    assert (doc["nothing_new"], doc["files_unchanged"], doc["batches"]) == (True, 6, [])
+    write_bars(FS, lake, bar_rows(2, symbol="NEW", seed=8), name="new")
+    write_bars(FS, lake, bar_rows(2, symbol="OLD", seed=4), name="conflicting")
+    code, doc, err = run_stockpipe_json(settings, "load", "--max-batches", "1")
+    assert code == 2
+    assert (doc["files_loaded"], doc["rows"], doc["files_unchanged"]) == (1, 2, 5)
+    [conflict] = doc["conflicts"]
+    assert key_of(conflicting) in conflict and key_of(conflicting) in err
+    assert counts(settings) == (24, 7)
 
 
 def test_load_command_with_a_bad_warehouse_raises_a_settings_error(

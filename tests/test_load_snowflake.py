@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import fakesnow
@@ -623,3 +624,40 @@ def test_rows_in_a_file_loaded_empty_are_named_as_new_rows(settings: Settings, l
         f"symbol={first['symbol']} window_start={first['window_start'].isoformat()} "
         f"revision={first['revision']}: in the file now, not in what was loaded"
     ) in str(raised.value)
+
+
+def test_status_reads_the_same_on_snowflake_as_on_duckdb(settings: Settings, lake: str) -> None:
+    """status's queries (last load, newest file loaded, silver's load sequence and the
+    oldest load it lacks) run on Snowflake's SQL too, and give what the manifest holds."""
+    from test_status import _report
+
+    from flows.ops.status import Limits, run_checks, warehouse_status
+
+    write_bars(FS, lake, bar_rows(3, symbol="AAA"), name="a")
+    load(settings, progress=False)
+    query("CREATE SCHEMA IF NOT EXISTS stockpipe.silver")
+    query(
+        "CREATE TABLE stockpipe.silver.fct_bars_1m AS "
+        "SELECT window_start, _load_seq FROM stockpipe.bronze.bars"
+    )
+    newest = write_bars(FS, lake, bar_rows(2, symbol="BBB", seed=1), name="b")
+    load(settings, progress=False)
+    seqs = dict(query("SELECT load_seq, loaded_at FROM stockpipe.bronze.load_manifest"))
+
+    wh, marts = warehouse_status(settings, key_of(newest))
+    assert wh.checked and wh.error is None and wh.newest_lake_file_loaded is True
+    assert (wh.last_load.load_seq, wh.last_load.files, wh.last_load.rows) == (2, 1, 2)
+    silver = marts[0]
+    assert (silver.exists, silver.rows, silver.load_seq) == (True, 3, 1)
+    assert silver.behind_since is not None
+    behind = datetime.fromisoformat(silver.behind_since)
+    want = seqs[2] if seqs[2].tzinfo else seqs[2].replace(tzinfo=UTC)
+    assert behind.replace(tzinfo=behind.tzinfo or UTC) == want
+    elsewhere, _ = warehouse_status(settings, "bars/interval_s=60/date=2024-11-26/x.parquet")
+    assert elsewhere.newest_lake_file_loaded is False
+
+    report = _report(settings)
+    at = int(want.timestamp() * 1000)
+    limits = Limits(10_000, 300.0, 600.0, 900.0, 900.0)
+    checks = {c.name: c.status for c in run_checks(report, limits, at + 16 * 60_000)}
+    assert (checks["warehouse"], checks["load"], checks["marts"]) == ("ok", "ok", "failed")

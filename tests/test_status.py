@@ -14,11 +14,23 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
+import fsspec
 import orjson
 import pytest
 from helpers import consume_all, produce_raw
+from load_helpers import bar_rows, write_bars
 
-from flows.ops.status import stream_status, warehouse_status
+from flows.ops.status import (
+    BrokerStatus,
+    Limits,
+    StatusReport,
+    StreamStatus,
+    TopicStatus,
+    lake_status,
+    run_checks,
+    stream_status,
+    warehouse_status,
+)
 from flows.settings import Settings, load_settings
 from flows.stream.recovery import BARS_STEP, SOURCE_STEP, read_recovery_store
 
@@ -368,10 +380,278 @@ def test_warehouse_status_when_the_duckdb_file_is_locked(tmp_path):
         assert holder.stdout.readline().strip() == "locked"
         wh, marts = warehouse_status(settings)
         assert wh.checked is False and "locked by another process" in wh.error
-        assert "\n" not in wh.error
+        assert "\n" not in wh.error and wh.error_kind == "locked"
         assert [m.exists for m in marts] == [None, None]
+        # a load or dbt holding the file is how the warehouse works: not a failed check
+        report = _report(settings)
+        checks = {c.name: c.status for c in run_checks(report, Limits(0, 0, 0, 0, 0), 0)}
+        assert [checks[n] for n in ("warehouse", "load", "marts")] == ["not_checked"] * 3
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
     wh, _ = warehouse_status(settings)  # released: readable, nothing loaded yet
     assert wh.checked is True and "no bronze.load_manifest" in wh.error
+
+
+# ------------------------------------------------------------------------ --check
+
+CHECKS = [
+    "broker",
+    "topic",
+    "stream",
+    "consumer_lag",
+    "log_time_lag",
+    "lake",
+    "warehouse",
+    "load",
+    "marts",
+    "offset_gaps",
+]
+
+
+def check(settings: Settings, *options: str) -> tuple[int, dict, str]:
+    """`status --check --json` with these options: exit code, document, stderr."""
+    done = run(settings, "status", "--check", "--json", *options)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode, json.loads(done.stdout), done.stderr
+
+
+def states(doc: dict) -> dict[str, str]:
+    return {c["name"]: c["status"] for c in doc["check"]["checks"]}
+
+
+def detail(doc: dict, name: str) -> str:
+    return next(c["detail"] for c in doc["check"]["checks"] if c["name"] == name)
+
+
+@pytest.mark.kafka
+def test_status_check_exits_3_naming_each_part_that_is_behind(new_topic, settings_for):
+    topic = new_topic("check", partitions=3)
+    settings = settings_for(topic=topic)
+    base = (int(time.time() * 1000) - 10 * 60_000) // 60_000 * 60_000
+    ticks = [
+        {"symbol": s, "price": 10.0 + i, "volume": 1, "ts": base + i * 9_000, "id": f"{s}-{i}"}
+        for i in range(30)
+        for s in SYMBOLS
+    ]
+    produce_raw(
+        settings.kafka_bootstrap_servers,
+        topic,
+        [(t["symbol"].encode(), orjson.dumps(t)) for t in ticks],
+    )
+    streamed = run(settings, "stream", "--exit-when-idle", "2s")
+    assert streamed.returncode == 0, streamed.stderr[-3000:]
+    loaded = run(settings, "load", "--no-progress")
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        [(loaded_at,)] = con.execute(
+            "SELECT DISTINCT loaded_at FROM bronze.load_manifest"
+        ).fetchall()
+    lake = Path(settings.lake_url)
+
+    # Everything is where it should be (the stream has stopped: its log time ages, so the
+    # log-time limit is wide here): exit 0, every check ok.
+    code, doc, _ = check(settings, "--max-log-time-lag", "1h")
+    assert code == 0, doc["check"]
+    assert states(doc) == dict.fromkeys(CHECKS, "ok")
+    assert doc["check"]["ok"] is True and doc["check"]["failed"] == []
+    assert doc["check"]["limits"] == {
+        "max_lag": 10_000,
+        "max_log_time_lag_s": 3600.0,
+        "max_lake_delay_s": 600.0,
+        "max_load_delay_s": 900.0,
+        "max_mart_delay_s": 900.0,
+    }
+    newest = Path(doc["lake"]["newest_file"])
+    assert doc["lake"]["newest_file_key"] == newest.relative_to(lake).as_posix()
+    assert doc["warehouse"]["newest_lake_file_loaded"] is True
+    silver = doc["marts"][0]
+    assert (silver["table"], silver["exists"]) == ("silver.fct_bars_1m", False)
+    # silver lacks the one load since it was committed: not yet too long ago
+    assert datetime.fromisoformat(silver["behind_since"]) == loaded_at
+    assert "check" not in status_json(settings)  # without --check: the report alone
+
+    # Tight limits: the stopped stream's log time is behind the clock on every
+    # partition, and silver lacks a load. Exit 3, the same report, which checks failed.
+    code, doc, err = check(settings, "--max-log-time-lag", "0s", "--max-mart-delay", "0s")
+    assert code == 3
+    assert doc["check"]["failed"] == ["log_time_lag", "marts"]
+    assert doc["check"]["ok"] is False
+    assert {p["partition"] for p in doc["stream"]["partitions"] if p["log_time_ms"]} == {0, 1, 2}
+    for p in range(3):
+        assert f"partition {p}: the stream's log time is" in detail(doc, "log_time_lag")
+    assert "status --check: 2 check(s) failed: log_time_lag:" in " ".join(err.split())
+    shown = run(settings, "status", "--check", "--max-mart-delay", "0s", env={"COLUMNS": "300"})
+    assert shown.returncode == 3 and "checks (--check)" in shown.stdout
+    assert "lacks the loads since" in shown.stdout and "Traceback" not in shown.stderr
+
+    # Records the stream has not read: consumer lag, per partition.
+    extra = [
+        {"symbol": "AAA", "price": 50.0, "volume": 1, "ts": base + 600_000 + i, "id": f"x{i}"}
+        for i in range(7)
+    ]
+    produce_raw(
+        settings.kafka_bootstrap_servers,
+        topic,
+        [(b"AAA", orjson.dumps(t)) for t in extra],
+    )
+    [part] = {
+        m.partition()
+        for m in consume_all(settings.kafka_bootstrap_servers, topic)
+        if m.value() and orjson.loads(m.value())["id"].startswith("x")
+    }
+    code, doc, _ = check(settings, "--max-log-time-lag", "1h", "--max-lag", "6")
+    assert code == 3 and doc["check"]["failed"] == ["consumer_lag"]
+    assert {p["partition"]: p["lag"] for p in doc["stream"]["partitions"]} == {
+        p: 7 if p == part else 0 for p in range(3)
+    }
+    assert detail(doc, "consumer_lag") == f"partition {part}: 7 records behind (at most 6)"
+    assert check(settings, "--max-log-time-lag", "1h", "--max-lag", "7")[0] == 0
+
+    # The lake's files an hour older than the ticks the stream read: a lake that stopped.
+    hour_ago = time.time() - 3600
+    files = sorted((lake / "bars").rglob("*.parquet"))
+    for f in files:
+        os.utime(f, (hour_ago, hour_ago))
+    code, doc, _ = check(settings, "--max-log-time-lag", "1h")
+    assert code == 3 and doc["check"]["failed"] == ["lake"]
+    newest_tick = max(s["max_ts_log_ms"] for s in doc["stream"]["symbols"])
+    # the newest tick read: the log time of the last tick produced (the AAA extras unread)
+    records = consume_all(settings.kafka_bootstrap_servers, topic)
+    first_ids = {t["id"] for t in ticks}
+    assert newest_tick == max(
+        m.timestamp()[1]
+        for m in records
+        if m.value() and orjson.loads(m.value())["id"] in first_ids
+    )
+    assert "after the lake's newest file was written" in detail(doc, "lake")
+
+    # A new file nobody loaded, written 20 minutes ago: the load is behind.
+    day = doc["lake"]["newest_partition"]
+    start = datetime.fromisoformat(f"{day}T12:00:00+00:00")
+    waiting = Path(
+        write_bars(
+            fsspec.filesystem("file"),
+            settings.lake_url,
+            bar_rows(3, symbol="ZZZ", start=start),
+            name="waiting",
+        )
+    )
+    twenty_ago = time.time() - 1200
+    os.utime(waiting, (twenty_ago, twenty_ago))
+    code, doc, _ = check(settings, "--max-log-time-lag", "1h", "--max-lake-delay", "2h")
+    assert code == 3 and doc["check"]["failed"] == ["load"]
+    key = waiting.relative_to(lake).as_posix()
+    assert doc["lake"]["newest_file_key"] == key
+    assert doc["warehouse"]["newest_lake_file_loaded"] is False
+    assert detail(doc, "load").startswith(f"the lake's newest file {key} has waited 20m")
+    assert (
+        check(
+            settings,
+            "--max-log-time-lag",
+            "1h",
+            "--max-lake-delay",
+            "2h",
+            "--max-load-delay",
+            "30m",
+        )[0]
+        == 0
+    )
+    assert run(settings, "load", "--no-progress").returncode == 0
+    code, doc, _ = check(settings, "--max-log-time-lag", "1h", "--max-lake-delay", "2h")
+    assert code == 0 and doc["warehouse"]["newest_lake_file_loaded"] is True
+
+
+def test_status_check_without_any_part_fails_on_the_broker_and_the_stream(tmp_path):
+    settings = load_settings(
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+        topic="nothing.here",
+        lake_url=str(tmp_path / "lake"),
+        recovery_dir=tmp_path / "recovery",
+        warehouse=f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
+    )
+    code, doc, err = check(settings)
+    assert code == 3
+    # nothing to compare the lake, the load or the marts with: not checked, not failed
+    assert states(doc) == {
+        "broker": "failed",
+        "topic": "not_checked",
+        "stream": "failed",
+        "consumer_lag": "not_checked",
+        "log_time_lag": "not_checked",
+        "lake": "not_checked",
+        "warehouse": "ok",
+        "load": "not_checked",
+        "marts": "not_checked",
+        "offset_gaps": "not_checked",
+    }
+    assert doc["check"]["failed"] == ["broker", "stream"]
+    assert detail(doc, "broker") == doc["broker"]["error"]
+    assert err.count("\n") == 1 and err.startswith("stockpipe: status --check: 2 check(s) failed")
+
+    bad = run(settings, "status", "--check", "--max-log-time-lag", "soon")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == (
+        "stockpipe: --max-log-time-lag: not a duration: 'soon' "
+        "(write e.g. 500ms, 5s, 10m, 1h or plain seconds)"
+    )
+    bad = run(settings, "status", "--check", env={"STOCKPIPE_CHECK_MAX_LAKE_DELAY": "later"})
+    assert bad.returncode == 2 and "STOCKPIPE_CHECK_MAX_LAKE_DELAY" in bad.stderr
+    assert "'later'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _report(settings: Settings) -> StatusReport:
+    """A report of the lake and the warehouse alone (no broker, no stream)."""
+    lake = lake_status(settings)
+    warehouse, marts = warehouse_status(settings, lake.newest_file_key)
+    return StatusReport(
+        "now",
+        settings.topic,
+        BrokerStatus("127.0.0.1:1", reachable=False, error="down"),
+        TopicStatus(settings.topic, checked=False, exists=None),
+        StreamStatus("nowhere", found=False, error="no recovery store"),
+        lake,
+        warehouse,
+        marts,
+    )
+
+
+def test_marts_check_follows_the_oldest_load_silver_has_not_taken_in(tmp_path):
+    """silver.fct_bars_1m's largest _load_seq against the manifest's loads with rows."""
+    from flows.warehouse import load
+
+    settings = _settings_with_duckdb(tmp_path)
+    fs = fsspec.filesystem("file", auto_mkdir=True)
+    write_bars(fs, settings.lake_url, bar_rows(3, symbol="AAA"), name="a")
+    load(settings, progress=False)
+    with duckdb.connect(str(settings.duckdb_path)) as con:
+        con.execute("CREATE SCHEMA silver")
+        con.execute(
+            "CREATE TABLE silver.fct_bars_1m AS SELECT window_start, _load_seq FROM bronze.bars"
+        )
+    write_bars(fs, settings.lake_url, bar_rows(2, symbol="BBB", seed=1), name="b")
+    load(settings, progress=False)
+    write_bars(fs, settings.lake_url, [], name="c")  # a file with no rows: nothing to take in
+    load(settings, progress=False)
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        seqs = dict(con.execute("SELECT load_seq, loaded_at FROM bronze.load_manifest").fetchall())
+    assert sorted(seqs) == [1, 2, 3]
+
+    report = _report(settings)
+    silver = report.marts[0]
+    assert (silver.load_seq, datetime.fromisoformat(silver.behind_since)) == (1, seqs[2])
+    limits = Limits(10_000, 300.0, 600.0, 900.0, 900.0)
+    at = int(seqs[2].timestamp() * 1000)
+    by_name = {c.name: c for c in run_checks(report, limits, at + 14 * 60_000)}
+    assert by_name["marts"].status == "ok"
+    by_name = {c.name: c for c in run_checks(report, limits, at + 16 * 60_000)}
+    assert by_name["marts"].status == "failed"
+    assert "silver.fct_bars_1m lacks the loads since" in by_name["marts"].detail
+    assert by_name["load"].status == "ok"  # the newest file ("c") is loaded
+
+    with duckdb.connect(str(settings.duckdb_path)) as con:  # dbt ran: silver took in load 2
+        con.execute("UPDATE silver.fct_bars_1m SET _load_seq = 2 WHERE _load_seq = 1")
+    report = _report(settings)
+    assert (report.marts[0].load_seq, report.marts[0].behind_since) == (2, None)
+    by_name = {c.name: c for c in run_checks(report, limits, at + 10**9)}
+    assert by_name["marts"].status == "ok"  # load 3 brought no rows

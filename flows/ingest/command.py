@@ -136,13 +136,13 @@ def produce_command(
         str | None,
         typer.Option(
             "--symbols",
-            help="Comma-separated symbols (default STOCKPIPE_SYMBOLS).",
-            show_default=False,
+            help="Comma-separated symbols.",
+            show_default="STOCKPIPE_SYMBOLS",
         ),
     ] = None,
     topic: Annotated[
         str | None,
-        typer.Option("--topic", help="Kafka topic (default STOCKPIPE_TOPIC).", show_default=False),
+        typer.Option("--topic", help="Kafka topic.", show_default="STOCKPIPE_TOPIC"),
     ] = None,
     # pacing
     speed: Annotated[
@@ -157,7 +157,7 @@ def produce_command(
         typer.Option(
             "--rate",
             help="Fixed wall-clock rate in messages/s (overrides --speed).",
-            show_default=False,
+            show_default="none: --speed paces",
         ),
     ] = None,
     as_fast_as_possible: Annotated[
@@ -171,11 +171,11 @@ def produce_command(
         str | None,
         typer.Option(
             "--start",
-            help="sim: event time of the first tick: ISO 8601 (UTC if no offset), now (the "
-            "default) or last-session (the latest 09:30 New York weekday open). Stocks wait for "
-            "the next session, crypto pairs (X:Y) trade at once. Paced ticks never go out before "
-            "their time: a start in the past catches up at --speed, then runs in real time.",
-            show_default=False,
+            help="sim: event time of the first tick: ISO 8601 (UTC if no offset), now or "
+            "last-session (the latest 09:30 New York weekday open). Stocks wait for the next "
+            "session, crypto pairs (X:Y) trade at once. Paced ticks never go out before their "
+            "time: a start in the past catches up at --speed, then runs in real time.",
+            show_default="now",
         ),
     ] = None,
     duration: Annotated[
@@ -184,13 +184,16 @@ def produce_command(
             "--duration",
             help="sim: stop after this much EVENT time (e.g. 6.5h, 10m); at --speed S it takes "
             "duration/S of wall time.",
-            show_default=False,
+            show_default="until stopped",
         ),
     ] = None,
     count: Annotated[
         int | None,
         typer.Option(
-            "--count", min=1, help="Stop after N messages (faults included).", show_default=False
+            "--count",
+            min=1,
+            help="Stop after N messages (faults included).",
+            show_default="no limit",
         ),
     ] = None,
     duplicates: Annotated[
@@ -230,7 +233,7 @@ def produce_command(
             help="sim: also simulate history from this ISO time, or this long before --start "
             "(30d), up to --start, at --warmup-intensity and without pacing, on the same price "
             "path.",
-            show_default=False,
+            show_default="no warm-up",
         ),
     ] = None,
     warmup_intensity: Annotated[
@@ -247,9 +250,8 @@ def produce_command(
         str | None,
         typer.Option(
             "--stall-timeout",
-            help="finnhub ws: reconnect after this long without any message (default "
-            "STOCKPIPE_FINNHUB_STALL_TIMEOUT, 30s).",
-            show_default=False,
+            help="finnhub ws: reconnect after this long without any message (a duration).",
+            show_default="STOCKPIPE_FINNHUB_STALL_TIMEOUT, 30s",
         ),
     ] = None,
     calls_per_minute: Annotated[
@@ -257,8 +259,8 @@ def produce_command(
         typer.Option(
             "--calls-per-minute",
             min=1,
-            help="finnhub rest: request limit (default STOCKPIPE_FINNHUB_CALLS_PER_MINUTE, 60).",
-            show_default=False,
+            help="finnhub rest: requests per minute, at most.",
+            show_default="STOCKPIPE_FINNHUB_CALLS_PER_MINUTE, 60",
         ),
     ] = None,
 ) -> None:

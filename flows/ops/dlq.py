@@ -194,10 +194,14 @@ def read_dlq(
 def dlq_command(
     since: Annotated[
         str | None,
-        typer.Option(help="Only records since then: a duration back from now (1h) or an ISO time."),
+        typer.Option(
+            help="Only records since then: a duration back from now (1h) or an ISO time.",
+            show_default="the whole topic",
+        ),
     ] = None,
     reason: Annotated[
-        str | None, typer.Option(help="Only this reason code (e.g. bad-symbol).")
+        str | None,
+        typer.Option(help="Only this reason code (e.g. bad-symbol).", show_default="every reason"),
     ] = None,
     samples: Annotated[int, typer.Option(min=0, max=1000, help="Records shown per reason.")] = 3,
     json_output: Annotated[

@@ -32,9 +32,40 @@ epoch not every worker finished, and would be thrown away on resume).
 `commits(part_index, commit_epoch)` is only garbage-collection bookkeeping
 (snapshots at or below it are pruned to the newest) and is reported, not used.
 
-Exit code: always 0 when the settings are valid, whatever part is missing or
-unreachable (each part says so); status is a report, not a health check. A bad
-setting stops it like every other command (exit 2, one line).
+Exit code: 0 when the settings are valid, whatever part is missing or
+unreachable (each part says so): without `--check`, status is a report. With
+`--check` it is a health check too: `run_checks` judges the report (below,
+"Checks") and the command exits 3 when a check failed. A bad setting stops it
+like every other command (exit 2, one line).
+
+Checks (`--check`; each limit a setting, or an option of the same name):
+
+- broker: Kafka answers. topic: the tick topic exists (not checked without a broker).
+- stream: the recovery store exists and holds a committed epoch.
+- consumer_lag: no partition is more than STOCKPIPE_CHECK_MAX_LAG records
+  (10000) behind its end offset (the topic's end minus the committed offset).
+- log_time_lag: no partition's committed log time is more than
+  STOCKPIPE_CHECK_MAX_LOG_TIME_LAG (5m) behind the wall clock. A running stream
+  keeps it within seconds, quiet feed or not: it appends heartbeats to quiet
+  partitions and reads them back, so this is how a stopped, stuck or backlogged
+  stream shows.
+- lake: the lake can be listed, and its newest bar file is at most
+  STOCKPIPE_CHECK_MAX_LAKE_DELAY (10m) older than the newest tick the stream has
+  read (the log time of the record that brought a symbol's newest event time);
+  with no bar file at all, that tick is at most that old. A quiet feed (no
+  ticks) is never stale: heartbeats do not count.
+- warehouse: it answers (a DuckDB file locked by a load or dbt is not checked;
+  a missing file or manifest is "nothing loaded yet", judged by load).
+- load: the lake's newest bar file is in the manifest, or was written at most
+  STOCKPIPE_CHECK_MAX_LOAD_DELAY (15m) ago: a file waiting longer fails,
+  however old the last load is, and an old last load with nothing waiting is fine.
+- marts: silver.fct_bars_1m (the model every mart is built from) has taken in
+  every load with rows (its largest `_load_seq`), or the oldest load it lacks
+  was committed at most STOCKPIPE_CHECK_MAX_MART_DELAY (15m) ago.
+- offset_gaps: the manifest shows no offset gap.
+
+A check that cannot be judged (its part unreachable, or nothing to compare) is
+`not_checked` and does not fail; the part's own check fails instead.
 """
 
 from __future__ import annotations
@@ -42,6 +73,7 @@ from __future__ import annotations
 import json
 import pickle
 import sqlite3
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
@@ -53,8 +85,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from flows.errors import CheckFailed, StockpipeError
 from flows.net import kafka_refusal
-from flows.settings import Settings, load_settings
+from flows.settings import Settings, load_settings, parse_duration
 from flows.stream.recovery import (
     partition_snapshots,
     read_recovery_store,
@@ -66,6 +99,7 @@ if TYPE_CHECKING:  # imported where used, so `stockpipe status --help` loads no 
 
 KAFKA_TIMEOUT_S = 3.0
 MARTS = (("silver", "fct_bars_1m", "window_start"), ("gold", "fct_bars_daily", "trade_date"))
+MARTS_SILVER = "silver.fct_bars_1m"  # every mart is built from it: its freshness is theirs
 
 
 def iso_ms(ms: int | None) -> str | None:
@@ -237,6 +271,7 @@ class SymbolStatus:
     partition: int
     max_ts_ms: int | None  # largest event time seen
     max_ts: str | None
+    max_ts_log_ms: int | None  # the partition's log time when that event time arrived
     watermark_ms: int | None  # max_ts - lateness, advanced by log time since it arrived
     watermark: str | None
     open_windows: int
@@ -334,6 +369,7 @@ def _fill_bars(part: StreamPartitionStatus, out: list[SymbolStatus], state: Part
                 part.partition,
                 bars.max_ts,
                 iso_ms(bars.max_ts),
+                bars.max_log if bars.max_ts is not None else None,
                 wm,
                 iso_ms(wm),
                 len(bars.open),
@@ -354,6 +390,7 @@ class LakeStatus:
     newest_partition: str | None = None  # the newest date=YYYY-MM-DD of bars/
     files_in_newest_partition: int | None = None
     newest_file: str | None = None
+    newest_file_key: str | None = None  # its path inside the lake, as the manifest keys it
     newest_file_size: int | None = None
     newest_file_mtime: str | None = None
 
@@ -400,6 +437,7 @@ def lake_status(settings: Settings) -> LakeStatus:
             epoch = datetime.fromtimestamp(0, UTC)
             best = max(files, key=lambda i: (_mtime(i) or epoch, i["name"]))
             status.newest_file = lake.url(best["name"])
+            status.newest_file_key = lake.key(best["name"])
             status.newest_file_size = int(best.get("size") or 0)
             status.newest_file_mtime = _iso(_mtime(best))
     except Exception as exc:  # an unreachable store, bad credentials: report, never raise
@@ -425,12 +463,17 @@ class WarehouseStatus:
     target: str
     checked: bool
     error: str | None = None
+    # what the error is: "missing" (no DuckDB file, no manifest: nothing loaded yet),
+    # "locked" (a load or dbt holds the DuckDB file), "unreachable", "query"
+    error_kind: str | None = None
     has_load_seq: bool | None = None
     last_load: LastLoad | None = None
     manifest_files: int | None = None
     bronze_rows: int | None = None
     # None: not checked (a manifest without the offset columns of a newer loader)
     offset_gaps: list[OffsetGap] | None = None
+    # whether the lake's newest bar file is in the manifest (None: no file, or not checked)
+    newest_lake_file_loaded: bool | None = None
 
 
 @dataclass
@@ -456,24 +499,31 @@ class MartStatus:
     latest_column: str
     latest: str | None = None  # latest event time (window_start) or trade_date
     rows: int | None = None
+    load_seq: int | None = None  # the newest load it has taken in: max(_load_seq)
+    # silver.fct_bars_1m only: when the oldest load with rows that it lacks was committed
+    behind_since: str | None = None
 
 
-def _open_duckdb(settings: Settings) -> tuple[Any, str | None]:
+def _open_duckdb(settings: Settings) -> tuple[Any, str | None, str | None]:
     import duckdb
 
     path = settings.duckdb_path
     if not path.exists():
-        return None, f"no DuckDB file at {path} (nothing loaded yet: `stockpipe load`)"
+        return None, f"no DuckDB file at {path} (nothing loaded yet: `stockpipe load`)", "missing"
     try:
-        return duckdb.connect(str(path), read_only=True), None
+        return duckdb.connect(str(path), read_only=True), None, None
     except duckdb.Error as exc:
         text = one_line(exc)
         if "lock" in text.lower():
-            return None, f"DuckDB file {path} is locked by another process (a load or dbt): {text}"
-        return None, f"cannot open DuckDB file {path} read-only: {text}"
+            return (
+                None,
+                f"DuckDB file {path} is locked by another process (a load or dbt): {text}",
+                "locked",
+            )
+        return None, f"cannot open DuckDB file {path} read-only: {text}", "unreachable"
 
 
-def _open_snowflake(settings: Settings) -> tuple[Any, str | None]:
+def _open_snowflake(settings: Settings) -> tuple[Any, str | None, str | None]:
     try:
         import snowflake.connector
 
@@ -482,28 +532,34 @@ def _open_snowflake(settings: Settings) -> tuple[Any, str | None]:
         kwargs = connect_kwargs(settings)
         kwargs["login_timeout"] = min(float(kwargs.get("login_timeout") or 10), 10.0)
         kwargs["network_timeout"] = 15
-        return snowflake.connector.connect(**kwargs), None
+        return snowflake.connector.connect(**kwargs), None, None
     except Exception as exc:
-        return None, f"cannot connect to Snowflake: {one_line(exc)}"
+        return None, f"cannot connect to Snowflake: {one_line(exc)}", "unreachable"
 
 
-def warehouse_status(settings: Settings) -> tuple[WarehouseStatus, list[MartStatus]]:
+def warehouse_status(
+    settings: Settings, lake_key: str | None = None
+) -> tuple[WarehouseStatus, list[MartStatus]]:
     """Last load, manifest and bronze counts, and the marts' freshness (cheap queries only).
 
     The same SQL runs on DuckDB and Snowflake: a filtered read of the manifest's
     last load, and `count(*)`/`max()` over whole tables (metadata on Snowflake).
+    `lake_key` (the lake's newest bar file) is looked up in the manifest.
     """
     marts = [MartStatus(f"{s}.{t}", None, col) for s, t, col in MARTS]
     status = WarehouseStatus(settings.warehouse, checked=False)
-    con, error = (_open_snowflake if settings.warehouse == "snowflake" else _open_duckdb)(settings)
+    opened = (_open_snowflake if settings.warehouse == "snowflake" else _open_duckdb)(settings)
+    con, status.error, status.error_kind = opened
     if con is None:
-        status.error = error
+        if status.error_kind == "missing" and lake_key is not None:
+            status.newest_lake_file_loaded = False
         return status, marts
     try:
         status.checked = True
-        _query_warehouse(con, status, marts)
+        _query_warehouse(con, status, marts, lake_key)
     except Exception as exc:
         status.error = f"warehouse query failed: {one_line(exc)}"
+        status.error_kind = "query"
     finally:
         con.close()
     return status, marts
@@ -518,7 +574,13 @@ def _rows(con: Any, sql: str) -> list[tuple]:
         cur.close()
 
 
-def _query_warehouse(con: Any, status: WarehouseStatus, marts: list[MartStatus]) -> None:
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _query_warehouse(
+    con: Any, status: WarehouseStatus, marts: list[MartStatus], lake_key: str | None = None
+) -> None:
     columns: dict[str, set[str]] = {}
     for schema, table, column in _rows(
         con,
@@ -531,12 +593,20 @@ def _query_warehouse(con: Any, status: WarehouseStatus, marts: list[MartStatus])
     manifest = columns.get("bronze.load_manifest")
     if manifest is None:
         status.error = "no bronze.load_manifest yet (nothing loaded: `stockpipe load`)"
+        status.error_kind = "missing"
+        if lake_key is not None:
+            status.newest_lake_file_loaded = False
     else:
         status.has_load_seq = "load_seq" in manifest
         status.manifest_files = _rows(con, "SELECT count(*) FROM bronze.load_manifest")[0][0]
         status.last_load = _last_load(con, status.has_load_seq)
         if "follows_offset" in manifest:
             status.offset_gaps = _offset_gaps(con)
+        if lake_key is not None:
+            found = _rows(
+                con, f"SELECT count(*) FROM bronze.load_manifest WHERE path = {_literal(lake_key)}"
+            )
+            status.newest_lake_file_loaded = found[0][0] > 0
     if "bronze.bars" in columns:
         status.bronze_rows = _rows(con, "SELECT count(*) FROM bronze.bars")[0][0]
 
@@ -549,8 +619,22 @@ def _query_warehouse(con: Any, status: WarehouseStatus, marts: list[MartStatus])
             mart.latest_column = f"{col} (missing)"
             mart.rows = _rows(con, f"SELECT count(*) FROM {schema}.{table}")[0][0]
             continue
-        latest, rows = _rows(con, f"SELECT max({col}), count(*) FROM {schema}.{table}")[0]
+        seq = "max(_load_seq)" if "_load_seq" in have else "NULL"
+        latest, rows, load_seq = _rows(
+            con, f"SELECT max({col}), count(*), {seq} FROM {schema}.{table}"
+        )[0]
         mart.latest, mart.rows = _iso(latest), rows
+        mart.load_seq = None if load_seq is None else int(load_seq)
+    silver = marts[0]
+    if status.has_load_seq and (silver.exists is False or "_load_seq" in columns[MARTS_SILVER]):
+        # the oldest load with rows that silver has not taken in (NULL: none)
+        above = -1 if silver.load_seq is None else silver.load_seq
+        (since,) = _rows(
+            con,
+            "SELECT min(loaded_at) FROM bronze.load_manifest "
+            f"WHERE row_count > 0 AND load_seq > {above}",
+        )[0]
+        silver.behind_since = _iso(since)
 
 
 # A loaded batch whose predecessor in the warehouse, by offset, is not the batch it follows.
@@ -637,17 +721,266 @@ class StatusReport:
 def collect_status(settings: Settings) -> StatusReport:
     """Every part, each degrading to a message of its own."""
     broker, topic = kafka_status(settings)
-    warehouse, marts = warehouse_status(settings)
+    lake = lake_status(settings)
+    warehouse, marts = warehouse_status(settings, lake.newest_file_key)
     return StatusReport(
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
         topic=settings.topic,
         broker=broker,
         topic_status=topic,
         stream=stream_status(settings, topic if topic.checked else None),
-        lake=lake_status(settings),
+        lake=lake,
         warehouse=warehouse,
         marts=marts,
     )
+
+
+# ---------------------------------------------------------------------------- checks
+
+OK, FAILED, NOT_CHECKED = "ok", "failed", "not_checked"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How far behind each part may be before `status --check` fails (module docstring)."""
+
+    max_lag: int  # records
+    max_log_time_lag_s: float
+    max_lake_delay_s: float
+    max_load_delay_s: float
+    max_mart_delay_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            settings.check_max_lag,
+            settings.check_max_log_time_lag,
+            settings.check_max_lake_delay,
+            settings.check_max_load_delay,
+            settings.check_max_mart_delay,
+        )
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # ok, failed or not_checked
+    detail: str
+
+
+def _ago(seconds: float) -> str:
+    """A duration for a message: 850ms, 42s, 12m 5s, 3h 2m, 2d 4h."""
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    s = int(seconds)
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
+        if s >= size:
+            rest = (s % size) // sub_size
+            return f"{s // size}{unit}" + (f" {rest}{sub}" if rest else "")
+    if s >= 60:
+        return f"{s // 60}m" + (f" {s % 60}s" if s % 60 else "")
+    return f"{s}s"
+
+
+def _ms(iso: str | None) -> int | None:
+    """Epoch milliseconds of an ISO time; one without a zone is UTC (a TIMESTAMP_NTZ)."""
+    if iso is None:
+        return None
+    value = datetime.fromisoformat(iso)
+    return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def run_checks(report: StatusReport, limits: Limits, now_ms: int) -> list[Check]:
+    """Judge the report: one `Check` per part, in data-flow order (module docstring)."""
+    b, t, s, wh = report.broker, report.topic_status, report.stream, report.warehouse
+    checks = [
+        Check("broker", OK, f"{b.bootstrap_servers} answers ({b.brokers} broker(s))")
+        if b.reachable
+        else Check("broker", FAILED, b.error or "unreachable"),
+    ]
+    if not t.checked:
+        checks.append(Check("topic", NOT_CHECKED, "the broker did not answer"))
+    elif not t.exists or t.error:
+        checks.append(Check("topic", FAILED, t.error or f"topic {t.name!r} does not exist"))
+    else:
+        checks.append(Check("topic", OK, f"{t.name}: {len(t.partitions)} partition(s)"))
+
+    if not s.found or s.error:
+        checks.append(Check("stream", FAILED, s.error or "no recovery store"))
+    else:
+        checks.append(Check("stream", OK, f"resume epoch {s.resume_epoch}"))
+
+    lags = [p for p in s.partitions if p.lag is not None]
+    if not lags:
+        checks.append(Check("consumer_lag", NOT_CHECKED, "no end offsets or no stream state"))
+    else:
+        behind = [p for p in lags if p.lag > limits.max_lag]
+        worst = max(p.lag for p in lags)
+        checks.append(
+            Check(
+                "consumer_lag",
+                FAILED,
+                "; ".join(f"partition {p.partition}: {p.lag} records behind" for p in behind)
+                + f" (at most {limits.max_lag})",
+            )
+            if behind
+            else Check(
+                "consumer_lag", OK, f"at most {worst} records behind (limit {limits.max_lag})"
+            )
+        )
+
+    logged = [p for p in s.partitions if p.log_time_ms is not None]
+    if not logged:
+        checks.append(Check("log_time_lag", NOT_CHECKED, "no committed bar state"))
+    else:
+        late = {p.partition: (now_ms - p.log_time_ms) / 1000 for p in logged}
+        over = {p: lag for p, lag in late.items() if lag > limits.max_log_time_lag_s}
+        limit = _ago(limits.max_log_time_lag_s)
+        checks.append(
+            Check(
+                "log_time_lag",
+                FAILED,
+                "; ".join(
+                    f"partition {p}: the stream's log time is {_ago(lag)} behind the clock"
+                    for p, lag in sorted(over.items())
+                )
+                + f" (at most {limit}): the stream is stopped, stuck or catching up",
+            )
+            if over
+            else Check(
+                "log_time_lag",
+                OK,
+                f"at most {_ago(max(0.0, max(late.values())))} behind the clock (limit {limit})",
+            )
+        )
+
+    checks.append(_lake_check(report, limits, now_ms))
+    checks += _warehouse_checks(report, limits, now_ms)
+
+    if wh.offset_gaps is None:
+        checks.append(Check("offset_gaps", NOT_CHECKED, "the manifest has no offsets to compare"))
+    elif wh.offset_gaps:
+        checks.append(
+            Check(
+                "offset_gaps",
+                FAILED,
+                f"{len(wh.offset_gaps)} gap(s): "
+                + "; ".join(
+                    f"{g.topic}[{g.partition}] offsets {g.after_offset + 1}..{g.through_offset} "
+                    "not loaded"
+                    for g in wh.offset_gaps[:5]
+                )
+                + ("; ..." if len(wh.offset_gaps) > 5 else "")
+                + " (docs/operations.md, 'Offset gaps')",
+            )
+        )
+    else:
+        checks.append(Check("offset_gaps", OK, "none"))
+    return checks
+
+
+def _lake_check(report: StatusReport, limits: Limits, now_ms: int) -> Check:
+    lk, s = report.lake, report.stream
+    if not lk.found and lk.error and lk.error.startswith("cannot list"):
+        return Check("lake", FAILED, lk.error)
+    ticks = [y.max_ts_log_ms for y in s.symbols if y.max_ts_log_ms is not None]
+    if not ticks:
+        return Check("lake", NOT_CHECKED, "the stream's committed state holds no tick to compare")
+    newest_tick = max(ticks)
+    limit = _ago(limits.max_lake_delay_s)
+    mtime = _ms(lk.newest_file_mtime)
+    if mtime is None:
+        age = (now_ms - newest_tick) / 1000
+        if age > limits.max_lake_delay_s:
+            return Check(
+                "lake",
+                FAILED,
+                f"the stream read ticks up to {_t(iso_ms(newest_tick))}, {_ago(age)} ago, and the "
+                f"lake holds no bar file (at most {limit})",
+            )
+        return Check("lake", OK, f"no bar file yet; the newest tick was read {_ago(age)} ago")
+    delay = (newest_tick - mtime) / 1000
+    if delay > limits.max_lake_delay_s:
+        return Check(
+            "lake",
+            FAILED,
+            f"the stream read a tick at {_t(iso_ms(newest_tick))}, {_ago(delay)} after the lake's "
+            f"newest file was written ({_t(lk.newest_file_mtime)}; at most {limit})",
+        )
+    return Check("lake", OK, f"the newest file follows the newest tick (limit {limit})")
+
+
+def _warehouse_checks(report: StatusReport, limits: Limits, now_ms: int) -> list[Check]:
+    lk, wh = report.lake, report.warehouse
+    kind = wh.error_kind
+    if kind == "locked":
+        return [
+            Check("warehouse", NOT_CHECKED, wh.error or "locked"),
+            Check("load", NOT_CHECKED, "the warehouse is locked"),
+            Check("marts", NOT_CHECKED, "the warehouse is locked"),
+        ]
+    if kind in ("unreachable", "query"):
+        return [
+            Check("warehouse", FAILED, wh.error or "unreachable"),
+            Check("load", NOT_CHECKED, "the warehouse did not answer"),
+            Check("marts", NOT_CHECKED, "the warehouse did not answer"),
+        ]
+    checks = [
+        Check("warehouse", OK, "nothing loaded yet")
+        if kind == "missing"
+        else Check(
+            "warehouse", OK, f"{wh.manifest_files} file(s) loaded, {wh.bronze_rows} bronze rows"
+        )
+    ]
+
+    last = wh.last_load
+    last_text = (
+        f"last load {last.load_seq if last.load_seq is not None else last.batch_id} at "
+        f"{_t(last.loaded_at)}"
+        if last
+        else "nothing loaded yet"
+    )
+    written = _ms(lk.newest_file_mtime)
+    limit = _ago(limits.max_load_delay_s)
+    if written is None or wh.newest_lake_file_loaded is None:
+        checks.append(Check("load", NOT_CHECKED, f"no bar file in the lake; {last_text}"))
+    elif wh.newest_lake_file_loaded:
+        checks.append(Check("load", OK, f"the lake's newest file is loaded; {last_text}"))
+    else:
+        waited = (now_ms - written) / 1000
+        state = FAILED if waited > limits.max_load_delay_s else OK
+        checks.append(
+            Check(
+                "load",
+                state,
+                f"the lake's newest file {lk.newest_file_key} has waited {_ago(max(0.0, waited))} "
+                f"to be loaded (at most {limit}); {last_text}",
+            )
+        )
+
+    silver = report.marts[0]
+    limit = _ago(limits.max_mart_delay_s)
+    if kind == "missing" and wh.has_load_seq is None:
+        checks.append(Check("marts", NOT_CHECKED, "nothing loaded yet"))
+    elif not wh.has_load_seq or (silver.exists and silver.load_seq is None and silver.rows):
+        checks.append(Check("marts", NOT_CHECKED, "the warehouse numbers no loads (_load_seq)"))
+    elif silver.behind_since is None:
+        checks.append(
+            Check(
+                "marts", OK, f"{silver.table} holds every load with rows (up to {silver.load_seq})"
+            )
+        )
+    else:
+        waited = (now_ms - (_ms(silver.behind_since) or now_ms)) / 1000
+        checks.append(
+            Check(
+                "marts",
+                FAILED if waited > limits.max_mart_delay_s else OK,
+                f"{silver.table} lacks the loads since {_t(silver.behind_since)}, "
+                f"{_ago(max(0.0, waited))} ago (at most {limit}; `stockpipe transform` builds it)",
+            )
+        )
+    return checks
 
 
 def _v(value: Any) -> str:
@@ -804,18 +1137,122 @@ def render(report: StatusReport, console: Console) -> None:
     console.print(rest)
 
 
+def render_checks(checks: list[Check], console: Console) -> None:
+    table = Table(pad_edge=False, box=box.SIMPLE_HEAD, title="checks (--check)")
+    table.add_column("check", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    colour = {OK: "green", FAILED: "red", NOT_CHECKED: "yellow"}
+    for c in checks:
+        table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", escape(c.detail))
+    console.print(table)
+
+
+def _duration_option(name: str, value: str | None, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise StockpipeError(f"{name}: {exc}") from None
+
+
+def _limit_option(what: str, variable: str, default: str) -> Any:
+    return typer.Option(
+        f"--{variable.removeprefix('STOCKPIPE_CHECK_').lower().replace('_', '-')}",
+        help=f"With --check: {what}.",
+        show_default=f"{variable}, {default}",
+    )
+
+
 def status_command(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of tables.")
     ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Also judge every part (docs/contracts.md) and exit 3 when one is down or "
+            "stale; the report says which checks failed.",
+        ),
+    ] = False,
+    max_lag: Annotated[
+        int | None,
+        typer.Option(
+            "--max-lag",
+            min=0,
+            help="With --check: records a partition may be behind its end offset.",
+            show_default="STOCKPIPE_CHECK_MAX_LAG, 10000",
+        ),
+    ] = None,
+    max_log_time_lag: Annotated[
+        str | None,
+        _limit_option(
+            "how far the stream's log time may be behind the clock (a duration)",
+            "STOCKPIPE_CHECK_MAX_LOG_TIME_LAG",
+            "5m",
+        ),
+    ] = None,
+    max_lake_delay: Annotated[
+        str | None,
+        _limit_option(
+            "how much older the lake's newest file may be than the newest tick the stream read",
+            "STOCKPIPE_CHECK_MAX_LAKE_DELAY",
+            "10m",
+        ),
+    ] = None,
+    max_load_delay: Annotated[
+        str | None,
+        _limit_option(
+            "how long the lake's newest file may wait to be loaded",
+            "STOCKPIPE_CHECK_MAX_LOAD_DELAY",
+            "15m",
+        ),
+    ] = None,
+    max_mart_delay: Annotated[
+        str | None,
+        _limit_option(
+            "how long a load may wait to reach silver.fct_bars_1m",
+            "STOCKPIPE_CHECK_MAX_MART_DELAY",
+            "15m",
+        ),
+    ] = None,
 ) -> None:
     """Where every part stands: broker, offsets, stream lag and watermarks, lake, loads, marts.
 
-    Exits 0 whatever part is missing or unreachable (each part says so).
+    Exits 0 whatever part is missing or unreachable (each part says so); with --check,
+    exits 3 when a check failed.
     """
     settings = load_settings()
+    base = Limits.from_settings(settings)
+    limits = Limits(
+        base.max_lag if max_lag is None else max_lag,
+        _duration_option("--max-log-time-lag", max_log_time_lag, base.max_log_time_lag_s),
+        _duration_option("--max-lake-delay", max_lake_delay, base.max_lake_delay_s),
+        _duration_option("--max-load-delay", max_load_delay, base.max_load_delay_s),
+        _duration_option("--max-mart-delay", max_mart_delay, base.max_mart_delay_s),
+    )
     report = collect_status(settings)
+    checks = run_checks(report, limits, int(time.time() * 1000)) if check else []
+    failed = [c for c in checks if c.status == FAILED]
     if json_output:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        doc = report.to_dict()
+        if check:
+            doc["check"] = {
+                "ok": not failed,
+                "failed": [c.name for c in failed],
+                "limits": asdict(limits),
+                "checks": [asdict(c) for c in checks],
+            }
+        typer.echo(json.dumps(doc, indent=2))
     else:
-        render(report, Console())
+        console = Console()
+        render(report, console)
+        if check:
+            render_checks(checks, console)
+    if failed:
+        raise CheckFailed(
+            f"status --check: {len(failed)} check(s) failed: "
+            + "; ".join(f"{c.name}: {c.detail}" for c in failed)
+        )

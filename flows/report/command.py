@@ -19,7 +19,10 @@ def report_command(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", help="Where to write the HTML (default: STOCKPIPE_REPORT_PATH)."
+            "--out",
+            "-o",
+            help="Where to write the HTML.",
+            show_default="STOCKPIPE_REPORT_PATH, ./reports/stockpipe.html",
         ),
     ] = None,
 ) -> None:

@@ -233,6 +233,7 @@ def stream_command(
             "--exit-when-idle",
             help="Stop after this long without new ticks (e.g. 10s), first closing every open "
             "window and writing every file, through a flush marker in the log.",
+            show_default="never: run until stopped",
         ),
     ] = None,
     reset_offsets: Annotated[
@@ -241,16 +242,25 @@ def stream_command(
             "--reset-offsets",
             help="Only when a partition no longer holds the offset to resume from: go on from "
             "its earliest or latest offset (earliest|latest).",
+            show_default="stop, naming the partition",
         ),
     ] = None,
     process_id: Annotated[
         int | None,
-        typer.Option("--process-id", "-i", help="This process's index in a multi-host cluster."),
+        typer.Option(
+            "--process-id",
+            "-i",
+            help="This process's index in a multi-host cluster.",
+            show_default="none: one host",
+        ),
     ] = None,
     addresses: Annotated[
         str | None,
         typer.Option(
-            "--addresses", "-a", help="host:port of every cluster process, separated by ';'."
+            "--addresses",
+            "-a",
+            help="host:port of every cluster process, separated by ';'.",
+            show_default="none: one host",
         ),
     ] = None,
     from_drain: Annotated[

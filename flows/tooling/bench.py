@@ -740,18 +740,29 @@ def bench_command(
         int, typer.Option("--latency-symbols", help="Symbols of the live run.")
     ] = 20,
     skip: Annotated[
-        str, typer.Option("--skip", help=f"Engines to leave out, of {','.join(ENGINES)}.")
+        str,
+        typer.Option(
+            "--skip", help=f"Engines to leave out, of {','.join(ENGINES)}.", show_default="none"
+        ),
     ] = "",
     json_output: Annotated[
         bool,
         typer.Option("--json", help="Print the results as one JSON object (progress: stderr)."),
     ] = False,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Also write the results as JSON to this file.")
+        Path | None,
+        typer.Option(
+            "--out", help="Also write the results as JSON to this file.", show_default="no file"
+        ),
     ] = None,
     partitions: Annotated[
         int | None,
-        typer.Option("--partitions", min=1, help="Bench topic partitions (default: settings)."),
+        typer.Option(
+            "--partitions",
+            min=1,
+            help="Bench topic partitions.",
+            show_default="STOCKPIPE_TOPIC_PARTITIONS, 4",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Simulator seed.")] = 0,
     exit_when_idle: Annotated[
@@ -760,7 +771,11 @@ def bench_command(
     ] = "2s",
     workdir: Annotated[
         Path | None,
-        typer.Option("--workdir", help="Keep lakes, engine state and logs here (default: temp)."),
+        typer.Option(
+            "--workdir",
+            help="Keep lakes, engine state and logs here.",
+            show_default="a temporary folder, removed after",
+        ),
     ] = None,
 ) -> None:
     """Benchmark the dataflow against raw consume, a naive Bytewax flow and Quix Streams.

@@ -1267,10 +1267,18 @@ def chaos_command(
         bool, typer.Option("--json", help="Print the result as one JSON object instead.")
     ] = False,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Also write the result as JSON to this file.")
+        Path | None,
+        typer.Option(
+            "--out", help="Also write the result as JSON to this file.", show_default="no file"
+        ),
     ] = None,
     workdir: Annotated[
-        Path | None, typer.Option("--workdir", help="Keep broker data, logs, recovery here.")
+        Path | None,
+        typer.Option(
+            "--workdir",
+            help="Keep broker data, logs, recovery here.",
+            show_default="a new temporary folder",
+        ),
     ] = None,
 ) -> None:
     """Fault campaign: kills, broker and store outages, poison records; checks the lake exactly."""

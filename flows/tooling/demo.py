@@ -310,7 +310,10 @@ class DemoSource(StrEnum):
 def demo_command(
     source: Annotated[
         DemoSource | None,
-        typer.Option(help="sim (default) or finnhub (default when FINNHUB_API_KEY is set)."),
+        typer.Option(
+            help="Where the ticks come from: the simulator or live Finnhub trades.",
+            show_default="finnhub when FINNHUB_API_KEY is set, else sim",
+        ),
     ] = None,
     history_days: Annotated[int, typer.Option(min=30, max=730, help="Days of history.")] = 90,
     session: Annotated[

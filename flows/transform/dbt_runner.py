@@ -16,17 +16,21 @@ wall clock for 24/7 `X:Y` crypto pairs. A weekend, a holiday or a night is never
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
 import datetime as dt
 import functools
 import gc
+import json
 import logging
 import os
+import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,16 +48,35 @@ _FAILED = {"error", "fail", "runtime error"}
 
 
 @dataclass(frozen=True)
+class NodeResult:
+    """One dbt node `dbt build` ran: a model, seed, snapshot or test."""
+
+    unique_id: str
+    resource_type: str
+    status: str  # success, pass, no-op, error, fail, warn, skipped, ...
+    execution_time_s: float
+    failures: int | None  # a test's failing rows
+    message: str | None
+
+
+@dataclass(frozen=True)
 class TransformResult:
     """What one `stockpipe transform` did, and where dbt put its artifacts."""
 
     target: str
     target_path: Path
     build_seconds: float
-    docs_seconds: float
+    docs_seconds: float | None  # None when the build failed (docs are not generated then)
     node_statuses: dict[str, str] = field(default_factory=dict)
     stale_sources: list[str] = field(default_factory=list)
     freshness: list[SourceFreshness] = field(default_factory=list)
+    select: str | None = None
+    nodes: list[NodeResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # failing nodes, one line each
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and self.docs_seconds is not None
 
     @property
     def status_counts(self) -> Counter[str]:
@@ -125,6 +148,36 @@ def invoke(command: list[str], common: list[str]) -> Any:
             f"(project {DBT_PROJECT_DIR})"
         ) from outcome.exception
     return outcome
+
+
+class TransformFailed(StockpipeError):
+    """dbt build failed: the message names every failing node; `result` holds them all."""
+
+    def __init__(self, message: str, result: TransformResult):
+        super().__init__(message)
+        self.result = result
+
+
+# A selection criterion that matches nothing is an error, not "Nothing to do".
+_STRICT_SELECTION = ["--warn-error-options", '{"error": ["NoNodesForSelectionCriteria"]}']
+_NO_MATCH = re.compile(r"The selection criterion '(.*?)' does not match any enabled nodes")
+
+
+def _nodes(outcome: Any) -> list[NodeResult]:
+    nodes = []
+    for r in getattr(outcome.result, "results", None) or []:
+        message = " ".join(str(r.message).split())[:500] if r.message is not None else None
+        nodes.append(
+            NodeResult(
+                unique_id=r.node.unique_id,
+                resource_type=str(getattr(r.node.resource_type, "value", r.node.resource_type)),
+                status=str(r.status),
+                execution_time_s=round(float(r.execution_time or 0.0), 3),
+                failures=None if r.failures is None else int(r.failures),
+                message=message,
+            )
+        )
+    return nodes
 
 
 def _failures(outcome: Any) -> list[str]:
@@ -388,28 +441,75 @@ def _build_and_document(
     stale = stale_lines(freshness)
 
     started = time.perf_counter()
-    build = invoke(["build", *(["--select", select] if select else [])], common)
+    selection = ["--select", select, *_STRICT_SELECTION] if select else []
+    try:
+        build = invoke(["build", *selection], common)
+    except StockpipeError as exc:
+        unmatched = _NO_MATCH.search(" ".join(str(exc.__cause__).split())) if select else None
+        if unmatched:
+            raise StockpipeError(
+                f"--select {select!r}: {unmatched[1]!r} matches no model, seed, snapshot, test "
+                f"or source of the dbt project {DBT_PROJECT_DIR} "
+                "(`dbt ls` there lists them)"
+            ) from None
+        raise
     build_seconds = time.perf_counter() - started
+    nodes = _nodes(build)
+    if select and not nodes:  # e.g. only a source: nothing dbt builds
+        raise StockpipeError(
+            f"--select {select!r} selects no model, seed, snapshot or test to build"
+        )
+    result = TransformResult(
+        target=settings.dbt_target,
+        target_path=target_path,
+        build_seconds=build_seconds,
+        docs_seconds=None,
+        node_statuses={n.unique_id: n.status for n in nodes},
+        stale_sources=stale,
+        freshness=freshness,
+        select=select,
+        nodes=nodes,
+    )
     if not build.success:
         failures = _failures(build) or ["see the dbt log above"]
         hint = ""
         if any("bronze" in line and "does not exist" in line for line in failures):
             hint = " (no bronze.bars yet: run `stockpipe load` first)"
-        raise StockpipeError(
-            f"dbt build failed on target {settings.dbt_target}{hint}: " + "; ".join(failures)
+        raise TransformFailed(
+            f"dbt build failed on target {settings.dbt_target}{hint}: " + "; ".join(failures),
+            replace(result, failures=failures),
         )
-    statuses = {r.node.unique_id: str(r.status) for r in build.result.results}
 
-    docs_seconds = _generate_docs(settings, common)
-    return TransformResult(
-        target=settings.dbt_target,
-        target_path=target_path,
-        build_seconds=build_seconds,
-        docs_seconds=docs_seconds,
-        node_statuses=statuses,
-        stale_sources=stale,
-        freshness=freshness,
-    )
+    return replace(result, docs_seconds=_generate_docs(settings, common))
+
+
+def result_document(result: TransformResult) -> dict[str, Any]:
+    """What `stockpipe transform --json` prints."""
+    return {
+        "target": result.target,
+        "select": result.select,
+        "ok": result.ok,
+        "build_seconds": round(result.build_seconds, 3),
+        "docs_seconds": None if result.docs_seconds is None else round(result.docs_seconds, 3),
+        "status_counts": dict(sorted(result.status_counts.items())),
+        "nodes": [asdict(n) for n in result.nodes],
+        "failures": result.failures,
+        "stale_sources": result.stale_sources,
+        "freshness": [
+            {
+                "source": f.source,
+                "calendar": f.calendar,
+                "newest_window_end": f.newest_window_end.isoformat(),
+                "checked_at": f.checked_at.isoformat(),
+                "trading_lag_s": f.trading_lag.total_seconds(),
+                "stale_after_s": f.stale_after.total_seconds(),
+                "stale": f.stale,
+            }
+            for f in result.freshness
+        ],
+        "target_path": str(result.target_path),
+        "docs_index": str(result.docs_index) if result.docs_seconds is not None else None,
+    }
 
 
 def _generate_docs(settings: Settings, common: list[str]) -> float:
@@ -432,11 +532,38 @@ def generate_docs(settings: Settings) -> Path:
 def transform_command(
     select: Annotated[
         str | None,
-        typer.Option("--select", "-s", help="Only these dbt nodes, e.g. 'fct_bars_daily+'."),
+        typer.Option(
+            "--select",
+            "-s",
+            help="Only these dbt nodes, e.g. 'fct_bars_daily+'; a name that matches "
+            "nothing is an error.",
+            show_default="every node",
+        ),
     ] = None,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON object (every node with its status and time, failures, "
+            "freshness) instead; dbt's own output goes to stderr.",
+        ),
+    ] = False,
 ) -> None:
     """Build the silver and gold models (dbt build) and the dbt docs on the configured target."""
     settings = load_settings()
+    if json_output:
+        with contextlib.redirect_stdout(sys.stderr):  # dbt logs to stdout: keep it for JSON
+            try:
+                result = transform(settings, select=select)
+            except TransformFailed as exc:
+                failed = exc
+            else:
+                failed = None
+        document = result_document(failed.result if failed else result)
+        typer.echo(json.dumps(document, indent=2))
+        if failed:
+            raise failed
+        return
     result = transform(settings, select=select)
     console = Console()
     counts = ", ".join(f"{n} {status}" for status, n in sorted(result.status_counts.items()))

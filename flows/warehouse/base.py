@@ -169,6 +169,8 @@ class ConcurrentLoad(LoadError):
 class ContentConflict(LoadError):
     """Lake files that were loaded under the same name with other rows."""
 
+    summary: Any = None  # the LoadSummary of the run that found them, when it loaded the rest
+
 
 @dataclass(frozen=True)
 class LakeFile:

@@ -46,7 +46,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from flows.errors import ServiceUnavailable
-from flows.lake.batches import Link, read_link
+from flows.lake.batches import Link, parse_name, read_link
 from flows.lake.store import (
     BARS_PREFIX,
     Lake,
@@ -78,6 +78,32 @@ _ATTEMPTS = 4  # per batch, when another load holds the lock or loaded some file
 
 
 @dataclass(frozen=True)
+class MissingFile:
+    """A bar file its partition's chain names that the lake does not hold: an offset gap."""
+
+    topic: str
+    partition: int
+    first_offset: int | None  # the offsets of the missing batch (None: a name not ours)
+    last_offset: int | None
+    key: str  # the missing file's path inside the lake
+    named_by: str  # the file whose link names it
+    description: str
+
+    def __str__(self) -> str:
+        return self.description
+
+
+@dataclass(frozen=True)
+class LoadedBatch:
+    """One committed load transaction."""
+
+    load_seq: int | None  # None on a warehouse without load sequences
+    files: int
+    rows: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class LoadSummary:
     """What one `load` (or `load_files`) run found and loaded."""
 
@@ -91,7 +117,8 @@ class LoadSummary:
     files_left: int = 0  # new, left for the next run (STOCKPIPE_LOAD_MAX_BATCHES)
     load_seqs: tuple[int, ...] = ()
     files_linked: int = 0  # of the new files, found by following links to older partitions
-    gaps: tuple[str, ...] = ()  # files the chain names that the lake does not hold
+    gaps: tuple[MissingFile, ...] = ()  # files the chain names that the lake does not hold
+    loaded: tuple[LoadedBatch, ...] = ()  # the committed batches, in order
 
     @property
     def nothing_new(self) -> bool:
@@ -109,7 +136,7 @@ class Scan:
     # unchanged rows under a new size or version (copied, re-encoded): to record, with MD5s
     refreshed: list[tuple[LakeFile, str]] = field(default_factory=list)
     linked: int = 0  # new files found by following links (`follow_links`), not listed
-    gaps: list[str] = field(default_factory=list)
+    gaps: list[MissingFile] = field(default_factory=list)
 
 
 def open_warehouse(settings: Settings, lake: Lake | None = None) -> Warehouse:
@@ -263,7 +290,7 @@ def follow_links(
             try:
                 entry = stat_file(lake, path)
             except FileNotFoundError:
-                found.gaps.append(linker.describe_gap(key))
+                found.gaps.append(_missing(linker, key))
                 log.warning("offset gap: %s", found.gaps[-1])
                 continue
             more.append(
@@ -276,6 +303,19 @@ def follow_links(
         rounds.append(more)
     found.new = [f for files in reversed(rounds) for f in files]
     return found
+
+
+def _missing(linker: Link, key: str) -> MissingFile:
+    gone = parse_name(key.rsplit("/", 1)[-1])
+    return MissingFile(
+        linker.batch.topic,
+        linker.batch.partition,
+        gone.first_offset if gone else None,
+        gone.last_offset if gone else None,
+        key,
+        linker.key,
+        linker.describe_gap(key),
+    )
 
 
 def _with_link(lake: Lake, file: LakeFile) -> LakeFile:
@@ -481,6 +521,7 @@ def _load(
     batches = batches[:max_batches] if max_batches else batches
     files_loaded = rows = committed = 0
     seqs: list[int] = []
+    loaded: list[LoadedBatch] = []
     unchanged = found.unchanged
     conflicts = list(found.conflicts)
     with _progress(progress and bool(new), len(new) - left, warehouse.name) as advance:
@@ -496,6 +537,7 @@ def _load(
                 ),
                 reraise=True,
             )
+            batch_started = time.monotonic()
             for attempt in retrying:
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
@@ -511,6 +553,14 @@ def _load(
                     committed += 1
                     if result.load_seq is not None:
                         seqs.append(result.load_seq)
+                    loaded.append(
+                        LoadedBatch(
+                            result.load_seq,
+                            result.files,
+                            result.rows,
+                            time.monotonic() - batch_started,
+                        )
+                    )
                     advance(result.files)
     summary = LoadSummary(
         files_found=found.found,
@@ -524,9 +574,14 @@ def _load(
         load_seqs=tuple(seqs),
         files_linked=found.linked,
         gaps=tuple(found.gaps),
+        loaded=tuple(loaded),
     )
     log.info("load into %s: %s", warehouse.name, summary)
-    _raise_conflicts(conflicts)
+    try:
+        _raise_conflicts(conflicts)
+    except ContentConflict as exc:
+        exc.summary = summary  # what did load, for `stockpipe load --json`
+        raise
     return summary
 
 
