@@ -278,6 +278,9 @@ class Settings(BaseSettings):
     # stream worker process i on port + 1 + i; 0 turns the endpoint off.
     metrics_port: int = Field(9464, ge=0, le=65000, validation_alias="STOCKPIPE_METRICS_PORT")
     metrics_textfile: Path | None = Field(None, validation_alias="STOCKPIPE_METRICS_TEXTFILE")
+    # The load and the transform write load.prom and transform.prom here after each run
+    # (node_exporter's textfile collector reads them); None turns that off.
+    metrics_dir: Path | None = Field(None, validation_alias="STOCKPIPE_METRICS_DIR")
     # Airflow task retries; the delay doubles per try (exponential backoff), up to 10 minutes
     task_retries: int = Field(3, ge=0, le=20, validation_alias="STOCKPIPE_TASK_RETRIES")
     retry_delay: Duration = Field(30.0, validation_alias="STOCKPIPE_RETRY_DELAY")

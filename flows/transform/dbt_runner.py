@@ -550,21 +550,29 @@ def transform_command(
     ] = False,
 ) -> None:
     """Build the silver and gold models (dbt build) and the dbt docs on the configured target."""
+    from flows.transform.metrics import record_transform
+
     settings = load_settings()
+    with contextlib.redirect_stdout(sys.stderr) if json_output else contextlib.nullcontext():
+        try:  # dbt logs to stdout: keep it for the JSON document
+            result = transform(settings, select=select)
+        except TransformFailed as exc:
+            record_transform(settings, exc.result, failed=True)
+            if not json_output:
+                raise
+            failed: TransformFailed | None = exc
+        except BaseException:
+            record_transform(settings, None, failed=True)
+            raise
+        else:
+            record_transform(settings, result)
+            failed = None
     if json_output:
-        with contextlib.redirect_stdout(sys.stderr):  # dbt logs to stdout: keep it for JSON
-            try:
-                result = transform(settings, select=select)
-            except TransformFailed as exc:
-                failed = exc
-            else:
-                failed = None
         document = result_document(failed.result if failed else result)
         typer.echo(json.dumps(document, indent=2))
         if failed:
             raise failed
         return
-    result = transform(settings, select=select)
     console = Console()
     counts = ", ".join(f"{n} {status}" for status, n in sorted(result.status_counts.items()))
     console.print(

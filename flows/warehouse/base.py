@@ -170,6 +170,7 @@ class ContentConflict(LoadError):
     """Lake files that were loaded under the same name with other rows."""
 
     summary: Any = None  # the LoadSummary of the run that found them, when it loaded the rest
+    count: int = 0  # how many files conflict
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -87,7 +88,9 @@ def load_command(
     settings = load_settings()
     from flows.warehouse import ContentConflict
     from flows.warehouse.loader import load
+    from flows.warehouse.metrics import record_load
 
+    started = time.monotonic()
     try:
         summary = load(
             settings,
@@ -98,11 +101,22 @@ def load_command(
             progress=progress and not json_output,
         )
     except ContentConflict as exc:
+        record_load(
+            settings,
+            exc.summary,
+            failed=True,
+            seconds=time.monotonic() - started,
+            conflicts=exc.count,
+        )
         if json_output and exc.summary is not None:  # the rest loaded: say what, then fail
             doc = summary_document(settings, exc.summary)
             doc["conflicts"] = [str(exc)]
             typer.echo(json.dumps(doc, indent=2))
         raise
+    except BaseException:
+        record_load(settings, None, failed=True, seconds=time.monotonic() - started)
+        raise
+    record_load(settings, summary)
     if json_output:
         typer.echo(json.dumps(summary_document(settings, summary), indent=2))
         return

@@ -587,7 +587,7 @@ def _load(
 
 def _raise_conflicts(conflicts: Sequence[str]) -> None:
     if conflicts:
-        raise ContentConflict(
+        error = ContentConflict(
             f"{len(conflicts)} lake file(s) were loaded before under the same name with other "
             "content, so they were not loaded again (every other file was): "
             + "; ".join(conflicts[:10])
@@ -595,6 +595,8 @@ def _raise_conflicts(conflicts: Sequence[str]) -> None:
             + ". A file name must always hold the same rows: move the file out of the lake "
             "and write its rows under a new name."
         )
+        error.count = len(conflicts)
+        raise error
 
 
 @contextmanager
