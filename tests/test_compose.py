@@ -53,6 +53,7 @@ EXPECTED_SERVICES = {
     "dbt-docs",
     "report",
     "prometheus",
+    "node-exporter",
     "grafana",
 }
 HEALTHCHECKED = {
@@ -69,6 +70,7 @@ HEALTHCHECKED = {
     "dbt-docs",
     "report",
     "prometheus",
+    "node-exporter",
     "grafana",
 }
 # What compose decides for the stockpipe containers over the env_file: their names and
@@ -83,6 +85,7 @@ CONTAINER_FIXED = {
     "STOCKPIPE_OUTAGE_LOG",
     "STOCKPIPE_REPORT_PATH",
     "STOCKPIPE_METRICS_PORT",
+    "STOCKPIPE_METRICS_DIR",
 }
 # Variables a stockpipe-image container may carry besides stockpipe's settings:
 # Airflow's own configuration (AIRFLOW__SECTION__KEY) and the init job's
@@ -539,7 +542,30 @@ def test_health_and_scrapes_use_each_process_metrics_port(services: dict[str, An
     targets = {
         t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]
     }
-    assert targets == {f"{name}:{port}" for name, port in want.items()}
+    assert targets == {f"{name}:{port}" for name, port in want.items()} | {"node-exporter:9100"}
+
+
+def test_node_exporter_serves_the_textfiles_the_load_and_transform_write(
+    services: dict[str, Any],
+) -> None:
+    exporter = services["node-exporter"]
+    args = as_list(exporter["command"])
+    # only the textfile collector: the host's own metrics are not stockpipe's business
+    assert "--collector.disable-defaults" in args and "--collector.textfile" in args
+    [directory] = [
+        a.split("=", 1)[1] for a in args if a.startswith("--collector.textfile.directory=")
+    ]
+    [mount] = exporter["volumes"]
+    volume, inside, mode = mount.split(":")
+    assert mode == "ro" and directory.startswith(inside + "/")
+    for name in (n for n in services if n.startswith("airflow-")):
+        assert environment(services[name])["STOCKPIPE_METRICS_DIR"] == directory, name
+    # the load and transform tasks run in the scheduler (LocalExecutor), the commands in cli
+    for name in ("airflow-scheduler", "cli"):
+        service = services[name]
+        assert environment(service)["STOCKPIPE_METRICS_DIR"] == directory, name
+        mounts = {m.split(":")[1]: m.split(":")[0] for m in service["volumes"]}
+        assert mounts.get(inside) == volume, f"{name} writes {directory} to another volume"
 
 
 def test_every_service_rotates_its_logs_and_pins_its_image(services: dict[str, Any]) -> None:
