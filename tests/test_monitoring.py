@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from flows.metrics import gauges_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 PROM = ROOT / "infra" / "prometheus"
@@ -33,14 +35,29 @@ METRIC_MODULES = (
     "flows.stream.dataflow",
     "flows.stream.lake_sink",
 )
+# Modules of batch runs: their gauges (GaugeSpec) go to registries of their own, one per run.
+BATCH_METRIC_MODULES = {
+    "flows.warehouse.metrics": "LOAD_GAUGES",
+    "flows.transform.metrics": "TRANSFORM_GAUGES",
+}
 NAME = re.compile(r"\bstockpipe_[a-z0-9_]+")
+
+
+def batch_registries() -> list[CollectorRegistry]:
+    """A registry of each batch module's gauges, every one of them given a value."""
+    registries = []
+    for module, attribute in BATCH_METRIC_MODULES.items():
+        specs = getattr(importlib.import_module(module), attribute)
+        values = {s.name: {tuple("x" for _ in s.labels): 1.0} if s.labels else 1.0 for s in specs}
+        registries.append(gauges_registry(specs, values))
+    return registries
 
 
 def exported() -> set[str]:
     for module in METRIC_MODULES:
         importlib.import_module(module)
     names = set()
-    for family in REGISTRY.collect():
+    for family in [f for r in (REGISTRY, *batch_registries()) for f in r.collect()]:
         names.add(family.name)
         names.update(s.name for s in family.samples)
         if family.type == "counter":
@@ -66,6 +83,7 @@ def expressions() -> dict[str, str]:
 def test_every_metric_the_alerts_and_dashboards_use_is_one_the_code_exports():
     names = exported()
     assert {"stockpipe_consumer_lag", "stockpipe_ticks_total"} <= names  # the scan works
+    assert {"stockpipe_load_files", "stockpipe_transform_nodes"} <= names  # and the batch one
     used = {where: set(NAME.findall(expr)) for where, expr in expressions().items()}
     unknown = {where: sorted(n - names) for where, n in used.items() if n - names}
     assert unknown == {}
@@ -82,8 +100,25 @@ def test_the_dashboard_covers_what_an_operator_watches():
         "stockpipe_bars_emitted_total",
         "stockpipe_bar_latency_seconds_bucket",
         "stockpipe_spool_bytes",
+        "stockpipe_load_last_success_timestamp_seconds",
+        "stockpipe_transform_last_success_timestamp_seconds",
     ):
         assert metric in text, metric
+
+
+def test_the_batch_alerts_watch_the_last_success_of_load_and_transform():
+    rules = {
+        rule["alert"]: rule["expr"]
+        for group in yaml.safe_load((PROM / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    }
+    assert "stockpipe_load_last_success_timestamp_seconds" in rules["StockpipeLoadStale"]
+    assert "stockpipe_transform_last_success_timestamp_seconds" in rules["StockpipeMartsStale"]
+    assert "stockpipe_transform_test_failures" in rules["StockpipeDbtTestsFailing"]
+    assert "stockpipe_load_failed" in rules["StockpipeLoadFailed"]
+    scrape = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in scrape["scrape_configs"]}
+    assert jobs["stockpipe-batch"] == ["node-exporter:9100"]  # the textfile collector
 
 
 @pytest.mark.system
