@@ -81,7 +81,8 @@ def stockpipe_load() -> None:
     )
     def source_freshness() -> list[str]:
         """`dbt source freshness`; runs even when nothing was loaded, since that is when it matters."""
-        return orchestration.source_freshness(load_settings())
+        # none_failed: it runs only when no dbt task failed, so the transform succeeded
+        return orchestration.source_freshness(load_settings(), after_dbt=True)
 
     @task(outlets=[GOLD_MARTS], trigger_rule="none_failed")
     def publish_marts(batches: list[list[str]]) -> None:

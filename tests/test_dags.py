@@ -29,6 +29,7 @@ import load_helpers
 import pytest
 from helpers import recording_webhook
 from load_helpers import bar_rows, bars_table, write_bars
+from prometheus_client.parser import text_string_to_metric_families
 
 from flows.errors import StockpipeError
 from flows.settings import load_settings
@@ -249,6 +250,15 @@ class Pipeline:
         with duckdb.connect(str(self.warehouse), read_only=True) as con:
             return con.execute(sql).fetchall()
 
+    def gauges(self, name: str) -> dict[tuple[str, frozenset], float]:
+        """The samples of a textfile the runs wrote (load.prom, transform.prom)."""
+        path = self.workdir / "metrics" / name
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(path.read_text())
+            for s in family.samples
+        }
+
 
 @pytest.fixture
 def pipeline(
@@ -268,6 +278,7 @@ def pipeline(
         "STOCKPIPE_TASK_RETRIES": "1",
         "STOCKPIPE_RETRY_DELAY": "1s",
         "STOCKPIPE_REPORT_PATH": str(tmp_path / "reports" / "stockpipe.html"),
+        "STOCKPIPE_METRICS_DIR": str(tmp_path / "metrics"),
     }
     for name, value in settings_env.items():
         monkeypatch.setenv(name, value)
@@ -431,7 +442,9 @@ def test_load_dag_loads_new_files_builds_the_marts_then_is_a_no_op(
 ) -> None:
     rows = write_sessions(pipeline.lake)
 
+    before = datetime.now(UTC).timestamp()
     first = pipeline.run_dag("stockpipe_load")
+    after = datetime.now(UTC).timestamp()
     assert first["state"] == "success", first["tasks"]
     assert {k for k in first["tasks"] if k.startswith("load_batch")} == {
         "load_batch[0]",
@@ -452,6 +465,31 @@ def test_load_dag_loads_new_files_builds_the_marts_then_is_a_no_op(
         assert pipeline.query(f"select count(*) from gold.{mart}")[0][0] > 0, mart
     manifest = pipeline.query("select path, loaded_at from bronze.load_manifest order by 1")
     assert pipeline.gold_mart_events() == [{"files_loaded": 6}]
+    # the gauges of the last load batch (the last to commit) and of the run's transform
+    load = pipeline.gauges("load.prom")
+    last_batch = pipeline.query(
+        "select count(*), sum(row_count) from bronze.load_manifest"
+        " where load_seq = (select max(load_seq) from bronze.load_manifest)"
+    )
+    assert last_batch == [(2, rows // 3)]  # 6 files of 4 a batch: 4, then 2
+    assert load[("stockpipe_load_files", frozenset({("outcome", "loaded")}))] == 2
+    assert load[("stockpipe_load_rows", frozenset())] == last_batch[0][1]
+    assert load[("stockpipe_load_failed", frozenset())] == 0
+    loaded_at = load[("stockpipe_load_last_success_timestamp_seconds", frozenset())]
+    assert before <= loaded_at <= after
+    transform = pipeline.gauges("transform.prom")
+    built_at = transform[("stockpipe_transform_last_success_timestamp_seconds", frozenset())]
+    assert loaded_at < built_at <= after
+    assert transform[("stockpipe_transform_failed", frozenset())] == 0
+    (newest,) = pipeline.query("select max(window_end) from bronze.bars")[0]
+    newest_key = (
+        "stockpipe_transform_source_newest_window_end_timestamp_seconds",
+        frozenset({("source", "source.stockpipe.bronze.bars"), ("calendar", "XNYS")}),
+    )
+    assert transform[newest_key] == newest.timestamp()
+    assert transform[("stockpipe_transform_stale_sources", frozenset())] == 1  # 2024's bars
+    # the DAG's dbt nodes are tasks of their own: no counts are made up for them
+    assert not [k for k in transform if k[0] == "stockpipe_transform_nodes"]
 
     second = pipeline.run_dag("stockpipe_load")
     assert second["state"] == "success", second["tasks"]
@@ -462,6 +500,14 @@ def test_load_dag_loads_new_files_builds_the_marts_then_is_a_no_op(
     assert pipeline.query("select path, loaded_at from bronze.load_manifest order by 1") == manifest
     assert pipeline.query("select count(*) from bronze.bars") == [(rows,)]
     assert pipeline.gold_mart_events() == [{"files_loaded": 6}]
+    # nothing new: the lake checked is a load that succeeded, the marts are current
+    load = pipeline.gauges("load.prom")
+    assert load[("stockpipe_load_last_success_timestamp_seconds", frozenset())] > built_at
+    assert load[("stockpipe_load_failed", frozenset())] == 0
+    transform = pipeline.gauges("transform.prom")
+    rebuilt_at = transform[("stockpipe_transform_last_success_timestamp_seconds", frozenset())]
+    assert rebuilt_at > load[("stockpipe_load_last_success_timestamp_seconds", frozenset())]
+    assert transform[newest_key] == newest.timestamp()
     _, received = webhook
     assert not [m for m in received if m["json"]["event"] == "stockpipe.failure"]
 
@@ -509,6 +555,11 @@ def test_failing_load_fails_the_run_and_alerts_the_webhook(
     assert run["state"] == "failed"
     assert run["tasks"]["load_batch[0]"] == {"state": "failed", "try_number": 2}  # one retry
     assert run["tasks"]["dbt_build.stg_bronze__bars_model_build"]["state"] == "upstream_failed"
+    load = pipeline.gauges("load.prom")
+    assert load[("stockpipe_load_failed", frozenset())] == 1
+    # never succeeded: no last success to keep, and no transform ran
+    assert ("stockpipe_load_last_success_timestamp_seconds", frozenset()) not in load
+    assert not (pipeline.workdir / "metrics" / "transform.prom").exists()
     _, received = webhook
     failures = [m for m in received if m["json"]["event"] == "stockpipe.failure"]
     assert failures, received

@@ -39,6 +39,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
@@ -314,8 +315,22 @@ def pending_batches(settings: Settings) -> list[list[str]]:
     At most `max_mapped_tasks` batches: the files past them wait for the next run.
     """
     from flows.warehouse import pending_files
+    from flows.warehouse.metrics import record_load
 
-    files = pending_files(settings)
+    started = time.monotonic()
+    try:
+        files = pending_files(settings)
+    except Exception as exc:
+        record_load(
+            settings,
+            None,
+            failed=True,
+            seconds=time.monotonic() - started,
+            conflicts=getattr(exc, "count", 0),
+        )
+        raise
+    if not files:  # the lake checked and all of it loaded: a load that succeeded
+        record_load(settings, None, seconds=time.monotonic() - started)
     batches = chunked(files, settings.load_batch_files)
     limit = max_mapped_tasks(settings)
     if len(batches) > limit:
@@ -397,8 +412,19 @@ def missing_batches(settings: Settings, first: date, last: date) -> list[list[st
 def load_batch(settings: Settings, files: Sequence[str]) -> dict[str, Any]:
     """Load one batch (exactly once, safe to retry) and return its summary for XCom."""
     from flows.warehouse import load_files
+    from flows.warehouse.metrics import record_load
 
-    summary = load_files(settings, files, progress=False)
+    started = time.monotonic()
+    try:
+        summary = load_files(settings, files, progress=False)
+    except Exception as exc:
+        summary = getattr(exc, "summary", None)
+        seconds = time.monotonic() - started
+        record_load(
+            settings, summary, failed=True, seconds=seconds, conflicts=getattr(exc, "count", 0)
+        )
+        raise
+    record_load(settings, summary)
     return {
         "files": summary.files_loaded,
         "rows": summary.rows,
@@ -772,16 +798,23 @@ def alert_freshness_changes(settings: Settings, results: Sequence[Any]) -> list[
     return sent
 
 
-def source_freshness(settings: Settings, *, now: datetime | None = None) -> list[str]:
+def source_freshness(
+    settings: Settings, *, now: datetime | None = None, after_dbt: bool = False
+) -> list[str]:
     """Session-aware source freshness (event time, trading time): stale sources are logged,
     alerted once per change of state (stale, then fresh again), and never raise.
 
+    `after_dbt`: this runs after the run's dbt task group had no failure, so it records
+    a transform that succeeded (`transform.prom`, flows/transform/metrics.py).
     Returns the stale sources as `unique_id: warn` lines. `now` is for tests.
     """
     from flows.transform.dbt_runner import check_freshness, dbt_session, stale_lines
+    from flows.transform.metrics import record_dag_transform
 
     with dbt_session(settings, dbt_target_path(settings) / "freshness") as common:
         results = check_freshness(settings, common, now=now)
+    if after_dbt:
+        record_dag_transform(settings, results)
     stale = stale_lines(results)
     if stale:
         log.warning("stale sources: %s", "; ".join(r.describe() for r in results if r.stale))
