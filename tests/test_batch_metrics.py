@@ -170,7 +170,8 @@ def test_the_transform_writes_its_last_run_and_a_failed_build_keeps_the_last_suc
     tmp_path: Path,
 ) -> None:
     from test_dbt_transform import load_bronze, random_bars
-    from test_transform_cli import _minutes, _warehouse
+    from test_marts_metrics import _session_minutes
+    from test_transform_cli import _warehouse
 
     settings = _warehouse(tmp_path).model_copy(update={"metrics_dir": tmp_path / "metrics"})
     prom = settings.metrics_dir / "transform.prom"
@@ -209,7 +210,9 @@ def test_the_transform_writes_its_last_run_and_a_failed_build_keeps_the_last_suc
     promtool_accepts(prom)
 
     # a bar dated past the calendar fails tests (test_transform_cli): exit 2
-    outside = random_bars("AAA", _minutes("2031-06-02", "09:30", "09:32"), np.random.default_rng(5))
+    outside = random_bars(
+        "AAA", _session_minutes("2031-06-02", "09:30", "09:32"), np.random.default_rng(5)
+    )
     load_bronze(
         settings.duckdb_path,
         outside.assign(_source_file="bars/t/1.parquet", _loaded_at=pd.Timestamp.now(tz="UTC")),

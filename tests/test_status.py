@@ -56,6 +56,19 @@ def status_json(settings: Settings, env: dict | None = None) -> dict:
     return json.loads(done.stdout)
 
 
+def stream_and_load(settings: Settings, topic: str, ticks: list[dict]) -> None:
+    """Produce `ticks` (keyed by symbol), stream them until idle, load the lake."""
+    produce_raw(
+        settings.kafka_bootstrap_servers,
+        topic,
+        [(t["symbol"].encode(), orjson.dumps(t)) for t in ticks],
+    )
+    streamed = run(settings, "stream", "--exit-when-idle", "2s")
+    assert streamed.returncode == 0, streamed.stderr[-3000:]
+    loaded = run(settings, "load", "--no-progress")
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,16 +89,7 @@ def test_status_after_stream_and_load_matches_what_was_produced(new_topic, setti
     # One late tick under a smaller ts (never the max) and one duplicate of an earlier tick.
     ticks.append({"symbol": "AAA", "price": 99.0, "volume": 1, "ts": base + 1, "id": "AAA-late"})
     ticks.append(dict(ticks[5 * len(SYMBOLS)]))  # same id: a duplicate of AAA-5
-    produce_raw(
-        settings.kafka_bootstrap_servers,
-        topic,
-        [(t["symbol"].encode(), orjson.dumps(t)) for t in ticks],
-    )
-
-    streamed = run(settings, "stream", "--exit-when-idle", "2s")
-    assert streamed.returncode == 0, streamed.stderr[-3000:]
-    loaded = run(settings, "load")
-    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    stream_and_load(settings, topic, ticks)
 
     report = status_json(settings)
 
@@ -434,15 +438,7 @@ def test_status_check_exits_3_naming_each_part_that_is_behind(new_topic, setting
         for i in range(30)
         for s in SYMBOLS
     ]
-    produce_raw(
-        settings.kafka_bootstrap_servers,
-        topic,
-        [(t["symbol"].encode(), orjson.dumps(t)) for t in ticks],
-    )
-    streamed = run(settings, "stream", "--exit-when-idle", "2s")
-    assert streamed.returncode == 0, streamed.stderr[-3000:]
-    loaded = run(settings, "load", "--no-progress")
-    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    stream_and_load(settings, topic, ticks)
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         [(loaded_at,)] = con.execute(
             "SELECT DISTINCT loaded_at FROM bronze.load_manifest"

@@ -18,21 +18,11 @@ import pandas as pd
 import pytest
 from helpers import run_stockpipe, run_stockpipe_json
 from test_dbt_transform import TABLES, load_bronze, random_bars
+from test_marts_metrics import _session_minutes
 
 from flows.settings import Settings, load_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.dbt]
-
-NEW_YORK = "America/New_York"
-
-
-def _minutes(day: str, start: str, end: str) -> pd.DatetimeIndex:
-    return pd.date_range(
-        pd.Timestamp(f"{day} {start}", tz=NEW_YORK),
-        pd.Timestamp(f"{day} {end}", tz=NEW_YORK),
-        freq="1min",
-        inclusive="left",
-    ).tz_convert("UTC")
 
 
 def _warehouse(tmp_path: Path, *extra: pd.DataFrame) -> Settings:
@@ -40,8 +30,8 @@ def _warehouse(tmp_path: Path, *extra: pd.DataFrame) -> Settings:
     rng = np.random.default_rng(3)
     rows = pd.concat(
         [
-            random_bars("AAA", _minutes("2024-12-02", "09:30", "16:00"), rng),
-            random_bars("AAA", _minutes("2024-12-03", "09:30", "16:00"), rng),
+            random_bars("AAA", _session_minutes("2024-12-02", "09:30", "16:00"), rng),
+            random_bars("AAA", _session_minutes("2024-12-03", "09:30", "16:00"), rng),
             *extra,
         ],
         ignore_index=True,
@@ -134,7 +124,9 @@ def test_transform_json_lists_every_node_dbt_ran_with_its_status_and_time(tmp_pa
 def test_a_failing_build_is_still_one_document_naming_the_failures(tmp_path: Path) -> None:
     """A bar dated past the calendar fails a test (test_marts_metrics): exit 2, and the
     document says which node failed, with dbt's own count of failing rows."""
-    outside = random_bars("AAA", _minutes("2031-06-02", "09:30", "09:32"), np.random.default_rng(5))
+    outside = random_bars(
+        "AAA", _session_minutes("2031-06-02", "09:30", "09:32"), np.random.default_rng(5)
+    )
     settings = _warehouse(tmp_path, outside)
 
     code, doc, err = run_stockpipe_json(settings, "transform", timeout=900)
