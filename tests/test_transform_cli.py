@@ -85,6 +85,7 @@ def test_transform_json_lists_every_node_dbt_ran_with_its_status_and_time(tmp_pa
 
     assert code == 0, err[-3000:]
     assert "Running with dbt=" in err  # dbt's own log: on stderr, stdout is the document
+    assert "\x1b[" not in err  # not a terminal: no colour codes in the log
     assert {n["unique_id"] for n in doc["nodes"]} == _manifest_nodes(settings)
     assert _as_summary(doc["nodes"]) == _dbt_summary(err)
     assert doc["status_counts"] == dict(sorted(Counter(n["status"] for n in doc["nodes"]).items()))

@@ -93,6 +93,9 @@ def dbt_environment(settings: Settings) -> dict[str, str]:
     env = {
         "STOCKPIPE_DBT_TARGET": settings.dbt_target,
         "STOCKPIPE_BAR_SECONDS": str(settings.bar_seconds),
+        # dbt colours its log whatever it writes to: only on a terminal (or when asked)
+        "DBT_USE_COLORS": os.environ.get("DBT_USE_COLORS")
+        or ("true" if sys.stdout.isatty() and sys.stderr.isatty() else "false"),
     }
     if settings.dbt_target == "duckdb":
         path = settings.duckdb_path.expanduser().resolve()
