@@ -143,7 +143,8 @@ far_previous as (
         ~ "cast(min(case when next_near is not null then first_new_start "
         ~ "else coalesce(previous_near, first_new_start) end) as date), "
         ~ "count(case when next_near is null then 1 end), "
-        ~ "cast(max(next_near) as date) "
+        ~ "cast(max(next_near) as date), "
+        ~ "count(case when next_near is not null then 1 end) "
         ~ "from neighbours"
     ) -%}
     {%- set needs_far = plan[0] | int > 0 -%}
@@ -160,6 +161,8 @@ far_previous as (
     {#- bronze's window_start is UTC, these dates are the engine's: a day of margin -#}
     {%- set read_from_literal = timestamp_literal(read_from, -1) -%}
     {%- set read_to_literal = timestamp_literal(plan[3], 2) if plan[2] | int == 0 else none -%}
+    {#- some symbol's range ends at a real bar: only the minutes its new bars change are written -#}
+    {%- set has_bounded = plan[4] | int > 0 -%}
 {%- endif -%}
 
 with
@@ -225,6 +228,7 @@ bars_to_rebuild as (
         {%- endif %}
 ),
 
+{% if has_bounded %}
 -- each new bar's start (the bars loaded since the last run, repeats once)
 new_bar_starts as (
     select distinct
@@ -233,6 +237,7 @@ new_bar_starts as (
     from {{ source('bronze', 'bars') }}
     where {{ new_rows_filter }}
 ),
+{% endif %}
 
 -- the newest load among the new rows: rebuilt rows reflect it
 lineage as (
@@ -424,7 +429,7 @@ unioned as (
     select * from synthetic_bars
 ),
 
-{%- if is_incremental() and has_new %}
+{%- if is_incremental() and has_new and has_bounded %}
 
 -- the minutes a new bar changes: itself and the synthetic minutes carrying its close
 -- (the real bar they carry is new), and the first real bar after it (the real bar
@@ -468,12 +473,14 @@ final as (
     inner join rebuild_range
         on rebuild_range.symbol = unioned.symbol
         and (rebuild_range.write_after is null or unioned.window_start > rebuild_range.write_after)
+    {%- if has_bounded %}
     -- a range ending at a real bar: only the minutes its new bars change
     left join changed_minutes
         on changed_minutes.symbol = unioned.symbol
         and changed_minutes.window_start = unioned.window_start
     where rebuild_range.rebuild_end is null
         or changed_minutes.symbol is not null
+    {%- endif %}
     {%- endif %}
 )
 
