@@ -52,6 +52,8 @@ class TransformResult:
     build_seconds: float
     docs_seconds: float
     node_statuses: dict[str, str] = field(default_factory=dict)
+    # each node's execution time in the build (compile and execute), seconds
+    node_seconds: dict[str, float] = field(default_factory=dict)
     stale_sources: list[str] = field(default_factory=list)
     freshness: list[SourceFreshness] = field(default_factory=list)
 
@@ -399,6 +401,7 @@ def _build_and_document(
             f"dbt build failed on target {settings.dbt_target}{hint}: " + "; ".join(failures)
         )
     statuses = {r.node.unique_id: str(r.status) for r in build.result.results}
+    node_seconds = {r.node.unique_id: float(r.execution_time) for r in build.result.results}
 
     started = time.perf_counter()
     docs = invoke(["docs", "generate"], common)
@@ -412,6 +415,7 @@ def _build_and_document(
         build_seconds=build_seconds,
         docs_seconds=docs_seconds,
         node_statuses=statuses,
+        node_seconds=node_seconds,
         stale_sources=stale,
         freshness=freshness,
     )
