@@ -18,7 +18,8 @@ Each is compared with the same day built alone: only that day's files (for
 empty warehouse. The goals (issue 16, at 500 symbols x 5 years = 1260 sessions):
 the new day within 1.5x of the day alone, the backfill within 2x, whatever the
 history: an incremental run costs in proportion to the new and restated data.
-Prints a table, or JSON with --json. Nothing is asserted: it measures.
+Prints a table and the slowest dbt nodes of each timed build (dbt's execution time
+per node), or JSON with --json. Nothing is asserted: it measures.
 
 `--history-loads N` loads and builds the history in N parts, oldest first, as it
 would have arrived (the first a full build, the rest incremental): the same
@@ -62,6 +63,9 @@ class Run:
     alone_load_s: float | None = None
     alone_transform_s: float | None = None
     goal: float | None = None  # the ratio it should stay within
+    # the dbt nodes that took longest in its build (and in the same day's alone), seconds
+    slowest_nodes: dict[str, float] | None = None
+    alone_slowest_nodes: dict[str, float] | None = None
 
     @property
     def total_s(self) -> float:
@@ -172,6 +176,16 @@ def writer(root: Path, tag: str) -> LakeWriter:
     return LakeWriter(open_lake(load_settings(lake_url=str(root / "lake"))), name_tag=tag)
 
 
+SLOWEST_NODES = 8
+LAST_BUILD: dict[str, float] = {}  # node -> seconds, of the last transform's build
+
+
+def slowest(nodes: dict[str, float], count: int = SLOWEST_NODES) -> dict[str, float]:
+    """The `count` slowest nodes, by their short name (model.stockpipe.x -> model x)."""
+    top = sorted(nodes.items(), key=lambda item: -item[1])[:count]
+    return {f"{uid.split('.')[0]} {uid.split('.')[2]}": round(s, 3) for uid, s in top}
+
+
 def load_and_transform(settings: Settings, since: date | None = None) -> tuple[float, float, int]:
     """`stockpipe load` (every pending file) then `stockpipe transform`: seconds each, rows."""
     from flows.transform.dbt_runner import transform
@@ -185,7 +199,9 @@ def load_and_transform(settings: Settings, since: date | None = None) -> tuple[f
         if not summary.files_left:
             break
     loaded = time.perf_counter()
-    transform(settings)
+    result = transform(settings)
+    LAST_BUILD.clear()
+    LAST_BUILD.update({n.unique_id: n.execution_time_s for n in result.nodes})
     return loaded - started, time.perf_counter() - loaded, rows
 
 
@@ -199,15 +215,15 @@ def rows_rewritten(settings: Settings) -> int:
         ).fetchone()[0]
 
 
-def alone(root: Path, batches: list[list[tuple]]) -> tuple[float, float]:
-    """The given files alone in a fresh lake and warehouse: load + transform seconds."""
+def alone(root: Path, batches: list[list[tuple]], run: Run) -> None:
+    """The given files alone in a fresh lake and warehouse: `run`'s alone figures."""
     if root.exists():
         shutil.rmtree(root)
     out = writer(root, "alone")
     for rows in batches:
         out.write_bars(rows, 60)
-    load_s, transform_s, _ = load_and_transform(warehouse_settings(root))
-    return load_s, transform_s
+    run.alone_load_s, run.alone_transform_s, _ = load_and_transform(warehouse_settings(root))
+    run.alone_slowest_nodes = slowest(LAST_BUILD)
 
 
 def run(n_symbols: int, n_days: int, out: Path, log=print, history_loads: int = 1) -> dict:
@@ -255,6 +271,7 @@ def run(n_symbols: int, n_days: int, out: Path, log=print, history_loads: int = 
         rows,
         rows_rewritten(settings),
         goal=GOALS["new day"],
+        slowest_nodes=slowest(LAST_BUILD),
     )
     log(f"new day: load {load_s:.1f}s, transform {transform_s:.1f}s")
 
@@ -269,13 +286,12 @@ def run(n_symbols: int, n_days: int, out: Path, log=print, history_loads: int = 
         rows,
         rows_rewritten(settings),
         goal=GOALS["backfill"],
+        slowest_nodes=slowest(LAST_BUILD),
     )
     log(f"backfill: load {load_s:.1f}s, transform {transform_s:.1f}s")
 
-    new_run.alone_load_s, new_run.alone_transform_s = alone(out / "alone-new", [new_rows])
-    backfill_run.alone_load_s, backfill_run.alone_transform_s = alone(
-        out / "alone-backfill", [backfill_rows, restated]
-    )
+    alone(out / "alone-new", [new_rows], new_run)
+    alone(out / "alone-backfill", [backfill_rows, restated], backfill_run)
     runs = [initial, new_run, backfill_run]
     return {
         "symbols": n_symbols,
@@ -323,7 +339,13 @@ def print_table(report: dict) -> None:
             fmt(r["ratio"], ".2f"),
             "-" if r["goal"] is None else f"<= {r['goal']}x",
         )
-    Console(width=160).print(table)
+    console = Console(width=160)
+    console.print(table)
+    for r in report["runs"]:
+        for key, label in (("slowest_nodes", ""), ("alone_slowest_nodes", ", the day alone")):
+            if r.get(key):
+                nodes = ", ".join(f"{name} {s:.2f}" for name, s in r[key].items())
+                console.print(f"slowest dbt nodes, {r['name']}{label} (s): {nodes}")
 
 
 def main() -> None:

@@ -896,11 +896,20 @@ def backfilled(tmp_path_factory: pytest.TempPathFactory) -> Backfilled:
     )
 
 
-def _affected_range(silver: pd.DataFrame, symbol: str, starts: pd.Series) -> tuple:
-    """The first of `starts` and the first real bar after the last of them: the rows that
-    change (a bar changes itself and the synthetic bars carrying its close)."""
+def _affected_ranges(silver: pd.DataFrame, symbol: str, starts: pd.Series) -> list[tuple]:
+    """Each of `starts` and the first real bar after it in `silver` (the table after the
+    run): the rows that change (a bar changes itself and the synthetic bars carrying its
+    close), with that next real bar, which is rebuilt unchanged."""
     real = silver[(silver.symbol == symbol) & ~silver.is_synthetic].window_start
-    return starts.min(), real[real > starts.max()].min()
+    return [(start, real[real > start].min()) for start in sorted(starts)]
+
+
+def _inside(silver: pd.DataFrame, ranges: dict[str, list[tuple]]) -> pd.Series:
+    inside = pd.Series(False, index=silver.index)
+    for symbol, spans in ranges.items():
+        for start, end in spans:
+            inside |= (silver.symbol == symbol) & silver.window_start.between(start, end)
+    return inside
 
 
 def _split(frame: pd.DataFrame, key: list[str], inside: pd.Series) -> tuple:
@@ -920,16 +929,17 @@ def test_a_backfilled_day_rewrites_only_its_affected_minutes(backfilled: Backfil
     for col in ("open", "high", "low", "close", "volume", "vwap"):
         assert_close(after[col], expected[col], f"silver after the backfill: {col}")
 
-    # per symbol, the range from the first backfilled bar to the first real bar after
-    # the last of them (in the table before the run) ...
-    inside = pd.Series(False, index=after.index)
+    # per symbol, each backfilled bar up to the first real bar after it (not the whole
+    # span from the first backfilled bar to the last: the real bars between them, and
+    # the synthetic minutes carrying those, do not change) ...
     ranges = {}
     for symbol, starts in backfilled.rows.groupby("symbol").window_start:
-        start, end = _affected_range(before, symbol, starts)
-        assert start.tz_convert(NEW_YORK).date() == end.tz_convert(NEW_YORK).date()
-        ranges[symbol] = (start, end)
-        inside |= (after.symbol == symbol) & after.window_start.between(start, end)
+        ranges[symbol] = _affected_ranges(after, symbol, starts)
+        for start, end in ranges[symbol]:
+            assert start.tz_convert(NEW_YORK).date() == end.tz_convert(NEW_YORK).date()
     assert set(ranges) == {"AAA", "BBB"}
+    assert len(ranges["AAA"]) == 3
+    inside = _inside(after, ranges)
     # ... is exactly what the run wrote (rewritten rows carry the backfill's load) ...
     rewritten = after._load_seq == backfilled.seq
     assert (rewritten == inside).all(), after[rewritten != inside][SILVER_KEY].head()
@@ -940,9 +950,7 @@ def test_a_backfilled_day_rewrites_only_its_affected_minutes(backfilled: Backfil
     )
     assert 0 < rewritten.sum() <= day_rows.sum()
     # ... and every row outside it is byte-identical to before, its `_load_seq` included
-    inside_before = pd.Series(False, index=before.index)
-    for symbol, (start, end) in ranges.items():
-        inside_before |= (before.symbol == symbol) & before.window_start.between(start, end)
+    inside_before = _inside(before, ranges)
     _, kept_before = _split(before, SILVER_KEY, inside_before)
     changed_after, kept_after = _split(after, SILVER_KEY, inside)
     pd.testing.assert_frame_equal(kept_after, kept_before)

@@ -360,13 +360,20 @@ symbol_ids as (
     from (select distinct symbol from own_days) as symbols
 ),
 
+{#- a symbol's day as one number, the key the second side is joined on: from the pair's
+    first symbol and its date, so that no planner can pair the two sides on the date
+    alone (all pairs of symbols, not the candidates', which it keeps afterwards) -#}
+{%- set day_number = dbt.datediff("cast('1970-01-01' as date)", '__date__', 'day') -%}
+{%- set day_key = 'cast(__id__ as bigint) * 1000000 + ' ~ day_number %}
+
 aligned_returns as (
     select
         symbol_ids.symbol_id,
         own_returns.trade_date,
         own_returns.log_return,
         own_returns.sum_r_20,
-        own_returns.sum_rr_20
+        own_returns.sum_rr_20,
+        {{ day_key | replace('__id__', 'symbol_ids.symbol_id') | replace('__date__', 'own_returns.trade_date') }} as day_key
     from own_returns
     inner join symbol_ids
         on symbol_ids.symbol = own_returns.symbol
@@ -409,8 +416,8 @@ aligned_products as (
         and returns_a.trade_date >= keys.start_a
         and (keys.end_a is null or returns_a.trade_date <= keys.end_a)
     inner join aligned_returns as returns_b
-        on returns_b.symbol_id = keys.id_b
-        and returns_b.trade_date = returns_a.trade_date
+        on returns_b.day_key
+            = {{ day_key | replace('__id__', 'keys.id_b') | replace('__date__', 'returns_a.trade_date') }}
 ),
 
 -- the same days: as many shared as each symbol has there

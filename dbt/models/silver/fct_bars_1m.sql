@@ -22,11 +22,17 @@
     same next real bar; a bar before the symbol's first bar widens the gap-filled
     span up to the old first bar, which is E; a bar after its last bar L fills the
     minutes from L on, carrying L's close, hence S = L there. Rows outside the range
-    are left as they are (delete+insert by key only touches the range's keys, and
-    every key of the range in the table comes back: bars never leave bronze). E, and
+    are left as they are (delete+insert by key only touches the keys written, and
+    every key written was in the table or is new: bars never leave bronze). E, and
     S when it is not a new bar, are unchanged real bars, rebuilt identically, so the
     gap-filling runs exactly as the full build's does; S may also be any unchanged
     real bar earlier than that, or midnight before one, with the same result.
+    Where the range ends at a real bar E (restated or filled-in bars, a backfill),
+    only the minutes the new bars change are written: each new bar, the synthetic
+    minutes carrying its close, and the first real bar after it (unchanged, like
+    E); the real bars between and their synthetic minutes are read for the
+    gap-filling, not written again, so a few bars restated across a day rewrite
+    those bars and the minutes after each, not the day.
 
     Cost in proportion to the new rows, on both targets: the bronze load sequence
     (`_load_seq`, numbered in commit order; not event time, not the loader's clock,
@@ -137,7 +143,8 @@ far_previous as (
         ~ "cast(min(case when next_near is not null then first_new_start "
         ~ "else coalesce(previous_near, first_new_start) end) as date), "
         ~ "count(case when next_near is null then 1 end), "
-        ~ "cast(max(next_near) as date) "
+        ~ "cast(max(next_near) as date), "
+        ~ "count(case when next_near is not null then 1 end) "
         ~ "from neighbours"
     ) -%}
     {%- set needs_far = plan[0] | int > 0 -%}
@@ -154,6 +161,8 @@ far_previous as (
     {#- bronze's window_start is UTC, these dates are the engine's: a day of margin -#}
     {%- set read_from_literal = timestamp_literal(read_from, -1) -%}
     {%- set read_to_literal = timestamp_literal(plan[3], 2) if plan[2] | int == 0 else none -%}
+    {#- some symbol's range ends at a real bar: only the minutes its new bars change are written -#}
+    {%- set has_bounded = plan[4] | int > 0 -%}
 {%- endif -%}
 
 with
@@ -218,6 +227,17 @@ bars_to_rebuild as (
         and bars.window_start < {{ read_to_literal }}
         {%- endif %}
 ),
+
+{% if has_bounded %}
+-- each new bar's start (the bars loaded since the last run, repeats once)
+new_bar_starts as (
+    select distinct
+        symbol,
+        window_start
+    from {{ source('bronze', 'bars') }}
+    where {{ new_rows_filter }}
+),
+{% endif %}
 
 -- the newest load among the new rows: rebuilt rows reflect it
 lineage as (
@@ -409,6 +429,38 @@ unioned as (
     select * from synthetic_bars
 ),
 
+{%- if is_incremental() and has_new and has_bounded %}
+
+-- the minutes a new bar changes: itself and the synthetic minutes carrying its close
+-- (the real bar they carry is new), and the first real bar after it (the real bar
+-- before that one is new)
+changed_minutes as (
+    select
+        carried_from.symbol,
+        carried_from.window_start
+    from carried_from
+    inner join new_bar_starts
+        on new_bar_starts.symbol = carried_from.symbol
+        and new_bar_starts.window_start = carried_from.previous_real_start
+
+    union
+
+    select
+        real_sequence.symbol,
+        real_sequence.window_start
+    from (
+        select
+            symbol,
+            window_start,
+            lag(window_start) over (partition by symbol order by window_start) as previous_start
+        from real_bars
+    ) as real_sequence
+    inner join new_bar_starts
+        on new_bar_starts.symbol = real_sequence.symbol
+        and new_bar_starts.window_start = real_sequence.previous_start
+),
+{%- endif %}
+
 final as (
     select
         unioned.*,
@@ -421,6 +473,14 @@ final as (
     inner join rebuild_range
         on rebuild_range.symbol = unioned.symbol
         and (rebuild_range.write_after is null or unioned.window_start > rebuild_range.write_after)
+    {%- if has_bounded %}
+    -- a range ending at a real bar: only the minutes its new bars change
+    left join changed_minutes
+        on changed_minutes.symbol = unioned.symbol
+        and changed_minutes.window_start = unioned.window_start
+    where rebuild_range.rebuild_end is null
+        or changed_minutes.symbol is not null
+    {%- endif %}
     {%- endif %}
 )
 
