@@ -154,7 +154,33 @@ def ensure_topics(settings: Settings, topic: str | None = None, timeout: float =
             if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue  # another producer won the race
             raise ServiceUnavailable(f"could not create Kafka topic {name!r}: {exc}") from None
+    _wait_visible(admin, {name: wanted[name] for name in created}, timeout)
     return created
+
+
+def _wait_visible(admin: AdminClient, partitions: dict[str, int], timeout: float) -> None:
+    """Until the broker's metadata lists each new topic with its partitions: a topic the
+    controller created may reach the metadata a moment later, and a client started right
+    away (a stream checking its input) would find it missing."""
+    deadline = time.monotonic() + timeout
+    while partitions:
+        try:
+            topics = admin.list_topics(timeout=max(deadline - time.monotonic(), 0.1)).topics
+        except KafkaException:
+            topics = {}
+        partitions = {
+            name: n
+            for name, n in partitions.items()
+            if name not in topics or topics[name].error is not None
+            or len(topics[name].partitions) < n
+        }  # fmt: skip
+        if not partitions:
+            return
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(
+                f"Kafka created {sorted(partitions)} but does not list them after {timeout:.0f}s"
+            )
+        time.sleep(0.2)
 
 
 # --------------------------------------------------------------------------- disk spool
