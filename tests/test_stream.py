@@ -233,7 +233,11 @@ def test_killed_worker_resumes_without_losing_or_double_counting(new_topic, sett
     final bars still equal the batch computation, each row held once.
     """
     topic = new_topic("crash")
-    settings = settings_for(topic=topic, epoch_interval=1.0, flush_interval=1.0)
+    # Files are sealed every second of log time and snapshots taken every three of wall
+    # time, so most of an epoch has files its snapshot has not passed. (With both at one
+    # second the two fell into step on a busy machine, a file was written only just
+    # before each snapshot, and no moment was found within the deadline.)
+    settings = settings_for(topic=topic, epoch_interval=3.0, flush_interval=1.0)
     stream = make_stream(5, StreamSpec(ticks_per_symbol=2000))
     half = len(stream) // 2
     messages = stream_messages(stream)
