@@ -3,7 +3,8 @@
 The stream subscribes to each symbol, turns `trade` frames into ticks (an
 identical trade repeated inside one frame gets the next occurrence index, so
 ids stay unique within a frame and stable when Finnhub re-sends a frame),
-ignores `ping`, logs `error`. When the connection drops, or stays silent for
+ignores `ping`, logs `error`. The connection loop (`flows.ingest.ws_feed`, shared
+with the crypto feeds): when the connection drops, or stays silent for
 `stall_timeout` (not even a ping), it reconnects with capped exponential
 backoff and jitter, and appends the outage (start, end, symbols, reason) as one
 JSON line to the outage log, so the gap can be backfilled later.
@@ -14,34 +15,27 @@ goes through `redact`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import random
 import re
-import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from prometheus_client import Counter as MetricCounter
-from prometheus_client import Gauge
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.asyncio.client import ClientConnection
 
 from flows.errors import StockpipeError
 from flows.ingest.kafka_out import Item, TickWriter
-from flows.ingest.ledger import Outage, append_outage
 from flows.ingest.pacing import as_float, checked, now_ms
 from flows.ingest.ticks import tick_id
+from flows.ingest.ws_feed import CONNECTED, RECONNECTS, WsFeed, stop_when
 from flows.settings import Settings
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CONNECTED", "RECONNECTS", "FinnhubStream", "stop_when", "trades_from_frame"]
 
 SOURCE = "finnhub-ws"
 _TOKEN_RE = re.compile(r"(token=)[^&#\s]*")
@@ -98,26 +92,7 @@ def trades_from_frame(message: dict[str, Any], now: int | None = None) -> list[I
     return items
 
 
-class _Stalled(Exception):
-    pass
-
-
-CONNECTED = Gauge(
-    "stockpipe_feed_connected",
-    "1 while the feed's websocket is connected and subscribed.",
-    ["source"],
-)
-RECONNECTS = MetricCounter(
-    "stockpipe_feed_reconnects_total",
-    "Times the feed's websocket dropped or stalled and was reconnected.",
-    ["source"],
-)
-
-# What a reconnect can cure: a drop, a stall, a refused handshake, the network.
-_RECONNECT_ON = (_Stalled, ConnectionClosed, InvalidHandshake, OSError, TimeoutError)
-
-
-class FinnhubStream:
+class FinnhubStream(WsFeed):
     """One websocket subscription to Finnhub trades for `symbols`, written to `writer`.
 
     stall_timeout: reconnect after this many seconds without any message (pings included).
@@ -126,6 +101,10 @@ class FinnhubStream:
     url: the full websocket URL with the token (default: from the settings).
     outage_log: where outages are appended (default: settings.outage_log).
     """
+
+    source = SOURCE
+    name = "finnhub"
+    url_setting = "FINNHUB_WS_URL"
 
     def __init__(
         self,
@@ -140,118 +119,29 @@ class FinnhubStream:
         outage_log: Path | None = None,
         seed: int | None = None,
     ):
-        self.writer = writer
-        self.symbols = list(symbols)
-        self.url = url or ws_url(settings)
-        self.stall_timeout = stall_timeout or settings.finnhub_stall_timeout
-        self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
-        self.outage_log = outage_log or settings.outage_log
-        self.rng = random.Random(seed)
-        self.connections = 0
-        self.frames = 0
-        self.trades = 0
-        self.outages: list[Outage] = []
-        self.on_frame: Callable[[dict[str, Any]], None] | None = None
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Stream until `stop` is set; reconnect on drops and stalls (through `tenacity`).
-
-        Reconnect delays double from `backoff_initial` to `backoff_max` while
-        connections keep failing, and start again from the first once a
-        connection delivered messages.
-        """
-        self._failures = 0
-        self._outage: Outage | None = None
-        self._last_seen = now_ms()
-
-        async def pause(seconds: float) -> None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), seconds)
-
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_RECONNECT_ON),
-            wait=self._reconnect_delay,
-            stop=lambda _state: stop.is_set(),
-            sleep=pause,
-            before_sleep=self._note_drop,
-            reraise=True,
+        super().__init__(
+            writer,
+            symbols,
+            url=url or ws_url(settings),
+            stall_timeout=stall_timeout or settings.finnhub_stall_timeout,
+            outage_log=outage_log or settings.outage_log,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            seed=seed,
         )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    await self._session(stop)
-        except _RECONNECT_ON:
-            pass  # a drop while stopping
-        CONNECTED.labels(SOURCE).set(0)
-        if self._outage is not None:  # still down when asked to stop: the gap ends now
-            self._outage.reason += " (still down at shutdown)"
-            self._close_outage(self._outage, now_ms())
 
-    async def _session(self, stop: asyncio.Event) -> None:
-        """One connection: subscribe, then stream until stopped (return) or dropped (raise)."""
-        try:
-            async with connect(
-                self.url, open_timeout=10, ping_interval=20, ping_timeout=20, close_timeout=2
-            ) as ws:
-                for symbol in self.symbols:
-                    await ws.send(orjson.dumps({"type": "subscribe", "symbol": symbol}).decode())
-                self.connections += 1
-                CONNECTED.labels(SOURCE).set(1)
-                log.info("subscribed to %s on %s", ",".join(self.symbols), redact(self.url))
-                if self._outage is not None:
-                    self._close_outage(self._outage, now_ms())
-                    self._outage = None
-                self._last_seen = now_ms()
-                async for _ in self._messages(ws, stop):
-                    self._last_seen = now_ms()
-                    self._failures = 0  # the connection works: the next drop backs off afresh
-                if not stop.is_set():
-                    raise ConnectionClosed(None, None)  # the iterator ended: the server closed
-        except InvalidURI as exc:
-            raise StockpipeError(
-                f"bad FINNHUB_WS_URL {redact(self.url)!r}: {redact(str(exc))}"
-            ) from None
+    async def subscribe(self, ws: ClientConnection) -> None:
+        for symbol in self.symbols:
+            await ws.send(orjson.dumps({"type": "subscribe", "symbol": symbol}).decode())
 
-    def _reconnect_delay(self, _state: RetryCallState) -> float:
-        delay = min(self.backoff_max, self.backoff_initial * 2**self._failures)
-        self._failures += 1
-        return delay * (0.5 + 0.5 * self.rng.random())  # jitter: clients do not reconnect in step
+    def redact(self, text: str) -> str:
+        return redact(text)
 
-    def _note_drop(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        CONNECTED.labels(SOURCE).set(0)
-        RECONNECTS.labels(SOURCE).inc()
-        reason = _describe(exc, self.stall_timeout)
-        if self._outage is None:
-            self._outage = Outage(
-                start_ms=self._last_seen, symbols=list(self.symbols), reason=reason, source=SOURCE
-            )
-        self._outage.attempts += 1
-        self._outage.reasons.append(reason)
-        log.warning("finnhub websocket: %s; reconnecting in %.2fs", reason, state.upcoming_sleep)
+    def describe_refusal(self, status: int) -> str:
+        hint = " (is FINNHUB_API_KEY right?)" if status in (401, 403) else ""
+        return f"handshake refused with HTTP {status}{hint}"
 
-    async def _messages(self, ws: ClientConnection, stop: asyncio.Event):  # noqa: ANN202
-        """Yield after each handled message; raise `_Stalled` after `stall_timeout` of silence."""
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            while not stop.is_set():
-                receiving = asyncio.ensure_future(ws.recv())
-                done, _ = await asyncio.wait(
-                    {receiving, stopping},
-                    timeout=self.stall_timeout,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if receiving not in done:
-                    receiving.cancel()
-                    if stopping in done:
-                        return
-                    raise _Stalled()
-                self._handle(receiving.result())
-                yield
-        finally:
-            stopping.cancel()
-
-    def _handle(self, raw: str | bytes) -> None:
+    def handle(self, raw: str | bytes) -> None:
         try:
             message = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -273,36 +163,3 @@ class FinnhubStream:
             log.debug("ignoring finnhub message of type %r", kind)
         if self.on_frame is not None:
             self.on_frame(message)
-
-    def _close_outage(self, outage: Outage, end: int) -> None:
-        outage.end_ms = max(end, outage.start_ms + 1)
-        self.outages.append(outage)
-        append_outage(self.outage_log, outage)
-        log.warning(
-            "finnhub outage %s -> %s (%s) recorded in %s",
-            datetime.fromtimestamp(outage.start_ms / 1000, UTC).isoformat(),
-            datetime.fromtimestamp(outage.end_ms / 1000, UTC).isoformat(),
-            outage.reason,
-            self.outage_log,
-        )
-
-
-def _describe(exc: BaseException, stall_timeout: float) -> str:
-    if isinstance(exc, _Stalled):
-        return f"stalled: no message for {stall_timeout:g}s"
-    if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
-        hint = " (is FINNHUB_API_KEY right?)" if status in (401, 403) else ""
-        return f"handshake refused with HTTP {status}{hint}"
-    if isinstance(exc, ConnectionClosed):
-        if exc.rcvd is None:
-            return "connection dropped"
-        return f"server closed the connection ({exc.rcvd.code} {exc.rcvd.reason})".strip()
-    return redact(f"{type(exc).__name__}: {exc}")
-
-
-async def stop_when(flag: threading.Event, stop: asyncio.Event, every: float = 0.1) -> None:
-    """Bridge a signal-set threading.Event to an asyncio.Event."""
-    while not flag.is_set() and not stop.is_set():
-        await asyncio.sleep(every)
-    stop.set()
