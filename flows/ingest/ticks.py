@@ -52,6 +52,7 @@ class Tick(NamedTuple):
     id: str
     source: str | None = None
     conditions: tuple[str, ...] = ()
+    exchange: str | None = None  # the venue, where the feed names one (crypto: COINBASE, ...)
 
 
 class BadTick(ValueError):
@@ -219,6 +220,14 @@ def _text(name: str, value: str) -> None:
         ) from None
 
 
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _decode(
     value: bytes | None,
     key: bytes | None,
@@ -319,7 +328,12 @@ def _decode(
     elif check_text:
         _text("id", tid)
 
-    return Tick(symbol, ts, price, volume, tid, source, conditions)  # type: ignore[arg-type]
+    # optional and informational: carried when it is text, otherwise left out (never a reject)
+    exchange = obj.get("exchange")
+    if not isinstance(exchange, str) or (check_text and not _is_text(exchange)):
+        exchange = None
+
+    return Tick(symbol, ts, price, volume, tid, source, conditions, exchange)  # type: ignore[arg-type]
 
 
 def decode_tick(
@@ -382,4 +396,6 @@ def encode_tick(tick: Tick) -> bytes:
         obj["source"] = tick.source
     if tick.conditions:
         obj["conditions"] = list(tick.conditions)
+    if tick.exchange:
+        obj["exchange"] = tick.exchange
     return orjson.dumps(obj)
