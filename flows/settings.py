@@ -253,6 +253,11 @@ class Settings(BaseSettings):
     # Sources
     finnhub_api_key: SecretStr | None = Field(None, validation_alias="FINNHUB_API_KEY")
     finnhub_ws_url: str = Field("wss://ws.finnhub.io", validation_alias="FINNHUB_WS_URL")
+    # Public crypto trade websockets (no key): Coinbase Advanced Trade market data, Binance spot
+    coinbase_ws_url: str = Field(
+        "wss://advanced-trade-ws.coinbase.com", validation_alias="COINBASE_WS_URL"
+    )
+    binance_ws_url: str = Field("wss://stream.binance.com:9443", validation_alias="BINANCE_WS_URL")
     finnhub_rest_url: str = Field("https://finnhub.io/api/v1", validation_alias="FINNHUB_REST_URL")
     finnhub_stall_timeout: Duration = Field(
         30.0, validation_alias="STOCKPIPE_FINNHUB_STALL_TIMEOUT"
