@@ -1,4 +1,4 @@
-"""`stockpipe produce`: ticks into Kafka from the simulator, Finnhub, or a replay file.
+"""`stockpipe produce`: ticks into Kafka from the simulator, Finnhub, Coinbase, Binance or a replay file.
 
 Ctrl-C / SIGTERM stop the source, flush everything queued or spooled to the
 broker, print how many ticks were acknowledged per symbol, and exit 0 (non-zero,
@@ -31,7 +31,16 @@ log = logging.getLogger(__name__)
 class Source(StrEnum):
     sim = "sim"
     finnhub = "finnhub"
+    coinbase = "coinbase"
+    binance = "binance"
     replay = "replay"
+
+
+# The crypto feeds' symbols when STOCKPIPE_SYMBOLS is left at its (equity) default.
+CRYPTO_DEFAULTS = {
+    Source.coinbase: ["COINBASE:BTC-USD", "COINBASE:ETH-USD"],
+    Source.binance: ["BINANCE:BTCUSDT", "BINANCE:ETHUSDT"],
+}
 
 
 class Mode(StrEnum):
@@ -112,7 +121,7 @@ def _print_summary(writer: TickWriter, started: float) -> None:
 
 
 async def _run_async(runner, stop_flag: threading.Event) -> None:  # noqa: ANN001
-    from flows.ingest.finnhub_ws import stop_when
+    from flows.ingest.ws_feed import stop_when
 
     stop = asyncio.Event()
     watcher = asyncio.create_task(stop_when(stop_flag, stop))
@@ -136,7 +145,9 @@ def produce_command(
         str | None,
         typer.Option(
             "--symbols",
-            help="Comma-separated symbols.",
+            help="Comma-separated symbols. coinbase and binance take their exchange's form "
+            "(COINBASE:BTC-USD, BINANCE:BTCUSDT); left at the stock default they track BTC and "
+            "ETH (COINBASE:BTC-USD,COINBASE:ETH-USD or BINANCE:BTCUSDT,BINANCE:ETHUSDT).",
             show_default="STOCKPIPE_SYMBOLS",
         ),
     ] = None,
@@ -250,8 +261,10 @@ def produce_command(
         str | None,
         typer.Option(
             "--stall-timeout",
-            help="finnhub ws: reconnect after this long without any message (a duration).",
-            show_default="STOCKPIPE_FINNHUB_STALL_TIMEOUT, 30s",
+            help="finnhub ws, coinbase, binance: reconnect after this long without any message "
+            "(a duration).",
+            show_default="finnhub: STOCKPIPE_FINNHUB_STALL_TIMEOUT, 30s; coinbase: 10s "
+            "(heartbeats every second); binance: 60s",
         ),
     ] = None,
     calls_per_minute: Annotated[
@@ -273,6 +286,8 @@ def produce_command(
         wanted = parse_symbols(symbols) if symbols else settings.symbols
     except ValueError as exc:
         raise StockpipeError(f"--symbols {symbols!r}: {exc}") from None
+    if source in CRYPTO_DEFAULTS and not symbols and wanted == _STOCK_DEFAULT:
+        wanted = list(CRYPTO_DEFAULTS[source])
     if speed < 0:
         raise StockpipeError(f"--speed must be >= 0, got {speed!r}")
     if rate is not None and rate <= 0:
@@ -307,6 +322,38 @@ def produce_command(
 
 
 Job = Callable[[TickWriter, threading.Event], None]
+_STOCK_DEFAULT = Settings.model_fields["symbols"].default
+
+
+def _crypto_job(
+    source: Source, settings: Settings, symbols: list[str], stall_timeout: str | None
+) -> Job:
+    """The Coinbase or Binance stream for `symbols`, checked before Kafka is touched."""
+    from flows.ingest.binance import BinanceStream, pairs
+    from flows.ingest.coinbase import CoinbaseStream, product_ids
+
+    check, feed = {
+        Source.coinbase: (product_ids, CoinbaseStream),
+        Source.binance: (pairs, BinanceStream),
+    }[source]
+    try:
+        check(symbols)
+    except ValueError as exc:
+        raise StockpipeError(
+            f"--symbols / STOCKPIPE_SYMBOLS for --source {source}: {exc}"
+        ) from None
+    try:
+        stall = parse_duration(stall_timeout) if stall_timeout else None
+    except ValueError as exc:
+        raise StockpipeError(f"--stall-timeout: {exc}") from None
+    if stall is not None and stall <= 0:
+        raise StockpipeError(f"--stall-timeout must be > 0, got {stall_timeout!r}")
+
+    def stream(writer: TickWriter, stop: threading.Event) -> None:
+        runner = feed(settings, writer, symbols, stall_timeout=stall)
+        asyncio.run(_run_async(runner, stop))
+
+    return stream
 
 
 def _plan(
@@ -369,6 +416,8 @@ def _plan(
         return lambda writer, stop: pump(
             items, writer, Pacer(stop, speed, rate, origin_ms=start_ms, live_edge=True)
         )
+    if source in CRYPTO_DEFAULTS:
+        return _crypto_job(source, settings, symbols, stall_timeout)
     if source is Source.replay:
         from flows.ingest.replay import read_replay
 
