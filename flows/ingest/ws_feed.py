@@ -234,8 +234,11 @@ class WsFeed:
         RECONNECTS.labels(self.source).inc()
         reason = self._describe(exc)
         if self._outage is None:
+            # a planned renewal leaves a healthy connection: the gap starts now, not at the
+            # last message (a quiet pair's last trade may be long ago)
+            start = now_ms() if isinstance(exc, Reconnect) else self._last_seen
             self._outage = Outage(
-                start_ms=self._last_seen,
+                start_ms=start,
                 symbols=list(self.symbols),
                 reason=reason,
                 source=self.source,
