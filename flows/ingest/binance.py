@@ -13,7 +13,8 @@ trade time `T`. Binance sends a protocol ping frame every 20 s and drops a
 connection that does not answer within a minute: the websockets library answers
 each with a pong carrying the ping's payload. A connection lives at most 24 hours,
 so the feed renews it before that (`MAX_CONNECTION_AGE`), and at once when
-Binance announces a `serverShutdown` event.
+Binance announces a `serverShutdown` event: make-before-break (`flows.ingest.ws_feed`),
+the next connection subscribed before the old one closes.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 A `WsFeed` subclass says how to subscribe (`subscribe`) and what a message
 means (`handle`); this module keeps the connection alive around them. When the
-connection drops, stays silent for `stall_timeout` (not even a heartbeat), or
-the feed asks for a fresh connection (`Reconnect`: a server shutdown notice, a
-connection-age limit), it reconnects, with capped exponential backoff and jitter
-after failures and at once after a planned reconnect, and subscribes again.
+connection drops or stays silent for `stall_timeout` (not even a heartbeat), it
+reconnects with capped exponential backoff and jitter, and subscribes again.
+When the feed asks for a fresh connection (`Reconnect`: a server shutdown
+notice, a connection-age limit) it renews make-before-break: the next connection
+is subscribed before the old one closes, so a planned renewal loses nothing.
 Every stretch without a working connection is appended to the outage ledger
 (`flows.ingest.ledger`) as one line (start, end, symbols, reasons), so it can
 be backfilled; feeds with sequence numbers add their gaps through `record_gap`.
@@ -76,7 +77,12 @@ class Stalled(Exception):
 
 
 class Reconnect(Exception):
-    """The feed wants a fresh connection now (no backoff): `reason` says why."""
+    """The feed wants a fresh connection now (no backoff): the message says why.
+
+    `seamless` is set once the next connection was opened before this one closed.
+    """
+
+    seamless = False
 
 
 # What a reconnect can cure: a drop, a stall, a planned renewal, a refused handshake, the network.
@@ -128,6 +134,7 @@ class WsFeed:
         self.trades = 0
         self.outages: list[Outage] = []
         self.on_frame: Callable[[Any], None] | None = None
+        self._next: ClientConnection | None = None  # opened early by a planned renewal
 
     # ------------------------------------------------------------------ what a feed says
 
@@ -181,45 +188,87 @@ class WsFeed:
                     await self._session(stop)
         except RECONNECT_ON:
             pass  # a drop while stopping
+        finally:
+            if self._next is not None:  # renewed just as the stop came
+                await self._next.close()
+                self._next = None
         CONNECTED.labels(self.source).set(0)
         if self._outage is not None:  # still down when asked to stop: the gap ends now
             self._outage.reason += " (still down at shutdown)"
             self._close_outage(self._outage, now_ms())
 
-    async def _session(self, stop: asyncio.Event) -> None:
-        """One connection: subscribe, then stream until stopped (return) or dropped (raise)."""
+    async def _open(self) -> ClientConnection:
+        """A new connection, subscribed."""
+        ws = await connect(
+            self.url,
+            open_timeout=10,
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=2,
+            max_size=2**22,  # a Coinbase snapshot of many products is larger than 1 MiB
+        )
         try:
-            async with connect(
-                self.url,
-                open_timeout=10,
-                ping_interval=20,
-                ping_timeout=20,
-                close_timeout=2,
-                max_size=2**22,  # a Coinbase snapshot of many products is larger than 1 MiB
-            ) as ws:
-                await self.subscribe(ws)
-                self.connections += 1
-                self.on_connected()
-                CONNECTED.labels(self.source).set(1)
-                log.info(
-                    "%s: subscribed to %s on %s",
-                    self.name,
-                    ",".join(self.symbols),
-                    self.redact(self.url),
-                )
-                if self._outage is not None:
-                    self._close_outage(self._outage, now_ms())
-                    self._outage = None
-                self._last_seen = now_ms()
-                async for _ in self._messages(ws, stop):
-                    self._last_seen = now_ms()
-                    self._failures = 0  # the connection works: the next drop backs off afresh
-                if not stop.is_set():
-                    raise ConnectionClosed(None, None)  # the iterator ended: the server closed
+            await self.subscribe(ws)
+        except BaseException:
+            await ws.close()
+            raise
+        return ws
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        """One connection: subscribe, then stream until stopped (return) or dropped (raise).
+
+        A planned renewal (`Reconnect`) is make-before-break: the next connection is
+        opened and subscribed while the old one still runs, what the old one already
+        received is handled, and only then is it closed, so no trade falls between
+        the two (the overlap repeats trades under their ids, which the stream's dedup drops).
+        """
+        try:
+            ws, self._next = self._next or await self._open(), None
         except InvalidURI as exc:
             raise StockpipeError(
                 f"bad {self.url_setting} {self.redact(self.url)!r}: {self.redact(str(exc))}"
             ) from None
+        try:
+            self.connections += 1
+            self.on_connected()
+            CONNECTED.labels(self.source).set(1)
+            log.info(
+                "%s: subscribed to %s on %s",
+                self.name,
+                ",".join(self.symbols),
+                self.redact(self.url),
+            )
+            if self._outage is not None:
+                self._close_outage(self._outage, now_ms())
+                self._outage = None
+            self._last_seen = now_ms()
+            try:
+                async for _ in self._messages(ws, stop):
+                    self._last_seen = now_ms()
+                    self._failures = 0  # the connection works: the next drop backs off afresh
+            except Reconnect as planned:
+                await self._renew(ws, planned)
+                raise
+            if not stop.is_set():
+                raise ConnectionClosed(None, None)  # the iterator ended: the server closed
+        finally:
+            await ws.close()
+
+    async def _renew(self, old: ClientConnection, planned: Reconnect) -> None:
+        """Open the next connection before `old` closes, then handle what `old` still holds."""
+        try:
+            self._next = await self._open()
+        except RECONNECT_ON as exc:  # the next one is not there yet: an ordinary reconnect
+            log.warning("%s: could not open the next connection early: %s", self.name, exc)
+            return
+        planned.seamless = True
+        try:
+            while True:  # messages `old` received while the next one opened
+                raw = await asyncio.wait_for(old.recv(), 0.05)
+                with contextlib.suppress(Reconnect):
+                    self.handle(raw)
+        except (TimeoutError, ConnectionClosed):
+            pass
 
     def _reconnect_delay(self, state: RetryCallState) -> float:
         if state.outcome is not None and isinstance(state.outcome.exception(), Reconnect):
@@ -230,9 +279,14 @@ class WsFeed:
 
     def _note_drop(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        CONNECTED.labels(self.source).set(0)
         RECONNECTS.labels(self.source).inc()
         reason = self._describe(exc)
+        if isinstance(exc, Reconnect) and exc.seamless:
+            log.info(
+                "%s websocket: %s; the next connection is already subscribed", self.name, reason
+            )
+            return  # no gap: nothing for the ledger
+        CONNECTED.labels(self.source).set(0)
         if self._outage is None:
             # a planned renewal leaves a healthy connection: the gap starts now, not at the
             # last message (a quiet pair's last trade may be long ago)
