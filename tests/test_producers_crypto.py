@@ -349,6 +349,40 @@ def test_binance_answers_pings_and_renews_seamlessly_on_shutdown_and_before_the_
     assert feed.connections >= 3
 
 
+def test_binance_reconnects_after_a_drop_and_a_stall_with_the_same_streams(
+    settings_for, new_topic, kafka_bootstrap, tmp_path
+):
+    topic = new_topic("binance-drop")
+    outage_log = tmp_path / "outages.jsonl"
+    scripts: list[list[Step]] = [
+        [T1, T2, ("drop", None)],
+        [T3, ("stall", None)],
+        [T4, T5, ("hold", None)],
+    ]
+
+    async def scenario() -> ScriptedWS:
+        async with ScriptedWS(scripts) as server:
+            settings = settings_for(topic=topic, binance_ws_url=server.url, outage_log=outage_log)
+            with TickWriter(settings) as writer:
+                feed = BinanceStream(
+                    settings, writer, SYMBOLS_BN, stall_timeout=0.5, backoff_initial=0.05,
+                    backoff_max=0.2, seed=2,
+                )  # fmt: skip
+                await run_feed(feed, lambda: server.finished.is_set() and feed.trades >= 5)
+            return server
+
+    server = asyncio.run(scenario())
+
+    assert len(server.connections) == 3
+    assert all(c.streams == ["btcusdt@trade", "ethusdt@trade"] for c in server.connections)
+    sent = [binance_expected(t) for t in sent_trades(scripts, binance_trades_of)]
+    got = [as_tuple(t) for t in topic_ticks(kafka_bootstrap, topic)]
+    assert by_symbol(got) == by_symbol(sent)
+    outages = ledger(outage_log)
+    assert [o["reason"].split(":")[0] for o in outages] == ["connection dropped", "stalled"]
+    assert all(o["source"] == "binance" and o["symbols"] == SYMBOLS_BN for o in outages)
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
