@@ -85,6 +85,8 @@ class Reconnect(Exception):
     seamless = False
 
 
+RENEW_OVERLAP_SECONDS = 1.0  # a renewal reads the old connection at most this long more
+
 # What a reconnect can cure: a drop, a stall, a planned renewal, a refused handshake, the network.
 RECONNECT_ON = (Stalled, Reconnect, ConnectionClosed, InvalidHandshake, OSError, TimeoutError)
 
@@ -262,9 +264,12 @@ class WsFeed:
             log.warning("%s: could not open the next connection early: %s", self.name, exc)
             return
         planned.seamless = True
+        # Messages `old` received while the next one opened, and a moment more (a busy
+        # stream never goes quiet): the next connection's subscription is live by then.
+        deadline = time.monotonic() + RENEW_OVERLAP_SECONDS
         try:
-            while True:  # messages `old` received while the next one opened
-                raw = await asyncio.wait_for(old.recv(), 0.05)
+            while (left := deadline - time.monotonic()) > 0:
+                raw = await asyncio.wait_for(old.recv(), min(left, 0.05))
                 with contextlib.suppress(Reconnect):
                     self.handle(raw)
         except (TimeoutError, ConnectionClosed):
