@@ -1,4 +1,4 @@
-"""Producers: ticks into Kafka from the market simulator, Finnhub, or a replay file.
+"""Producers: ticks into Kafka from the market simulator, Finnhub, Coinbase, Binance or a replay file.
 
 Every producer yields `flows.ingest.ticks.Tick` values (or, for deliberately broken
 records, `(key, raw bytes)` pairs) and hands them to `TickWriter`, the one
