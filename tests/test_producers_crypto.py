@@ -349,6 +349,41 @@ def test_binance_answers_pings_and_renews_seamlessly_on_shutdown_and_before_the_
     assert feed.connections >= 3
 
 
+def test_a_renewal_whose_next_connection_is_refused_reconnects_and_ledgers_the_gap(
+    settings_for, new_topic, kafka_bootstrap, tmp_path
+):
+    topic = new_topic("binance-refused")
+    outage_log = tmp_path / "outages.jsonl"
+    scripts: list[list[Step]] = [
+        [T1, bn_server_shutdown(NOW), ("hold", None)],
+        [T2, ("hold", None)],
+    ]
+
+    async def scenario() -> ScriptedWS:
+        # the early open for the renewal (handshake 1) is refused: an ordinary reconnect follows
+        async with ScriptedWS(scripts, refuse={1}) as server:
+            settings = settings_for(topic=topic, binance_ws_url=server.url, outage_log=outage_log)
+            with TickWriter(settings) as writer:
+                feed = BinanceStream(
+                    settings, writer, SYMBOLS_BN, stall_timeout=60, backoff_initial=0.05,
+                    backoff_max=0.2,
+                )  # fmt: skip
+                await run_feed(feed, lambda: server.finished.is_set() and feed.trades >= 2)
+            return server
+
+    server = asyncio.run(scenario())
+
+    assert server.handshakes == 3 and len(server.connections) == 2
+    assert server.connections[0].closed_by_client
+    got = [as_tuple(t) for t in topic_ticks(kafka_bootstrap, topic)]
+    assert by_symbol(got) == by_symbol(
+        [binance_expected(t) for t in sent_trades(scripts, binance_trades_of)]
+    )
+    (outage,) = ledger(outage_log)
+    assert "serverShutdown" in outage["reason"] and outage["source"] == "binance"
+    assert outage["end_ms"] > outage["start_ms"] and outage["attempts"] == 1
+
+
 def test_binance_reconnects_after_a_drop_and_a_stall_with_the_same_streams(
     settings_for, new_topic, kafka_bootstrap, tmp_path
 ):

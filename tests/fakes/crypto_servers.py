@@ -6,6 +6,8 @@ venue expects (Coinbase: a `subscribe` per channel; Binance: none, the URL's
 `streams=` is the subscription). It records, per connection, the request path,
 the subscriptions, the pongs it got and whether the client closed it.
 
+Handshake attempts listed in `refuse` get HTTP 503 (an endpoint briefly away).
+
 Script steps: ("send", obj) a JSON message, ("sleep", s), ("drop", None) the TCP
 connection dies without a close frame, ("stall", None) connected and silent,
 ("ping", payload) a protocol ping whose pong is awaited, ("hold", None) silent
@@ -137,12 +139,20 @@ class ScriptedWS:
     reaches its end (or its `hold`/`stall`).
     """
 
-    def __init__(self, scripts: list[list[Step]], subscribe_messages: int = 0):
+    def __init__(
+        self, scripts: list[list[Step]], subscribe_messages: int = 0, refuse: set[int] = frozenset()
+    ):
         self.scripts = scripts
         self.subscribe_messages = subscribe_messages
+        self.refuse = refuse  # handshake attempts (0, 1, ...) answered with HTTP 503
+        self.handshakes = 0
         self.connections: list[Connection] = []
         self.finished = asyncio.Event()
         self.url = ""
+
+    def _process_request(self, conn: ServerConnection, _request: Any) -> Any:
+        attempt, self.handshakes = self.handshakes, self.handshakes + 1
+        return conn.respond(503, "try again later\n") if attempt in self.refuse else None
 
     async def _handler(self, ws: ServerConnection) -> None:
         conn = Connection(path=ws.request.path if ws.request else "")
@@ -177,7 +187,13 @@ class ScriptedWS:
             conn.closed_at = time.time()
 
     async def __aenter__(self) -> ScriptedWS:
-        self._server = await serve(self._handler, "127.0.0.1", 0, ping_interval=None)
+        self._server = await serve(
+            self._handler,
+            "127.0.0.1",
+            0,
+            ping_interval=None,
+            process_request=self._process_request,
+        )
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"ws://127.0.0.1:{port}"
         return self
