@@ -328,3 +328,36 @@ def test_the_fingerprint_changes_with_a_flag_a_mapping_and_each_setting(tmp_path
     assert _load(RULES, remapped).fingerprint() != base
     assert load_rules(unknown=UnknownConditions.volume).fingerprint() != base
     assert load_rules(enabled=False).fingerprint() != base
+
+
+# --- CTA rows, through a feed that speaks CTA codes as they are ---
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [
+        (("@",), REGULAR),
+        (("@", "F"), REGULAR),
+        (("E",), REGULAR),  # automatic execution
+        (("6",), REGULAR),  # market center closing trade
+        (("B",), VOLUME),  # CTA B is average price (UTP B is bunched)
+        (("@", "I"), VOLUME),  # odd lot
+        (("T",), VOLUME),  # extended hours
+        (("R",), VOLUME),  # seller: stricter than UTP R, see the row's note
+        (("O",), PRICES_NEVER_OPEN_CLOSE),  # opening trade: first qualifying last only
+        (("Z",), PRICES_NEVER_OPEN_CLOSE),
+        (("L",), PRICES_NEVER_OPEN_CLOSE),
+        (("M",), 0),
+        (("Q",), 0),
+        (("9",), HIGH_LOW | OPEN_CLOSE),
+        (("F", "T", "I"), VOLUME),
+    ],
+)
+def test_cta_combinations_update_what_the_rules_allow(tmp_path, codes, expected):
+    feeds = tmp_path / "feeds.csv"
+    cta = [row["code"] for row in _rows(RULES) if row["scheme"] == "cta"]
+    feeds.write_text(
+        "source,feed_code,scheme,code\n" + "".join(f"cts,{c},cta,{c}\n" for c in cta),
+        encoding="utf-8",
+    )
+    assert _load(RULES, feeds).classify("cts", codes) == expected
