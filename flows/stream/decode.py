@@ -48,6 +48,7 @@ class WireTick(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LEN)] | None = None
     source: str | None = None
     conditions: list[str] | None = None
+    exchange: str | None = None
 
 
 _decode_wire = msgspec.json.Decoder(WireTick).decode
