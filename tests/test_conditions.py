@@ -128,7 +128,7 @@ def test_no_codes_is_a_regular_trade_from_any_source(rules):
         (("1", "24"), VOLUME),
         (("30",), PRICES_NEVER_OPEN_CLOSE),  # Sold (Out of Sequence)
         (("16",), 0),  # Market Center Official Close
-        (("18",), PRICES_NEVER_OPEN_CLOSE),  # Market Center Opening Trade, CTA O
+        (("18",), REGULAR),  # Market Center Opening Trade, CTA O
         (("22",), VOLUME),  # Seller, mapped to the stricter CTA row
         (("39",), HIGH_LOW | OPEN_CLOSE),  # Corrected Consolidated Close
     ],
@@ -344,7 +344,7 @@ def test_the_fingerprint_changes_with_a_flag_a_mapping_and_each_setting(tmp_path
         (("@", "I"), VOLUME),  # odd lot
         (("T",), VOLUME),  # extended hours
         (("R",), VOLUME),  # seller: stricter than UTP R, see the row's note
-        (("O",), PRICES_NEVER_OPEN_CLOSE),  # opening trade: first qualifying last only
+        (("O",), REGULAR),  # opening trade: the day's first qualifying last sale
         (("Z",), PRICES_NEVER_OPEN_CLOSE),
         (("L",), PRICES_NEVER_OPEN_CLOSE),
         (("M",), 0),
