@@ -184,6 +184,14 @@ class Settings(BaseSettings):
     )
     # Contract 2: a quiet partition gets a heartbeat record after this long (moves log time)
     heartbeat_interval: Duration = Field(1.0, validation_alias="STOCKPIPE_HEARTBEAT_INTERVAL")
+    # Contract 1: trade conditions decide which trades set a bar's prices and volume
+    # (docs/conditions.md); `off` counts every trade as a regular one.
+    conditions: Literal["on", "off"] = Field("on", validation_alias="STOCKPIPE_CONDITIONS")
+    # A condition code no feed mapping knows: counted in the bar, and counted like a regular
+    # trade (`regular`) or in volume only (`volume`).
+    unknown_conditions: Literal["regular", "volume"] = Field(
+        "regular", validation_alias="STOCKPIPE_UNKNOWN_CONDITIONS"
+    )
     # Contract 2: at most one restatement per window per this much log time
     restate_interval: Duration = Field(1.0, validation_alias="STOCKPIPE_RESTATE_INTERVAL")
     recovery_dir: Path = Field(Path("./data/recovery"), validation_alias="STOCKPIPE_RECOVERY_DIR")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import functools
 import json
 import os
 import subprocess
@@ -20,38 +22,102 @@ from streamgen import expected_ticks
 from flows.settings import Settings
 
 BAR_COLUMNS = ["open", "high", "low", "close", "volume", "vwap", "trade_count"]
+CONDITION_COUNTS = ["excluded_count", "unmapped_count"]
+CONDITIONS_DIR = Path(__file__).parent.parent / "flows" / "stream" / "conditions"
 
 
-def batch_bars(ticks: Iterable[dict], bar_ms: int = 60_000) -> pl.DataFrame:
+@functools.cache
+def _condition_tables() -> tuple[dict, dict]:
+    """The rules table and the feed mappings, read straight from their CSV files."""
+
+    def rows(name: str) -> list[dict]:
+        with (CONDITIONS_DIR / name).open(newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def yes(text: str) -> bool:
+        return text.strip().lower() == "true"
+
+    rules = {
+        (r["scheme"], r["code"]): (
+            yes(r["updates_open_close"]),
+            yes(r["updates_high_low"]),
+            yes(r["updates_volume"]),
+        )
+        for r in rows("rules.csv")
+    }
+    feeds = {(r["source"], r["feed_code"]): (r["scheme"], r["code"]) for r in rows("feeds.csv")}
+    return rules, feeds
+
+
+def trade_updates(
+    source: str | None, codes: Iterable[str] | None, unknown: str = "regular"
+) -> tuple[bool, bool, bool, bool]:
+    """(updates open/close, high/low, volume; has an unmapped code), the obvious way: a
+    field only if every code allows it; an unmapped code counts as `unknown` says."""
+    if not codes:
+        return True, True, True, False
+    rules, feeds = _condition_tables()
+    oc = hl = vol = True
+    unmapped = False
+    for code in codes or ():
+        rule = rules.get(feeds.get((source, code)))  # type: ignore[arg-type]
+        if rule is None:
+            unmapped = True
+            rule = (True, True, True) if unknown == "regular" else (False, False, True)
+        oc, hl, vol = oc and rule[0], hl and rule[1], vol and rule[2]
+    return oc, hl, vol, unmapped
+
+
+def batch_bars(
+    ticks: Iterable[dict], bar_ms: int = 60_000, *, conditions: bool = True
+) -> pl.DataFrame:
     """Bars over valid, already deduplicated ticks, the obvious way (polars group-by).
 
-    Each tick dict has symbol, ts (ms), seq (partition order), price, volume (or None).
+    Each tick dict has symbol, ts (ms), seq (partition order), price, volume (or None),
+    and optionally source and conditions: with `conditions` the trade-condition tables
+    decide (read here on their own) which ticks set the prices and count in volume.
     """
+    rows = []
+    for t in ticks:
+        oc, hl, vol, unmapped = (
+            trade_updates(t.get("source"), t.get("conditions"))
+            if conditions
+            else (True, True, True, False)
+        )
+        rows.append({**{k: t[k] for k in ("symbol", "ts", "seq", "price", "volume")},
+                     "oc": oc, "hl": hl, "vol": vol, "unmapped": unmapped})  # fmt: skip
     df = pl.DataFrame(
-        list(ticks),
+        rows,
         schema={
             "symbol": pl.String,
             "ts": pl.Int64,
             "seq": pl.Int64,
             "price": pl.Float64,
             "volume": pl.Float64,
+            "oc": pl.Boolean,
+            "hl": pl.Boolean,
+            "vol": pl.Boolean,
+            "unmapped": pl.Boolean,
         },
     )
-    v = pl.col("volume").fill_null(0.0)
+    price, oc, hl, vol = pl.col("price"), pl.col("oc"), pl.col("hl"), pl.col("vol")
+    v = pl.col("volume").fill_null(0.0).filter(vol)
     return (
         df.sort(["symbol", "ts", "seq"])
         .with_columns(window_start=pl.col("ts") - pl.col("ts") % bar_ms)
         .group_by(["symbol", "window_start"], maintain_order=True)
         .agg(
-            open=pl.col("price").first(),
-            high=pl.col("price").max(),
-            low=pl.col("price").min(),
-            close=pl.col("price").last(),
+            open=price.filter(oc).first(),
+            high=price.filter(hl).max(),
+            low=price.filter(hl).min(),
+            close=price.filter(oc).last(),
             volume=v.sum(),
-            pv=(pl.col("price") * v).sum(),
-            trade_count=pl.len(),
-            first_ts=pl.col("ts").first(),
-            last_ts=pl.col("ts").last(),
+            pv=(price.filter(vol) * v).sum(),
+            trade_count=vol.sum().cast(pl.Int64),
+            first_ts=pl.col("ts").min(),
+            last_ts=pl.col("ts").max(),
+            excluded_count=(~(oc & hl)).sum().cast(pl.Int64),
+            unmapped_count=pl.col("unmapped").sum().cast(pl.Int64),
         )
         .with_columns(
             vwap=pl.when(pl.col("volume") > 0).then(pl.col("pv") / pl.col("volume")).otherwise(None)
@@ -95,10 +161,11 @@ def final_bars(all_rows: pl.DataFrame) -> pl.DataFrame:
 def assert_bars_equal(got: pl.DataFrame, want: pl.DataFrame, rel: float = 1e-9) -> None:
     """Every bar, every column: exact for prices and counts; volume and vwap to `rel`."""
     keys = ["symbol", "window_start"]
-    g = got.select([*keys, *BAR_COLUMNS]).sort(keys)
-    w = want.select([*keys, *BAR_COLUMNS]).sort(keys)
+    counts = [c for c in CONDITION_COUNTS if c in got.columns and c in want.columns]
+    g = got.select([*keys, *BAR_COLUMNS, *counts]).sort(keys)
+    w = want.select([*keys, *BAR_COLUMNS, *counts]).sort(keys)
     assert g.select(keys).to_dicts() == w.select(keys).to_dicts(), "bar keys differ"
-    for col in ["open", "high", "low", "close", "trade_count"]:
+    for col in ["open", "high", "low", "close", "trade_count", *counts]:
         assert g[col].to_list() == w[col].to_list(), f"column {col} differs"
     for col in ["volume", "vwap"]:
         for a, b, key in zip(

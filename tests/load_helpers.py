@@ -42,6 +42,8 @@ def bar_rows(
                 "last_ts": window_start + timedelta(seconds=59, microseconds=456),
                 "revision": i % 2,
                 "emitted_at": window_start + timedelta(minutes=1, seconds=5),
+                "excluded_count": i % 4,
+                "unmapped_count": (i + 1) % 3,
             }
         )
     return rows

@@ -35,10 +35,32 @@ class StreamSpec:
     # window boundary, or 1 ms either side, then a tick exactly at that boundary or 1 ms
     # before it (or at the start of the window ending there): the too-late edge.
     p_edge: float = 0.0
+    # A tick carries sale-condition codes (UTP codes, as the simulator sends them, from
+    # CONDITION_MIX: regular, odd lots, Form T, average price, out of sequence, official
+    # open and close, an unmapped code) with this probability.
+    p_conditions: float = 0.0
     # The rules the edge ticks aim at (those of `expected_ticks` and of BarRules()).
     bar_ms: int = 60_000
     lateness_ms: int = 5_000
     restate_ms: int = 3_600_000
+
+
+# Condition codes as a SIP prints them (UTP), alone and in the combinations trades carry.
+CONDITION_MIX: list[list[str]] = [
+    ["@"],
+    ["I"],
+    ["@", "I"],
+    ["F"],
+    ["@", "F", "I"],
+    ["T"],
+    ["T", "I"],
+    ["W"],
+    ["Z"],
+    ["4"],
+    ["M"],
+    ["Q"],
+    ["@", "?"],  # a code no mapping knows
+]
 
 
 @dataclass
@@ -91,6 +113,9 @@ def make_stream(seed: int, spec: StreamSpec | None = None) -> list[tuple[str, di
             }
             if rng.random() >= spec.p_no_id:
                 msg["id"] = f"{symbol}-{i}"
+            if spec.p_conditions and rng.random() < spec.p_conditions:
+                msg["conditions"] = rng.choice(CONDITION_MIX)
+                msg["source"] = "sim"
             r = rng.random()
             if boundary is not None:
                 pass  # this tick moves the horizon line; the edge tick follows it
@@ -148,6 +173,7 @@ def expected_ticks(
             msg["ts"],
             float(msg["price"]),
             None if msg["volume"] is None else float(msg["volume"]),
+            msg.get("conditions", ()),
         )
         max_ts[symbol] = max(max_ts.get(symbol, msg["ts"]), msg["ts"])
         ws = msg["ts"] - msg["ts"] % bar_ms
@@ -158,6 +184,8 @@ def expected_ticks(
             "price": float(msg["price"]),
             "volume": msg["volume"],
             "id": tid,
+            "source": msg.get("source"),
+            "conditions": msg.get("conditions"),
         }
         if ws + bar_ms <= max_ts[symbol] - lateness_ms - restate_ms:
             late.append(tick)

@@ -37,11 +37,12 @@ from flows.stream.bars import (
     TickIn,
     fold_ticks,
 )
+from flows.stream.conditions import load_rules
 from flows.stream.lake_sink import BAR_SCHEMA
 
 DATA = Path(__file__).parent / "data"
 
-RULES = BarRules()
+RULES = BarRules(conditions=load_rules())  # the trade-condition rules on, as by default
 FILES = FileRules(max_rows=1_000_000, max_age_ms=10**12)  # one file unless a test says otherwise
 T0 = 1_741_100_400_000  # 15:00:00Z, a window boundary
 LOG0 = 1_796_000_000_000  # a log time (2026) later than every event time here
@@ -150,6 +151,69 @@ def test_golden_stream_gives_golden_bars(golden_dir):
     assert_bars_equal(final(rows_of(batches)).select(want.columns), want)
     assert late == sum(m["case"] == "too-late" for m in messages)
     assert sum(len(b.late) for b in batches) == late
+
+
+def ctick(ts: int, price: float, volume: float | None, *codes: str, source: str = "sim") -> Tick:
+    """A trade of symbol A with UTP sale-condition codes, as the simulator prints them."""
+    return Tick("A", ts, price, volume, f"A-{ts}-{price}", source, codes)
+
+
+# One minute of real condition combinations (UTP codes), and what the consolidated-tape
+# rules make of them: a spike of an average-price print, an extended-hours Form T trade
+# and an official closing report must not move the bar's prices.
+CONDITIONED = [
+    ctick(T0 + 1_000, 10.0, 100, "@"),  # regular
+    ctick(T0 + 2_000, 12.0, 500, "W"),  # average price: volume only
+    ctick(T0 + 3_000, 10.8, 20, "Z"),  # sold out of sequence: high/low and volume
+    ctick(T0 + 4_000, 10.4, 200, "@", "F"),  # intermarket sweep: regular
+    ctick(T0 + 4_500, 10.6, 300, "M"),  # official close report: nothing
+    ctick(T0 + 5_000, 10.2, 10, "@", "?"),  # a code no mapping knows
+    ctick(T0 + 65_000, 11.0, 100, "W"),  # the next minute: an average-price print alone
+]
+
+
+@pytest.mark.parametrize("unknown", ["regular", "volume"])
+def test_trade_conditions_keep_ineligible_trades_out_of_the_prices(unknown):
+    """Worked by hand from the CTA/UTP consolidated-update rules (docs/conditions.md)."""
+    from flows.stream.conditions import UnknownConditions
+
+    rules = BarRules(conditions=load_rules(unknown=UnknownConditions(unknown)))
+    feed = Feed(rules)
+    feed.send(*CONDITIONED)
+    feed.flush()
+    got = final(feed.rows()).to_dicts()
+    assert len(got) == 2
+    first, second = got
+    regular = unknown == "regular"
+    # open: the regular 10.0; close: the last trade allowed to set it (the unmapped one
+    # counts like a regular trade by default, else only in volume)
+    assert (first["open"], first["close"]) == (10.0, 10.2 if regular else 10.4)
+    assert (first["high"], first["low"]) == (10.8, 10.0)  # not the 12.0 average-price print
+    volume = 100 + 500 + 20 + 200 + 10  # the official close report counts in no volume
+    assert first["volume"] == volume
+    pv = 10.0 * 100 + 12.0 * 500 + 10.8 * 20 + 10.4 * 200 + 10.2 * 10
+    assert abs(first["vwap"] - pv / volume) < 1e-12
+    assert first["trade_count"] == 5
+    assert first["excluded_count"] == (3 if regular else 4)  # W, Z, M (and the unmapped)
+    assert first["unmapped_count"] == 1
+    assert (first["first_ts"], first["last_ts"]) == (T0 + 1_000, T0 + 5_000)
+    # a minute whose only trade may set no price: no prices, its volume kept
+    assert [second[c] for c in ("open", "high", "low", "close")] == [None] * 4
+    assert (second["volume"], second["trade_count"], second["excluded_count"]) == (100, 1, 1)
+    feed.assert_on_batch_agrees()
+    if regular:  # the batch computation, with the tables read on their own, agrees
+        want = batch_bars([{**t._asdict(), "seq": i} for i, t in enumerate(CONDITIONED)])
+        assert_bars_equal(final(feed.rows()), want)
+
+
+def test_with_the_rules_off_every_trade_sets_every_field():
+    feed = Feed(BarRules())
+    feed.send(*CONDITIONED)
+    feed.flush()
+    first = final(feed.rows()).to_dicts()[0]
+    assert (first["open"], first["high"], first["low"], first["close"]) == (10.0, 12.0, 10.0, 10.2)
+    assert (first["trade_count"], first["excluded_count"], first["unmapped_count"]) == (6, 0, 0)
+    assert first["volume"] == 100 + 500 + 20 + 200 + 300 + 10
 
 
 def test_ties_take_open_and_close_in_partition_order():
@@ -574,6 +638,7 @@ def draw_stream_and_files(data: st.DataObject) -> tuple[StreamSpec, FileRules, L
         p_far_dup=0.05,
         p_jump=data.draw(st.sampled_from([0.0, 0.01, 0.03])),
         p_edge=data.draw(st.sampled_from([0.0, 0.03, 0.1])),
+        p_conditions=data.draw(st.sampled_from([0.0, 0.1, 0.4])),
     )
     files = FileRules(max_rows=data.draw(st.sampled_from([5, 50, 10_000])), max_age_ms=3_000)
     log_spec = LogSpec(
@@ -781,7 +846,7 @@ def test_merging_partial_bars_in_any_split_equals_one_fold(ticks, data):
     ],
 )
 def test_a_snapshot_of_another_format_is_refused_not_misread(old):
-    with pytest.raises(ValueError, match=r"not a version-5 \(or 2 to 4\) partition bar-state"):
+    with pytest.raises(ValueError, match=r"not a version-6 \(or 2 to 5\) partition bar-state"):
         PartitionBars.restore(RULES, FILES, old)
 
 
@@ -791,11 +856,32 @@ def test_a_snapshot_keeps_the_rules_it_was_made_under_and_its_cut():
     state.on_record(Record(0, LOG0, TICK, tick("A", T0 + 1, 10.0)))
     restored = PartitionBars.restore(RULES, FILES, pickle.loads(pickle.dumps(state.snapshot())))
     assert (restored.stamp, restored.not_before) == (stamp, T0)
-    # a format-3 snapshot (the previous release) restores with its rules unknown
-    v3 = (3, *state.snapshot()[1:7])
+    # a format-3 snapshot (an older release) restores with its rules unknown
+    snap = state.snapshot()
+    v3 = (3, *snap[1:4], {s: _windows_as_v5(b) for s, b in snap[4].items()}, *snap[5:7])
     old = PartitionBars.restore(RULES, FILES, v3)
     assert (old.stamp, old.not_before) == (None, 0)
     assert old.symbols["A"].snapshot() == restored.symbols["A"].snapshot()
+
+
+def _windows_as_v5(symbol_snap: tuple) -> tuple:
+    """A symbol's snapshot with its windows packed as formats 3 to 5 did (regular bars only)."""
+    from flows.stream.bars import _WINDOW, _WINDOW_V5
+
+    def repack(data: bytes) -> bytes:
+        out, at = b"", 0
+        while at < len(data):
+            ws, first, last, o_ts, o_seq, o, c_ts, c_seq, c, *rest = _WINDOW.unpack_from(data, at)
+            h, lo, v, pv, n, excluded, unmapped, revision, dirty, keys = rest
+            assert (first, last, excluded, unmapped) == (o_ts, c_ts, 0, 0)
+            at += _WINDOW.size
+            old = (ws, o_ts, o_seq, o, c_ts, c_seq, c, h, lo, v, pv, n, revision, dirty, keys)
+            out += _WINDOW_V5.pack(*old) + data[at : at + 8 * keys]
+            at += 8 * keys
+        return out
+
+    max_ts, max_log, open_, closed, evicted = symbol_snap
+    return (max_ts, max_log, repack(open_), repack(closed), evicted)
 
 
 def test_ticks_before_the_cut_of_a_drain_point_go_to_late_and_to_no_bar():

@@ -11,8 +11,10 @@ in steps, each an incremental `stockpipe transform`:
             close), and a BBB bar that never arrived filled into a gap 14 sessions
             back (the trend and volatility marts continue from their stored state
             there; the pair's correlations take the way for symbols with the same
-            days)
-  restated early  two bars of BBB's third session restated, its close among them
+            days), and 13 sessions back a BBB minute whose trades could set no price
+            (trade conditions: null prices in bronze, the previous close in silver)
+  restated early  two bars of BBB's third session restated, its close among them,
+            and the minute without prices restated with a priced trade
             (BBB's indicators are recomputed from its start, its correlations read
             from their start)
   last day  the last session, after the restatements
@@ -137,6 +139,39 @@ def make_steps(sessions: int = SESSIONS, crypto_days: int | None = None) -> Step
         revision=0,
     )
 
+    # a minute of BBB's that never traded, 13 sessions back, gets trades none of which
+    # could set a price (trade conditions: its prices are null, silver carries the close
+    # before it), then a restatement with a priced trade
+    later_open = opens.iloc[-13]
+    quiet = next(
+        later_open + pd.Timedelta(minutes=m)
+        for m in range(30, 390)
+        if later_open + pd.Timedelta(minutes=m) not in traded
+        and later_open + pd.Timedelta(minutes=m - 1) in traded
+    )
+    unpriced = filled.assign(
+        window_start=quiet,
+        window_end=quiet + pd.Timedelta(minutes=1),
+        first_ts=quiet + pd.Timedelta(seconds=1),
+        last_ts=quiet + pd.Timedelta(seconds=59),
+        emitted_at=quiet + pd.Timedelta(days=90),
+        open=np.nan,
+        high=np.nan,
+        low=np.nan,
+        close=np.nan,
+        volume=300.0,
+        vwap=previous.close.to_numpy() * 0.97,
+    )
+    priced_later = unpriced.assign(
+        revision=1,
+        emitted_at=quiet + pd.Timedelta(days=91),
+        open=previous.close.to_numpy() * 1.001,
+        high=previous.close.to_numpy() * 1.003,
+        low=previous.close.to_numpy() * 1.001,
+        close=previous.close.to_numpy() * 1.003,
+        volume=400.0,
+    )
+
     def load(rows: list[pd.DataFrame], tag: str, loaded_at: str) -> pd.DataFrame:
         frame = pd.concat(rows, ignore_index=True).assign(
             _source_file=f"bars/{tag}/0.parquet", _loaded_at=pd.Timestamp(loaded_at, tz="UTC")
@@ -148,10 +183,14 @@ def make_steps(sessions: int = SESSIONS, crypto_days: int | None = None) -> Step
     # there on) and one of its minutes there, and BBB's gap; then BBB's third session,
     # its close and a minute
     restated = load(
-        [restate("AAA", -15, 95), restate("AAA", -15, None), filled], "restated", "2025-07-01"
+        [restate("AAA", -15, 95), restate("AAA", -15, None), filled, unpriced],
+        "restated",
+        "2025-07-01",
     )
     restated_early = load(
-        [restate("BBB", 2, 131), restate("BBB", 2, None)], "restated-early", "2025-07-02"
+        [restate("BBB", 2, 131), restate("BBB", 2, None), priced_later],
+        "restated-early",
+        "2025-07-02",
     )
 
     def stamped(frame: pd.DataFrame, loaded_at: str) -> pd.DataFrame:

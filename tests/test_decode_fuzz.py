@@ -52,6 +52,7 @@ REASONS = {
     "future-ts",
     "bad-conditions",
     "bad-source",
+    "bad-exchange",
     "bad-id",
     "bad-text",
 }

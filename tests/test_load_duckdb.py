@@ -84,18 +84,22 @@ def test_load_copies_every_row_and_value_with_source_file(settings: Settings, la
     files = write_many(FS, lake, 3, rows_each=4)
     extra = bar_rows(2, symbol="BINANCE:BTCUSDT", seed=9)
     files[write_bars(FS, lake, extra, name="with-extra-col", extra_column=True)] = extra
+    # a file of a writer from before the trade conditions: no condition counts, NULL loaded
+    older = [{**r, "excluded_count": None, "unmapped_count": None} for r in bar_rows(2, seed=7)]
+    table = bars_table(older).drop_columns(["excluded_count", "unmapped_count"])
+    files[write_bars(FS, lake, older, name="older-writer", table=table)] = older
 
     summary = load(settings, progress=False)
 
-    assert (summary.files_found, summary.files_new, summary.files_loaded) == (4, 4, 4)
-    assert (summary.rows, summary.batches) == (14, 1)
+    assert (summary.files_found, summary.files_new, summary.files_loaded) == (5, 5, 5)
+    assert (summary.rows, summary.batches) == (16, 1)
     assert query(settings, SELECT_BARS) == expected_rows(files)
     manifest = query(
         settings,
         "SELECT path, target_table, size_bytes, row_count, batch_id, loaded_at FROM bronze.load_manifest ORDER BY path",
     )
     assert [m[0] for m in manifest] == sorted(key_of(p) for p in files)  # paths in the lake
-    assert [m[1] for m in manifest] == ["bars"] * 4
+    assert [m[1] for m in manifest] == ["bars"] * 5
     assert [m[2] for m in manifest] == [Path(p).stat().st_size for p in sorted(files)]
     assert [m[3] for m in manifest] == [len(files[p]) for p in sorted(files)]
     assert len({m[4] for m in manifest}) == 1

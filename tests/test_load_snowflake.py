@@ -22,7 +22,7 @@ import fakesnow
 import fsspec
 import pytest
 import snowflake.connector
-from load_helpers import bar_rows, expected_rows, key_of, write_bars, write_many
+from load_helpers import bar_rows, bars_table, expected_rows, key_of, write_bars, write_many
 
 from flows.errors import ServiceUnavailable, StockpipeError
 from flows.lake.store import open_lake
@@ -113,13 +113,17 @@ def test_put_copy_loads_every_row_with_source_file_and_manifest(
     files = write_many(FS, lake, 3, rows_each=4)
     extra = bar_rows(2, symbol="BINANCE:BTCUSDT", seed=9)
     files[write_bars(FS, lake, extra, name="with-extra-col", extra_column=True)] = extra
+    # a file of a writer from before the trade conditions: no condition counts, NULL loaded
+    older = [{**r, "excluded_count": None, "unmapped_count": None} for r in bar_rows(2, seed=7)]
+    table = bars_table(older).drop_columns(["excluded_count", "unmapped_count"])
+    files[write_bars(FS, lake, older, name="older-writer", table=table)] = older
 
     summary = load(settings, progress=False)
 
     assert (summary.files_found, summary.files_loaded, summary.rows, summary.batches) == (
-        4,
-        4,
-        14,
+        5,
+        5,
+        16,
         1,
     )
     assert query(SELECT_BARS) == expected_rows(files)

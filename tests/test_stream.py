@@ -81,7 +81,8 @@ def test_golden_stream_through_kafka_gives_golden_bars_dlq_and_late(
 def test_two_worker_processes_give_the_same_bars_as_batch(new_topic, settings_for):
     topic = new_topic("workers", partitions=4)
     settings = settings_for(topic=topic)
-    stream = make_stream(11, StreamSpec(ticks_per_symbol=1500))
+    # a fifth of the trades with sale conditions: the bars follow the rules table
+    stream = make_stream(11, StreamSpec(ticks_per_symbol=1500, p_conditions=0.2))
     produce_raw(settings.kafka_bootstrap_servers, topic, stream_messages(stream))
 
     done = run_stockpipe(settings, "stream", "--workers", "2", "--exit-when-idle", "3")
@@ -238,7 +239,7 @@ def test_killed_worker_resumes_without_losing_or_double_counting(new_topic, sett
     # second the two fell into step on a busy machine, a file was written only just
     # before each snapshot, and no moment was found within the deadline.)
     settings = settings_for(topic=topic, epoch_interval=3.0, flush_interval=1.0)
-    stream = make_stream(5, StreamSpec(ticks_per_symbol=2000))
+    stream = make_stream(5, StreamSpec(ticks_per_symbol=2000, p_conditions=0.2))
     half = len(stream) // 2
     messages = stream_messages(stream)
     rest: list[tuple[bytes, bytes]] = []  # the second half, a bad record after every 10th tick

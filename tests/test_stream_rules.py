@@ -104,6 +104,18 @@ def test_a_restart_under_other_rules_or_partitions_is_refused_and_writes_nothing
             ],
         ),
         ({"flush_interval": "200s"}, ["STOCKPIPE_FLUSH_INTERVAL: was 1s, now 200s"]),
+        # the trade-condition rules shape prices and volume: turning them off is a change
+        (
+            {"conditions": "off"},
+            [
+                "STOCKPIPE_CONDITIONS: was on, now off",
+                "STOCKPIPE_UNKNOWN_CONDITIONS: was regular, now unset",
+            ],
+        ),
+        (
+            {"unknown_conditions": "volume"},
+            ["STOCKPIPE_UNKNOWN_CONDITIONS: was regular, now volume"],
+        ),
     ]
     for overrides, changes in cases:
         done = run_stockpipe(
@@ -211,3 +223,26 @@ def test_from_drain_refuses_a_store_that_was_not_drained(new_topic, settings_for
     assert done.returncode == 2, done.stdout[-2000:]
     assert "was not drained (partition 0: 1 open windows" in done.stdout
     assert not list(recovery_path(settings).parent.glob(f"{topic}.drained-*"))
+
+
+def test_a_store_from_before_the_condition_rules_counts_as_rules_off():
+    """Its rows were made with every trade regular: a restart with the rules on is a change,
+    with them off is none; the table's fingerprint matters only while the rules are on."""
+    from flows.settings import Settings
+    from flows.stream.recovery import CONDITION_TABLE_RULE, rule_changes, stream_rules
+
+    on = stream_rules(Settings(), 4)
+    off = stream_rules(Settings(STOCKPIPE_CONDITIONS="off"), 4)
+    older = {k: v for k, v in off.items() if "CONDITION" not in k and k != CONDITION_TABLE_RULE}
+    assert rule_changes(older, off, "t") == []
+    changes = rule_changes(older, on, "t")
+    assert changes[0] == "STOCKPIPE_CONDITIONS: was off, now on"
+    assert changes[1] == "STOCKPIPE_UNKNOWN_CONDITIONS: was unset, now regular"
+    assert changes[2].startswith("the trade-condition table (flows/stream/conditions/): was none")
+    assert len(changes) == 3
+    # another table (a rule edited by an upgrade) is a change of its own
+    edited = {**on, CONDITION_TABLE_RULE: on[CONDITION_TABLE_RULE] ^ 1}
+    assert rule_changes(on, edited, "t") == [
+        "the trade-condition table (flows/stream/conditions/): was "
+        f"{on[CONDITION_TABLE_RULE]:012x}, now {edited[CONDITION_TABLE_RULE]:012x}"
+    ]

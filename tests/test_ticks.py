@@ -76,6 +76,7 @@ def assert_bad(result: object, reason: str) -> BadTick:
         (bad(id=7), "bad-id"),
         (bad(id=""), "bad-id"),
         (bad(source=1), "bad-source"),
+        (bad(exchange=7), "bad-exchange"),
     ],
 )
 def test_bad_message_names_its_reason(value, reason):

@@ -52,7 +52,7 @@ class Tick(NamedTuple):
     id: str
     source: str | None = None
     conditions: tuple[str, ...] = ()
-    exchange: str | None = None  # the venue, where the feed names one (crypto: COINBASE, ...)
+    exchange: str | None = None  # the venue or exchange code, where the feed gives one
 
 
 class BadTick(ValueError):
@@ -220,14 +220,6 @@ def _text(name: str, value: str) -> None:
         ) from None
 
 
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _decode(
     value: bytes | None,
     key: bytes | None,
@@ -317,6 +309,13 @@ def _decode(
         if check_text:
             _text("source", source)
 
+    exchange = obj.get("exchange")
+    if exchange is not None:
+        if not isinstance(exchange, str):
+            raise BadTick("bad-exchange", f"exchange must be a string, got {_show(exchange)}")
+        if check_text:
+            _text("exchange", exchange)
+
     tid = obj.get("id")
     if tid is None:
         tid = tick_id(symbol, ts, price, volume, conditions)  # type: ignore[arg-type]
@@ -327,11 +326,6 @@ def _decode(
         )
     elif check_text:
         _text("id", tid)
-
-    # optional and informational: carried when it is text, otherwise left out (never a reject)
-    exchange = obj.get("exchange")
-    if not isinstance(exchange, str) or (check_text and not _is_text(exchange)):
-        exchange = None
 
     return Tick(symbol, ts, price, volume, tid, source, conditions, exchange)  # type: ignore[arg-type]
 

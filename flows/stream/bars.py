@@ -43,6 +43,8 @@ from typing import Any, NamedTuple
 
 from xxhash import xxh3_64_intdigest
 
+from flows.stream.conditions import HIGH_LOW, OPEN_CLOSE, REGULAR, UNMAPPED, VOLUME
+
 
 class TickIn(NamedTuple):
     """What the bar state needs of a valid tick."""
@@ -52,82 +54,151 @@ class TickIn(NamedTuple):
     price: float
     volume: float | None
     id: str
+    flags: int = REGULAR  # what its trade conditions let it update (flows.stream.conditions)
+
+
+_BOTH_PRICES = OPEN_CLOSE | HIGH_LOW
+_NO_TS = 2**62  # open_ts of a bar no trade may open (and -_NO_TS: close_ts none may close)
 
 
 @dataclass(slots=True)
 class PartialBar:
-    """A mergeable OHLCV aggregate of some ticks of one (symbol, window)."""
+    """A mergeable OHLCV aggregate of some ticks of one (symbol, window).
+
+    Trade conditions (contract 1) decide what each tick updates: open/close come
+    from the ticks allowed to set them (the earliest and latest by `(ts, seq)`),
+    high/low from those allowed to set them, volume, `pv` and `trade_count` from
+    those that count in volume. A price no tick could set is NaN here (with
+    `open_ts`/`close_ts` at +/-_NO_TS, high/low at -inf/+inf) and null in the row.
+    `first_ts`/`last_ts` span every tick of the window; `excluded` counts the ticks
+    kept out of some price, `unmapped` those with a code no feed mapping knows.
+    """
 
     first_ts: int
-    first_seq: int
-    open: float
     last_ts: int
-    last_seq: int
+    open_ts: int
+    open_seq: int
+    open: float
+    close_ts: int
+    close_seq: int
     close: float
     high: float
     low: float
     volume: float
     pv: float  # sum of price * volume, for vwap
     trade_count: int
+    excluded: int = 0
+    unmapped: int = 0
 
     @classmethod
-    def of(cls, ts: int, seq: int, price: float, volume: float | None) -> PartialBar:
-        v = volume or 0.0
-        return cls(ts, seq, price, ts, seq, price, price, price, v, price * v, 1)
+    def of(
+        cls, ts: int, seq: int, price: float, volume: float | None, flags: int = REGULAR
+    ) -> PartialBar:
+        if flags == REGULAR:
+            v = volume or 0.0
+            return cls(ts, ts, ts, seq, price, ts, seq, price, price, price, v, price * v, 1)
+        bar = cls(ts, ts, _NO_TS, 0, _NAN, -_NO_TS, 0, _NAN, -_INF, _INF, 0.0, 0.0, 0)
+        bar.fold(ts, seq, price, volume, flags)
+        return bar
 
-    def fold(self, ts: int, seq: int, price: float, volume: float | None) -> None:
-        """Add one tick."""
-        if (ts, seq) < (self.first_ts, self.first_seq):
-            self.first_ts, self.first_seq, self.open = ts, seq, price
-        if (ts, seq) > (self.last_ts, self.last_seq):
-            self.last_ts, self.last_seq, self.close = ts, seq, price
-        if price > self.high:
-            self.high = price
-        if price < self.low:
-            self.low = price
-        if volume:
-            self.volume += volume
-            self.pv += price * volume
-        self.trade_count += 1
+    def fold(
+        self, ts: int, seq: int, price: float, volume: float | None, flags: int = REGULAR
+    ) -> None:
+        """Add one tick (its `flags` say which fields it may update)."""
+        if ts < self.first_ts:
+            self.first_ts = ts
+        if ts > self.last_ts:
+            self.last_ts = ts
+        if flags & OPEN_CLOSE:
+            if (ts, seq) < (self.open_ts, self.open_seq):
+                self.open_ts, self.open_seq, self.open = ts, seq, price
+            if (ts, seq) > (self.close_ts, self.close_seq):
+                self.close_ts, self.close_seq, self.close = ts, seq, price
+        if flags & HIGH_LOW:
+            if price > self.high:
+                self.high = price
+            if price < self.low:
+                self.low = price
+        if flags & VOLUME:
+            if volume:
+                self.volume += volume
+                self.pv += price * volume
+            self.trade_count += 1
+        if flags & _BOTH_PRICES != _BOTH_PRICES:
+            self.excluded += 1
+        if flags & UNMAPPED:
+            self.unmapped += 1
 
     def merge(self, other: PartialBar) -> PartialBar:
         """The aggregate of both sets of ticks (they must be disjoint)."""
-        first = (
-            self if (self.first_ts, self.first_seq) <= (other.first_ts, other.first_seq) else other
+        first = self if (self.open_ts, self.open_seq) <= (other.open_ts, other.open_seq) else other
+        last = (
+            self if (self.close_ts, self.close_seq) >= (other.close_ts, other.close_seq) else other
         )
-        last = self if (self.last_ts, self.last_seq) >= (other.last_ts, other.last_seq) else other
         return PartialBar(
-            first.first_ts,
-            first.first_seq,
+            min(self.first_ts, other.first_ts),
+            max(self.last_ts, other.last_ts),
+            first.open_ts,
+            first.open_seq,
             first.open,
-            last.last_ts,
-            last.last_seq,
+            last.close_ts,
+            last.close_seq,
             last.close,
             max(self.high, other.high),
             min(self.low, other.low),
             self.volume + other.volume,
             self.pv + other.pv,
             self.trade_count + other.trade_count,
+            self.excluded + other.excluded,
+            self.unmapped + other.unmapped,
         )
 
     @property
     def vwap(self) -> float | None:
         return self.pv / self.volume if self.volume > 0 else None
 
+    def prices(self) -> tuple[float | None, float | None, float | None, float | None]:
+        """(open, high, low, close), None where no tick of the window could set it."""
+        has_oc = self.open_ts != _NO_TS
+        has_hl = self.high != -_INF
+        return (
+            self.open if has_oc else None,
+            self.high if has_hl else None,
+            self.low if has_hl else None,
+            self.close if has_oc else None,
+        )
+
     def to_tuple(self) -> tuple:
         return (
             self.first_ts,
-            self.first_seq,
-            self.open,
             self.last_ts,
-            self.last_seq,
+            self.open_ts,
+            self.open_seq,
+            self.open,
+            self.close_ts,
+            self.close_seq,
             self.close,
             self.high,
             self.low,
             self.volume,
             self.pv,
             self.trade_count,
+            self.excluded,
+            self.unmapped,
         )
+
+    @classmethod
+    def from_v5(cls, fields: tuple) -> PartialBar:
+        """A bar of a snapshot before format 6 (every tick was regular)."""
+        first_ts, first_seq, open_, last_ts, last_seq, close, high, low, volume, pv, n = fields
+        return cls(
+            first_ts, last_ts, first_ts, first_seq, open_, last_ts, last_seq, close,
+            high, low, volume, pv, n,
+        )  # fmt: skip
+
+
+_NAN = float("nan")
+_INF = float("inf")
 
 
 def window_start(ts_ms: int, bar_ms: int) -> int:
@@ -142,9 +213,9 @@ def fold_ticks(ticks: list[TickIn], bar_ms: int) -> dict[int, PartialBar]:
         ws = t.ts - t.ts % bar_ms
         bar = bars.get(ws)
         if bar is None:
-            bars[ws] = PartialBar.of(t.ts, t.seq, t.price, t.volume)
+            bars[ws] = PartialBar.of(t.ts, t.seq, t.price, t.volume, t.flags)
         else:
-            bar.fold(t.ts, t.seq, t.price, t.volume)
+            bar.fold(t.ts, t.seq, t.price, t.volume, t.flags)
     return bars
 
 
@@ -178,21 +249,36 @@ class BarRules:
     lateness_ms: int = 5_000
     restate_ms: int = 3_600_000
     restate_interval_ms: int = 1_000
+    # The trade-condition rules (`flows.stream.conditions.ConditionRules`); None: off,
+    # every trade updates every field.
+    conditions: Any = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> BarRules:
+        conditions = None
+        if settings.conditions == "on":
+            from flows.stream.conditions import UnknownConditions, load_rules
+
+            conditions = load_rules(unknown=UnknownConditions(settings.unknown_conditions))
         return cls(
             bar_ms=int(settings.bar_seconds * 1000),
             lateness_ms=int(settings.allowed_lateness * 1000),
             restate_ms=int(settings.restate_horizon * 1000),
             restate_interval_ms=int(settings.restate_interval * 1000),
+            conditions=conditions,
         )
 
 
-# One window in a snapshot (format 3): its start, its bar (PartialBar's fields in order),
+def _all_regular(source: str | None, codes: tuple[str, ...]) -> int:
+    return REGULAR
+
+
+# One window in a snapshot (format 6): its start, its bar (PartialBar's fields in order),
 # its revision, its dirty mark (-1 for none: log time starts at 0 and never goes back) and
-# how many dedup keys follow it, as uint64s.
-_WINDOW = struct.Struct("<3qd2q5d4q")
+# how many dedup keys follow it, as uint64s. Formats 3 to 5 packed the bar of before the
+# trade conditions (`_WINDOW_V5`, `PartialBar.from_v5`).
+_WINDOW = struct.Struct("<5qd2q5d6q")
+_WINDOW_V5 = struct.Struct("<3qd2q5d4q")
 
 
 class Window:
@@ -230,23 +316,25 @@ class Window:
         return data
 
     @classmethod
-    def restore_all(cls, data: bytes) -> dict[int, Window]:
+    def restore_all(cls, data: bytes, version: int = 6) -> dict[int, Window]:
         """The windows of `b"".join` of their snapshots, by start, in their order."""
         out: dict[int, Window] = {}
-        at, end, size = 0, len(data), _WINDOW.size
+        layout = _WINDOW if version >= 6 else _WINDOW_V5
+        at, end, size = 0, len(data), layout.size
         while at < end:
-            ws, *bar, revision, dirty, n = _WINDOW.unpack_from(data, at)
+            ws, *fields, revision, dirty, n = layout.unpack_from(data, at)
             at += size
             ids = array("Q", data[at : at + 8 * n])
             at += 8 * n
-            out[ws] = cls(PartialBar(*bar), ids, revision, None if dirty < 0 else dirty)
+            bar = PartialBar(*fields) if version >= 6 else PartialBar.from_v5(tuple(fields))
+            out[ws] = cls(bar, ids, revision, None if dirty < 0 else dirty)
         return out
 
     @classmethod
     def restore_v2(cls, snap: tuple) -> Window:
         """A window from a format-2 snapshot: (bar tuple, key bytes, revision, dirty mark)."""
         bar, ids, revision, dirty = snap
-        return cls(PartialBar(*bar), array("Q", ids), revision, dirty)
+        return cls(PartialBar.from_v5(tuple(bar)), array("Q", ids), revision, dirty)
 
 
 TOO_LATE = "too-late"
@@ -343,18 +431,19 @@ class SymbolBars:
         win = self.open.get(ws)
         closed = self.closed.get(ws) if win is None else None
         if win is not None:
-            win.bar.fold(t.ts, t.seq, t.price, t.volume)
+            win.bar.fold(t.ts, t.seq, t.price, t.volume, t.flags)
             win.ids.append(key)
         elif closed is None and ws + bar_ms > wm:  # type: ignore[operator]
-            self.open[ws] = Window.first(PartialBar.of(t.ts, t.seq, t.price, t.volume), key)
+            bar = PartialBar.of(t.ts, t.seq, t.price, t.volume, t.flags)
+            self.open[ws] = Window.first(bar, key)
             if ws + bar_ms < self.min_end:
                 self.min_end = ws + bar_ms
         elif closed is None:  # the first tick of a window already closed by time: it waits
-            bar = PartialBar.of(t.ts, t.seq, t.price, t.volume)
+            bar = PartialBar.of(t.ts, t.seq, t.price, t.volume, t.flags)
             self.closed[ws] = Window.first(bar, key, log)
             heapq.heappush(self.closed_order, ws)
         else:
-            closed.bar.fold(t.ts, t.seq, t.price, t.volume)
+            closed.bar.fold(t.ts, t.seq, t.price, t.volume, t.flags)
             closed.ids.append(key)
             if closed.dirty_since is None:
                 closed.dirty_since = log
@@ -448,7 +537,9 @@ class SymbolBars:
         )
 
     @classmethod
-    def restore(cls, rules: BarRules, symbol: str, live: set[int], snap: tuple) -> SymbolBars:
+    def restore(
+        cls, rules: BarRules, symbol: str, live: set[int], snap: tuple, version: int = 6
+    ) -> SymbolBars:
         max_ts, max_log, open_, closed, evicted = snap
         state = cls(rules, symbol, live)
         state.max_ts = max_ts
@@ -457,8 +548,8 @@ class SymbolBars:
             state.open = {ws: Window.restore_v2(w) for ws, w in open_.items()}
             state.closed = {ws: Window.restore_v2(w) for ws, w in closed.items()}
         else:
-            state.open = Window.restore_all(open_)
-            state.closed = Window.restore_all(closed)
+            state.open = Window.restore_all(open_, version)
+            state.closed = Window.restore_all(closed, version)
         state.closed_order = sorted(state.closed)
         state.evicted_through = evicted
         for win in (*state.open.values(), *state.closed.values()):
@@ -510,12 +601,13 @@ class FileRules:
     max_age_ms: int = 1_000
 
 
-# 5: 4 plus the bar batch the next one follows (`FileBatch.follows`); 4: 3 plus the rules the state was made under and its event-time cut; 3: each symbol's
+# 6: bars with what trade conditions kept out of them (open/close and their own
+# times, excluded and unmapped counts: `PartialBar`); 5: 4 plus the bar batch the next one follows (`FileBatch.follows`); 4: 3 plus the rules the state was made under and its event-time cut; 3: each symbol's
 # windows packed into bytes; 2: dedup keys are XXH3 per (symbol, window), windows as
 # tuples (2 and 3 still read, their rules unknown); 1: blake2b per id (refused: the keys
 # cannot be converted)
-SNAPSHOT_VERSION = 5
-READABLE_VERSIONS = (2, 3, 4, 5)
+SNAPSHOT_VERSION = 6
+READABLE_VERSIONS = (2, 3, 4, 5, 6)
 
 
 class PartitionBars:
@@ -558,6 +650,8 @@ class PartitionBars:
         self.duplicates = 0
         self.too_late = 0
         self.ticks = 0
+        # (source, condition codes) -> what the trade may update (flows.stream.conditions)
+        self._classify = rules.conditions.classify if rules.conditions else _all_regular
         # The micro-batch being filled.
         self._bars: list[tuple] = []
         self._late: list[tuple] = []
@@ -623,6 +717,7 @@ class PartitionBars:
         seal_at = self._first_log + max_age if (self._bars or self._late) else NEVER
         next_due = self._next_due
         cut = self.not_before
+        classify = self._classify
         fast = 0
         for offset, lt, kind, t in zip(offsets, log_ts, kinds, ticks, strict=True):
             if lt > log:
@@ -646,32 +741,16 @@ class PartitionBars:
                             elif wm < st.min_end and (ts <= max_ts or ts < st.evict_at):
                                 # The fast path: exactly what on_record does for this tick,
                                 # which closes, evicts and restates nothing.
-                                price = t.price
+                                codes = t.conditions
+                                flags = classify(t.source, tuple(codes)) if codes else REGULAR
                                 if win is None:  # the first tick of a window
-                                    bar = PartialBar.of(ts, offset, price, t.volume)
+                                    bar = PartialBar.of(ts, offset, t.price, t.volume, flags)
                                     st.open[ws] = Window.first(bar, key)
                                     if ws + bar_ms < st.min_end:
                                         st.min_end = ws + bar_ms
                                 else:
                                     win.ids.append(key)
-                                    bar = win.bar
-                                    if ts < bar.first_ts or (
-                                        ts == bar.first_ts and offset < bar.first_seq
-                                    ):
-                                        bar.first_ts, bar.first_seq, bar.open = ts, offset, price
-                                    if ts > bar.last_ts or (
-                                        ts == bar.last_ts and offset > bar.last_seq
-                                    ):
-                                        bar.last_ts, bar.last_seq, bar.close = ts, offset, price
-                                    if price > bar.high:
-                                        bar.high = price
-                                    if price < bar.low:
-                                        bar.low = price
-                                    volume = t.volume
-                                    if volume:
-                                        bar.volume += volume
-                                        bar.pv += price * volume
-                                    bar.trade_count += 1
+                                    win.bar.fold(ts, offset, t.price, t.volume, flags)
                                 live.add(key)
                                 fast += 1
                                 if ts <= max_ts and win is not None:
@@ -730,11 +809,12 @@ class PartitionBars:
         st.max_ts = ts
         st.max_log = self.log
         outs = st._evict() if ts >= st.evict_at else []
+        flags = self._flags(t)
         if win is None:
-            st.open[ws] = Window.first(PartialBar.of(ts, offset, t.price, t.volume), key)
+            st.open[ws] = Window.first(PartialBar.of(ts, offset, t.price, t.volume, flags), key)
             st.min_end = min(st.min_end, ws + self.rules.bar_ms)
         else:
-            win.bar.fold(ts, offset, t.price, t.volume)
+            win.bar.fold(ts, offset, t.price, t.volume, flags)
             win.ids.append(key)
         self.live.add(key)
         outs += st.close_through(ts - self.rules.lateness_ms)
@@ -751,6 +831,10 @@ class PartitionBars:
         self._unsynced.clear()
         self._unsynced_due = NEVER
 
+    def _flags(self, tick: Any) -> int:
+        codes = tick.conditions
+        return self._classify(tick.source, tuple(codes)) if codes else REGULAR
+
     def _on_tick(self, tick: Any, offset: int) -> None:
         self.ticks += 1
         symbol = tick.symbol
@@ -761,7 +845,8 @@ class PartitionBars:
             return
         if state is None:
             state = self.symbols[symbol] = SymbolBars(self.rules, symbol, self.live)
-        result = state.on_tick(TickIn(tick.ts, offset, tick.price, tick.volume, tick.id), self.log)
+        tick_in = TickIn(tick.ts, offset, tick.price, tick.volume, tick.id, self._flags(tick))
+        result = state.on_tick(tick_in, self.log)
         if result is DUPLICATE:
             self.duplicates += 1
             return
@@ -821,10 +906,7 @@ class PartitionBars:
                     bar_ms // 1000,
                     o.window_start * 1000,
                     (o.window_start + bar_ms) * 1000,
-                    bar.open,
-                    bar.high,
-                    bar.low,
-                    bar.close,
+                    *bar.prices(),
                     bar.volume,
                     bar.vwap,
                     bar.trade_count,
@@ -832,6 +914,8 @@ class PartitionBars:
                     bar.last_ts * 1000,
                     o.revision,
                     emitted_at,
+                    bar.excluded,
+                    bar.unmapped,
                 )
             )
 
@@ -904,7 +988,7 @@ class PartitionBars:
             or len(snap) != (9 if snap[0] >= 4 else 7)
         ):
             raise ValueError(
-                f"not a version-{SNAPSHOT_VERSION} (or 2 to 4) partition bar-state snapshot: "
+                f"not a version-{SNAPSHOT_VERSION} (or 2 to 5) partition bar-state snapshot: "
                 f"{str(snap)[:80]}"
             )
         _version, topic, partition, log, symbols, counts, pending = snap[:7]
@@ -918,11 +1002,15 @@ class PartitionBars:
             not_before=not_before,
         )
         state.log = log
-        state.symbols = {s: SymbolBars.restore(rules, s, state.live, b) for s, b in symbols.items()}
+        state.symbols = {
+            s: SymbolBars.restore(rules, s, state.live, b, snap[0]) for s, b in symbols.items()
+        }
         state.duplicates, state.too_late, state.ticks = counts
         # before format 5 the batch the next one follows is unknown: the chain starts again
         bars, late, state._first_offset, state._last_offset, state._first_log = pending[:5]
         state._follows = pending[5] if len(pending) > 5 else None
+        if snap[0] < 6:  # rows of before the trade conditions: nothing excluded, no unmapped
+            bars = [(*row, 0, 0) for row in bars]
         state._bars, state._late = list(bars), list(late)
         for symbol, bars_state in state.symbols.items():  # the due list is derived state
             state._schedule_closing(symbol, bars_state)

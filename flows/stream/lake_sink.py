@@ -63,10 +63,10 @@ BAR_SCHEMA = pa.schema(
         pa.field("interval_s", pa.int32(), nullable=False),
         pa.field("window_start", TS, nullable=False),
         pa.field("window_end", TS, nullable=False),
-        pa.field("open", pa.float64(), nullable=False),
-        pa.field("high", pa.float64(), nullable=False),
-        pa.field("low", pa.float64(), nullable=False),
-        pa.field("close", pa.float64(), nullable=False),
+        pa.field("open", pa.float64(), nullable=True),
+        pa.field("high", pa.float64(), nullable=True),
+        pa.field("low", pa.float64(), nullable=True),
+        pa.field("close", pa.float64(), nullable=True),
         pa.field("volume", pa.float64(), nullable=False),
         pa.field("vwap", pa.float64(), nullable=True),
         pa.field("trade_count", pa.int64(), nullable=False),
@@ -74,6 +74,10 @@ BAR_SCHEMA = pa.schema(
         pa.field("last_ts", TS, nullable=False),
         pa.field("revision", pa.int32(), nullable=False),
         pa.field("emitted_at", TS, nullable=False),
+        # Trade conditions (contract 1): ticks kept out of some price of the bar, and ticks
+        # with a condition code no feed mapping knows (counted as the settings say).
+        pa.field("excluded_count", pa.int64(), nullable=False),
+        pa.field("unmapped_count", pa.int64(), nullable=False),
     ]
 )
 

@@ -40,6 +40,7 @@ garbage-collection bookkeeping.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import math
@@ -77,6 +78,20 @@ RULE_SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("STOCKPIPE_MAX_MESSAGE_BYTES", "max_message_bytes", "bytes"),
 )
 PARTITIONS_RULE = "partitions"  # the topic's partition count: state is keyed by partition
+# The trade-condition rules (contract 1): on or off, what an unmapped code counts as, and
+# a fingerprint of the rules table and feed mappings. The last two only shape rows while
+# the rules are on, so they are kept as 0 while off; a store from before the rules
+# existed made its rows as `off` does.
+CONDITION_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("STOCKPIPE_CONDITIONS", ("off", "on")),
+    ("STOCKPIPE_UNKNOWN_CONDITIONS", ("", "regular", "volume")),
+)
+CONDITION_TABLE_RULE = "condition table"
+_CONDITIONS_OFF = {
+    "STOCKPIPE_CONDITIONS": 0,
+    "STOCKPIPE_UNKNOWN_CONDITIONS": 0,
+    CONDITION_TABLE_RULE: 0,
+}
 
 
 def stream_rules(settings: Settings, partitions: int) -> dict[str, int]:
@@ -86,6 +101,19 @@ def stream_rules(settings: Settings, partitions: int) -> dict[str, int]:
         value = getattr(settings, attr)
         rules[name] = round(value * 1000) if unit == "ms" else int(value)
     rules[PARTITIONS_RULE] = partitions
+    if settings.conditions == "on":
+        from flows.stream.conditions import load_rules
+
+        table = hashlib.sha256(
+            load_rules(unknown=settings.unknown_conditions).fingerprint().encode()
+        )
+        rules["STOCKPIPE_CONDITIONS"] = 1
+        rules["STOCKPIPE_UNKNOWN_CONDITIONS"] = CONDITION_RULES[1][1].index(
+            settings.unknown_conditions
+        )
+        rules[CONDITION_TABLE_RULE] = int(table.hexdigest()[:12], 16)
+    else:
+        rules.update(_CONDITIONS_OFF)
     return rules
 
 
@@ -96,6 +124,11 @@ def _unit(name: str) -> str:
 def show_rule(name: str, value: int | None) -> str:
     if value is None:
         return "unset"
+    for setting, names in CONDITION_RULES:
+        if name == setting:
+            return names[value] if 0 <= value < len(names) and names[value] else "unset"
+    if name == CONDITION_TABLE_RULE:
+        return f"{value:012x}" if value else "none (the rules off)"
     unit = _unit(name)
     if unit == "ms":
         return f"{value}ms" if value % 1000 else f"{value // 1000}s"
@@ -107,10 +140,17 @@ def show_rule(name: str, value: int | None) -> str:
 def rule_changes(old: Mapping[str, int], new: Mapping[str, int], topic: str) -> list[str]:
     """One line per rule whose value differs, in the order of RULE_SETTINGS."""
     lines = []
-    for name in [*(s for s, _, _ in RULE_SETTINGS), PARTITIONS_RULE]:
+    old = {**_CONDITIONS_OFF, **old}  # a store from before the rules: made as `off` makes rows
+    names = [*(s for s, _, _ in RULE_SETTINGS), PARTITIONS_RULE, *_CONDITIONS_OFF]
+    for name in names:
         before, after = old.get(name), new.get(name)
         if before != after:
-            label = f"partitions of topic {topic!r}" if name == PARTITIONS_RULE else name
+            if name == PARTITIONS_RULE:
+                label = f"partitions of topic {topic!r}"
+            elif name == CONDITION_TABLE_RULE:
+                label = "the trade-condition table (flows/stream/conditions/)"
+            else:
+                label = name
             lines.append(f"{label}: was {show_rule(name, before)}, now {show_rule(name, after)}")
     return lines
 

@@ -84,7 +84,13 @@ BAR_COLUMNS: tuple[Column, ...] = (
     Column("last_ts", *_TS),
     Column("revision", "INTEGER", "INTEGER"),
     Column("emitted_at", *_TS),
+    # Trade conditions (contract 2): ticks kept out of some price, ticks with unmapped
+    # codes. Files of older writers lack them: NULL there (not counted, not zero).
+    Column("excluded_count", "BIGINT", "BIGINT"),
+    Column("unmapped_count", "BIGINT", "BIGINT"),
 )
+# Bar columns a file from an older writer may lack (loaded as NULL).
+OPTIONAL_BAR_COLUMNS: tuple[str, ...] = ("excluded_count", "unmapped_count")
 LOAD_COLUMNS: tuple[Column, ...] = (
     Column("_source_file", "VARCHAR", "VARCHAR"),
     Column("_loaded_at", *_TS),
@@ -118,7 +124,7 @@ STATE_COLUMNS: tuple[Column, ...] = (
 )
 # Columns that warehouses created by older loaders lack: ensure_schema adds them.
 MIGRATED_COLUMNS: dict[str, tuple[Column, ...]] = {
-    BARS_TABLE: LOAD_COLUMNS[2:],
+    BARS_TABLE: (*LOAD_COLUMNS[2:], *BAR_COLUMNS[-2:]),
     MANIFEST_TABLE: MANIFEST_COLUMNS[6:],
     STATE_TABLE: STATE_COLUMNS[2:],
 }
@@ -146,6 +152,8 @@ BAR_ARROW_SCHEMA = pa.schema(
         ("last_ts", pa.timestamp("us", tz="UTC")),
         ("revision", pa.int32()),
         ("emitted_at", pa.timestamp("us", tz="UTC")),
+        ("excluded_count", pa.int64()),
+        ("unmapped_count", pa.int64()),
     ]
 )
 BAR_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in BAR_COLUMNS)
@@ -397,8 +405,13 @@ def chunks(items: Sequence[Any], size: int = 500) -> list[Sequence[Any]]:
 
 
 def check_bar_schema(schema: pa.Schema, url: str) -> None:
-    """Raise `LoadError` unless a file has every contract-2 column (extra columns are fine)."""
-    missing = [name for name in BAR_COLUMN_NAMES if name not in schema.names]
+    """Raise `LoadError` unless a file has every contract-2 column (extra columns are fine;
+    the `OPTIONAL_BAR_COLUMNS` of newer writers may be missing)."""
+    missing = [
+        name
+        for name in BAR_COLUMN_NAMES
+        if name not in schema.names and name not in OPTIONAL_BAR_COLUMNS
+    ]
     if missing:
         raise LoadError(
             f"{url} is not a contract-2 bar file: missing column(s) {', '.join(missing)}; "
@@ -416,11 +429,21 @@ _SORT_KEYS = [
 ]
 
 
+def with_bar_columns(table: pa.Table) -> pa.Table:
+    """The bar columns of a checked file in warehouse order, NULL for optional ones it lacks."""
+    for name in OPTIONAL_BAR_COLUMNS:
+        if name not in table.schema.names:
+            table = table.append_column(
+                name, pa.nulls(table.num_rows, BAR_ARROW_SCHEMA.field(name).type)
+            )
+    return table.select(list(BAR_COLUMN_NAMES))
+
+
 def canonical_rows(table: pa.Table, url: str) -> pa.Table:
     """The contract-2 columns of `table` in contract order and types, rows sorted."""
     check_bar_schema(table.schema, url)
     try:
-        table = table.select(list(BAR_COLUMN_NAMES)).cast(BAR_ARROW_SCHEMA)
+        table = with_bar_columns(table).cast(BAR_ARROW_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
         raise LoadError(f"{url} does not hold contract-2 bar columns: {exc}") from None
     return table.sort_by(_SORT_KEYS)

@@ -52,6 +52,7 @@ from flows.warehouse.base import (
     manifest_values,
     md5_hex,
     quote,
+    with_bar_columns,
 )
 
 _VIEW = "_stockpipe_load_file"
@@ -233,7 +234,9 @@ class DuckDBWarehouse:
             data = self.lake.fs.cat_file(file.path)
             parquet = pq.ParquetFile(io.BytesIO(data))
             check_bar_schema(parquet.schema_arrow, file.url)
-            return parquet.read(columns=list(BAR_COLUMN_NAMES)), md5_hex(data)
+            names = parquet.schema_arrow.names
+            table = parquet.read(columns=[c for c in BAR_COLUMN_NAMES if c in names])
+            return with_bar_columns(table), md5_hex(data)
         except FileNotFoundError:
             raise LoadError(f"{file.url} vanished from the lake before it was loaded") from None
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError

@@ -275,8 +275,12 @@ class SnowflakeWarehouse:
                 f"({_columns_ddl(MANIFEST_COLUMNS)}, PRIMARY KEY ({_q('path')}))",
                 f"CREATE TABLE IF NOT EXISTS {self._state} ({_columns_ddl(STATE_COLUMNS)})",
             ]
-        # Migration of warehouses created before the load sequence (idempotent).
-        for table, columns in MIGRATED_COLUMNS.items():
+        # Migration of warehouses created before the load sequence (idempotent); the
+        # landing table takes the bar columns added since, as bronze.bars does.
+        landing = {
+            LANDING_TABLE: tuple(c for c in MIGRATED_COLUMNS[BARS_TABLE] if c in BAR_COLUMNS)
+        }
+        for table, columns in {**MIGRATED_COLUMNS, **landing}.items():
             target = f"{self._schema}.{_q(table)}"
             names = ", ".join(_q(c.name) for c in columns)
             if statements or not self._works(f"SELECT {names} FROM {target} LIMIT 0"):

@@ -60,21 +60,28 @@ session_bars as (
 
 {% endif %}
 
--- open, high, low, close and volume come from real bars only
+-- open, high, low and close come from the real bars with prices of their own, volume
+-- from every real bar (a bar whose trades could set no price still traded)
 real_bar_summary as (
     select
         symbol,
         trade_date,
-        min_by(open, window_start) as open,
-        max(high) as high,
-        min(low) as low,
-        max_by(close, window_start) as close,
+        min_by(open, priced_start) as open,
+        max(case when not is_price_carried then high end) as high,
+        min(case when not is_price_carried then low end) as low,
+        max_by(close, priced_start) as close,
         sum(volume) as volume,
         sum(vwap * volume) / nullif(sum(case when vwap is not null then volume end), 0) as vwap,
         count(*) as bar_count
-    from session_bars
-    where not is_synthetic
+    from (
+        select
+            *,
+            case when not is_price_carried then window_start end as priced_start
+        from session_bars
+        where not is_synthetic
+    ) as real_bars
     group by symbol, trade_date
+    having count(priced_start) > 0
 ),
 
 -- the regular session's minutes from the day's first real trade on: synthetic bars
@@ -88,7 +95,7 @@ session_minutes as (
         window_start,
         open,
         close,
-        min(case when not is_synthetic then window_start end) over (
+        min(case when not is_synthetic and not is_price_carried then window_start end) over (
             partition by symbol, trade_date
         ) as first_real_start
     from session_bars

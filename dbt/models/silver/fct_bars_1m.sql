@@ -98,6 +98,7 @@ nearby as (
     where existing.trade_date >= {{ search_from }}
         and existing.trade_date <= {{ search_to }}
         and not existing.is_synthetic
+        and not existing.is_price_carried
 ),
 
 neighbours as (
@@ -131,6 +132,7 @@ far_previous as (
         and neighbours.previous_near is null
     where existing.trade_date < {{ search_from }}
         and not existing.is_synthetic
+        and not existing.is_price_carried
     group by existing.symbol
 )
 {%- endset -%}
@@ -357,23 +359,55 @@ missing_minutes as (
 ),
 
 all_minutes as (
-    select symbol, window_start, false as is_synthetic
+    select symbol, window_start, close is not null as is_priced
     from real_bars
     union all
-    select symbol, window_start, true as is_synthetic
+    select symbol, window_start, false as is_priced
     from missing_minutes
 ),
 
--- the real bar whose close a synthetic bar carries forward
+-- the real bar whose close a synthetic bar, or a bar no trade of which could set its
+-- prices (trade conditions), carries forward: the last bar with prices
 carried_from as (
     select
         symbol,
         window_start,
-        max(case when not is_synthetic then window_start end) over (
+        max(case when is_priced then window_start end) over (
             partition by symbol order by window_start
             rows between unbounded preceding and current row
         ) as previous_real_start
     from all_minutes
+),
+
+-- bars whose trades all had conditions that keep them out of the prices (an average-
+-- price print alone, say): their volume is real, their prices the previous close
+carried_bars as (
+    select
+        unpriced.symbol,
+        unpriced.trade_date,
+        unpriced.session,
+        unpriced.window_start,
+        unpriced.window_end,
+        previous_bar.close as open,
+        previous_bar.close as high,
+        previous_bar.close as low,
+        previous_bar.close as close,
+        unpriced.volume,
+        unpriced.vwap,
+        unpriced.trade_count,
+        unpriced.excluded_count,
+        unpriced.unmapped_count,
+        false as is_synthetic,
+        true as is_price_carried,
+        unpriced.revision
+    from real_bars as unpriced
+    inner join carried_from
+        on carried_from.symbol = unpriced.symbol
+        and carried_from.window_start = unpriced.window_start
+    left join real_bars as previous_bar
+        on previous_bar.symbol = carried_from.symbol
+        and previous_bar.window_start = carried_from.previous_real_start
+    where unpriced.close is null
 ),
 
 synthetic_bars as (
@@ -395,9 +429,12 @@ synthetic_bars as (
         cast(0 as double) as volume,
         cast(null as double) as vwap,
         cast(0 as bigint) as trade_count,
+        cast(0 as bigint) as excluded_count,
+        cast(0 as bigint) as unmapped_count,
 
         -- provenance
         true as is_synthetic,
+        false as is_price_carried,
         cast(null as integer) as revision
     from missing_minutes
     inner join carried_from
@@ -422,18 +459,24 @@ unioned as (
         volume,
         vwap,
         trade_count,
+        excluded_count,
+        unmapped_count,
         false as is_synthetic,
+        false as is_price_carried,
         revision
     from real_bars
+    where close is not null
+    union all
+    select * from carried_bars
     union all
     select * from synthetic_bars
 ),
 
 {%- if is_incremental() and has_new and has_bounded %}
 
--- the minutes a new bar changes: itself and the synthetic minutes carrying its close
--- (the real bar they carry is new), and the first real bar after it (the real bar
--- before that one is new)
+-- the minutes a new bar changes: itself and the synthetic (and price-carried) minutes
+-- carrying its close (the real bar they carry is new), and the first real bar after it
+-- (the real bar before that one is new)
 changed_minutes as (
     select
         carried_from.symbol,
@@ -442,6 +485,14 @@ changed_minutes as (
     inner join new_bar_starts
         on new_bar_starts.symbol = carried_from.symbol
         and new_bar_starts.window_start = carried_from.previous_real_start
+
+    union
+
+    -- a new bar without prices of its own (it carries an older bar's close)
+    select
+        symbol,
+        window_start
+    from new_bar_starts
 
     union
 
