@@ -149,6 +149,7 @@ def make_steps(sessions: int = SESSIONS, crypto_days: int | None = None) -> Step
         if later_open + pd.Timedelta(minutes=m) not in traded
         and later_open + pd.Timedelta(minutes=m - 1) in traded
     )
+    before_quiet = final[(final.symbol == "BBB") & (final.window_start < quiet)].iloc[[-1]]
     unpriced = filled.assign(
         window_start=quiet,
         window_end=quiet + pd.Timedelta(minutes=1),
@@ -160,15 +161,15 @@ def make_steps(sessions: int = SESSIONS, crypto_days: int | None = None) -> Step
         low=np.nan,
         close=np.nan,
         volume=300.0,
-        vwap=previous.close.to_numpy() * 0.97,
+        vwap=before_quiet.close.to_numpy() * 0.97,
     )
     priced_later = unpriced.assign(
         revision=1,
         emitted_at=quiet + pd.Timedelta(days=91),
-        open=previous.close.to_numpy() * 1.001,
-        high=previous.close.to_numpy() * 1.003,
-        low=previous.close.to_numpy() * 1.001,
-        close=previous.close.to_numpy() * 1.003,
+        open=before_quiet.close.to_numpy() * 1.001,
+        high=before_quiet.close.to_numpy() * 1.003,
+        low=before_quiet.close.to_numpy() * 1.001,
+        close=before_quiet.close.to_numpy() * 1.003,
         volume=400.0,
     )
 
@@ -350,6 +351,25 @@ def test_the_restated_closes_move_later_days_of_every_daily_mart(duckdb_runs: li
     assert (
         last_aaa(before, corr, pair).correlation_20d != last_aaa(after, corr, pair).correlation_20d
     )
+
+
+def test_a_minute_without_prices_carries_the_close_then_takes_its_restated_prices(
+    duckdb_runs: list,
+) -> None:
+    """Trade conditions: a bar whose trades could set no price keeps its volume and carries
+    the previous priced close in silver; restated with a priced trade, it has its own."""
+    by_step = {name: tables["silver.fct_bars_1m"] for name, tables, _full, _rw in duckdb_runs}
+    carried = by_step["restated"][by_step["restated"].is_price_carried]
+    assert len(carried) == 1
+    row = carried.iloc[0]
+    assert (row.symbol, row.volume, bool(row.is_synthetic)) == ("BBB", 300.0, False)
+    bbb = by_step["restated"][by_step["restated"].symbol == "BBB"].sort_values("window_start")
+    before = bbb[bbb.window_start < row.window_start].iloc[-1]
+    assert row.open == row.high == row.low == row.close == before.close
+    after = by_step["restated early"]
+    assert not after.is_price_carried.any()
+    same = after[(after.symbol == "BBB") & (after.window_start == row.window_start)].iloc[0]
+    assert same.volume == 400.0 and same.close == pytest.approx(before.close * 1.003, rel=1e-12)
 
 
 def _keys(frame: pd.DataFrame) -> set[tuple]:
