@@ -748,9 +748,34 @@ class PartitionBars:
                                     st.open[ws] = Window.first(bar, key)
                                     if ws + bar_ms < st.min_end:
                                         st.min_end = ws + bar_ms
-                                else:
+                                elif flags != REGULAR:
                                     win.ids.append(key)
                                     win.bar.fold(ts, offset, t.price, t.volume, flags)
+                                else:  # PartialBar.fold of a regular trade, inline
+                                    win.ids.append(key)
+                                    bar = win.bar
+                                    price = t.price
+                                    if ts < bar.open_ts or (
+                                        ts == bar.open_ts and offset < bar.open_seq
+                                    ):
+                                        bar.open_ts, bar.open_seq, bar.open = ts, offset, price
+                                        if ts < bar.first_ts:
+                                            bar.first_ts = ts
+                                    if ts > bar.close_ts or (
+                                        ts == bar.close_ts and offset > bar.close_seq
+                                    ):
+                                        bar.close_ts, bar.close_seq, bar.close = ts, offset, price
+                                        if ts > bar.last_ts:
+                                            bar.last_ts = ts
+                                    if price > bar.high:
+                                        bar.high = price
+                                    if price < bar.low:
+                                        bar.low = price
+                                    volume = t.volume
+                                    if volume:
+                                        bar.volume += volume
+                                        bar.pv += price * volume
+                                    bar.trade_count += 1
                                 live.add(key)
                                 fast += 1
                                 if ts <= max_ts and win is not None:
