@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import functools
 import json
 import os
 import subprocess
@@ -20,52 +18,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from streamgen import expected_ticks
 
 from flows.settings import Settings
+from flows.tooling.chaos import trade_updates
 
 BAR_COLUMNS = ["open", "high", "low", "close", "volume", "vwap", "trade_count"]
 CONDITION_COUNTS = ["excluded_count", "unmapped_count"]
-CONDITIONS_DIR = Path(__file__).parent.parent / "flows" / "stream" / "conditions"
-
-
-@functools.cache
-def _condition_tables() -> tuple[dict, dict]:
-    """The rules table and the feed mappings, read straight from their CSV files."""
-
-    def rows(name: str) -> list[dict]:
-        with (CONDITIONS_DIR / name).open(newline="") as fh:
-            return list(csv.DictReader(fh))
-
-    def yes(text: str) -> bool:
-        return text.strip().lower() == "true"
-
-    rules = {
-        (r["scheme"], r["code"]): (
-            yes(r["updates_open_close"]),
-            yes(r["updates_high_low"]),
-            yes(r["updates_volume"]),
-        )
-        for r in rows("rules.csv")
-    }
-    feeds = {(r["source"], r["feed_code"]): (r["scheme"], r["code"]) for r in rows("feeds.csv")}
-    return rules, feeds
-
-
-def trade_updates(
-    source: str | None, codes: Iterable[str] | None, unknown: str = "regular"
-) -> tuple[bool, bool, bool, bool]:
-    """(updates open/close, high/low, volume; has an unmapped code), the obvious way: a
-    field only if every code allows it; an unmapped code counts as `unknown` says."""
-    if not codes:
-        return True, True, True, False
-    rules, feeds = _condition_tables()
-    oc = hl = vol = True
-    unmapped = False
-    for code in codes or ():
-        rule = rules.get(feeds.get((source, code)))  # type: ignore[arg-type]
-        if rule is None:
-            unmapped = True
-            rule = (True, True, True) if unknown == "regular" else (False, False, True)
-        oc, hl, vol = oc and rule[0], hl and rule[1], vol and rule[2]
-    return oc, hl, vol, unmapped
 
 
 def batch_bars(

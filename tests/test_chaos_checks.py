@@ -42,7 +42,7 @@ def bar(
     o, h, low, c = prices
     return (
         symbol, 60, ws * 1000, (ws + MIN) * 1000, o, h, low, c, volume, 10.5, trades,
-        (ws + 1_000) * 1000, (ws + 50_000) * 1000, revision, emitted * 1000,
+        (ws + 1_000) * 1000, (ws + 50_000) * 1000, revision, emitted * 1000, 1, 0,
     )  # fmt: skip
 
 
@@ -107,10 +107,13 @@ def expected_for(batches: list[FileBatch]) -> chaos.Expected:
                 final[key] = row
     bars = {}
     for key, r in final.items():
-        # first (ts, offset), open, last (ts, offset), close, high, low, vol, pv, count
-        bars[key] = [
-            r[11] // 1000, 0, r[4], r[12] // 1000, 0, r[7], r[5], r[6], r[8], r[9] * r[8], r[10],
-        ]  # fmt: skip
+        bar = chaos.new_bar(r[11] // 1000)
+        bar[chaos.B_LAST] = r[12] // 1000
+        bar[chaos.B_OPEN], bar[chaos.B_CLOSE] = r[4], r[7]
+        bar[chaos.B_HIGH], bar[chaos.B_LOW] = r[5], r[6]
+        bar[chaos.B_VOLUME], bar[chaos.B_PV], bar[chaos.B_COUNT] = r[8], r[9] * r[8], r[10]
+        bar[chaos.B_EXCLUDED], bar[chaos.B_UNMAPPED] = r[15], r[16]
+        bars[key] = bar
     late_rows = Counter((r[0], r[1] // 1000, r[2]) for b in batches for r in b.late)
     return chaos.Expected(bars, set(), late_rows, 0, 0, 0)
 
@@ -153,7 +156,7 @@ def test_a_bar_repeated_under_another_file_name_with_only_emitted_at_changed_is_
     """The replay the old checks let through: same bar, other file, other emitted_at."""
     batches = clean_batches()
     original = batches[0].bars[0]
-    replayed = (*original[:14], original[14] + 1_000)  # 1 ms later, nothing else changed
+    replayed = (*original[:14], original[14] + 1_000, *original[15:])  # 1 ms later, only that
     assert [i for i, (a, b) in enumerate(zip(original, replayed, strict=True)) if a != b] == [14]
     copy = FileBatch(TOPIC, 0, 0, 98, [replayed], [])  # other offsets: another file name
     assert batch_name(copy) != batch_name(batches[0])
@@ -315,7 +318,8 @@ def test_the_same_file_name_rewritten_with_other_rows_is_caught(lake: Lake) -> N
     write(lake, batches)
     before = versions_of(lake)
     first = batches[0]
-    changed = first._replace(bars=[(*first.bars[0][:14], first.bars[0][14] + 1_000), first.bars[1]])
+    row = first.bars[0]
+    changed = first._replace(bars=[(*row[:14], row[14] + 1_000, *row[15:]), first.bars[1]])
     assert batch_name(changed) == batch_name(first)
     write(lake, [changed])
     bar_rows, late_rows = read(lake)
@@ -381,7 +385,10 @@ def test_versions_are_read_from_a_versioned_bucket(tmp_path: Path) -> None:
         write(lake, batches)
         write(lake, batches[:1])  # the same bytes again
         first = batches[1]
-        write(lake, [first._replace(bars=[first.bars[0], (*first.bars[1][:14], 1)])])
+        write(
+            lake,
+            [first._replace(bars=[first.bars[0], (*first.bars[1][:14], 1, *first.bars[1][15:])])],
+        )
         versions = chaos.read_versions(client, "lakeb", "lake/")
         bar_rows, late_rows = chaos.read_lake(fs, "lakeb/lake")
         assert set(versions) == {p for _, p in bar_rows} | {p for _, p in late_rows}

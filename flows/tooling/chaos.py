@@ -44,6 +44,8 @@ Run it as `stockpipe chaos [--ticks N] [--kills K] [--seed S] [--store-outage 30
 from __future__ import annotations
 
 import bisect
+import csv
+import io
 import json
 import math
 import os
@@ -56,8 +58,10 @@ import threading
 import time
 from array import array
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -126,17 +130,81 @@ class StreamPlan:
     p_event_gap: float = 0.0002
     p_no_id: float = 0.3
     p_null_volume: float = 0.03
+    p_conditions: float = 0.15  # a trade with UTP sale conditions (the simulator's codes)
 
     def partition_of(self, sym_idx: int) -> int:
         return sym_idx % self.partitions
 
 
-def _json_tick(symbol: str, ts: int, price: float, volume: float | None, tid: str | None) -> dict:
+# Sale conditions as a SIP prints them (UTP codes, `source` sim), alone and combined:
+# regular, odd lot, sweep, Form T, average price, out of sequence, official close, and
+# a code no mapping knows.
+CONDITION_MIX: tuple[tuple[str, ...], ...] = (
+    ("@",), ("I",), ("@", "F"), ("@", "F", "I"), ("T",), ("W",), ("Z",), ("4",), ("M",),
+    ("@", "?"),
+)  # fmt: skip
+
+
+def _json_tick(
+    symbol: str,
+    ts: int,
+    price: float,
+    volume: float | None,
+    tid: str | None,
+    conditions: tuple[str, ...] = (),
+) -> dict:
     msg: dict[str, Any] = {"symbol": symbol, "price": price, "volume": volume, "ts": ts}
     if tid is not None:
         msg["id"] = tid
-    msg["source"] = "chaos"
+    if conditions:  # the simulator's codes, which its feed mapping knows
+        msg["conditions"] = list(conditions)
+        msg["source"] = "sim"
+    else:
+        msg["source"] = "chaos"
     return msg
+
+
+@lru_cache(maxsize=1)
+def _condition_tables() -> tuple[dict, dict]:
+    """The rules table and feed mappings, read straight from their CSV files (not through
+    flows.stream.conditions: the expected outcome is computed on its own)."""
+    folder = resources.files("flows.stream") / "conditions"
+
+    def rows(name: str) -> list[dict]:
+        return list(csv.DictReader(io.StringIO((folder / name).read_text())))
+
+    def yes(text: str) -> bool:
+        return text.strip().lower() == "true"
+
+    rules = {
+        (r["scheme"], r["code"]): (
+            yes(r["updates_open_close"]),
+            yes(r["updates_high_low"]),
+            yes(r["updates_volume"]),
+        )
+        for r in rows("rules.csv")
+    }
+    feeds = {(r["source"], r["feed_code"]): (r["scheme"], r["code"]) for r in rows("feeds.csv")}
+    return rules, feeds
+
+
+def trade_updates(
+    source: str | None, codes: Iterable[str] | None, unknown: str = "regular"
+) -> tuple[bool, bool, bool, bool]:
+    """(updates open/close, high/low, volume; has an unmapped code), the obvious way: a
+    field only if every code allows it; an unmapped code counts as `unknown` says."""
+    if not codes:
+        return True, True, True, False
+    rules, feeds = _condition_tables()
+    oc = hl = vol = True
+    unmapped = False
+    for code in codes:
+        rule = rules.get(feeds.get((source, code)))  # type: ignore[arg-type]
+        if rule is None:
+            unmapped = True
+            rule = (True, True, True) if unknown == "regular" else (False, False, True)
+        oc, hl, vol = oc and rule[0], hl and rule[1], vol and rule[2]
+    return oc, hl, vol, unmapped
 
 
 def _poison(kind: str, symbol: str, ts: int) -> tuple[bytes | None, bytes | None]:
@@ -180,10 +248,10 @@ def _poison(kind: str, symbol: str, ts: int) -> tuple[bytes | None, bytes | None
 def generate(plan: StreamPlan) -> Iterator[tuple]:
     """The records of the campaign, in send order; deterministic for a plan (same bytes).
 
-    Each: (seq, sym_idx, key, value, label, ts, price, volume, ident, fault), where
-    label is VALID/FUTURE/POISON, volume is nan for null, ident identifies a valid
-    tick for dedup (its id, or its content when it carries none) and fault names
-    what the record is (for the table).
+    Each: (seq, sym_idx, key, value, label, ts, price, volume, ident, conditions, fault),
+    where label is VALID/FUTURE/POISON, volume is nan for null, ident identifies a valid
+    tick for dedup (its id, or its content when it carries none), conditions are its
+    sale-condition codes and fault names what the record is (for the table).
     """
     rng = random.Random(plan.seed)
     syms = plan.symbols
@@ -205,19 +273,20 @@ def generate(plan: StreamPlan) -> Iterator[tuple]:
             kind = POISON_KINDS[poison_i % len(POISON_KINDS)]
             poison_i += 1
             pkey, pval = _poison(kind, symbol, cur[s])
-            yield (seq, s, pkey, pval, POISON, 0, 0.0, math.nan, None, "poison:" + kind)
+            yield (seq, s, pkey, pval, POISON, 0, 0.0, math.nan, None, (), "poison:" + kind)
             continue
         r -= plan.p_poison
         if r < plan.p_future:
             counter[s] += 1
             ts = FUTURE_MS + seq
             msg = _json_tick(symbol, ts, price[s], 1.0, f"{symbol}-fut-{counter[s]}")
-            yield (seq, s, key, orjson.dumps(msg), FUTURE, ts, price[s], 1.0, None, "future")
+            rec = (seq, s, key, orjson.dumps(msg), FUTURE, ts, price[s], 1.0, None, (), "future")
+            yield rec
             continue
         r -= plan.p_future
         if r < plan.p_dup_near and recent[s]:
             rec = recent[s][rng.randrange(len(recent[s]))]
-            yield (seq, *rec[1:9], "dup-near")
+            yield (seq, *rec[1:10], "dup-near")
             continue
         r -= plan.p_dup_near
         if r < plan.p_dup_far:
@@ -226,7 +295,7 @@ def generate(plan: StreamPlan) -> Iterator[tuple]:
             b = bisect.bisect_right(ts_list, cur[s] - 15 * MIN_MS, lo)
             if b > a:
                 rec = ring_rec[s][rng.randrange(a, b)]
-                yield (seq, *rec[1:9], "dup-far")
+                yield (seq, *rec[1:10], "dup-far")
                 continue
         r -= plan.p_dup_far
         # a new trade
@@ -254,10 +323,11 @@ def generate(plan: StreamPlan) -> Iterator[tuple]:
         price[s] = round(max(0.01, price[s] * (1 + rng.gauss(0, 0.0015))), 4)
         vol = None if rng.random() < plan.p_null_volume else float(rng.choice([1, 5, 10, 100, 250]))
         tid = None if rng.random() < plan.p_no_id else f"{symbol}-{n}"
-        ident = tid if tid is not None else (ts, price[s], vol)
-        msg = _json_tick(symbol, ts, price[s], vol, tid)
+        codes = rng.choice(CONDITION_MIX) if rng.random() < plan.p_conditions else ()
+        ident = tid if tid is not None else (ts, price[s], vol, codes)
+        msg = _json_tick(symbol, ts, price[s], vol, tid, codes)
         volf = math.nan if vol is None else vol
-        rec = (seq, s, key, orjson.dumps(msg), VALID, ts, price[s], volf, ident, fault)
+        rec = (seq, s, key, orjson.dumps(msg), VALID, ts, price[s], volf, ident, codes, fault)
         recent[s].append(rec)
         if fault in ("tick", "tie", "event-gap"):
             ring_ts[s].append(ts)
@@ -493,6 +563,20 @@ def read_topic(bootstrap: str, topic: str, keep: bool = False) -> dict[int, list
     return parts
 
 
+# The expected aggregate of one (symbol, window), as a list: the event times of its
+# first and last tick, open and close (each with the (ts, offset) that decides it),
+# high, low, volume, Σ price·volume, trade count, ticks kept out of some price, ticks
+# with unmapped codes. Prices no tick could set stay None (null in the lake).
+(B_FIRST, B_LAST, B_OPEN_TS, B_OPEN_OFFSET, B_OPEN, B_CLOSE_TS, B_CLOSE_OFFSET, B_CLOSE,
+ B_HIGH, B_LOW, B_VOLUME, B_PV, B_COUNT, B_EXCLUDED, B_UNMAPPED) = range(15)  # fmt: skip
+_NO_TS = 2**62
+
+
+def new_bar(ts: int) -> list:
+    """The expected aggregate of a window before any of its ticks is folded in."""
+    return [ts, ts, _NO_TS, 0, None, -_NO_TS, 0, None, None, None, 0.0, 0.0, 0, 0, 0]
+
+
 def expected_outcome(plan: StreamPlan, log: dict[int, list]) -> Expected:
     """Fold the log the obvious way, from the generator's labels (not from the bytes)."""
     n = plan.ticks
@@ -502,10 +586,12 @@ def expected_outcome(plan: StreamPlan, log: dict[int, list]) -> Expected:
     price_a = array("d", bytes(8 * n))
     vol_a = array("d", bytes(8 * n))
     ident: list = [None] * n
+    conditions: list[tuple[str, ...]] = [()] * n
     for rec in generate(plan):
         seq = rec[0]
         label[seq], sym[seq] = rec[4], rec[1]
         ts_a[seq], price_a[seq], vol_a[seq], ident[seq] = rec[5], rec[6], rec[7], rec[8]
+        conditions[seq] = rec[9]
 
     bars: dict[tuple[str, int], list] = {}
     dlq: set = set()
@@ -537,32 +623,29 @@ def expected_outcome(plan: StreamPlan, log: dict[int, list]) -> Expected:
             seen[s].add(ident[seq])
             v = vol_a[seq]
             v = 0.0 if math.isnan(v) else v
+            codes = conditions[seq]
+            oc, hl, counts, unmapped = trade_updates("sim" if codes else "chaos", codes)
             bar = bars.get((symbol, ws))
             if bar is None:
-                # first (ts, offset), open, last (ts, offset), close, high, low, vol, pv, count
-                bars[(symbol, ws)] = [
-                    ts,
-                    offset,
-                    price,
-                    ts,
-                    offset,
-                    price,
-                    price,
-                    price,
-                    v,
-                    price * v,
-                    1,
-                ]
-            else:
-                if (ts, offset) < (bar[0], bar[1]):
-                    bar[0], bar[1], bar[2] = ts, offset, price
-                if (ts, offset) > (bar[3], bar[4]):
-                    bar[3], bar[4], bar[5] = ts, offset, price
-                bar[6] = max(bar[6], price)
-                bar[7] = min(bar[7], price)
-                bar[8] += v
-                bar[9] += price * v
-                bar[10] += 1
+                bar = bars[(symbol, ws)] = new_bar(ts)
+            bar[B_FIRST] = min(bar[B_FIRST], ts)
+            bar[B_LAST] = max(bar[B_LAST], ts)
+            if oc:
+                if (ts, offset) < (bar[B_OPEN_TS], bar[B_OPEN_OFFSET]):
+                    bar[B_OPEN_TS], bar[B_OPEN_OFFSET], bar[B_OPEN] = ts, offset, price
+                if (ts, offset) > (bar[B_CLOSE_TS], bar[B_CLOSE_OFFSET]):
+                    bar[B_CLOSE_TS], bar[B_CLOSE_OFFSET], bar[B_CLOSE] = ts, offset, price
+            if hl:
+                bar[B_HIGH] = price if bar[B_HIGH] is None else max(bar[B_HIGH], price)
+                bar[B_LOW] = price if bar[B_LOW] is None else min(bar[B_LOW], price)
+            if counts:
+                bar[B_VOLUME] += v
+                bar[B_PV] += price * v
+                bar[B_COUNT] += 1
+            if not (oc and hl):
+                bar[B_EXCLUDED] += 1
+            if unmapped:
+                bar[B_UNMAPPED] += 1
     return Expected(bars, dlq, late, produced, len(seen_seq), produced - len(seen_seq))
 
 
@@ -799,7 +882,7 @@ def compare(
     mismatches: list[str] = []
     for key in sorted(set(exp.bars) | set(final)):
         want, got = exp.bars.get(key), final.get(key)
-        want_tc = want[10] if want else 0
+        want_tc = want[B_COUNT] if want else 0
         got_tc = got["trade_count"] if got else 0
         lost += max(want_tc - got_tc, 0)
         duplicated += max(got_tc - want_tc, 0)
@@ -807,17 +890,19 @@ def compare(
             if len(mismatches) < 5:
                 mismatches.append(f"{key}: expected {want}, lake {got}")
             continue
-        vwap = want[9] / want[8] if want[8] > 0 else None
+        vwap = want[B_PV] / want[B_VOLUME] if want[B_VOLUME] > 0 else None
         same = (
-            got["open"] == want[2]
-            and got["close"] == want[5]
-            and got["high"] == want[6]
-            and got["low"] == want[7]
+            got["open"] == want[B_OPEN]
+            and got["close"] == want[B_CLOSE]
+            and got["high"] == want[B_HIGH]
+            and got["low"] == want[B_LOW]
             and got_tc == want_tc
-            and _ms(got["first_ts"]) == want[0]
-            and _ms(got["last_ts"]) == want[3]
-            and _close(got["volume"], want[8])
+            and _ms(got["first_ts"]) == want[B_FIRST]
+            and _ms(got["last_ts"]) == want[B_LAST]
+            and _close(got["volume"], want[B_VOLUME])
             and _close(got["vwap"], vwap)
+            and got.get("excluded_count") == want[B_EXCLUDED]
+            and got.get("unmapped_count") == want[B_UNMAPPED]
         )
         if same:
             exact += 1
