@@ -45,6 +45,12 @@ SESSIONS = 120
 SECOND_LOAD_SESSIONS = 8  # the last sessions arrive with the second load
 NEW_YORK = "America/New_York"
 RTOL = 1e-6
+
+
+def sessions_per_year(symbol: str) -> int:
+    """Contract 3: sessions a year of the symbol's calendar, 24/7 for `X:Y` crypto."""
+    return 365 if ":" in symbol else 252
+
 BRONZE_COLUMNS = [
     "symbol",
     "interval_s",
@@ -347,7 +353,9 @@ def expected_daily(silver: pd.DataFrame) -> pd.DataFrame:
     previous = session.groupby(["symbol", "trade_date"]).close.shift()
     returns = np.log(session.close / previous.fillna(session.open))
     variance = (returns**2).groupby([session.symbol, session.trade_date]).sum()
-    daily["intraday_realized_vol"] = np.sqrt(variance.reindex(daily.index)) * np.sqrt(252)
+    daily["realized_variance_1m"] = variance.reindex(daily.index)
+    factor = np.sqrt(daily.index.get_level_values("symbol").map(sessions_per_year).to_numpy(float))
+    daily["intraday_realized_vol"] = np.sqrt(daily.realized_variance_1m) * factor
     return daily.drop(columns=["pv", "v_with_vwap"]).reset_index()
 
 
@@ -678,17 +686,19 @@ def test_volatility_measures_equal_talib_and_the_stated_formulas(
     actual = built.query("select * from gold.mart_volatility_daily order by symbol, trade_date")
 
     def measures(day: pd.DataFrame) -> pd.DataFrame:
+        # annualised by the symbol's calendar: 252 NYSE sessions, 365 days for crypto
+        year = sessions_per_year(day.symbol.iloc[0])
         log_return = np.log(day.close / day.close.shift())
         hl = np.log(day.high / day.low) ** 2
         gk = 0.5 * hl - (2 * np.log(2) - 1) * np.log(day.close / day.open) ** 2
         return pd.DataFrame(
             {
                 "log_return": log_return.to_numpy(),
-                "realized_vol_20d": (log_return.rolling(20).std(ddof=1) * np.sqrt(252)).to_numpy(),
+                "realized_vol_20d": (log_return.rolling(20).std(ddof=1) * np.sqrt(year)).to_numpy(),
                 "parkinson_vol_20d": np.sqrt(
-                    252 * hl.rolling(20).mean() / (4 * np.log(2))
+                    year * hl.rolling(20).mean() / (4 * np.log(2))
                 ).to_numpy(),
-                "garman_klass_vol_20d": np.sqrt(252 * gk.rolling(20).mean()).to_numpy(),
+                "garman_klass_vol_20d": np.sqrt(year * gk.rolling(20).mean()).to_numpy(),
                 "atr_14": talib.ATR(
                     day.high.to_numpy(float), day.low.to_numpy(float), day.close.to_numpy(float), 14
                 ),
@@ -701,6 +711,8 @@ def test_volatility_measures_equal_talib_and_the_stated_formulas(
     for col in expected.columns:
         assert_close(actual[col], expected[col], f"volatility {col}", atol=1e-12)
     assert actual.realized_vol_20d.notna().sum() == len(actual) - 3 * 20
+    # a crypto pair beside the stocks, each with its own calendar's factor
+    assert {CRYPTO, *STOCKS} <= set(actual.symbol)
 
 
 def test_correlation_mart_equals_pandas_rolling_corr(

@@ -8,7 +8,8 @@
     )
 }}
 
-{#- Daily volatility estimators over 20 trading days (annualised with 252), TA-Lib's
+{#- Daily volatility estimators over 20 trading days (annualised by √ of the
+    sessions a year of the symbol's calendar: macros/calendars.sql), TA-Lib's
     ATR(14), and the realised volatility of each regular session's minutes.
 
     Incremental over the symbol-days fct_bars_daily rebuilt since this model last ran,
@@ -184,6 +185,8 @@ rolling as (
         is_warm,
         log_return,
         realized_variance_1m,
+        -- √(sessions a year) of the symbol's calendar: 252 for NYSE, 365 for 24/7 crypto
+        {{ annualisation_factor('symbol') }} as annualisation,
         stddev_samp(log_return) over (
             partition by symbol order by idx rows between 19 preceding and current row
         ) as log_return_stddev_20,
@@ -201,20 +204,20 @@ final as (
         rolling.symbol,
         rolling.trade_date,
         rolling.log_return,
-        case when rolling.is_warm or rolling.idx >= 20 then rolling.log_return_stddev_20 * sqrt(252) end
+        case when rolling.is_warm or rolling.idx >= 20 then rolling.log_return_stddev_20 * rolling.annualisation end
             as realized_vol_20d,
         case
             when rolling.is_warm or rolling.idx >= 19
-                then sqrt(252 * rolling.log_range_squared_mean_20 / (4 * ln(2)))
+                then sqrt(rolling.log_range_squared_mean_20 / (4 * ln(2))) * rolling.annualisation
         end as parkinson_vol_20d,
         case
             when (rolling.is_warm or rolling.idx >= 19) and rolling.garman_klass_mean_20 >= 0
-                then sqrt(252 * rolling.garman_klass_mean_20)
+                then sqrt(rolling.garman_klass_mean_20) * rolling.annualisation
         end as garman_klass_vol_20d,
         atr_14.atr_14,
         -- each regular session's realized variance from its first real trade on
         -- (fct_bars_daily.realized_variance_1m, kept incrementally there)
-        sqrt(coalesce(rolling.realized_variance_1m, 0)) * sqrt(252) as intraday_realized_vol,
+        sqrt(coalesce(rolling.realized_variance_1m, 0)) * rolling.annualisation as intraday_realized_vol,
         -- the fct_bars_daily load this row reflects: the next incremental run starts after it
         load_seq.load_seq as _load_seq
     from rolling
