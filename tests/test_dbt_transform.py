@@ -728,7 +728,7 @@ def test_correlation_mart_equals_pandas_rolling_corr(
 
 
 def test_intraday_hourly_mart_rolls_up_the_minutes(
-    built: Built, silver_expected: pd.DataFrame
+    built: Built, silver_expected: pd.DataFrame, daily_expected: pd.DataFrame
 ) -> None:
     actual = built.query("select * from gold.mart_intraday_hourly order by symbol, hour_start")
     bars = silver_expected.copy()
@@ -740,16 +740,41 @@ def test_intraday_hourly_mart_rolls_up_the_minutes(
         volume=("volume", "sum"),
         bar_count=("close", "size"),
     )
-    adjacent = bars.groupby(["symbol", "hour_start"]).window_start.diff() == pd.Timedelta(minutes=1)
-    returns = np.log(bars.close / bars.groupby(["symbol", "hour_start"]).close.shift()).where(
-        adjacent
+    # returns over each regular session from its first real trade (the first from that
+    # bar's open), then grouped into hours: an hour's first return is from the last close
+    # of the hour before
+    regular = bars[bars.session == "regular"].sort_values(["symbol", "window_start"])
+    first_real = (
+        regular[~regular.is_synthetic].groupby(["symbol", "trade_date"]).window_start.min()
     )
-    vol = np.sqrt((returns**2).groupby([bars.symbol, bars.hour_start]).sum(min_count=1))
-    expected["realized_vol"] = vol.reindex(expected.index)
+    regular = regular.join(first_real.rename("first_real"), on=["symbol", "trade_date"])
+    regular = regular[regular.window_start >= regular.first_real]
+    previous = regular.groupby(["symbol", "trade_date"]).close.shift()
+    returns = np.log(regular.close / previous.fillna(regular.open))
+    variance = (returns**2).groupby([regular.symbol, regular.hour_start]).sum()
+    expected["realized_variance_1m"] = variance.reindex(expected.index)
+    expected["realized_vol"] = np.sqrt(expected.realized_variance_1m)
     expected = expected.reset_index()
     assert len(actual) == len(expected)
-    for col in ("open", "close", "volume", "bar_count", "realized_vol"):
+    for col in ("open", "close", "volume", "bar_count", "realized_variance_1m", "realized_vol"):
         assert_close(actual[col], expected[col], f"hourly {col}", atol=1e-12)
+
+    # a day's hours add up to the day's realized variance, and to the daily mart's
+    # intraday volatility (annualised by the symbol's calendar)
+    hours = actual.groupby(["symbol", "trade_date"]).realized_variance_1m.sum().reset_index()
+    hours["trade_date"] = pd.to_datetime(hours.trade_date).dt.date
+    day = daily_expected.merge(hours, on=["symbol", "trade_date"], suffixes=("", "_hours"))
+    assert len(day) == len(daily_expected)
+    assert_close(day.realized_variance_1m_hours, day.realized_variance_1m, "Σ hourly variance")
+    vol = built.query(
+        "select symbol, trade_date, intraday_realized_vol from gold.mart_volatility_daily"
+    )
+    vol["trade_date"] = pd.to_datetime(vol.trade_date).dt.date
+    day = day.merge(vol, on=["symbol", "trade_date"], suffixes=("_expected", ""))
+    factor = day.symbol.map(sessions_per_year).to_numpy(float)
+    assert_close(
+        day.intraday_realized_vol, np.sqrt(day.realized_variance_1m_hours * factor), "daily vs hours"
+    )
 
 
 def test_docs_artifacts_show_lineage_from_source_to_gold(built: Built) -> None:
