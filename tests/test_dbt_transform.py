@@ -51,6 +51,7 @@ def sessions_per_year(symbol: str) -> int:
     """Contract 3: sessions a year of the symbol's calendar, 24/7 for `X:Y` crypto."""
     return 365 if ":" in symbol else 252
 
+
 BRONZE_COLUMNS = [
     "symbol",
     "interval_s",
@@ -744,9 +745,7 @@ def test_intraday_hourly_mart_rolls_up_the_minutes(
     # bar's open), then grouped into hours: an hour's first return is from the last close
     # of the hour before
     regular = bars[bars.session == "regular"].sort_values(["symbol", "window_start"])
-    first_real = (
-        regular[~regular.is_synthetic].groupby(["symbol", "trade_date"]).window_start.min()
-    )
+    first_real = regular[~regular.is_synthetic].groupby(["symbol", "trade_date"]).window_start.min()
     regular = regular.join(first_real.rename("first_real"), on=["symbol", "trade_date"])
     regular = regular[regular.window_start >= regular.first_real]
     previous = regular.groupby(["symbol", "trade_date"]).close.shift()
@@ -773,7 +772,9 @@ def test_intraday_hourly_mart_rolls_up_the_minutes(
     day = day.merge(vol, on=["symbol", "trade_date"], suffixes=("_expected", ""))
     factor = day.symbol.map(sessions_per_year).to_numpy(float)
     assert_close(
-        day.intraday_realized_vol, np.sqrt(day.realized_variance_1m_hours * factor), "daily vs hours"
+        day.intraday_realized_vol,
+        np.sqrt(day.realized_variance_1m_hours * factor),
+        "daily vs hours",
     )
 
 
