@@ -681,6 +681,28 @@ def test_trend_indicators_equal_talib(built: Built, daily_expected: pd.DataFrame
     assert actual.trend_regime.isna().sum() == 3 * 49
 
 
+def yang_zhang(day: pd.DataFrame, n: int) -> np.ndarray:
+    """Yang and Zhang (2000), eq. 10, over each window of n days with a previous close:
+    σ² = σ²_o + k σ²_c + (1 − k) σ²_rs, k = 0.34 / (1.34 + (n + 1) / (n − 1)), where
+    o = ln(O/C₋₁) is the overnight move, c = ln(C/O), σ²_o and σ²_c their sample
+    variances, σ²_rs the mean of Rogers–Satchell's u(u − c) + d(d − c), u = ln(H/O),
+    d = ln(L/O). NaN until n overnight moves exist. Daily, not annualised."""
+    o = np.log(day.open.to_numpy(float)[1:] / day.close.to_numpy(float)[:-1])
+    c = np.log(day.close.to_numpy(float) / day.open.to_numpy(float))[1:]
+    u = np.log(day.high.to_numpy(float) / day.open.to_numpy(float))[1:]
+    d = np.log(day.low.to_numpy(float) / day.open.to_numpy(float))[1:]
+    rs = u * (u - c) + d * (d - c)
+    k = 0.34 / (1.34 + (n + 1) / (n - 1))
+    out = np.full(len(day), np.nan)
+    for end in range(n, len(o) + 1):
+        window = slice(end - n, end)
+        variance = (
+            np.var(o[window], ddof=1) + k * np.var(c[window], ddof=1) + (1 - k) * rs[window].mean()
+        )
+        out[end] = np.sqrt(variance)
+    return out
+
+
 def test_volatility_measures_equal_talib_and_the_stated_formulas(
     built: Built, daily_expected: pd.DataFrame
 ) -> None:
@@ -700,6 +722,7 @@ def test_volatility_measures_equal_talib_and_the_stated_formulas(
                     year * hl.rolling(20).mean() / (4 * np.log(2))
                 ).to_numpy(),
                 "garman_klass_vol_20d": np.sqrt(year * gk.rolling(20).mean()).to_numpy(),
+                "yang_zhang_vol_20d": yang_zhang(day, 20) * np.sqrt(year),
                 "atr_14": talib.ATR(
                     day.high.to_numpy(float), day.low.to_numpy(float), day.close.to_numpy(float), 14
                 ),

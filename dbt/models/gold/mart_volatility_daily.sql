@@ -8,9 +8,12 @@
     )
 }}
 
-{#- Daily volatility estimators over 20 trading days (annualised by √ of the
-    sessions a year of the symbol's calendar: macros/calendars.sql), TA-Lib's
-    ATR(14), and the realised volatility of each regular session's minutes.
+{#- Daily volatility estimators over 20 trading days: close-to-close (realized),
+    Parkinson and Garman–Klass from each day's own range and open/close (they leave
+    the overnight move out), Yang–Zhang with the overnight move (open against the
+    previous close) as well, all annualised by √ of the sessions a year of the
+    symbol's calendar (macros/calendars.sql); TA-Lib's ATR(14), and the realised
+    volatility of each regular session's minutes.
 
     Incremental over the symbol-days fct_bars_daily rebuilt since this model last ran,
     as mart_trend_daily is: each such symbol from its first changed day D0 on, the
@@ -18,6 +21,11 @@
     value this table holds for the day before D0; a symbol with fewer than 21 days
     of history there, or whose 20 earlier days are not within
     `indicator_lookback_days` (100) days, is recomputed from its start. -#}
+
+{#- Yang–Zhang's weight of the open-to-close variance, k = 0.34 / (1.34 + (n+1)/(n−1)),
+    for its window of n days (Yang and Zhang 2000, eq. 10). -#}
+{%- set yang_zhang_days = 20 -%}
+{%- set yang_zhang_k = 0.34 / (1.34 + (yang_zhang_days + 1) / (yang_zhang_days - 1)) -%}
 
 {%- if is_incremental() -%}
     {%- set warm = warm_start(
@@ -161,6 +169,12 @@ terms as (
         ln(high / low) * ln(high / low) as log_range_squared,
         0.5 * ln(high / low) * ln(high / low)
             - (2 * ln(2) - 1) * ln(close / open) * ln(close / open) as garman_klass_term,
+        -- Yang–Zhang's parts: the overnight move (open against the previous close), the
+        -- open-to-close move, and Rogers–Satchell's drift-free range term
+        ln(open / previous_close) as overnight_return,
+        ln(close / open) as open_close_return,
+        ln(high / open) * (ln(high / open) - ln(close / open))
+            + ln(low / open) * (ln(low / open) - ln(close / open)) as rogers_satchell_term,
         case
             when previous_close is not null then greatest(
                 high - low, abs(high - previous_close), abs(low - previous_close)
@@ -195,7 +209,16 @@ rolling as (
         ) as log_range_squared_mean_20,
         avg(garman_klass_term) over (
             partition by symbol order by idx rows between 19 preceding and current row
-        ) as garman_klass_mean_20
+        ) as garman_klass_mean_20,
+        var_samp(overnight_return) over (
+            partition by symbol order by idx rows between 19 preceding and current row
+        ) as overnight_variance_20,
+        var_samp(open_close_return) over (
+            partition by symbol order by idx rows between 19 preceding and current row
+        ) as open_close_variance_20,
+        avg(rogers_satchell_term) over (
+            partition by symbol order by idx rows between 19 preceding and current row
+        ) as rogers_satchell_mean_20
     from terms
 ),
 
@@ -214,6 +237,15 @@ final as (
             when (rolling.is_warm or rolling.idx >= 19) and rolling.garman_klass_mean_20 >= 0
                 then sqrt(rolling.garman_klass_mean_20) * rolling.annualisation
         end as garman_klass_vol_20d,
+        -- Yang–Zhang: σ²_overnight + k σ²_open-close + (1 − k) mean(Rogers–Satchell) over
+        -- the 20 days that each have an overnight move (the previous close)
+        case
+            when rolling.is_warm or rolling.idx >= 20 then sqrt(
+                rolling.overnight_variance_20
+                + {{ yang_zhang_k }} * rolling.open_close_variance_20
+                + {{ 1 - yang_zhang_k }} * rolling.rogers_satchell_mean_20
+            ) * rolling.annualisation
+        end as yang_zhang_vol_20d,
         atr_14.atr_14,
         -- each regular session's realized variance from its first real trade on
         -- (fct_bars_daily.realized_variance_1m, kept incrementally there)
