@@ -22,3 +22,27 @@
         {%- endfor %}
     end)
 {%- endmacro %}
+
+{#- The data's clock, read when the model compiles: the end of the newest bar in
+    `relation` (silver: every symbol, every calendar) as a timestamp literal (`ts`;
+    NULL when empty or at parse time), and the load that brought it (`load_seq`).
+    Never the wall clock (contract 3): a replayed or years-old history gives the same
+    answer as when it was live. -#}
+{% macro data_clock(relation) -%}
+    {%- set row = compile_time_row('select max(window_end), max(_load_seq) from ' ~ relation) -%}
+    {%- if row is none or row[0] is none -%}
+        {{ return({'ts': 'cast(null as timestamp with time zone)', 'load_seq': none}) }}
+    {%- endif -%}
+    {%- set ts = row[0] -%}
+    {%- if ts is string -%}
+        {%- set ts = modules.datetime.datetime.fromisoformat(ts) -%}
+    {%- endif -%}
+    {%- if ts.tzinfo is none -%}
+        {%- set ts = ts.replace(tzinfo=modules.pytz.utc) -%}
+    {%- endif -%}
+    {%- set text = ts.astimezone(modules.pytz.utc).strftime('%Y-%m-%d %H:%M:%S') -%}
+    {{ return({
+        'ts': "cast('" ~ text ~ "+00:00' as timestamp with time zone)",
+        'load_seq': row[1] | int if row[1] is not none else none,
+    }) }}
+{%- endmacro %}

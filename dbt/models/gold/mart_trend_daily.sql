@@ -27,7 +27,7 @@
 
 {%- if is_incremental() -%}
     {%- set warm = warm_start(
-        window_columns=['close'],
+        window_columns=['close', 'is_session_complete'],
         state_columns=['ema_12', 'ema_26', '_macd_fast', 'macd_signal', '_average_gain', '_average_loss'],
         warm_column='sma_50',
         warm_rows_before=49,
@@ -47,6 +47,7 @@ series as (
         window_rows.symbol,
         window_rows.trade_date,
         window_rows.close,
+        window_rows.is_session_complete,
         row_number() over (partition by window_rows.symbol order by window_rows.trade_date)
             - warm_symbols.rows_before as idx,
         true as is_warm,
@@ -71,6 +72,7 @@ series as (
         daily.symbol,
         daily.trade_date,
         daily.close,
+        daily.is_session_complete,
         row_number() over (partition by daily.symbol order by daily.trade_date) - 1 as idx,
         false as is_warm,
         cast(null as double) as state_ema_12,
@@ -109,6 +111,7 @@ series as (
         symbol,
         trade_date,
         close,
+        is_session_complete,
         0 as idx,
         false as is_warm,
         cast(null as double) as state_ema_12,
@@ -136,6 +139,7 @@ series as (
         symbol,
         trade_date,
         close,
+        is_session_complete,
         row_number() over (partition by symbol order by trade_date) - 1 as idx,
         false as is_warm,
         cast(null as double) as state_ema_12,
@@ -220,6 +224,7 @@ rolling as (
         symbol,
         trade_date,
         close,
+        is_session_complete,
         idx,
         is_warm,
         avg(close) over (
@@ -240,6 +245,7 @@ indicators as (
         rolling.symbol,
         rolling.trade_date,
         rolling.close,
+        rolling.is_session_complete,
         case when rolling.is_warm or rolling.idx >= 19 then rolling.mean_20 end as sma_20,
         case when rolling.is_warm or rolling.idx >= 49 then rolling.mean_50 end as sma_50,
         ema_12.ema_12,
@@ -299,6 +305,8 @@ final as (
                 then 'downtrend'
             else 'sideways'
         end as trend_regime,
+        -- false on a provisional or partly covered day (fct_bars_daily)
+        indicators.is_session_complete,
         indicators._macd_fast,
         indicators._average_gain,
         indicators._average_loss,

@@ -29,7 +29,7 @@
 
 {%- if is_incremental() -%}
     {%- set warm = warm_start(
-        window_columns=['open', 'high', 'low', 'close', 'realized_variance_1m'],
+        window_columns=['open', 'high', 'low', 'close', 'realized_variance_1m', 'is_session_complete'],
         state_columns=['atr_14'],
         warm_column='realized_vol_20d',
         warm_rows_before=20,
@@ -53,6 +53,7 @@ series as (
         window_rows.low,
         window_rows.close,
         window_rows.realized_variance_1m,
+        window_rows.is_session_complete,
         row_number() over (partition by window_rows.symbol order by window_rows.trade_date)
             - warm_symbols.rows_before as idx,
         true as is_warm,
@@ -76,6 +77,7 @@ series as (
         daily.low,
         daily.close,
         daily.realized_variance_1m,
+        daily.is_session_complete,
         row_number() over (partition by daily.symbol order by daily.trade_date) - 1 as idx,
         false as is_warm,
         cast(null as double) as state_atr_14
@@ -113,6 +115,7 @@ series as (
         low,
         close,
         realized_variance_1m,
+        is_session_complete,
         0 as idx,
         false as is_warm,
         cast(null as double) as state_atr_14
@@ -139,6 +142,7 @@ series as (
         low,
         close,
         realized_variance_1m,
+        is_session_complete,
         row_number() over (partition by symbol order by trade_date) - 1 as idx,
         false as is_warm,
         cast(null as double) as state_atr_14
@@ -199,6 +203,7 @@ rolling as (
         is_warm,
         log_return,
         realized_variance_1m,
+        is_session_complete,
         -- √(sessions a year) of the symbol's calendar: 252 for NYSE, 365 for 24/7 crypto
         {{ annualisation_factor('symbol') }} as annualisation,
         stddev_samp(log_return) over (
@@ -250,6 +255,8 @@ final as (
         -- each regular session's realized variance from its first real trade on
         -- (fct_bars_daily.realized_variance_1m, kept incrementally there)
         sqrt(coalesce(rolling.realized_variance_1m, 0)) * rolling.annualisation as intraday_realized_vol,
+        -- false on a provisional or partly covered day (fct_bars_daily)
+        rolling.is_session_complete,
         -- the fct_bars_daily load this row reflects: the next incremental run starts after it
         load_seq.load_seq as _load_seq
     from rolling
