@@ -33,6 +33,9 @@ TABLES = {
     "gold.mart_trend_daily": ["symbol", "trade_date"],
     "gold.mart_volatility_daily": ["symbol", "trade_date"],
     "gold.mart_correlation_daily": ["symbol_a", "symbol_b", "trade_date"],
+    "gold.fct_bars_daily_adjusted": ["symbol", "trade_date"],
+    "gold.mart_trend_daily_adjusted": ["symbol", "trade_date"],
+    "gold.mart_volatility_daily_adjusted": ["symbol", "trade_date"],
 }
 
 pytestmark = [pytest.mark.slow, pytest.mark.dbt]
