@@ -25,11 +25,13 @@
 
 {#- The data's clock, read when the model compiles: the end of the newest bar in
     `relation` (silver: every symbol, every calendar) as a timestamp literal (`ts`;
-    NULL when empty or at parse time), and the load that brought it (`load_seq`).
+    NULL when empty, not built yet or at parse time), and the load that brought it (`load_seq`).
     Never the wall clock (contract 3): a replayed or years-old history gives the same
     answer as when it was live. -#}
 {% macro data_clock(relation) -%}
-    {%- set row = compile_time_row('select max(window_end), max(_load_seq) from ' ~ relation) -%}
+    {#- `dbt compile` before the first build: the relation is not there yet -#}
+    {%- set row = compile_time_row('select max(window_end), max(_load_seq) from ' ~ relation)
+        if execute and load_relation(relation) is not none else none -%}
     {%- if row is none or row[0] is none -%}
         {{ return({'ts': 'cast(null as timestamp with time zone)', 'load_seq': none}) }}
     {%- endif -%}

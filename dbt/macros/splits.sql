@@ -5,9 +5,10 @@
     compiles) and, when the splits differ from those, rebuild every row as a full
     build does; otherwise they run incrementally like their raw twins. -#}
 
-{#- The version of the splits stg_splits holds now (none at parse time). -#}
+{#- The version of the splits stg_splits holds now (none at parse time or before it is built). -#}
 {% macro splits_version() -%}
-    {%- if not execute -%}
+    {#- at parse time, and in `dbt compile` before stg_splits is built -#}
+    {%- if not execute or load_relation(ref('stg_splits')) is none -%}
         {{ return(none) }}
     {%- endif -%}
     {%- set rows = run_query(
