@@ -57,6 +57,11 @@ DBT_TASKS = {
     "dbt_build.mart_volatility_daily_model_build",
     "dbt_build.mart_intraday_hourly_model_build",
     "dbt_build.mart_correlation_daily_model_build",
+    "dbt_build.splits_seed_build",
+    "dbt_build.stg_splits_model_build",
+    "dbt_build.fct_bars_daily_adjusted_model_build",
+    "dbt_build.mart_trend_daily_adjusted_model_build",
+    "dbt_build.mart_volatility_daily_adjusted_model_build",
 }
 
 # Run inside a fresh interpreter: one dag.test() of argv[1] with run conf argv[2],

@@ -61,7 +61,10 @@ LINEAGE = {"_load_seq", "_loaded_at"}
 # of TA-Lib): a lookback cut short, a stale row or a state taken from the wrong day
 # moves values by far more.
 RTOL = 1e-12
-PRICE_SCALED = {"gold.mart_trend_daily": {"macd", "macd_signal", "macd_hist"}}
+PRICE_SCALED = {
+    table: {"macd", "macd_signal", "macd_hist"}
+    for table in ("gold.mart_trend_daily", "gold.mart_trend_daily_adjusted")
+}
 
 
 @dataclass

@@ -33,6 +33,9 @@ TABLES = {
     "gold.mart_trend_daily": ["symbol", "trade_date"],
     "gold.mart_volatility_daily": ["symbol", "trade_date"],
     "gold.mart_correlation_daily": ["symbol_a", "symbol_b", "trade_date"],
+    "gold.fct_bars_daily_adjusted": ["symbol", "trade_date"],
+    "gold.mart_trend_daily_adjusted": ["symbol", "trade_date"],
+    "gold.mart_volatility_daily_adjusted": ["symbol", "trade_date"],
 }
 
 pytestmark = [pytest.mark.slow, pytest.mark.dbt]
@@ -45,6 +48,13 @@ SESSIONS = 120
 SECOND_LOAD_SESSIONS = 8  # the last sessions arrive with the second load
 NEW_YORK = "America/New_York"
 RTOL = 1e-6
+
+
+def sessions_per_year(symbol: str) -> int:
+    """Contract 3: sessions a year of the symbol's calendar, 24/7 for `X:Y` crypto."""
+    return 365 if ":" in symbol else 252
+
+
 BRONZE_COLUMNS = [
     "symbol",
     "interval_s",
@@ -347,7 +357,9 @@ def expected_daily(silver: pd.DataFrame) -> pd.DataFrame:
     previous = session.groupby(["symbol", "trade_date"]).close.shift()
     returns = np.log(session.close / previous.fillna(session.open))
     variance = (returns**2).groupby([session.symbol, session.trade_date]).sum()
-    daily["intraday_realized_vol"] = np.sqrt(variance.reindex(daily.index)) * np.sqrt(252)
+    daily["realized_variance_1m"] = variance.reindex(daily.index)
+    factor = np.sqrt(daily.index.get_level_values("symbol").map(sessions_per_year).to_numpy(float))
+    daily["intraday_realized_vol"] = np.sqrt(daily.realized_variance_1m) * factor
     return daily.drop(columns=["pv", "v_with_vwap"]).reset_index()
 
 
@@ -672,23 +684,48 @@ def test_trend_indicators_equal_talib(built: Built, daily_expected: pd.DataFrame
     assert actual.trend_regime.isna().sum() == 3 * 49
 
 
+def yang_zhang(day: pd.DataFrame, n: int) -> np.ndarray:
+    """Yang and Zhang (2000), eq. 10, over each window of n days with a previous close:
+    σ² = σ²_o + k σ²_c + (1 − k) σ²_rs, k = 0.34 / (1.34 + (n + 1) / (n − 1)), where
+    o = ln(O/C₋₁) is the overnight move, c = ln(C/O), σ²_o and σ²_c their sample
+    variances, σ²_rs the mean of Rogers–Satchell's u(u − c) + d(d − c), u = ln(H/O),
+    d = ln(L/O). NaN until n overnight moves exist. Daily, not annualised."""
+    o = np.log(day.open.to_numpy(float)[1:] / day.close.to_numpy(float)[:-1])
+    c = np.log(day.close.to_numpy(float) / day.open.to_numpy(float))[1:]
+    u = np.log(day.high.to_numpy(float) / day.open.to_numpy(float))[1:]
+    d = np.log(day.low.to_numpy(float) / day.open.to_numpy(float))[1:]
+    rs = u * (u - c) + d * (d - c)
+    k = 0.34 / (1.34 + (n + 1) / (n - 1))
+    out = np.full(len(day), np.nan)
+    for end in range(n, len(o) + 1):
+        window = slice(end - n, end)
+        variance = (
+            np.var(o[window], ddof=1) + k * np.var(c[window], ddof=1) + (1 - k) * rs[window].mean()
+        )
+        out[end] = np.sqrt(variance)
+    return out
+
+
 def test_volatility_measures_equal_talib_and_the_stated_formulas(
     built: Built, daily_expected: pd.DataFrame
 ) -> None:
     actual = built.query("select * from gold.mart_volatility_daily order by symbol, trade_date")
 
     def measures(day: pd.DataFrame) -> pd.DataFrame:
+        # annualised by the symbol's calendar: 252 NYSE sessions, 365 days for crypto
+        year = sessions_per_year(day.symbol.iloc[0])
         log_return = np.log(day.close / day.close.shift())
         hl = np.log(day.high / day.low) ** 2
         gk = 0.5 * hl - (2 * np.log(2) - 1) * np.log(day.close / day.open) ** 2
         return pd.DataFrame(
             {
                 "log_return": log_return.to_numpy(),
-                "realized_vol_20d": (log_return.rolling(20).std(ddof=1) * np.sqrt(252)).to_numpy(),
+                "realized_vol_20d": (log_return.rolling(20).std(ddof=1) * np.sqrt(year)).to_numpy(),
                 "parkinson_vol_20d": np.sqrt(
-                    252 * hl.rolling(20).mean() / (4 * np.log(2))
+                    year * hl.rolling(20).mean() / (4 * np.log(2))
                 ).to_numpy(),
-                "garman_klass_vol_20d": np.sqrt(252 * gk.rolling(20).mean()).to_numpy(),
+                "garman_klass_vol_20d": np.sqrt(year * gk.rolling(20).mean()).to_numpy(),
+                "yang_zhang_vol_20d": yang_zhang(day, 20) * np.sqrt(year),
                 "atr_14": talib.ATR(
                     day.high.to_numpy(float), day.low.to_numpy(float), day.close.to_numpy(float), 14
                 ),
@@ -701,6 +738,8 @@ def test_volatility_measures_equal_talib_and_the_stated_formulas(
     for col in expected.columns:
         assert_close(actual[col], expected[col], f"volatility {col}", atol=1e-12)
     assert actual.realized_vol_20d.notna().sum() == len(actual) - 3 * 20
+    # a crypto pair beside the stocks, each with its own calendar's factor
+    assert {CRYPTO, *STOCKS} <= set(actual.symbol)
 
 
 def test_correlation_mart_equals_pandas_rolling_corr(
@@ -716,7 +755,7 @@ def test_correlation_mart_equals_pandas_rolling_corr(
 
 
 def test_intraday_hourly_mart_rolls_up_the_minutes(
-    built: Built, silver_expected: pd.DataFrame
+    built: Built, silver_expected: pd.DataFrame, daily_expected: pd.DataFrame
 ) -> None:
     actual = built.query("select * from gold.mart_intraday_hourly order by symbol, hour_start")
     bars = silver_expected.copy()
@@ -728,16 +767,41 @@ def test_intraday_hourly_mart_rolls_up_the_minutes(
         volume=("volume", "sum"),
         bar_count=("close", "size"),
     )
-    adjacent = bars.groupby(["symbol", "hour_start"]).window_start.diff() == pd.Timedelta(minutes=1)
-    returns = np.log(bars.close / bars.groupby(["symbol", "hour_start"]).close.shift()).where(
-        adjacent
-    )
-    vol = np.sqrt((returns**2).groupby([bars.symbol, bars.hour_start]).sum(min_count=1))
-    expected["realized_vol"] = vol.reindex(expected.index)
+    # returns over each regular session from its first real trade (the first from that
+    # bar's open), then grouped into hours: an hour's first return is from the last close
+    # of the hour before
+    regular = bars[bars.session == "regular"].sort_values(["symbol", "window_start"])
+    first_real = regular[~regular.is_synthetic].groupby(["symbol", "trade_date"]).window_start.min()
+    regular = regular.join(first_real.rename("first_real"), on=["symbol", "trade_date"])
+    regular = regular[regular.window_start >= regular.first_real]
+    previous = regular.groupby(["symbol", "trade_date"]).close.shift()
+    returns = np.log(regular.close / previous.fillna(regular.open))
+    variance = (returns**2).groupby([regular.symbol, regular.hour_start]).sum()
+    expected["realized_variance_1m"] = variance.reindex(expected.index)
+    expected["realized_vol"] = np.sqrt(expected.realized_variance_1m)
     expected = expected.reset_index()
     assert len(actual) == len(expected)
-    for col in ("open", "close", "volume", "bar_count", "realized_vol"):
+    for col in ("open", "close", "volume", "bar_count", "realized_variance_1m", "realized_vol"):
         assert_close(actual[col], expected[col], f"hourly {col}", atol=1e-12)
+
+    # a day's hours add up to the day's realized variance, and to the daily mart's
+    # intraday volatility (annualised by the symbol's calendar)
+    hours = actual.groupby(["symbol", "trade_date"]).realized_variance_1m.sum().reset_index()
+    hours["trade_date"] = pd.to_datetime(hours.trade_date).dt.date
+    day = daily_expected.merge(hours, on=["symbol", "trade_date"], suffixes=("", "_hours"))
+    assert len(day) == len(daily_expected)
+    assert_close(day.realized_variance_1m_hours, day.realized_variance_1m, "Σ hourly variance")
+    vol = built.query(
+        "select symbol, trade_date, intraday_realized_vol from gold.mart_volatility_daily"
+    )
+    vol["trade_date"] = pd.to_datetime(vol.trade_date).dt.date
+    day = day.merge(vol, on=["symbol", "trade_date"], suffixes=("_expected", ""))
+    factor = day.symbol.map(sessions_per_year).to_numpy(float)
+    assert_close(
+        day.intraday_realized_vol,
+        np.sqrt(day.realized_variance_1m_hours * factor),
+        "daily vs hours",
+    )
 
 
 def test_docs_artifacts_show_lineage_from_source_to_gold(built: Built) -> None:

@@ -144,20 +144,20 @@
 {%- endmacro %}
 
 {#- The CTEs a daily mart continuing recursions from its own rows starts from
-    (mart_trend_daily, mart_volatility_daily): `changed_symbols` (each symbol of
-    fct_bars_daily changed since the mart last ran, its first changed day D0),
+    (mart_trend_daily, mart_volatility_daily and their split-adjusted twins):
+    `changed_symbols` (each symbol of the daily model `daily` changed since the mart last ran, its first changed day D0),
     `window_rows` (their `window_columns` from `window_from` on), `history` (per
     symbol, its days before D0 and the last of them), `states` (the mart's row for
     that day with its `state_columns`, when `warm_column` is set there: past every
     lookback) and `warm_symbols` (the symbols with a state and `warm_rows_before`
     days before D0, which continue; the rest are recomputed from their start). -#}
-{% macro warm_start_inputs(changed, window_from, window_columns, state_columns, warm_column, warm_rows_before) -%}
+{% macro warm_start_inputs(changed, window_from, window_columns, state_columns, warm_column, warm_rows_before, daily='fct_bars_daily') -%}
 changed_symbols as (
     select
         symbol,
         min(trade_date) as first_changed,
         max(_load_seq) as load_seq
-    from {{ ref('fct_bars_daily') }}
+    from {{ ref(daily) }}
     where {{ changed['filter'] }}
     group by symbol
 ),
@@ -171,7 +171,7 @@ window_rows as (
         daily.{{ column }},
         {%- endfor %}
         changed_symbols.first_changed
-    from {{ ref('fct_bars_daily') }} as daily
+    from {{ ref(daily) }} as daily
     inner join changed_symbols
         on changed_symbols.symbol = daily.symbol
     where daily.trade_date >= {{ window_from }}
@@ -216,8 +216,8 @@ warm_symbols as (
     `indicator_lookback_days` (100) before the first changed one, whether anything
     changed (`has_changes`) and whether any changed symbol must be recomputed from
     its start (`has_cold`). -#}
-{% macro warm_start(window_columns, state_columns, warm_column, warm_rows_before) -%}
-    {%- set changed = changed_since(ref('fct_bars_daily')) -%}
+{% macro warm_start(window_columns, state_columns, warm_column, warm_rows_before, daily='fct_bars_daily') -%}
+    {%- set changed = changed_since(ref(daily)) -%}
     {%- set has_changes = changed['rows'] > 0 -%}
     {%- set lookback_days = var('indicator_lookback_days', 100) | int -%}
     {%- set sql = warm_start_inputs(
@@ -227,6 +227,7 @@ warm_symbols as (
         state_columns=state_columns,
         warm_column=warm_column,
         warm_rows_before=warm_rows_before,
+        daily=daily,
     ) -%}
     {%- set cold = compile_time_row(
         'with ' ~ sql ~ ' select count(*) from changed_symbols'

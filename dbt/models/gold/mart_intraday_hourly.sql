@@ -8,9 +8,18 @@
     )
 }}
 
-{#- Incremental runs recompute the hours silver rebuilt since this model last ran
-    (silver `_load_seq` above this model's max). The high-water mark and the changed
-    trade dates are constants written in when the model compiles
+{#- Each hour's realized variance is its share of the day's: the one-minute log
+    returns are taken over the regular session (partitioned by symbol and trade
+    date, from the first real trade on, the first return from that bar's open, as
+    fct_bars_daily.realized_variance_1m takes them) and only then grouped into
+    hours, so the first return of an hour is the one from the previous hour's last
+    close and Σ over a day's hours equals the day's. Pre- and post-market minutes
+    count in the hour's OHLCV, not in its returns.
+
+    Incremental runs recompute every hour of the (symbol, trade_date) days silver
+    rebuilt since this model last ran (silver `_load_seq` above this model's max):
+    an hour's first return reads the hour before it. The high-water mark and the
+    changed trade dates are constants written in when the model compiles
     (macros/incremental.sql). An hour's trade date is a function of the hour (New
     York is a whole number of hours off UTC), so the delete is bounded by it. -#}
 
@@ -34,10 +43,10 @@ bars as (
 
 {% if is_incremental() %}
 
-changed_hours as (
+changed_days as (
     select distinct
         bars.symbol,
-        bars.hour_start
+        bars.trade_date
     from bars
     where {{ changed_filter }}
 ),
@@ -45,9 +54,9 @@ changed_hours as (
 hour_bars as (
     select bars.*
     from bars
-    inner join changed_hours
-        on changed_hours.symbol = bars.symbol
-        and changed_hours.hour_start = bars.hour_start
+    inner join changed_days
+        on changed_days.symbol = bars.symbol
+        and changed_days.trade_date = bars.trade_date
 ),
 
 {% else %}
@@ -58,16 +67,43 @@ hour_bars as (
 
 {% endif %}
 
--- returns between adjacent minutes only: a gap before a pre-market print is not one minute
+-- the regular session's minutes from the day's first real trade on (as fct_bars_daily)
+session_minutes as (
+    select
+        symbol,
+        trade_date,
+        hour_start,
+        window_start,
+        open,
+        close,
+        min(case when not is_synthetic and not is_price_carried then window_start end) over (
+            partition by symbol, trade_date
+        ) as first_real_start
+    from hour_bars
+    where session = 'regular'
+),
+
+-- returns over the whole session, then grouped by hour: the first is the first real
+-- bar's own (open to close), then close to close across hour boundaries
 minute_returns as (
     select
-        *,
+        symbol,
+        hour_start,
         case
-            when lag(window_start) over (partition by symbol, hour_start order by window_start)
-                = {{ dbt.dateadd('minute', -1, 'window_start') }}
-                then ln(close / lag(close) over (partition by symbol, hour_start order by window_start))
+            when window_start = first_real_start then ln(close / open)
+            else ln(close / lag(close) over (partition by symbol, trade_date order by window_start))
         end as log_return
-    from hour_bars
+    from session_minutes
+    where window_start >= first_real_start
+),
+
+variance_summary as (
+    select
+        symbol,
+        hour_start,
+        sum(log_return * log_return) as realized_variance_1m
+    from minute_returns
+    group by symbol, hour_start
 ),
 
 real_bar_summary as (
@@ -75,27 +111,33 @@ real_bar_summary as (
         symbol,
         hour_start,
         min(trade_date) as trade_date,
-        min_by(open, window_start) as open,
-        max(high) as high,
-        min(low) as low,
-        max_by(close, window_start) as close,
+        -- prices from the bars with prices of their own; an hour of price-carried bars
+        -- only (trades none of which could set a price) shows the close they carry
+        coalesce(min_by(open, priced_start), min_by(open, window_start)) as open,
+        coalesce(max(case when priced_start is not null then high end), max(high)) as high,
+        coalesce(min(case when priced_start is not null then low end), min(low)) as low,
+        coalesce(max_by(close, priced_start), max_by(close, window_start)) as close,
         sum(volume) as volume,
         sum(vwap * volume) / nullif(sum(case when vwap is not null then volume end), 0) as vwap,
         count(*) as bar_count
-    from hour_bars
-    where not is_synthetic
+    from (
+        select
+            *,
+            case when not is_price_carried then window_start end as priced_start
+        from hour_bars
+        where not is_synthetic
+    ) as real_bars
     group by symbol, hour_start
 ),
 
-return_summary as (
+lineage as (
     select
         symbol,
         hour_start,
         sum(case when is_synthetic then 1 else 0 end) as synthetic_bar_count,
-        sqrt(sum(log_return * log_return)) as realized_vol,
         max(_loaded_at) as _loaded_at,
         max(_load_seq) as _load_seq
-    from minute_returns
+    from hour_bars
     group by symbol, hour_start
 ),
 
@@ -111,14 +153,18 @@ final as (
         real_bar_summary.volume,
         real_bar_summary.vwap,
         real_bar_summary.bar_count,
-        return_summary.synthetic_bar_count,
-        return_summary.realized_vol,
-        return_summary._loaded_at,
-        return_summary._load_seq
+        lineage.synthetic_bar_count,
+        variance_summary.realized_variance_1m,
+        sqrt(variance_summary.realized_variance_1m) as realized_vol,
+        lineage._loaded_at,
+        lineage._load_seq
     from real_bar_summary
-    inner join return_summary
-        on return_summary.symbol = real_bar_summary.symbol
-        and return_summary.hour_start = real_bar_summary.hour_start
+    inner join lineage
+        on lineage.symbol = real_bar_summary.symbol
+        and lineage.hour_start = real_bar_summary.hour_start
+    left join variance_summary
+        on variance_summary.symbol = real_bar_summary.symbol
+        and variance_summary.hour_start = real_bar_summary.hour_start
 )
 
 select * from final
