@@ -199,6 +199,22 @@ def generate_loads(schedule: pd.DataFrame, seed: int = 7) -> Loads:
         gap_day + pd.Timedelta(minutes=60), gap_day + pd.Timedelta(minutes=119)
     )
     final = full[~missing].reset_index(drop=True)
+    # minutes whose trades could set no price (trade conditions: an average-price print
+    # alone, say): null prices in bronze, the previous priced close in silver, their
+    # volume kept; AAA's in the first half of the history and the crypto pair's
+    interior = (
+        final.groupby("symbol")
+        .cumcount()
+        .between(5, final.groupby("symbol").symbol.transform("size") - 6)
+    )
+    halfway = schedule.market_open.iloc[len(schedule) // 2]
+    unpriced = (
+        interior
+        & (rng.uniform(0, 1, len(final)) < 0.004)
+        & (((final.symbol == "AAA") & (final.window_start < halfway)) | (final.symbol == CRYPTO))
+        & (final.window_start != holiday_print)
+    )
+    final.loc[unpriced, ["open", "high", "low", "close"]] = np.nan
 
     split = schedule.market_open.iloc[len(schedule) - SECOND_LOAD_SESSIONS] - pd.Timedelta(hours=6)
     early = final.window_start < split
@@ -286,6 +302,7 @@ def expected_silver(final: pd.DataFrame, schedule: pd.DataFrame) -> pd.DataFrame
     for symbol, bars in final.groupby("symbol"):
         bars = bars.copy()
         bars["is_synthetic"] = False
+        bars["is_price_carried"] = bars.close.isna()
         first, last = bars.window_start.min(), bars.window_start.max()
         if ":" in symbol:
             days = pd.date_range(first.normalize(), last.normalize(), freq="D")
@@ -304,11 +321,20 @@ def expected_silver(final: pd.DataFrame, schedule: pd.DataFrame) -> pd.DataFrame
             session_minutes = session_minutes.tz_localize("UTC")
         inside = session_minutes[(session_minutes > first) & (session_minutes < last)]
         gaps = inside.difference(pd.DatetimeIndex(bars.window_start))
-        synthetic = pd.DataFrame({"symbol": symbol, "window_start": gaps, "is_synthetic": True})
+        synthetic = pd.DataFrame(
+            {
+                "symbol": symbol,
+                "window_start": gaps,
+                "is_synthetic": True,
+                "is_price_carried": False,
+            }
+        )
         merged = pd.concat([bars, synthetic], ignore_index=True).sort_values("window_start")
-        carried = merged.close.ffill()
+        carried = merged.close.ffill()  # the last priced close before each minute
         for col in ("open", "high", "low", "close"):
-            merged[col] = merged[col].where(~merged.is_synthetic, carried)
+            merged[col] = merged[col].where(
+                ~(merged.is_synthetic | merged.is_price_carried), carried
+            )
         merged.loc[merged.is_synthetic, "volume"] = 0.0
         merged.loc[merged.is_synthetic, "trade_count"] = 0
         if ":" in symbol:
@@ -338,20 +364,29 @@ def expected_daily(silver: pd.DataFrame) -> pd.DataFrame:
     real = regular[~regular.is_synthetic].copy()
     real["pv"] = real.vwap * real.volume
     real["v_with_vwap"] = real.volume.where(real.vwap.notna())
-    daily = real.groupby(["symbol", "trade_date"]).agg(
-        open=("open", "first"),
-        high=("high", "max"),
-        low=("low", "min"),
-        close=("close", "last"),
-        volume=("volume", "sum"),
-        pv=("pv", "sum"),
-        v_with_vwap=("v_with_vwap", "sum"),
-        bar_count=("close", "size"),
+    # prices from the bars with prices of their own, volume from every real bar
+    priced = real[~real.is_price_carried]
+    daily = (
+        priced.groupby(["symbol", "trade_date"])
+        .agg(
+            open=("open", "first"),
+            high=("high", "max"),
+            low=("low", "min"),
+            close=("close", "last"),
+        )
+        .join(
+            real.groupby(["symbol", "trade_date"]).agg(
+                volume=("volume", "sum"),
+                pv=("pv", "sum"),
+                v_with_vwap=("v_with_vwap", "sum"),
+                bar_count=("close", "size"),
+            )
+        )
     )
     daily["vwap"] = daily.pv / daily.v_with_vwap
     # Contract 3: the session's minutes from its first real trade on; the first return is
     # that bar's own (open to close), then close to close.
-    first_real = real.groupby(["symbol", "trade_date"]).window_start.min().rename("first_real")
+    first_real = priced.groupby(["symbol", "trade_date"]).window_start.min().rename("first_real")
     session = regular.join(first_real, on=["symbol", "trade_date"])
     session = session[session.window_start >= session.first_real]
     previous = session.groupby(["symbol", "trade_date"]).close.shift()
@@ -767,11 +802,19 @@ def test_intraday_hourly_mart_rolls_up_the_minutes(
         volume=("volume", "sum"),
         bar_count=("close", "size"),
     )
+    # prices from the bars with prices of their own where the hour has one
+    priced = real[~real.is_price_carried].groupby(["symbol", "hour_start"])
+    expected["open"] = priced.open.first().reindex(expected.index).fillna(expected.open)
+    expected["close"] = priced.close.last().reindex(expected.index).fillna(expected.close)
     # returns over each regular session from its first real trade (the first from that
     # bar's open), then grouped into hours: an hour's first return is from the last close
     # of the hour before
     regular = bars[bars.session == "regular"].sort_values(["symbol", "window_start"])
-    first_real = regular[~regular.is_synthetic].groupby(["symbol", "trade_date"]).window_start.min()
+    first_real = (
+        regular[~regular.is_synthetic & ~regular.is_price_carried]
+        .groupby(["symbol", "trade_date"])
+        .window_start.min()
+    )
     regular = regular.join(first_real.rename("first_real"), on=["symbol", "trade_date"])
     regular = regular[regular.window_start >= regular.first_real]
     previous = regular.groupby(["symbol", "trade_date"]).close.shift()
