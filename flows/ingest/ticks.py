@@ -52,6 +52,7 @@ class Tick(NamedTuple):
     id: str
     source: str | None = None
     conditions: tuple[str, ...] = ()
+    exchange: str | None = None  # the venue code, where the feed gives one
 
 
 class BadTick(ValueError):
@@ -308,6 +309,13 @@ def _decode(
         if check_text:
             _text("source", source)
 
+    exchange = obj.get("exchange")
+    if exchange is not None:
+        if not isinstance(exchange, str):
+            raise BadTick("bad-exchange", f"exchange must be a string, got {_show(exchange)}")
+        if check_text:
+            _text("exchange", exchange)
+
     tid = obj.get("id")
     if tid is None:
         tid = tick_id(symbol, ts, price, volume, conditions)  # type: ignore[arg-type]
@@ -319,7 +327,7 @@ def _decode(
     elif check_text:
         _text("id", tid)
 
-    return Tick(symbol, ts, price, volume, tid, source, conditions)  # type: ignore[arg-type]
+    return Tick(symbol, ts, price, volume, tid, source, conditions, exchange)  # type: ignore[arg-type]
 
 
 def decode_tick(
@@ -382,4 +390,6 @@ def encode_tick(tick: Tick) -> bytes:
         obj["source"] = tick.source
     if tick.conditions:
         obj["conditions"] = list(tick.conditions)
+    if tick.exchange:
+        obj["exchange"] = tick.exchange
     return orjson.dumps(obj)
