@@ -1,11 +1,47 @@
 """A seeded market simulator: realistic trades for any symbol, plus optional faults.
 
-Prices follow geometric Brownian motion with Merton jumps; trades arrive as a
-Poisson process per symbol whose intensity follows the session: NYSE pre-market
-(04:00-09:30 America/New_York, thin), regular hours (09:30-16:00, busiest near
-the open and the close) and post-market (16:00-20:00, thin), nothing at night
-or on weekends. Crypto pairs (`X:Y`, e.g. `BINANCE:BTCUSDT`) trade around the
-clock. Prices move only while a market is open, plus an overnight gap.
+Calendar. Plain tickers trade only on NYSE sessions from exchange_calendars (XNYS,
+see `flows.ingest.calendar`, the same source as dbt's seed): no trade on weekends
+or holidays, the regular session 09:30-16:00 New York (13:00 on half days),
+pre-market from 04:00 and post-market until 20:00 (17:00 on half days). Crypto
+pairs (`X:Y`, e.g. `BINANCE:BTCUSDT`) trade around the clock. `last_open` (the
+producer's `--start last-session`) and warm-ups follow the same calendar.
+
+Arrivals. A Poisson process per symbol whose intensity follows the day: pre- and
+post-market thin (8 % and 6 % of the regular rate), the first half hour 1.8x and
+the last 1.5x the rate of the middle of the session.
+
+Prices. The mid is a pure function of (seed, symbol, time), so a restarted run
+continues the path a stopped one left. Each day starts at an anchor: a seeded,
+mean-reverting walk (half-life 90 days) of daily moves, each a normal move with the
+day's variance plus, rarely, a Merton jump, so daily returns have the profile's
+volatility and the level stays near its base. Inside a day the mid is a Brownian
+bridge to the next anchor on a variance clock (pre/post-market 0.35, the open 1.3,
+the close 1.2 of mid-session variance per hour; a closed night, weekend day or
+holiday moves like 1.5 h), bridged per 4-minute chunk, then per second, linear in
+between; the day's jump is a step at its seeded time. Trades print at the bid or
+the ask (half the profile's spread away), rounded to the tick.
+
+Conditions (UTP sale-condition codes as the feed sends them, `source` `sim`; the
+rules table maps them). A stock trade's list is [settlement, trade-through
+exemption, extended hours/sequence, detail], empty slots dropped:
+- `@` regular settlement on every trade; a plain trade is `["@"]`.
+- `I` odd lot: every trade under 100 shares (42 % of trades).
+- `F` intermarket sweep: 12 % of exchange trades in the regular session, 5 % in
+  extended hours; never on the TRF.
+- `T` Form T: every pre-/post-market trade; `U` instead when such a trade is also
+  out of sequence.
+- `Z` sold out of sequence: 0.3 % of trades, reported now at the mid of 2-90 s ago.
+- `W` average price: 0.05 % of trades, 2,000-50,000 shares on the TRF, 2-5 % away
+  from the market (an earlier accumulation's average): volume only under the rules.
+- Per session, from the listing market (`Q` Nasdaq; `N` NYSE for BLK): the opening
+  cross `["@", "O"]` at 09:30 plus 0-250 ms, then the official open `["Q"]` at the
+  cross's price 1-1500 ms later; the closing cross `["@", "6"]` at the close and
+  the official close `["M"]`. Q and M repeat the cross's size and count in neither
+  volume nor prices. They are seeded per session, so a rerun repeats them exactly.
+`exchange` is a UTP participant code drawn by share of trades (`VENUES_REGULAR`:
+36 % `D` FINRA TRF off-exchange, 16 % Nasdaq, ...; `VENUES_EXTENDED` for pre/post-
+market). Crypto trades carry no conditions and the pair's exchange (`BINANCE`).
 
 `simulate(...)` is a pure, deterministic generator: the same arguments give
 byte-identical messages (ids included). Wall-clock pacing is the caller's
