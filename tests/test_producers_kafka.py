@@ -540,19 +540,20 @@ def test_ctrl_c_flushes_and_every_reported_tick_is_in_the_topic(new_topic, kafka
 
 
 def _latest_weekday_open(now: datetime) -> datetime:
-    """09:30 New York of the latest weekday at or before `now` (written apart from the sim's)."""
-    from datetime import time as clock
+    """The latest NYSE session open at or before `now` (exchange_calendars, apart from the sim)."""
     from datetime import timedelta
-    from zoneinfo import ZoneInfo
 
-    new_york = ZoneInfo("America/New_York")
-    local = now.astimezone(new_york)
-    for back in range(8):
-        day = (local - timedelta(days=back)).date()
-        opened = datetime.combine(day, clock(9, 30), new_york)
-        if day.isoweekday() <= 5 and opened <= local:
+    import exchange_calendars as xcals
+
+    day = now.date()
+    cal = xcals.get_calendar("XNYS", start=(day - timedelta(days=30)).isoformat())
+    for session in reversed(
+        cal.sessions_in_range(day - timedelta(days=14), day + timedelta(days=1))
+    ):
+        opened = cal.session_open(session).to_pydatetime()
+        if opened <= now:
             return opened.astimezone(UTC)
-    raise AssertionError("no weekday in a week")
+    raise AssertionError("no NYSE session in two weeks")
 
 
 def test_last_session_with_warmup_shows_a_session_at_any_hour(new_topic, kafka_bootstrap):

@@ -51,8 +51,8 @@ class Mode(StrEnum):
 def _parse_start(value: str | None, option: str = "--start") -> int:
     """Epoch ms of an ISO date-time, of `now` (the default) or of `last-session`.
 
-    `last-session`: the latest regular-session open at or before now (the simulator's
-    calendar), so a stock simulator has a session to show at any hour.
+    `last-session`: the latest NYSE regular-session open at or before now (holidays
+    skipped), so a stock simulator has a session to show at any hour.
     """
     now = time.time_ns() // 1_000_000
     if not value or value == "now":
@@ -183,7 +183,7 @@ def produce_command(
         typer.Option(
             "--start",
             help="sim: event time of the first tick: ISO 8601 (UTC if no offset), now or "
-            "last-session (the latest 09:30 New York weekday open). Stocks wait for the next "
+            "last-session (the latest NYSE session open). Stocks wait for the next NYSE "
             "session, crypto pairs (X:Y) trade at once. Paced ticks never go out before their "
             "time: a start in the past catches up at --speed, then runs in real time.",
             show_default="now",

@@ -1,11 +1,47 @@
 """A seeded market simulator: realistic trades for any symbol, plus optional faults.
 
-Prices follow geometric Brownian motion with Merton jumps; trades arrive as a
-Poisson process per symbol whose intensity follows the session: NYSE pre-market
-(04:00-09:30 America/New_York, thin), regular hours (09:30-16:00, busiest near
-the open and the close) and post-market (16:00-20:00, thin), nothing at night
-or on weekends. Crypto pairs (`X:Y`, e.g. `BINANCE:BTCUSDT`) trade around the
-clock. Prices move only while a market is open, plus an overnight gap.
+Calendar. Plain tickers trade only on NYSE sessions from exchange_calendars (XNYS,
+see `flows.ingest.calendar`, the same source as dbt's seed): no trade on weekends
+or holidays, the regular session 09:30-16:00 New York (13:00 on half days),
+pre-market from 04:00 and post-market until 20:00 (17:00 on half days). Crypto
+pairs (`X:Y`, e.g. `BINANCE:BTCUSDT`) trade around the clock. `last_open` (the
+producer's `--start last-session`) and warm-ups follow the same calendar.
+
+Arrivals. A Poisson process per symbol whose intensity follows the day: pre- and
+post-market thin (8 % and 6 % of the regular rate), the first half hour 1.8x and
+the last 1.5x the rate of the middle of the session.
+
+Prices. The mid is a pure function of (seed, symbol, time), so a restarted run
+continues the path a stopped one left. Each day starts at an anchor: a seeded,
+mean-reverting walk (half-life 90 days) of daily moves, each a normal move with the
+day's variance plus, rarely, a Merton jump, so daily returns have the profile's
+volatility and the level stays near its base. Inside a day the mid is a Brownian
+bridge to the next anchor on a variance clock (pre/post-market 0.35, the open 1.3,
+the close 1.2 of mid-session variance per hour; a closed night, weekend day or
+holiday moves like 1.5 h), bridged per 4-minute chunk, then per second, linear in
+between; the day's jump is a step at its seeded time. Trades print at the bid or
+the ask (half the profile's spread away), rounded to the tick.
+
+Conditions (UTP sale-condition codes as the feed sends them, `source` `sim`; the
+rules table maps them). A stock trade's list is [settlement, trade-through
+exemption, extended hours/sequence, detail], empty slots dropped:
+- `@` regular settlement on every trade; a plain trade is `["@"]`.
+- `I` odd lot: every trade under 100 shares (42 % of trades).
+- `F` intermarket sweep: 12 % of exchange trades in the regular session, 5 % in
+  extended hours; never on the TRF.
+- `T` Form T: every pre-/post-market trade; `U` instead when such a trade is also
+  out of sequence.
+- `Z` sold out of sequence: 0.3 % of trades, reported now at the mid of 2-90 s ago.
+- `W` average price: 0.05 % of trades, 2,000-50,000 shares on the TRF, 2-5 % away
+  from the market (an earlier accumulation's average): volume only under the rules.
+- Per session, from the listing market (`Q` Nasdaq; `N` NYSE for BLK): the opening
+  cross `["@", "O"]` at 09:30 plus 0-250 ms, then the official open `["Q"]` at the
+  cross's price 1-1500 ms later; the closing cross `["@", "6"]` at the close and
+  the official close `["M"]`. Q and M repeat the cross's size and count in neither
+  volume nor prices. They are seeded per session, so a rerun repeats them exactly.
+`exchange` is a UTP participant code drawn by share of trades (`VENUES_REGULAR`:
+36 % `D` FINRA TRF off-exchange, 16 % Nasdaq, ...; `VENUES_EXTENDED` for pre/post-
+market). Crypto trades carry no conditions and the pair's exchange (`BINANCE`).
 
 `simulate(...)` is a pure, deterministic generator: the same arguments give
 byte-identical messages (ids included). Wall-clock pacing is the caller's
@@ -20,6 +56,7 @@ breaking contract 1, cycling through every kind in `BAD_KINDS`).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 import math
@@ -28,23 +65,19 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 from itertools import islice
-from zoneinfo import ZoneInfo
 
+import numpy as np
 import orjson
 
+from flows.ingest import calendar
+from flows.ingest.calendar import NEW_YORK
 from flows.ingest.kafka_out import Item
 from flows.ingest.ticks import Tick, tick_id
 
 SOURCE = "sim"
-NEW_YORK = ZoneInfo("America/New_York")
-_MS_PER_HOUR = 3_600_000
 _MS_PER_DAY = 86_400_000
-# Variance clocks: a stock's annual volatility accrues over 252 regular sessions
-# of 6.5 h; a crypto pair's over calendar time.
-_STOCK_YEAR_MS = 252 * 6.5 * _MS_PER_HOUR
-_CRYPTO_YEAR_MS = 365 * 24 * _MS_PER_HOUR
-_OVERNIGHT_VARIANCE_MS = 1.5 * _MS_PER_HOUR  # an overnight gap moves like 1.5 h of trading
 
 
 @dataclass(frozen=True)
@@ -141,55 +174,274 @@ def _price_decimals(level: float) -> int:
     return 6
 
 
-# Session shape of a stock's day: (start, end) local hours, arrival intensity
-# relative to the regular session, and how much the price moves per hour.
-_STOCK_DAY = [
-    (4.0, 9.5, 0.08, 0.35),  # pre-market
-    (9.5, 10.0, 1.8, 1.3),  # the open
-    (10.0, 15.5, 1.0, 1.0),
-    (15.5, 16.0, 1.5, 1.2),  # into the close
-    (16.0, 20.0, 0.06, 0.35),  # post-market
-]
+def _key(seed: int, symbol: str) -> list[int]:
+    """The entropy of a (seed, symbol) for numpy's SeedSequence."""
+    digest = hashlib.blake2b(f"{seed}:{symbol}".encode(), digest_size=16).digest()
+    return [int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:], "big")]
 
 
-def _stock_segments(start_ms: int) -> Iterator[tuple[int, int, float, float]]:
-    """(start_ms, end_ms, intensity, variance weight) of every open stretch from `start_ms` on."""
-    day: date = datetime.fromtimestamp(start_ms / 1000, NEW_YORK).date()
-    while True:
-        if day.weekday() < 5:
-            midnight = datetime(day.year, day.month, day.day, tzinfo=NEW_YORK)
-            for lo, hi, intensity, weight in _STOCK_DAY:
-                seg_lo = int((midnight + timedelta(hours=lo)).timestamp() * 1000)
-                seg_hi = int((midnight + timedelta(hours=hi)).timestamp() * 1000)
-                if seg_hi > start_ms:
-                    yield max(seg_lo, start_ms), seg_hi, intensity, weight
-        day += timedelta(days=1)
+# --- the calendar of a day's variance ---------------------------------------------------------
+
+_HOUR_S = 3600
+# Variance weights per hour of a stock's day, relative to the middle of the regular session.
+_W_PRE, _W_OPEN, _W_REGULAR, _W_CLOSE, _W_POST = 0.35, 1.3, 1.0, 1.2, 0.35
+_OVERNIGHT_HOURS = 1.5  # a closed stretch (a night, a weekend day, a holiday) moves like 1.5 h
+# A full session day, 04:00 to 04:00, in hours of mid-session variance: the unit of a
+# stock's daily variance (vol**2 / 252 per full session day).
+_FULL_DAY_HOURS = (
+    5.5 * _W_PRE + 0.5 * _W_OPEN + 5.5 * _W_REGULAR + 0.5 * _W_CLOSE + 4 * _W_POST
+    + _OVERNIGHT_HOURS
+)  # fmt: skip
+_CHUNK_S = 240  # the path is bridged per day, then per 4-minute chunk, then per second
 
 
-def last_open(now_ms: int) -> int:
-    """Epoch ms of the latest regular-session open (09:30 New York, a weekday) at or before `now_ms`.
+@dataclass(frozen=True)
+class _Day:
+    """One day stretch of a symbol's path: [start_ms, start_ms + n_s * 1000)."""
 
-    The session a stock simulator started there shows first: during a session, today's;
-    at night or at a weekend, the last one (the simulator's calendar: every weekday).
+    start_ms: int  # 04:00 New York (stocks) or 00:00 UTC (crypto)
+    n_s: int
+    weights: tuple[tuple[int, int, float], ...]  # (first second, end second, weight per second)
+    total: float  # sum of the weights, in weight-seconds
+
+
+@cache
+def _day(ordinal: int, crypto: bool) -> _Day:
+    d = date.fromordinal(ordinal)
+    if crypto:
+        start = int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)
+        return _Day(start, 86_400, ((0, 86_400, 1.0),), 86_400.0)
+    start = int(datetime.combine(d, calendar.PRE_OPEN, NEW_YORK).timestamp() * 1000)
+    nd = d + timedelta(days=1)
+    end = int(datetime.combine(nd, calendar.PRE_OPEN, NEW_YORK).timestamp() * 1000)
+    n_s = (end - start) // 1000
+    s = calendar.session(d, strict=False)
+    if s is None:
+        w = _OVERNIGHT_HOURS * _HOUR_S / n_s
+        return _Day(start, n_s, ((0, n_s, w),), _OVERNIGHT_HOURS * _HOUR_S)
+
+    def sec(ms: int) -> int:
+        return (ms - start) // 1000
+
+    o, c, post = sec(s.open), sec(s.close), sec(s.post_close)
+    night = n_s - post
+    pieces = (
+        (0, o, _W_PRE),
+        (o, o + 1800, _W_OPEN),
+        (o + 1800, c - 1800, _W_REGULAR),
+        (c - 1800, c, _W_CLOSE),
+        (c, post, _W_POST),
+        (post, n_s, _OVERNIGHT_HOURS * _HOUR_S / night),
+    )
+    return _Day(start, n_s, pieces, sum((b - a) * w for a, b, w in pieces))
+
+
+def _second_weights(day: _Day, lo: int, hi: int) -> np.ndarray:
+    """The weight of every second in [lo, hi) of a day."""
+    out = np.empty(hi - lo)
+    for a, b, w in day.weights:
+        a, b = max(a, lo), min(b, hi)
+        if a < b:
+            out[a - lo : b - lo] = w
+    return out
+
+
+def _day_ordinal(ts_ms: int, crypto: bool) -> int:
+    if crypto:
+        return ts_ms // _MS_PER_DAY + _EPOCH_ORDINAL
+    local = datetime.fromtimestamp(ts_ms / 1000, NEW_YORK)
+    d = local.date()
+    if local.time() < calendar.PRE_OPEN:
+        d -= timedelta(days=1)
+    return d.toordinal()
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_BLOCK_DAYS = 256
+_HALF_LIFE_DAYS = 90  # calendar days for a price level to revert halfway to its base
+_MEMORY_DAYS = 1536  # the anchors' walk remembers this many days (0.5 ** (1536/90) ~ 1e-5)
+_PHI = 0.5 ** (1 / _HALF_LIFE_DAYS)
+_PHI_POWERS = _PHI ** np.arange(_MEMORY_DAYS)[::-1]  # oldest day first
+
+
+class _Path:
+    """A symbol's log mid price as a pure function of (seed, symbol, time).
+
+    Anchors (the log mid at each day's start) are a seeded, mean-reverting walk of
+    daily moves: the anchor of day d is log(base) + sum over the previous days k of
+    phi**(d-1-k) * move_k, where move_k is the diffusive move plus any Merton jump of
+    day k, drawn from a generator keyed by (seed, symbol, block of 256 days). Inside a
+    day the diffusive part is a Brownian bridge between consecutive anchors on the
+    day's variance clock, built in two levels (4-minute chunks, then seconds) with
+    generators keyed by (seed, symbol, day[, chunk]); the day's jump is a step at its
+    seeded time. Nothing depends on where a run starts.
     """
-    day: date = datetime.fromtimestamp(now_ms / 1000, NEW_YORK).date()
-    while True:
-        if day.weekday() < 5:
-            midnight = datetime(day.year, day.month, day.day, tzinfo=NEW_YORK)
-            opened = int((midnight + timedelta(hours=9.5)).timestamp() * 1000)
-            if opened <= now_ms:
-                return opened
-        day -= timedelta(days=1)
+
+    def __init__(self, symbol: str, seed: int, p: Profile):
+        self.key = _key(seed, symbol)
+        self.crypto = p.crypto
+        self.mu = math.log(p.price)
+        per_day = p.vol**2 / (365 if p.crypto else 252)
+        # variance per weight-second
+        self.unit = per_day / (86_400 if p.crypto else _FULL_DAY_HOURS * _HOUR_S)
+        self.jump_p = p.jumps_per_year / (365 if p.crypto else 252)
+        self.jump_mean, self.jump_std = p.jump_mean, p.jump_std
+        self.blocks: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.cur: tuple | None = None  # (ordinal, day, anchor, bridge, jump, jump_s)
+        self.chunks: dict[tuple[int, int], np.ndarray] = {}
+
+    def _block(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(daily moves, jump sizes (0: none), jump positions in (0, 1)) of a block of days."""
+        if b not in self.blocks:
+            rng = np.random.default_rng([*self.key, 0, b])
+            z = rng.standard_normal(_BLOCK_DAYS)
+            hit = rng.random(_BLOCK_DAYS) < self.jump_p
+            size = np.where(hit, rng.normal(self.jump_mean, self.jump_std, _BLOCK_DAYS), 0.0)
+            where = rng.random(_BLOCK_DAYS)
+            first = b * _BLOCK_DAYS
+            var = np.array([_day(first + i, self.crypto).total for i in range(_BLOCK_DAYS)])
+            moves = np.sqrt(var * self.unit) * z + size
+            if len(self.blocks) > 16:
+                self.blocks.clear()
+            self.blocks[b] = (moves, size, where)
+        return self.blocks[b]
+
+    def _moves(self, lo: int, hi: int) -> np.ndarray:
+        """The daily moves of days [lo, hi)."""
+        parts = []
+        for b in range(lo // _BLOCK_DAYS, (hi - 1) // _BLOCK_DAYS + 1):
+            moves = self._block(b)[0]
+            first = b * _BLOCK_DAYS
+            parts.append(moves[max(lo - first, 0) : min(hi - first, _BLOCK_DAYS)])
+        return np.concatenate(parts)
+
+    def anchor(self, ordinal: int) -> float:
+        """The log mid at the start of day `ordinal`."""
+        return self.mu + float(_PHI_POWERS @ self._moves(ordinal - _MEMORY_DAYS, ordinal))
+
+    def _enter(self, ordinal: int) -> tuple:
+        day = _day(ordinal, self.crypto)
+        a0, a1 = self.anchor(ordinal), self.anchor(ordinal + 1)
+        _, size, where = self._block(ordinal // _BLOCK_DAYS)
+        jump = float(size[ordinal % _BLOCK_DAYS])
+        # the jump falls where the day's variance clock reaches its seeded position
+        w = _second_weights(day, 0, day.n_s)
+        clock = np.cumsum(w)
+        jump_s = int(np.searchsorted(clock, where[ordinal % _BLOCK_DAYS] * clock[-1]))
+        # level 1: a bridge of the diffusive part over the chunks of the day
+        edges = np.arange(0, day.n_s + _CHUNK_S, _CHUNK_S).clip(max=day.n_s)
+        edges = np.unique(edges)
+        var = np.add.reduceat(w, edges[:-1]) * self.unit
+        rng = np.random.default_rng([*self.key, 1, ordinal])
+        walk = np.concatenate(([0.0], np.cumsum(np.sqrt(var) * rng.standard_normal(len(var)))))
+        cum = np.concatenate(([0.0], np.cumsum(var)))
+        target = a1 - a0 - jump
+        bridge = walk - cum / cum[-1] * (walk[-1] - target)
+        self.cur = (ordinal, day, a0, bridge, jump, jump_s)
+        self.chunks.clear()
+        return self.cur
+
+    def _chunk(self, ordinal: int, day: _Day, bridge: np.ndarray, c: int) -> list[float]:
+        """Level 2: the bridge at every second boundary of chunk `c` (len = seconds + 1)."""
+        got = self.chunks.get((ordinal, c))
+        if got is None:
+            lo, hi = c * _CHUNK_S, min((c + 1) * _CHUNK_S, day.n_s)
+            var = _second_weights(day, lo, hi) * self.unit
+            rng = np.random.default_rng([*self.key, 2, ordinal, c])
+            walk = np.concatenate(([0.0], np.cumsum(np.sqrt(var) * rng.standard_normal(hi - lo))))
+            cum = np.concatenate(([0.0], np.cumsum(var)))
+            got = bridge[c] + walk - cum / cum[-1] * (walk[-1] - (bridge[c + 1] - bridge[c]))
+            if len(self.chunks) > 8:
+                self.chunks.clear()
+            got = got.tolist()
+            self.chunks[(ordinal, c)] = got
+        return got
+
+    def log_mid(self, ts_ms: int) -> float:
+        """The log mid price at `ts_ms` (linear between whole seconds)."""
+        cur = self.cur
+        if cur is None or not 0 <= ts_ms - cur[1].start_ms < cur[1].n_s * 1000:
+            ordinal = _day_ordinal(ts_ms, self.crypto)
+            cur = self.cur if self.cur and self.cur[0] == ordinal else self._enter(ordinal)
+        ordinal, day, a0, bridge, jump, jump_s = cur
+        at = (ts_ms - day.start_ms) / 1000
+        s = min(int(at), day.n_s - 1)
+        c = s // _CHUNK_S
+        values = self._chunk(ordinal, day, bridge, c)
+        i = s - c * _CHUNK_S
+        frac = at - s
+        diffusive = values[i] + (values[i + 1] - values[i]) * frac
+        return a0 + float(diffusive) + (jump if s >= jump_s else 0.0)
 
 
-def _crypto_segments(start_ms: int) -> Iterator[tuple[int, int, float, float]]:
+# --- sessions, for trade arrivals -------------------------------------------------------------
+
+# Arrival intensity relative to the regular session: thin pre/post-market, busy near the
+# open and into the close.
+_PRE, _REGULAR, _POST = "pre", "regular", "post"
+
+
+def _stock_segments(start_ms: int) -> Iterator[tuple[int, int, float, str, calendar.Session]]:
+    """(start_ms, end_ms, intensity, part, session) of every open stretch from `start_ms` on."""
+    for s in calendar.sessions_from(start_ms):
+        for lo, hi, intensity, part in (
+            (s.pre_open, s.open, 0.08, _PRE),
+            (s.open, s.open + 1_800_000, 1.8, _REGULAR),
+            (s.open + 1_800_000, s.close - 1_800_000, 1.0, _REGULAR),
+            (s.close - 1_800_000, s.close, 1.5, _REGULAR),
+            (s.close, s.post_close, 0.06, _POST),
+        ):
+            if hi > start_ms:
+                yield max(lo, start_ms), hi, intensity, part, s
+
+
+def _crypto_segments(start_ms: int) -> Iterator[tuple[int, int, float, str, None]]:
     while True:  # one open-ended stretch, chopped by days so nothing ever overflows
-        yield start_ms, start_ms + _MS_PER_DAY, 1.0, 1.0
+        yield start_ms, start_ms + _MS_PER_DAY, 1.0, _REGULAR, None
         start_ms += _MS_PER_DAY
 
 
+def last_open(now_ms: int) -> int:
+    """Epoch ms of the latest NYSE regular-session open at or before `now_ms`.
+
+    The session a stock simulator started there shows first: during a session, today's;
+    at night, at a weekend or on a holiday, the last one (exchange_calendars XNYS).
+    """
+    return calendar.last_open(now_ms)
+
+
+# --- trade conditions (UTP sale-condition codes) and venues --------------------------------
+
+P_ISO = 0.12  # intermarket sweeps, of exchange-executed regular-hours trades
+P_ISO_EXTENDED = 0.05
+P_OUT_OF_SEQUENCE = 0.003  # Z (U in extended hours): reported late, at a stale price
+P_AVERAGE_PRICE = 0.0005  # W: an average-price print, far from the market
+# Venues by share of trades (UTP participant codes): D = FINRA TRF (off-exchange),
+# Q = Nasdaq, P = NYSE Arca, Z/K/Y/J = Cboe BZX/EDGX/BYX/EDGA, U = MEMX, N = NYSE,
+# V = IEX, X = Nasdaq PSX, B = Nasdaq BX, H = MIAX Pearl.
+VENUES_REGULAR = {
+    "D": 0.36, "Q": 0.16, "P": 0.09, "Z": 0.08, "K": 0.08, "U": 0.05, "N": 0.04,
+    "V": 0.04, "Y": 0.03, "J": 0.02, "X": 0.02, "B": 0.02, "H": 0.01,
+}  # fmt: skip
+VENUES_EXTENDED = {"Q": 0.35, "P": 0.25, "D": 0.25, "K": 0.10, "Z": 0.05}
+OFF_EXCHANGE = "D"
+_LISTING = {"BLK": "N"}  # the listing market prints the crosses; Nasdaq for the others
+
+
+def _cumulative(weights: dict[str, float]) -> tuple[list[str], list[float]]:
+    names = list(weights)
+    total, cum = 0.0, []
+    for name in names:
+        total += weights[name]
+        cum.append(total)
+    return names, [c / total for c in cum]
+
+
+_VENUES = {part: _cumulative(v) for part, v in ((_REGULAR, VENUES_REGULAR), (_PRE, VENUES_EXTENDED), (_POST, VENUES_EXTENDED))}  # fmt: skip
+
+
 class _SymbolSim:
-    """One symbol's trade arrivals (piecewise-constant Poisson) and price path."""
+    """One symbol's trade arrivals (piecewise-constant Poisson), prints and conditions."""
 
     def __init__(
         self,
@@ -200,78 +452,116 @@ class _SymbolSim:
         warmup: tuple[int, float] | None = None,
     ):
         self.symbol = symbol
+        self.seed = seed
         self.p = profile_for(symbol)
+        self.path = _Path(symbol, seed, self.p)
         self.rng = random.Random(f"{seed}:{symbol}")
+        self.start_ms = start_ms
         self.segments = (_crypto_segments if self.p.crypto else _stock_segments)(start_ms)
         self.seg = next(self.segments)
         self.t = float(start_ms)
         self.per_ms = self.p.trades_per_s * intensity / 1000.0
         # (until_ms, intensity): a sparser stretch before `until_ms`, e.g. months of
-        # history leading into a full-rate session along one continuous price path
+        # history leading into a full-rate session
         self.warmup_until = warmup[0] if warmup else None
         self.warmup_per_ms = self.p.trades_per_s * warmup[1] / 1000.0 if warmup else 0.0
-        year_ms = _CRYPTO_YEAR_MS if self.p.crypto else _STOCK_YEAR_MS
-        self.var_per_ms = self.p.vol**2 / year_ms
-        self.jumps_per_ms = self.p.jumps_per_year / year_ms
-        self.jump_comp = math.exp(self.p.jump_mean + self.p.jump_std**2 / 2) - 1
-        self.log_mid = math.log(self.p.price)
         self.decimals = _price_decimals(self.p.price)
+        self.listing = _LISTING.get(symbol, "Q")
+        self.exchange = symbol.split(":", 1)[0] if self.p.crypto else None
         self.last_ts = -1
-        self.seen_at_ts: Counter[tuple[float, float]] = Counter()
+        self.seen_at_ts: Counter[tuple] = Counter()
+        self.scheduled: list[tuple[int, int, tuple]] = []  # (ts, order, print): crosses, Q, M
+        self.sessions_seen: set[date] = set()
+        self.arrival: tuple[int, str] | None = None
 
-    def next_arrival(self) -> tuple[float, float]:
-        """Event time of the next trade, and the variance time (ms) elapsed until it."""
+    def _schedule(self, s: calendar.Session) -> None:
+        """The opening cross and Q, the closing cross and M of a session (seeded per day)."""
+        if s.day in self.sessions_seen:
+            return
+        self.sessions_seen.add(s.day)
+        rng = random.Random(f"{self.seed}:{self.symbol}:{s.day.isoformat()}:cross")
+        for at, cross, report in ((s.open, "O", "Q"), (s.close, "6", "M")):
+            ts = at + rng.randint(0, 250)  # the cross executes just after the bell
+            size = self.p.lot_mult * 100.0 * max(5, round(math.exp(rng.gauss(math.log(120), 0.7))))
+            lag = rng.randint(1, 1500)  # the listing market's official report follows
+            for order, stamp, codes in ((0, ts, ("@", cross)), (1, ts + lag, (report,))):
+                if stamp >= self.start_ms:
+                    heapq.heappush(self.scheduled, (stamp, order, (at, codes, size)))
+
+    def next_arrival(self) -> tuple[int, str]:
+        """Event time (ms) of the next ordinary trade, and the part of the day it falls in."""
         need = self.rng.expovariate(1.0)  # unit-rate exponential, spent at the session's rate
-        tau = 0.0
         while True:
-            lo, hi, intensity, weight = self.seg
-            if self.t < lo:  # the market was closed in between: an overnight gap
-                tau += _OVERNIGHT_VARIANCE_MS
-                self.t = float(lo)
+            lo, hi, intensity, part, s = self.seg
+            if s is not None:
+                self._schedule(s)
+            self.t = max(self.t, float(lo))
             per_ms, until = self.per_ms, hi
             if self.warmup_until is not None and self.t < self.warmup_until:
                 per_ms, until = self.warmup_per_ms, min(hi, self.warmup_until)
             rate = per_ms * intensity
             if self.t + need / rate < until:
-                dt = need / rate
-                self.t += dt
-                return self.t, tau + dt * weight
+                self.t += need / rate
+                return int(self.t), part
             need -= (until - self.t) * rate
-            tau += (until - self.t) * weight
             self.t = float(until)
             if until == hi:
                 self.seg = next(self.segments)
 
     def next_trade(self) -> Tick:
-        t, tau = self.next_arrival()
+        if self.arrival is None:
+            self.arrival = self.next_arrival()
+        if self.scheduled and self.scheduled[0][0] <= self.arrival[0]:
+            ts, _, (at, codes, size) = heapq.heappop(self.scheduled)
+            price = self._round(math.exp(self.path.log_mid(at)))
+            return self._tick(ts, price, size, codes, self.listing)
+        ts, part = self.arrival
+        self.arrival = None
+        return self._ordinary(ts, part)
+
+    def _round(self, raw: float) -> float:
+        return max(round(raw, self.decimals), 10.0**-self.decimals)
+
+    def _ordinary(self, ts: int, part: str) -> Tick:
         rng, p = self.rng, self.p
-        # GBM step over the elapsed variance time, plus (rarely) a Merton jump
-        var = self.var_per_ms * tau
-        step = -0.5 * var - self.jumps_per_ms * self.jump_comp * tau
-        step += math.sqrt(var) * rng.gauss(0.0, 1.0)
-        if rng.random() < -math.expm1(-self.jumps_per_ms * tau):
-            step += rng.gauss(p.jump_mean, p.jump_std)
-        self.log_mid += step
-        mid = math.exp(self.log_mid)
+        mid = math.exp(self.path.log_mid(ts))
         half_spread = mid * p.spread_bps / 20_000
-        raw = mid + half_spread if rng.random() < 0.5 else mid - half_spread
-        price = max(round(raw, self.decimals), 10.0**-self.decimals)
+        bounce = half_spread if rng.random() < 0.5 else -half_spread
+        if p.crypto:
+            return self._tick(ts, self._round(mid + bounce), self._size(mid), (), self.exchange)
+        names, cum = _VENUES[part]
+        venue = names[bisect.bisect_left(cum, rng.random())]
+        extended = part != _REGULAR
+        u = rng.random()
+        if u < P_AVERAGE_PRICE:  # an earlier accumulation's average price, reported now
+            away = rng.uniform(0.02, 0.05) * (1 if rng.random() < 0.5 else -1)
+            size = float(p.lot_mult * 100 * rng.randint(20, 500))
+            codes = ("@", "T", "W") if extended else ("@", "W")
+            return self._tick(ts, self._round(mid * (1 + away)), size, codes, OFF_EXCHANGE)
         volume = self._size(mid)
-        ts = int(t)
+        level2 = ""
+        if venue != OFF_EXCHANGE and rng.random() < (P_ISO_EXTENDED if extended else P_ISO):
+            level2 = "F"
+        level3 = "T" if extended else ""
+        if u < P_AVERAGE_PRICE + P_OUT_OF_SEQUENCE:  # executed seconds ago, reported now
+            stale = ts - rng.randint(2_000, 90_000)
+            mid = math.exp(self.path.log_mid(stale))
+            level3 = "U" if extended else "Z"
+        codes = tuple(c for c in ("@", level2, level3, "I" if volume < 100 else "") if c)
+        return self._tick(ts, self._round(mid + bounce), volume, codes, venue)
+
+    def _tick(
+        self, ts: int, price: float, volume: float, codes: tuple[str, ...], venue: str | None
+    ) -> Tick:
         # ids: identical trades in the same millisecond count as one upstream message
         if ts != self.last_ts:
             self.last_ts = ts
             self.seen_at_ts.clear()
-        occurrence = self.seen_at_ts[(price, volume)]
-        self.seen_at_ts[(price, volume)] += 1
-        return Tick(
-            self.symbol,
-            ts,
-            price,
-            volume,
-            tick_id(self.symbol, ts, price, volume, (), occurrence),
-            SOURCE,
-        )
+        what = (price, volume, codes)
+        occurrence = self.seen_at_ts[what]
+        self.seen_at_ts[what] += 1
+        tid = tick_id(self.symbol, ts, price, volume, codes, occurrence)
+        return Tick(self.symbol, ts, price, volume, tid, SOURCE, codes, venue)
 
     def _size(self, mid: float) -> float:
         rng = self.rng

@@ -79,7 +79,8 @@ def decode_batch(
     `decode_tick` itself, which names the problem. So the fast path only ever
     accepts what `decode_tick` accepts, with the same values (a property test
     holds it to that). A valid tick is a `WireTick` or a `Tick`: read them by
-    attribute (`symbol`, `ts`, `price`, `volume`, `id`, `source`, `conditions`).
+    attribute (`symbol`, `ts`, `price`, `volume`, `id`, `source`, `conditions`,
+    `exchange`).
     """
     n = len(values)
     wires: list[Any]
