@@ -128,6 +128,8 @@ class BenchRun:
     results: dict[str, list[EngineResult]] = field(default_factory=dict)
     # (final bars, sum of their trade_count) the dataflow wrote, one per repetition
     bar_checks: list[tuple[int, int]] = field(default_factory=list)
+    # the produced ticks that count in trade_count (None: all of them)
+    trades: int | None = None
 
     def add(self, engine: str, result: EngineResult) -> None:
         self.results.setdefault(engine, []).append(result)
@@ -137,7 +139,12 @@ class BenchRun:
         """Whether every dataflow repetition wrote the expected bars (None: none ran)."""
         if not self.bar_checks:
             return None
-        return all(check == (self.expected_bars, self.ticks) for check in self.bar_checks)
+        return all(check == self.expected_check for check in self.bar_checks)
+
+    @property
+    def expected_check(self) -> tuple[int, int]:
+        """(bars, Σ trade_count): every window, every tick that counts in volume."""
+        return self.expected_bars, self.ticks if self.trades is None else self.trades
 
     def rate(self, engine: str) -> Spread | None:
         return Spread.of([r.tps for r in self.results.get(engine, [])])
@@ -262,6 +269,9 @@ class Produced(NamedTuple):
 
     windows: int  # distinct (symbol, window) of the ticks
     event_span_hours: float  # last minus first event time per symbol, median over symbols
+    # ticks that count in a bar's volume and trade_count under the trade-condition rules
+    # (an official open or close report counts in neither)
+    trades: int
 
 
 def produce_ticks(
@@ -274,10 +284,12 @@ def produce_ticks(
 ) -> Produced:
     """Write `ticks` fault-free simulated ticks to `topic`; returns their windows and span."""
     from flows.ingest import TickWriter, simulate
+    from flows.tooling.chaos import trade_updates
 
     bar_ms = settings.bar_seconds * 1000
     windows: set[tuple[str, int]] = set()
     spans: dict[str, list[int]] = {}  # symbol -> [first ts, last ts]
+    trades = 0
     # No producer heartbeats: the engines' counts are over ticks only.
     with TickWriter(settings, topic, create_topics=False, heartbeat_interval=0) as out:
         items = simulate(
@@ -286,12 +298,13 @@ def produce_ticks(
         for tick in items:
             out.send(tick)  # no faults: every item is a Tick
             windows.add((tick.symbol, tick.ts // bar_ms))
+            trades += trade_updates(tick.source, tick.conditions)[2]
             span = spans.setdefault(tick.symbol, [tick.ts, tick.ts])
             span[1] = tick.ts  # the simulator yields each symbol's ticks in event-time order
     if out.acknowledged != ticks:
         raise StockpipeError(f"bench: the broker acknowledged {out.acknowledged} of {ticks} ticks")
     hours = statistics.median((last - first) / 3_600_000 for first, last in spans.values())
-    return Produced(len(windows), hours)
+    return Produced(len(windows), hours, trades)
 
 
 def create_topic(settings: Settings, partitions: int, label: str) -> str:
@@ -405,6 +418,7 @@ def run_one(
             f"spans {produced.event_span_hours:.2f} h per symbol (intensity {intensity:.3g})"
         )
         run = BenchRun(symbols, ticks, produced.windows, repeat, produced.event_span_hours)
+        run.trades = produced.trades
         timeout = 300 + ticks / 1_000  # generous: a shared 2-core machine is slow, not stuck
         for rep in range(1, repeat + 1):
             folder = workdir / f"rep{rep}"
@@ -603,7 +617,7 @@ def _bars_check(run: BenchRun) -> str:
         return "-"
     if run.bars_ok:
         return "ok"
-    wrong = sum(1 for check in run.bar_checks if check != (run.expected_bars, run.ticks))
+    wrong = sum(1 for check in run.bar_checks if check != run.expected_check)
     return f"MISMATCH ({wrong} of {len(run.bar_checks)})"
 
 
@@ -667,12 +681,13 @@ def print_report(report: BenchReport, console: Console) -> None:
     if report.runs:
         console.print(results_table(report.runs, report.repeat))
     for run in report.runs:
-        bad = [c for c in run.bar_checks if c != (run.expected_bars, run.ticks)]
+        bad = [c for c in run.bar_checks if c != run.expected_check]
         for bars, ticks_in_bars in bad:
             console.print(
                 f"[bold yellow]warning:[/] {run.symbols} symbols: a dataflow repetition wrote "
                 f"{bars} final bars holding {ticks_in_bars} ticks; the produced ticks have "
-                f"{run.expected_bars} (symbol, window) windows and {run.ticks} ticks"
+                f"{run.expected_bars} (symbol, window) windows and {run.expected_check[1]} "
+                "ticks that count in volume"
             )
     live = report.live
     if live is not None:
