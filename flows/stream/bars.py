@@ -742,7 +742,7 @@ class PartitionBars:
                                 # The fast path: exactly what on_record does for this tick,
                                 # which closes, evicts and restates nothing.
                                 codes = t.conditions
-                                flags = classify(t.source, tuple(codes)) if codes else REGULAR
+                                flags = classify(t.source, codes) if codes else REGULAR
                                 if win is None:  # the first tick of a window
                                     bar = PartialBar.of(ts, offset, t.price, t.volume, flags)
                                     st.open[ws] = Window.first(bar, key)
@@ -858,7 +858,7 @@ class PartitionBars:
 
     def _flags(self, tick: Any) -> int:
         codes = tick.conditions
-        return self._classify(tick.source, tuple(codes)) if codes else REGULAR
+        return self._classify(tick.source, codes) if codes else REGULAR
 
     def _on_tick(self, tick: Any, offset: int) -> None:
         self.ticks += 1

@@ -47,7 +47,7 @@ class WireTick(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     volume: Annotated[float, msgspec.Meta(ge=0.0, lt=MAX_NUMBER)] | None = None
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LEN)] | None = None
     source: str | None = None
-    conditions: list[str] | None = None
+    conditions: tuple[str, ...] | None = None  # a tuple: the rules memoise by it
     exchange: str | None = None
 
 
