@@ -302,11 +302,19 @@ def _iso(ms: int) -> str:
 def backfill_command(
     since: Annotated[
         str | None,
-        typer.Option("--since", help="Entries ending after this: a duration ago (2h) or a date."),
+        typer.Option(
+            "--since",
+            show_default="the whole ledger",
+            help="Entries ending after this: a duration ago (2h) or a date.",
+        ),
     ] = None,
     until: Annotated[
         str | None,
-        typer.Option("--until", help="Entries starting before this: a duration ago or a date."),
+        typer.Option(
+            "--until",
+            show_default="no end",
+            help="Entries starting before this: a duration ago or a date.",
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List what would be fetched; fetch and write nothing.")
