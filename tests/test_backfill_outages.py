@@ -231,3 +231,26 @@ def test_old_entries_get_their_id_from_their_content(tmp_path):
     assert entry["id"] == entry_id(old)
     new = Outage(T0, ["COIN"], "x", end_ms=T0 + 1, source="s")
     assert orjson.loads(new.line())["id"] == entry_id(old)
+
+
+def test_command_prints_one_json_document_and_names_a_bad_value(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    ledger = tmp_path / "outages.jsonl"
+    ledger_with_two_outages(ledger)
+    exe = str(Path(sys.executable).with_name("stockpipe"))
+    env = os.environ | {"STOCKPIPE_OUTAGE_LOG": str(ledger)}
+    done = subprocess.run(
+        [exe, "backfill-outages", "--dry-run", "--json"], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    report = orjson.loads(done.stdout)
+    assert report["dry_run"] is True and [j["symbol"] for j in report["jobs"]] == [
+        "COIN", "MARA", "MSTR",
+    ]  # fmt: skip
+    bad = subprocess.run(
+        [exe, "backfill-outages", "--since", "soon"], env=env, capture_output=True, timeout=60
+    )
+    assert bad.returncode == 2 and b"'soon'" in bad.stderr and b"Traceback" not in bad.stderr
