@@ -3,7 +3,13 @@
 Triggered by hand with `start_date` and `end_date` (inclusive, YYYY-MM-DD, lake
 partition dates in UTC) and optionally `full_refresh`:
 
-    check_range ─► find_missing_files ─► load_batch (mapped) ─► dbt_build ─► publish_marts
+    check_range ─► backfill_outages ─► find_missing_files ─► load_batch (mapped) ─► dbt_build ─► publish_marts
+
+backfill_outages first refetches from Finnhub's REST API what the outage
+ledger lists as missing inside the range (`stockpipe backfill-outages`, the
+same code): the ticks go to Kafka, so they reach the lake through the stream
+(a later run or the scheduled load picks up those files). Without
+FINNHUB_API_KEY it only logs what it would fetch.
 
 It loads only the files of those partitions that bronze.load_manifest does not
 hold (files already loaded are never loaded twice). The models then rebuild what
@@ -70,6 +76,21 @@ def stockpipe_backfill() -> None:
         first, last = orchestration.parse_date_range(start, end)
         return [first.isoformat(), last.isoformat()]
 
+    @task(retries=1)
+    def backfill_outages(day_range: list[str]) -> dict[str, Any]:
+        """The ledger's unrepaired outages inside the range, refetched into Kafka."""
+        from dataclasses import asdict
+
+        from flows.ingest.backfill import backfill_outages as run
+
+        settings = load_settings()
+        first, last = day_range
+        dry_run = settings.finnhub_api_key is None
+        report = run(settings, since=first, until=f"{last}T23:59:59.999+00:00", dry_run=dry_run)
+        if report.failed:
+            raise RuntimeError(f"{report.failed} outage backfills failed: see the task log")
+        return {k: v for k, v in asdict(report).items() if k != "jobs"} | {"jobs": len(report.jobs)}
+
     @task(**orchestration.warehouse_task_args(SETTINGS, orchestration.FIND_TIMEOUT))
     def find_missing_files(day_range: list[str]) -> list[list[str]]:
         first, last = orchestration.parse_date_range(*day_range)
@@ -92,7 +113,9 @@ def stockpipe_backfill() -> None:
         }
 
     day_range = check_range("{{ params.start_date }}", "{{ params.end_date }}")
-    loaded = load_batch.expand(files=find_missing_files(day_range))
+    missing = find_missing_files(day_range)
+    backfill_outages(day_range) >> missing
+    loaded = load_batch.expand(files=missing)
     dbt_build = orchestration.dbt_task_group(
         SETTINGS,
         group_id="dbt_build",

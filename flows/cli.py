@@ -42,6 +42,10 @@ COMMANDS: dict[str, Entry] = {
     ),
     "kafka": Entry("flows.tooling.kafka:kafka_app", "The local Apache Kafka broker."),
     "produce": Entry("flows.ingest.command:produce_command", "Ticks into Kafka."),
+    "backfill-outages": Entry(
+        "flows.ingest.backfill:backfill_command",
+        "Fetch again through Finnhub's REST API what the outage ledger lists as missing.",
+    ),
     "stream": Entry(
         "flows.stream.run:stream_command", "The Bytewax dataflow, with recovery.", ("stream",)
     ),

@@ -46,7 +46,13 @@ SESSION_MINUTES = 390
 HEAVY_MODULES = ("duckdb", "pyarrow", "dbt", "polars")
 
 LOAD_TASKS = {"find_new_files", "load_batch", "source_freshness", "publish_marts"}
-BACKFILL_TASKS = {"check_range", "find_missing_files", "load_batch", "publish_marts"}
+BACKFILL_TASKS = {
+    "check_range",
+    "backfill_outages",
+    "find_missing_files",
+    "load_batch",
+    "publish_marts",
+}
 DBT_TASKS = {
     "dbt_build.xnys_calendar_seed_build",
     "dbt_build.stg_exchange_sessions_model_build",
@@ -356,7 +362,7 @@ def test_dag_folder_parses_without_heavy_imports_into_the_designed_dags(
     assert backfill["timetable"] == "NullTimetable" and backfill["max_active_runs"] == 1
     assert backfill["params"] == ["end_date", "full_refresh", "start_date"]
     assert backfill["mapped"] == ["load_batch"]
-    assert backfill["upstream"]["find_missing_files"] == ["check_range"]
+    assert sorted(backfill["upstream"]["find_missing_files"]) == ["backfill_outages", "check_range"]
     # On DuckDB every task that opens the warehouse runs in the one-slot pool.
     for dag in (load, backfill):
         pools = dag["pools"]

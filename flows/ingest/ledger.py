@@ -12,15 +12,39 @@ job reads one file to learn what to fetch again:
 connection, for ticks the Kafka producer finally could not deliver
 (`source` = `kafka-producer`) the first and last event ts of those ticks, with
 `count` of them and the `topic` they were bound for.
+
+Each entry carries `id`, a hash of its content (`entry_id`); entries written
+before it existed get the same id derived from their content when read. The
+backfill (`stockpipe backfill-outages`) appends, append-only, one line per
+(entry, symbol) it repaired:
+
+    {"repaired": "<entry id>", "symbol": "...", "via": "trades|candles",
+     "ticks": ..., "at": "<ISO>"}
+
+so a re-run repairs nothing twice and a run that stopped half-way resumes.
+Readers of outages skip lines with a `repaired` key.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
+
+# the fields that make an entry what it is (its id is their hash)
+_ID_FIELDS = ("start_ms", "end_ms", "symbols", "reason", "source", "count", "topic")
+
+
+def entry_id(obj: dict[str, Any]) -> str:
+    """The stable id of a ledger entry: a hash of its content (old entries get the same)."""
+    content = {k: obj.get(k) for k in _ID_FIELDS}
+    return hashlib.blake2b(
+        orjson.dumps(content, option=orjson.OPT_SORT_KEYS), digest_size=8
+    ).hexdigest()
 
 
 @dataclass
@@ -39,6 +63,7 @@ class Outage:
 
     def line(self) -> bytes:
         obj = asdict(self)
+        obj["id"] = entry_id(obj)
         obj["start"] = datetime.fromtimestamp(self.start_ms / 1000, UTC).isoformat()
         obj["end"] = datetime.fromtimestamp((self.end_ms or self.start_ms) / 1000, UTC).isoformat()
         return orjson.dumps(obj) + b"\n"
@@ -49,3 +74,49 @@ def append_outage(path: Path, outage: Outage) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("ab") as fh:
         fh.write(outage.line())
+
+
+@dataclass
+class Ledger:
+    """What a ledger file holds: its outage entries (each with `id`) and what was repaired."""
+
+    entries: list[dict[str, Any]]
+    repaired: set[tuple[str, str]]  # (entry id, symbol)
+
+
+def read_ledger(path: Path) -> Ledger:
+    """Every entry and repair of the ledger at `path` (a missing file is an empty ledger).
+
+    A line that is not a JSON object (a torn last line after a crash) is skipped.
+    """
+    entries: list[dict[str, Any]] = []
+    repaired: set[tuple[str, str]] = set()
+    if not path.exists():
+        return Ledger(entries, repaired)
+    for raw in path.read_bytes().splitlines():
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        if "repaired" in obj:
+            repaired.add((str(obj["repaired"]), str(obj.get("symbol"))))
+        elif isinstance(obj.get("start_ms"), int) and isinstance(obj.get("symbols"), list):
+            obj.setdefault("id", entry_id(obj))
+            entries.append(obj)
+    return Ledger(entries, repaired)
+
+
+def append_repaired(path: Path, entry: str, symbol: str, via: str, ticks: int) -> None:
+    """Record that `symbol` of the entry `entry` was backfilled (`via` trades or candles)."""
+    line = {
+        "repaired": entry,
+        "symbol": symbol,
+        "via": via,
+        "ticks": ticks,
+        "at": datetime.now(UTC).isoformat(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as fh:
+        fh.write(orjson.dumps(line) + b"\n")

@@ -9,6 +9,7 @@ silent stall. `FakeFinnhubREST`: a real HTTP server (aiohttp) answering
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,12 +125,29 @@ class FakeFinnhubREST:
     symbols get Finnhub's all-zero quote.
     """
 
-    def __init__(self, scripts: dict[str, list[Any]], token: str):
+    def __init__(
+        self,
+        scripts: dict[str, list[Any]],
+        token: str,
+        *,
+        candles: dict[str, list[tuple[int, float, float, float, float, float]]] | None = None,
+        trades: dict[str, list[tuple[int, float, float, str, list[str]]]] | None = None,
+        tick_access: bool = True,
+        faults: list[Any] | None = None,
+    ):
         self.scripts = {s: list(r) for s, r in scripts.items()}
         self.last: dict[str, dict[str, Any]] = {}
         self.token = token
         self.calls: list[Call] = []
         self.base_url = ""
+        # history: candles[S] = [(t_s, o, h, l, c, v)], trades[S] = [(t_ms, p, v, x, c)]
+        self.candles = candles or {}
+        self.trades = trades or {}
+        self.tick_access = tick_access
+        # answers played before any history call, one per call: (status, headers) or "fail"
+        # forever (a broken server from then on)
+        self.faults = list(faults or [])
+        self.requests: list[tuple[str, dict[str, str], int]] = []  # path, query, status
 
     @property
     def exhausted(self) -> bool:
@@ -156,9 +174,89 @@ class FakeFinnhubREST:
         self.calls.append(Call(symbol, token, time.monotonic(), 200))
         return web.json_response(reply)
 
+    def _history_fault(self, request: web.Request) -> web.Response | None:
+        path, query = request.path, dict(request.query)
+        query.pop("token", None)
+        if request.query.get("token", "") != self.token:
+            self.requests.append((path, query, 401))
+            return web.json_response({"error": "Invalid API key"}, status=401)
+        fault = self.faults[0] if self.faults else None
+        if fault == "fail":
+            self.requests.append((path, query, 500))
+            return web.json_response({"error": "internal"}, status=500)
+        if fault is not None:
+            self.faults.pop(0)
+            status, headers = fault
+            self.requests.append((path, query, status))
+            return web.json_response({"error": f"HTTP {status}"}, status=status, headers=headers)
+        return None
+
+    async def _candle(self, request: web.Request) -> web.Response:
+        """`/stock/candle?symbol&resolution=1&from&to` (UNIX seconds, inclusive)."""
+        if (fault := self._history_fault(request)) is not None:
+            return fault
+        q = request.query
+        lo, hi = int(q["from"]), int(q["to"])
+        rows = [r for r in self.candles.get(q["symbol"], []) if lo <= r[0] <= hi]
+        query = {k: v for k, v in q.items() if k != "token"}
+        self.requests.append((request.path, query, 200))
+        if not rows:
+            return web.json_response({"s": "no_data"})
+        cols = list(zip(*rows, strict=True))
+        return web.json_response({"s": "ok", **{k: list(cols[i]) for i, k in enumerate("tohlcv")}})
+
+    async def _tick(self, request: web.Request) -> web.Response:
+        """`/stock/tick?symbol&date&limit&skip`: one day's trades, paged (premium)."""
+        if (fault := self._history_fault(request)) is not None:
+            return fault
+        q = request.query
+        query = {k: v for k, v in q.items() if k != "token"}
+        if not self.tick_access:
+            self.requests.append((request.path, query, 403))
+            return web.json_response(
+                {"error": "You don't have access to this resource."}, status=403
+            )
+        day = q["date"]
+        rows = [
+            r
+            for r in self.trades.get(q["symbol"], [])
+            if time.strftime("%Y-%m-%d", time.gmtime(r[0] / 1000)) == day
+        ]
+        skip, limit = int(q.get("skip", 0)), int(q.get("limit", 25000))
+        page = rows[skip : skip + limit]
+        self.requests.append((request.path, query, 200))
+        return web.json_response(
+            {
+                "s": q["symbol"],
+                "skip": skip,
+                "count": len(page),
+                "total": len(rows),
+                "t": [r[0] for r in page],
+                "p": [r[1] for r in page],
+                "v": [r[2] for r in page],
+                "x": [r[3] for r in page],
+                "c": [r[4] for r in page],
+            }
+        )
+
+    @web.middleware
+    async def _merge_slashes(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        # finnhub-python joins API_URL and "/quote" with a slash: `/api/v1//quote`
+        if "//" in request.path:
+            path = re.sub("/+", "/", request.path)
+            request = request.clone(
+                rel_url=request.rel_url.with_path(path).with_query(request.query)
+            )
+            match = await request.app.router.resolve(request)
+            request._match_info = match  # noqa: SLF001 - re-route the normalized path
+            return await match.handler(request)
+        return await handler(request)
+
     async def __aenter__(self) -> FakeFinnhubREST:
-        app = web.Application()
+        app = web.Application(middlewares=[self._merge_slashes])
         app.router.add_get("/api/v1/quote", self._quote)
+        app.router.add_get("/api/v1/stock/candle", self._candle)
+        app.router.add_get("/api/v1/stock/tick", self._tick)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
