@@ -14,7 +14,8 @@ in steps, each an incremental `stockpipe transform`:
             days), and 13 sessions back a BBB minute whose trades could set no price
             (trade conditions: null prices in bronze, the previous close in silver)
   restated early  two bars of BBB's third session restated, its close among them,
-            and the minute without prices restated with a priced trade
+            the minute without prices restated with a priced trade, and a crypto
+            minute without prices, the pair's only new bar
             (BBB's indicators are recomputed from its start, its correlations read
             from their start)
   last day  the last session, after the restatements
@@ -176,6 +177,37 @@ def make_steps(sessions: int = SESSIONS, crypto_days: int | None = None) -> Step
         volume=400.0,
     )
 
+    # a crypto minute that never traded, in the middle of the history, gets trades none
+    # of which could set a price, and nothing else of the pair is new: its range starts
+    # at the priced bar before it, which it carries
+    crypto = final[final.symbol == "BINANCE:BTCUSDT"]
+    crypto_minutes = set(crypto.window_start)
+    middle = history[history.symbol == "BINANCE:BTCUSDT"].window_start
+    middle = middle.iloc[len(middle) // 2]
+    lonely = next(
+        middle + pd.Timedelta(minutes=m)
+        for m in range(1, 10_000)
+        if middle + pd.Timedelta(minutes=m) not in crypto_minutes
+        and middle + pd.Timedelta(minutes=m - 1) in crypto_minutes
+    )
+    lonely_bar = (
+        crypto[crypto.window_start < lonely]
+        .iloc[[-1]]
+        .assign(
+            window_start=lonely,
+            window_end=lonely + pd.Timedelta(minutes=1),
+            first_ts=lonely + pd.Timedelta(seconds=1),
+            last_ts=lonely + pd.Timedelta(seconds=59),
+            emitted_at=lonely + pd.Timedelta(days=90),
+            open=np.nan,
+            high=np.nan,
+            low=np.nan,
+            close=np.nan,
+            volume=250.0,
+            revision=0,
+        )
+    )
+
     def load(rows: list[pd.DataFrame], tag: str, loaded_at: str) -> pd.DataFrame:
         frame = pd.concat(rows, ignore_index=True).assign(
             _source_file=f"bars/{tag}/0.parquet", _loaded_at=pd.Timestamp(loaded_at, tz="UTC")
@@ -192,7 +224,7 @@ def make_steps(sessions: int = SESSIONS, crypto_days: int | None = None) -> Step
         "2025-07-01",
     )
     restated_early = load(
-        [restate("BBB", 2, 131), restate("BBB", 2, None), priced_later],
+        [restate("BBB", 2, 131), restate("BBB", 2, None), priced_later, lonely_bar],
         "restated-early",
         "2025-07-02",
     )
@@ -362,7 +394,10 @@ def test_a_minute_without_prices_carries_the_close_then_takes_its_restated_price
     """Trade conditions: a bar whose trades could set no price keeps its volume and carries
     the previous priced close in silver; restated with a priced trade, it has its own."""
     by_step = {name: tables["silver.fct_bars_1m"] for name, tables, _full, _rw in duckdb_runs}
-    carried = by_step["restated"][by_step["restated"].is_price_carried]
+    # (the generated history has minutes without prices of its own, AAA's and the pair's;
+    # BBB's is this step's)
+    restated = by_step["restated"]
+    carried = restated[restated.is_price_carried & (restated.symbol == "BBB")]
     assert len(carried) == 1
     row = carried.iloc[0]
     assert (row.symbol, row.volume, bool(row.is_synthetic)) == ("BBB", 300.0, False)
@@ -370,9 +405,16 @@ def test_a_minute_without_prices_carries_the_close_then_takes_its_restated_price
     before = bbb[bbb.window_start < row.window_start].iloc[-1]
     assert row.open == row.high == row.low == row.close == before.close
     after = by_step["restated early"]
-    assert not after.is_price_carried.any()
     same = after[(after.symbol == "BBB") & (after.window_start == row.window_start)].iloc[0]
     assert same.volume == 400.0 and same.close == pytest.approx(before.close * 1.003, rel=1e-12)
+    assert not bool(same.is_price_carried)
+    # the crypto minute, the pair's only new bar: carried from the priced bar before it
+    was = set(restated[restated.is_price_carried].window_start)
+    carried = after[after.is_price_carried & ~after.window_start.isin(was)]
+    assert carried.symbol.tolist() == ["BINANCE:BTCUSDT"] and carried.volume.tolist() == [250.0]
+    pair = after[after.symbol == "BINANCE:BTCUSDT"].sort_values("window_start")
+    prior = pair[pair.window_start < carried.window_start.iloc[0]].iloc[-1]
+    assert carried.close.iloc[0] == prior.close and not np.isnan(prior.close)
 
 
 def _keys(frame: pd.DataFrame) -> set[tuple]:

@@ -10,11 +10,13 @@
 
 {#-
     Incremental runs rebuild, per symbol, one range [S, E]: E is the first real bar
-    after the latest bar loaded since the previous run (the end of the symbol's
-    history when there is none); S is the earliest new bar, or, when the new bars
-    reach past the symbol's last real bar (E is none: a new session, say), the last
-    real bar before them, which is read for its close but not written again (it
-    does not change, and rewriting it would mark its day changed downstream).
+    with prices after the latest bar loaded since the previous run (the end of the
+    symbol's history when there is none); S is the last real bar with prices before
+    the earliest new bar (the earliest new bar itself when none is near), which is
+    read for its close but not written again (it does not change, and rewriting it
+    would mark its day changed downstream). "Real bar" below means one with prices:
+    a bar whose trades could set none (trade conditions) carries the close before
+    it, as a synthetic minute does, so it is never an end of a range.
     Why that is enough: a synthetic bar carries the close of the last real bar
     before it, so a new or restated bar changes itself and the synthetic bars after
     it up to the next real bar, and nothing else; a bar inserted into a gap turns
@@ -142,8 +144,7 @@ far_previous as (
     {%- set plan = compile_time_row(
         "with " ~ neighbours_sql ~ " select "
         ~ "count(case when next_near is null and previous_near is null then 1 end), "
-        ~ "cast(min(case when next_near is not null then first_new_start "
-        ~ "else coalesce(previous_near, first_new_start) end) as date), "
+        ~ "cast(min(coalesce(previous_near, first_new_start)) as date), "
         ~ "count(case when next_near is null then 1 end), "
         ~ "cast(max(next_near) as date), "
         ~ "count(case when next_near is not null then 1 end) "
@@ -188,8 +189,11 @@ minutes_of_day as (
 rebuild_range as (
     select
         neighbours.symbol,
+        -- from the priced bar before the new ones when there is one nearby: a new bar
+        -- without prices of its own, or the minutes after it, carry that bar's close
         case
-            when neighbours.next_near is not null then neighbours.first_new_start
+            when neighbours.next_near is not null
+                then coalesce(neighbours.previous_near, neighbours.first_new_start)
             else coalesce(
                 neighbours.previous_near,
                 {%- if needs_far %}
