@@ -120,46 +120,52 @@ def make_steps(sessions: int = SESSIONS, crypto_days: int | None = None) -> Step
         bar["emitted_at"] += pd.Timedelta(days=90)
         return bar
 
+    def first_gap(symbol: str, start: pd.Timestamp, first: int, last: int) -> pd.Timestamp:
+        """The first minute `first`..`last` minutes after `start` that `symbol` never
+        traded, right after one it did."""
+        traded = set(final[final.symbol == symbol].window_start)
+        return next(
+            start + pd.Timedelta(minutes=m)
+            for m in range(first, last)
+            if start + pd.Timedelta(minutes=m) not in traded
+            and start + pd.Timedelta(minutes=m - 1) in traded
+        )
+
+    def bar_before(symbol: str, minute: pd.Timestamp) -> pd.DataFrame:
+        return final[(final.symbol == symbol) & (final.window_start < minute)].iloc[[-1]].copy()
+
+    def moved(bar: pd.DataFrame, minute: pd.Timestamp, **values: object) -> pd.DataFrame:
+        """`bar` as a first emission of `minute`, loaded 90 days later, with `values`."""
+        return bar.assign(
+            window_start=minute,
+            window_end=minute + pd.Timedelta(minutes=1),
+            first_ts=minute + pd.Timedelta(seconds=1),
+            last_ts=minute + pd.Timedelta(seconds=59),
+            emitted_at=minute + pd.Timedelta(days=90),
+            revision=0,
+            **values,
+        )
+
     # a minute of BBB's that never traded, 14 sessions back: it turns real
-    session_open = opens.iloc[-14]
-    traded = set(final[final.symbol == "BBB"].window_start)
-    gap = next(
-        session_open + pd.Timedelta(minutes=m)
-        for m in range(30, 390)
-        if session_open + pd.Timedelta(minutes=m) not in traded
-        and session_open + pd.Timedelta(minutes=m - 1) in traded
-    )
-    previous = final[(final.symbol == "BBB") & (final.window_start < gap)].iloc[[-1]].copy()
-    filled = previous.assign(
-        window_start=gap,
-        window_end=gap + pd.Timedelta(minutes=1),
-        first_ts=gap + pd.Timedelta(seconds=1),
-        last_ts=gap + pd.Timedelta(seconds=59),
-        emitted_at=gap + pd.Timedelta(days=90),
+    gap = first_gap("BBB", opens.iloc[-14], 30, 390)
+    previous = bar_before("BBB", gap)
+    filled = moved(
+        previous,
+        gap,
         open=previous.close.to_numpy(),
         high=previous.close.to_numpy() * 1.002,
         close=previous.close.to_numpy() * 1.002,
         low=previous.close.to_numpy(),
-        revision=0,
     )
 
     # a minute of BBB's that never traded, 13 sessions back, gets trades none of which
     # could set a price (trade conditions: its prices are null, silver carries the close
     # before it), then a restatement with a priced trade
-    later_open = opens.iloc[-13]
-    quiet = next(
-        later_open + pd.Timedelta(minutes=m)
-        for m in range(30, 390)
-        if later_open + pd.Timedelta(minutes=m) not in traded
-        and later_open + pd.Timedelta(minutes=m - 1) in traded
-    )
-    before_quiet = final[(final.symbol == "BBB") & (final.window_start < quiet)].iloc[[-1]]
-    unpriced = filled.assign(
-        window_start=quiet,
-        window_end=quiet + pd.Timedelta(minutes=1),
-        first_ts=quiet + pd.Timedelta(seconds=1),
-        last_ts=quiet + pd.Timedelta(seconds=59),
-        emitted_at=quiet + pd.Timedelta(days=90),
+    quiet = first_gap("BBB", opens.iloc[-13], 30, 390)
+    before_quiet = bar_before("BBB", quiet)
+    unpriced = moved(
+        filled,
+        quiet,
         open=np.nan,
         high=np.nan,
         low=np.nan,
@@ -180,32 +186,17 @@ def make_steps(sessions: int = SESSIONS, crypto_days: int | None = None) -> Step
     # a crypto minute that never traded, in the middle of the history, gets trades none
     # of which could set a price, and nothing else of the pair is new: its range starts
     # at the priced bar before it, which it carries
-    crypto = final[final.symbol == "BINANCE:BTCUSDT"]
-    crypto_minutes = set(crypto.window_start)
     middle = history[history.symbol == "BINANCE:BTCUSDT"].window_start
     middle = middle.iloc[len(middle) // 2]
-    lonely = next(
-        middle + pd.Timedelta(minutes=m)
-        for m in range(1, 10_000)
-        if middle + pd.Timedelta(minutes=m) not in crypto_minutes
-        and middle + pd.Timedelta(minutes=m - 1) in crypto_minutes
-    )
-    lonely_bar = (
-        crypto[crypto.window_start < lonely]
-        .iloc[[-1]]
-        .assign(
-            window_start=lonely,
-            window_end=lonely + pd.Timedelta(minutes=1),
-            first_ts=lonely + pd.Timedelta(seconds=1),
-            last_ts=lonely + pd.Timedelta(seconds=59),
-            emitted_at=lonely + pd.Timedelta(days=90),
-            open=np.nan,
-            high=np.nan,
-            low=np.nan,
-            close=np.nan,
-            volume=250.0,
-            revision=0,
-        )
+    lonely = first_gap("BINANCE:BTCUSDT", middle, 1, 10_000)
+    lonely_bar = moved(
+        bar_before("BINANCE:BTCUSDT", lonely),
+        lonely,
+        open=np.nan,
+        high=np.nan,
+        low=np.nan,
+        close=np.nan,
+        volume=250.0,
     )
 
     def load(rows: list[pd.DataFrame], tag: str, loaded_at: str) -> pd.DataFrame:

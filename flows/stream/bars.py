@@ -43,7 +43,15 @@ from typing import Any, NamedTuple
 
 from xxhash import xxh3_64_intdigest
 
-from flows.stream.conditions import HIGH_LOW, OPEN_CLOSE, REGULAR, UNMAPPED, VOLUME
+from flows.stream.conditions import (
+    HIGH_LOW,
+    OPEN_CLOSE,
+    REGULAR,
+    UNMAPPED,
+    VOLUME,
+    UnknownConditions,
+    load_rules,
+)
 
 
 class TickIn(NamedTuple):
@@ -257,8 +265,6 @@ class BarRules:
     def from_settings(cls, settings: Any) -> BarRules:
         conditions = None
         if settings.conditions == "on":
-            from flows.stream.conditions import UnknownConditions, load_rules
-
             conditions = load_rules(unknown=UnknownConditions(settings.unknown_conditions))
         return cls(
             bar_ms=int(settings.bar_seconds * 1000),
