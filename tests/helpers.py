@@ -21,7 +21,8 @@ from flows.settings import Settings
 from flows.tooling.chaos import trade_updates
 
 BAR_COLUMNS = ["open", "high", "low", "close", "volume", "vwap", "trade_count"]
-CONDITION_COUNTS = ["excluded_count", "unmapped_count"]
+CONDITION_COUNTS = ["excluded_count", "unmapped_count", "candle_count"]
+CANDLE_SOURCE = "finnhub-candle"  # contract 1: ticks of a 1-minute candle (written out here)
 
 
 def batch_bars(
@@ -32,6 +33,8 @@ def batch_bars(
     Each tick dict has symbol, ts (ms), seq (partition order), price, volume (or None),
     and optionally source and conditions: with `conditions` the trade-condition tables
     decide (read here on their own) which ticks set the prices and count in volume.
+    A window with ticks of a candle (source `finnhub-candle`) is made of those alone,
+    but for first_ts/last_ts, which span every tick.
     """
     rows = []
     for t in ticks:
@@ -41,7 +44,8 @@ def batch_bars(
             else (True, True, True, False)
         )
         rows.append({**{k: t[k] for k in ("symbol", "ts", "seq", "price", "volume")},
-                     "oc": oc, "hl": hl, "vol": vol, "unmapped": unmapped})  # fmt: skip
+                     "oc": oc, "hl": hl, "vol": vol, "unmapped": unmapped,
+                     "candle": t.get("source") == CANDLE_SOURCE})  # fmt: skip
     df = pl.DataFrame(
         rows,
         schema={
@@ -54,26 +58,32 @@ def batch_bars(
             "hl": pl.Boolean,
             "vol": pl.Boolean,
             "unmapped": pl.Boolean,
+            "candle": pl.Boolean,
         },
     )
-    price, oc, hl, vol = pl.col("price"), pl.col("oc"), pl.col("hl"), pl.col("vol")
+    # a tick counts unless its window has candle ticks and it is not one of them
+    keep = pl.col("keep")
+    oc, hl, vol = pl.col("oc") & keep, pl.col("hl") & keep, pl.col("vol") & keep
     v = pl.col("volume").fill_null(0.0).filter(vol)
+    window = ["symbol", "window_start"]
     return (
         df.sort(["symbol", "ts", "seq"])
         .with_columns(window_start=pl.col("ts") - pl.col("ts") % bar_ms)
-        .group_by(["symbol", "window_start"], maintain_order=True)
+        .with_columns(keep=pl.col("candle") | ~pl.col("candle").any().over(window))
+        .group_by(window, maintain_order=True)
         .agg(
-            open=price.filter(oc).first(),
-            high=price.filter(hl).max(),
-            low=price.filter(hl).min(),
-            close=price.filter(oc).last(),
+            open=pl.col("price").filter(oc).first(),
+            high=pl.col("price").filter(hl).max(),
+            low=pl.col("price").filter(hl).min(),
+            close=pl.col("price").filter(oc).last(),
             volume=v.sum(),
-            pv=(price.filter(vol) * v).sum(),
+            pv=(pl.col("price").filter(vol) * v).sum(),
             trade_count=vol.sum().cast(pl.Int64),
             first_ts=pl.col("ts").min(),
             last_ts=pl.col("ts").max(),
-            excluded_count=(~(oc & hl)).sum().cast(pl.Int64),
-            unmapped_count=pl.col("unmapped").sum().cast(pl.Int64),
+            excluded_count=(keep & ~(oc & hl)).sum().cast(pl.Int64),
+            unmapped_count=(keep & pl.col("unmapped")).sum().cast(pl.Int64),
+            candle_count=pl.col("candle").sum().cast(pl.Int64),
         )
         .with_columns(
             vwap=pl.when(pl.col("volume") > 0).then(pl.col("pv") / pl.col("volume")).otherwise(None)

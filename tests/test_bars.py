@@ -216,6 +216,85 @@ def test_with_the_rules_off_every_trade_sets_every_field():
     assert first["volume"] == 100 + 500 + 20 + 200 + 300 + 10
 
 
+# A minute repaired from a vendor's 1-minute candle (the outage backfill's four ticks:
+# open at :00, high +1 ms, low +2 ms, close at +59.999 s, the volume on the close), and
+# trades of the same minute that did arrive before the outage began.
+CANDLE = [
+    Tick("A", T0 + m, p, v, f"candle:A:{T0}:{part}", "finnhub-candle")
+    for m, p, v, part in [(0, 10.0, 0.0, "o"), (1, 10.9, 0.0, "h"), (2, 9.8, 0.0, "l"),
+                          (59_999, 10.5, 700.0, "c")]
+]  # fmt: skip
+ARRIVED = [
+    ctick(T0 + 5_000, 10.1, 100),
+    ctick(T0 + 20_000, 11.5, 50, "W"),
+    ctick(T0 + 70_000, 10.6, 5),
+]
+
+
+@pytest.mark.parametrize("rules", [RULES, BarRules()], ids=["conditions-on", "conditions-off"])
+@pytest.mark.parametrize("order", ["trades-first", "candle-first", "mixed"])
+def test_a_candle_stands_for_its_whole_minute_in_any_order(rules, order):
+    """The candle's OHLCV, not candle + trades: the arrived trades are inside the candle."""
+    ticks = {
+        "trades-first": [*ARRIVED, *CANDLE],
+        "candle-first": [*CANDLE, *ARRIVED],
+        "mixed": [CANDLE[0], ARRIVED[0], CANDLE[3], ARRIVED[1], CANDLE[1], ARRIVED[2], CANDLE[2]],
+    }[order]
+    feed = Feed(rules)
+    feed.send(*ticks)
+    feed.flush()
+    first, second = final(feed.rows()).to_dicts()
+    assert [first[c] for c in ("open", "high", "low", "close")] == [10.0, 10.9, 9.8, 10.5]
+    assert (first["volume"], first["vwap"], first["trade_count"]) == (700.0, 10.5, 4)
+    assert (first["candle_count"], first["excluded_count"], first["unmapped_count"]) == (4, 0, 0)
+    assert (first["first_ts"], first["last_ts"]) == (T0, T0 + 59_999)
+    # the next minute has no candle: its trade makes it, unmarked
+    assert (second["open"], second["volume"], second["candle_count"]) == (10.6, 5.0, 0)
+    feed.assert_on_batch_agrees()
+    want = batch_bars(
+        [{**t._asdict(), "seq": i} for i, t in enumerate(ticks)],
+        conditions=rules.conditions is not None,
+    )
+    assert_bars_equal(final(feed.rows()), want)
+
+
+def test_a_late_candle_restates_the_bar_its_trades_made():
+    """The backfill's candle arrives after the minute closed: a restatement, candle values."""
+    feed = Feed()
+    feed.send(ARRIVED[0], tick("A", T0 + 120_000, 12.0))  # closes the first minute
+    feed.send(*CANDLE)
+    feed.flush()
+    rows = feed.rows().filter(pl.col("window_start") == T0).sort("revision").to_dicts()
+    assert [(r["revision"], r["close"], r["candle_count"]) for r in rows] == [
+        (0, 10.1, 0),
+        (1, 10.5, 4),
+    ]
+
+
+def test_partial_bars_merge_a_candle_side_like_folding_every_tick():
+    """merge(trades, candle) == fold of all, whichever side holds the candle."""
+    from flows.stream.bars import CANDLE as CANDLE_BIT
+    from flows.stream.conditions import REGULAR
+
+    def fold(ticks):
+        bar = None
+        for seq, t, flags in ticks:
+            if bar is None:
+                bar = PartialBar.of(t.ts, seq, t.price, t.volume, flags)
+            else:
+                bar.fold(t.ts, seq, t.price, t.volume, flags)
+        return bar
+
+    trades = [(i, t, REGULAR) for i, t in enumerate(ARRIVED[:2])]
+    candle = [(10 + i, t, REGULAR | CANDLE_BIT) for i, t in enumerate(CANDLE)]
+    whole = fold(trades + candle).to_tuple()
+    assert fold(trades).merge(fold(candle)).to_tuple() == whole
+    assert fold(candle).merge(fold(trades)).to_tuple() == whole
+    assert fold(candle + trades).to_tuple() == whole
+    merged = fold(trades).merge(fold(candle))
+    assert (merged.first_ts, merged.last_ts, merged.candle) == (T0, T0 + 59_999, 4)
+
+
 def test_ties_take_open_and_close_in_partition_order():
     feed = Feed()
     feed.send(tick("A", T0 + 5, 10.0), tick("A", T0 + 5, 11.0), tick("A", T0 + 5, 9.0))
@@ -846,7 +925,7 @@ def test_merging_partial_bars_in_any_split_equals_one_fold(ticks, data):
     ],
 )
 def test_a_snapshot_of_another_format_is_refused_not_misread(old):
-    with pytest.raises(ValueError, match=r"not a version-6 \(or 2 to 5\) partition bar-state"):
+    with pytest.raises(ValueError, match=r"not a version-7 \(or 2 to 6\) partition bar-state"):
         PartitionBars.restore(RULES, FILES, old)
 
 
@@ -872,8 +951,8 @@ def _windows_as_v5(symbol_snap: tuple) -> tuple:
         out, at = b"", 0
         while at < len(data):
             ws, first, last, o_ts, o_seq, o, c_ts, c_seq, c, *rest = _WINDOW.unpack_from(data, at)
-            h, lo, v, pv, n, excluded, unmapped, revision, dirty, keys = rest
-            assert (first, last, excluded, unmapped) == (o_ts, c_ts, 0, 0)
+            h, lo, v, pv, n, excluded, unmapped, candle, revision, dirty, keys = rest
+            assert (first, last, excluded, unmapped, candle) == (o_ts, c_ts, 0, 0, 0)
             at += _WINDOW.size
             old = (ws, o_ts, o_seq, o, c_ts, c_seq, c, h, lo, v, pv, n, revision, dirty, keys)
             out += _WINDOW_V5.pack(*old) + data[at : at + 8 * keys]
@@ -882,6 +961,32 @@ def _windows_as_v5(symbol_snap: tuple) -> tuple:
 
     max_ts, max_log, open_, closed, evicted = symbol_snap
     return (max_ts, max_log, repack(open_), repack(closed), evicted)
+
+
+def test_a_format_6_snapshot_restores_with_no_candle_ticks_and_its_pending_rows_widened():
+    """Format 6 (before the candle count): windows without the field, rows one column short."""
+    from flows.stream.bars import _WINDOW, _WINDOW_V6
+
+    def repack(data: bytes) -> bytes:
+        out, at = b"", 0
+        while at < len(data):
+            ws, *bar, candle, revision, dirty, keys = _WINDOW.unpack_from(data, at)
+            assert candle == 0
+            at += _WINDOW.size
+            out += _WINDOW_V6.pack(ws, *bar, revision, dirty, keys) + data[at : at + 8 * keys]
+            at += 8 * keys
+        return out
+
+    feed = Feed()
+    feed.send(ctick(T0 + 1, 10.0, 5), ctick(T0 + 2, 12.0, 5, "W"), tick("A", T0 + 70_000, 11.0))
+    snap = feed.state.snapshot()
+    symbols = {s: (*b[:2], repack(b[2]), repack(b[3]), b[4]) for s, b in snap[4].items()}
+    rows = [row[:-1] for row in snap[6][0]]  # format 6 rows had no candle_count
+    v6 = (6, *snap[1:4], symbols, snap[5], (rows, *snap[6][1:]), *snap[7:])
+    old = PartitionBars.restore(RULES, FILES, v6)
+    new = PartitionBars.restore(RULES, FILES, snap)
+    assert old.symbols["A"].snapshot() == new.symbols["A"].snapshot()
+    assert old._bars == new._bars and len(old._bars[0]) == len(BAR_COLS)
 
 
 def test_ticks_before_the_cut_of_a_drain_point_go_to_late_and_to_no_bar():

@@ -47,13 +47,12 @@ from flows.ingest.finnhub_rest import FinnhubApi, GaveUp, NoAccess, Skipped
 from flows.ingest.kafka_out import Item, TickWriter
 from flows.ingest.ledger import append_repaired, read_ledger
 from flows.ingest.pacing import checked
-from flows.ingest.ticks import tick_id
+from flows.ingest.ticks import CANDLE_SOURCE, tick_id
 from flows.settings import Settings, load_settings, parse_duration
 
 log = logging.getLogger(__name__)
 
 TRADES_SOURCE = "finnhub-tick"
-CANDLE_SOURCE = "finnhub-candle"
 TICK_PAGE = 25_000  # /stock/tick's largest `limit`
 # (offset in the minute in ms, part): open first, close last, so the bar keeps both
 CANDLE_PARTS = ((0, "o"), (1, "h"), (2, "l"), (59_999, "c"))

@@ -28,6 +28,10 @@ MAX_AHEAD_MS = 86_400_000  # producers' self-check: at most one day ahead of the
 MAX_SKEW_MS = 60_000  # the stream: at most STOCKPIPE_MAX_CLOCK_SKEW ahead of the log time
 MAX_MESSAGE_BYTES = 65_536  # STOCKPIPE_MAX_MESSAGE_BYTES
 MAX_ID_LEN = 256
+# The source of ticks made from a vendor's 1-minute candle (four a minute: o, h, l, c),
+# which the outage backfill produces when the plan gives no trades; the stream marks
+# their bars (`candle_count`) and lets the candle stand for its whole minute.
+CANDLE_SOURCE = "finnhub-candle"
 # Headers of a DLQ record (contract 1): why, and where the original bytes came from.
 DLQ_REASON, DLQ_DETAIL = "stockpipe.reason", "stockpipe.detail"
 DLQ_TOPIC, DLQ_PARTITION, DLQ_OFFSET = (

@@ -43,7 +43,9 @@ from typing import Any, NamedTuple
 
 from xxhash import xxh3_64_intdigest
 
+from flows.ingest.ticks import CANDLE_SOURCE
 from flows.stream.conditions import (
+    CANDLE,
     HIGH_LOW,
     OPEN_CLOSE,
     REGULAR,
@@ -80,6 +82,13 @@ class PartialBar:
     `open_ts`/`close_ts` at +/-_NO_TS, high/low at -inf/+inf) and null in the row.
     `first_ts`/`last_ts` span every tick of the window; `excluded` counts the ticks
     kept out of some price, `unmapped` those with a code no feed mapping knows.
+
+    A window holding ticks of a vendor's 1-minute candle (`CANDLE`: the outage
+    backfill's) takes every field but `first_ts`/`last_ts` from those ticks alone:
+    the candle stands for the whole minute, so the trades that did arrive in it
+    (already inside the candle) are not counted twice. `candle` counts its candle
+    ticks. Which ticks win depends only on the set of ticks, never on their order,
+    so `fold` and `merge` keep the batch definition.
     """
 
     first_ts: int
@@ -97,6 +106,7 @@ class PartialBar:
     trade_count: int
     excluded: int = 0
     unmapped: int = 0
+    candle: int = 0
 
     @classmethod
     def of(
@@ -117,6 +127,12 @@ class PartialBar:
             self.first_ts = ts
         if ts > self.last_ts:
             self.last_ts = ts
+        if flags & CANDLE:
+            if not self.candle:  # the candle covers the minute: the trades so far give way
+                self._clear()
+            self.candle += 1
+        elif self.candle:
+            return  # a trade inside a minute a candle stands for
         if flags & OPEN_CLOSE:
             if (ts, seq) < (self.open_ts, self.open_seq):
                 self.open_ts, self.open_seq, self.open = ts, seq, price
@@ -137,8 +153,22 @@ class PartialBar:
         if flags & UNMAPPED:
             self.unmapped += 1
 
+    def _clear(self) -> None:
+        """Every field but first_ts/last_ts back to a window of no tick."""
+        self.open_ts, self.open_seq, self.open = _NO_TS, 0, _NAN
+        self.close_ts, self.close_seq, self.close = -_NO_TS, 0, _NAN
+        self.high, self.low = -_INF, _INF
+        self.volume = self.pv = 0.0
+        self.trade_count = self.excluded = self.unmapped = 0
+
     def merge(self, other: PartialBar) -> PartialBar:
         """The aggregate of both sets of ticks (they must be disjoint)."""
+        if bool(self.candle) != bool(other.candle):  # a candle's side stands for the window
+            won = self if self.candle else other
+            merged = PartialBar(*won.to_tuple())
+            merged.first_ts = min(self.first_ts, other.first_ts)
+            merged.last_ts = max(self.last_ts, other.last_ts)
+            return merged
         first = self if (self.open_ts, self.open_seq) <= (other.open_ts, other.open_seq) else other
         last = (
             self if (self.close_ts, self.close_seq) >= (other.close_ts, other.close_seq) else other
@@ -159,6 +189,7 @@ class PartialBar:
             self.trade_count + other.trade_count,
             self.excluded + other.excluded,
             self.unmapped + other.unmapped,
+            self.candle + other.candle,
         )
 
     @property
@@ -193,6 +224,7 @@ class PartialBar:
             self.trade_count,
             self.excluded,
             self.unmapped,
+            self.candle,
         )
 
     @classmethod
@@ -279,11 +311,13 @@ def _all_regular(source: str | None, codes: tuple[str, ...]) -> int:
     return REGULAR
 
 
-# One window in a snapshot (format 6): its start, its bar (PartialBar's fields in order),
+# One window in a snapshot (format 7): its start, its bar (PartialBar's fields in order),
 # its revision, its dirty mark (-1 for none: log time starts at 0 and never goes back) and
-# how many dedup keys follow it, as uint64s. Formats 3 to 5 packed the bar of before the
-# trade conditions (`_WINDOW_V5`, `PartialBar.from_v5`).
-_WINDOW = struct.Struct("<5qd2q5d6q")
+# how many dedup keys follow it, as uint64s. Format 6 had no candle count (`_WINDOW_V6`);
+# formats 3 to 5 packed the bar of before the trade conditions (`_WINDOW_V5`,
+# `PartialBar.from_v5`).
+_WINDOW = struct.Struct("<5qd2q5d7q")
+_WINDOW_V6 = struct.Struct("<5qd2q5d6q")
 _WINDOW_V5 = struct.Struct("<3qd2q5d4q")
 
 
@@ -322,10 +356,10 @@ class Window:
         return data
 
     @classmethod
-    def restore_all(cls, data: bytes, version: int = 6) -> dict[int, Window]:
+    def restore_all(cls, data: bytes, version: int = 7) -> dict[int, Window]:
         """The windows of `b"".join` of their snapshots, by start, in their order."""
         out: dict[int, Window] = {}
-        layout = _WINDOW if version >= 6 else _WINDOW_V5
+        layout = _WINDOW if version >= 7 else _WINDOW_V6 if version == 6 else _WINDOW_V5
         at, end, size = 0, len(data), layout.size
         while at < end:
             ws, *fields, revision, dirty, n = layout.unpack_from(data, at)
@@ -607,13 +641,13 @@ class FileRules:
     max_age_ms: int = 1_000
 
 
-# 6: bars with what trade conditions kept out of them (open/close and their own
+# 7: 6 plus each bar's count of candle ticks (`PartialBar.candle`); 6: bars with what trade conditions kept out of them (open/close and their own
 # times, excluded and unmapped counts: `PartialBar`); 5: 4 plus the bar batch the next one follows (`FileBatch.follows`); 4: 3 plus the rules the state was made under and its event-time cut; 3: each symbol's
 # windows packed into bytes; 2: dedup keys are XXH3 per (symbol, window), windows as
 # tuples (2 and 3 still read, their rules unknown); 1: blake2b per id (refused: the keys
 # cannot be converted)
-SNAPSHOT_VERSION = 6
-READABLE_VERSIONS = (2, 3, 4, 5, 6)
+SNAPSHOT_VERSION = 7
+READABLE_VERSIONS = (2, 3, 4, 5, 6, 7)
 
 
 class PartitionBars:
@@ -749,12 +783,14 @@ class PartitionBars:
                                 # which closes, evicts and restates nothing.
                                 codes = t.conditions
                                 flags = classify(t.source, codes) if codes else REGULAR
+                                if t.source == CANDLE_SOURCE:
+                                    flags |= CANDLE
                                 if win is None:  # the first tick of a window
                                     bar = PartialBar.of(ts, offset, t.price, t.volume, flags)
                                     st.open[ws] = Window.first(bar, key)
                                     if ws + bar_ms < st.min_end:
                                         st.min_end = ws + bar_ms
-                                elif flags != REGULAR:
+                                elif flags != REGULAR or win.bar.candle:
                                     win.ids.append(key)
                                     win.bar.fold(ts, offset, t.price, t.volume, flags)
                                 else:  # PartialBar.fold of a regular trade, inline
@@ -864,7 +900,8 @@ class PartitionBars:
 
     def _flags(self, tick: Any) -> int:
         codes = tick.conditions
-        return self._classify(tick.source, codes) if codes else REGULAR
+        flags = self._classify(tick.source, codes) if codes else REGULAR
+        return flags | CANDLE if tick.source == CANDLE_SOURCE else flags
 
     def _on_tick(self, tick: Any, offset: int) -> None:
         self.ticks += 1
@@ -947,6 +984,7 @@ class PartitionBars:
                     emitted_at,
                     bar.excluded,
                     bar.unmapped,
+                    bar.candle,
                 )
             )
 
@@ -1019,7 +1057,7 @@ class PartitionBars:
             or len(snap) != (9 if snap[0] >= 4 else 7)
         ):
             raise ValueError(
-                f"not a version-{SNAPSHOT_VERSION} (or 2 to 5) partition bar-state snapshot: "
+                f"not a version-{SNAPSHOT_VERSION} (or 2 to 6) partition bar-state snapshot: "
                 f"{str(snap)[:80]}"
             )
         _version, topic, partition, log, symbols, counts, pending = snap[:7]
@@ -1042,6 +1080,8 @@ class PartitionBars:
         state._follows = pending[5] if len(pending) > 5 else None
         if snap[0] < 6:  # rows of before the trade conditions: nothing excluded, no unmapped
             bars = [(*row, 0, 0) for row in bars]
+        if snap[0] < 7:  # rows of before the candle count: no candle ticks
+            bars = [(*row, 0) for row in bars]
         state._bars, state._late = list(bars), list(late)
         for symbol, bars_state in state.symbols.items():  # the due list is derived state
             state._schedule_closing(symbol, bars_state)

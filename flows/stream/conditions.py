@@ -31,6 +31,9 @@ OPEN_CLOSE = 2  # ... its open and close
 VOLUME = 4  # ... counts in volume, vwap and trade_count
 REGULAR = HIGH_LOW | OPEN_CLOSE | VOLUME
 UNMAPPED = 8  # one or more of its codes has no mapping (counted in the bar)
+# Not a condition: the tick is part of a 1-minute candle (source `finnhub-candle`), which
+# stands for its whole window (flows.stream.bars.PartialBar)
+CANDLE = 16
 
 SCHEMES = frozenset({"cta", "utp"})
 RULES_COLUMNS = (

@@ -78,6 +78,9 @@ BAR_SCHEMA = pa.schema(
         # with a condition code no feed mapping knows (counted as the settings say).
         pa.field("excluded_count", pa.int64(), nullable=False),
         pa.field("unmapped_count", pa.int64(), nullable=False),
+        # Ticks of a vendor's 1-minute candle (the outage backfill's): > 0 marks a bar made
+        # from a candle, not from trades.
+        pa.field("candle_count", pa.int64(), nullable=False),
     ]
 )
 

@@ -88,9 +88,11 @@ BAR_COLUMNS: tuple[Column, ...] = (
     # codes. Files of older writers lack them: NULL there (not counted, not zero).
     Column("excluded_count", "BIGINT", "BIGINT"),
     Column("unmapped_count", "BIGINT", "BIGINT"),
+    # Ticks of a 1-minute candle (the outage backfill's): > 0 marks a bar made from one.
+    Column("candle_count", "BIGINT", "BIGINT"),
 )
 # Bar columns a file from an older writer may lack (loaded as NULL).
-OPTIONAL_BAR_COLUMNS: tuple[str, ...] = ("excluded_count", "unmapped_count")
+OPTIONAL_BAR_COLUMNS: tuple[str, ...] = ("excluded_count", "unmapped_count", "candle_count")
 LOAD_COLUMNS: tuple[Column, ...] = (
     Column("_source_file", "VARCHAR", "VARCHAR"),
     Column("_loaded_at", *_TS),
@@ -154,6 +156,7 @@ BAR_ARROW_SCHEMA = pa.schema(
         ("emitted_at", pa.timestamp("us", tz="UTC")),
         ("excluded_count", pa.int64()),
         ("unmapped_count", pa.int64()),
+        ("candle_count", pa.int64()),
     ]
 )
 BAR_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in BAR_COLUMNS)
