@@ -44,6 +44,7 @@ def bar_rows(
                 "emitted_at": window_start + timedelta(minutes=1, seconds=5),
                 "excluded_count": i % 4,
                 "unmapped_count": (i + 1) % 3,
+                "candle_count": 4 if i % 5 == 4 else 0,
             }
         )
     return rows

@@ -15,7 +15,10 @@ from helpers import read_records
 from flows.ingest.backfill import backfill_outages
 from flows.ingest.finnhub_rest import FinnhubApi
 from flows.ingest.ledger import Outage, append_outage, entry_id, read_ledger
-from flows.ingest.ticks import tick_id
+from flows.ingest.ticks import Tick, decode_tick, tick_id
+from flows.stream.bars import FLUSH, TICK, BarRules, FileRules, PartitionBars, Record
+from flows.stream.conditions import load_rules
+from flows.stream.lake_sink import BAR_SCHEMA
 
 T0 = 1_732_633_200_000  # 2024-11-26T15:00:00Z, a minute boundary
 MIN = 60_000
@@ -168,6 +171,27 @@ def test_without_trade_access_candles_become_four_ticks_a_minute(
             }
     assert {(g["symbol"], g["ts"], g["price"], g["volume"], g["id"]) for g in got} == want
     assert {g["source"] for g in got} == {"finnhub-candle"}
+    # through the stream's bar state, with a live trade of COIN's first minute that did
+    # arrive: each minute's bar is its candle, marked (and the live trade not added)
+    live = Tick("COIN", T0 + 3_000, 1.0, 999.0, "live-trade", "finnhub")
+    state = PartitionBars(BarRules(conditions=load_rules()), FileRules(), topic, 0)
+    decoded = [decode_tick(orjson.dumps(g), g["symbol"].encode(), T0 + 10**7) for g in got]
+    sealed = [
+        *(
+            b
+            for i, t in enumerate([live, *decoded])
+            for b in state.on_record(Record(i, T0, TICK, t))
+        ),
+        *state.on_record(Record(len(got) + 1, T0 + 10**8, FLUSH, None)),
+    ]
+    names = BAR_SCHEMA.names
+    rows = [r for batch in sealed for r in batch.bars]
+    bars = {(r[0], r[2] // 1000): dict(zip(names, r, strict=True)) for r in rows}
+    for symbol, rows in CANDLES.items():
+        for t, o, h, low, c, v in rows[:2]:
+            bar = bars[(symbol, t * 1000)]
+            assert [bar[k] for k in ("open", "high", "low", "close", "volume")] == [o, h, low, c, v]
+            assert (bar["candle_count"], bar["trade_count"]) == (4, 4)
 
 
 def test_dry_run_fetches_and_writes_nothing(settings_for, new_topic, kafka_bootstrap, tmp_path):

@@ -114,8 +114,9 @@ def test_put_copy_loads_every_row_with_source_file_and_manifest(
     extra = bar_rows(2, symbol="BINANCE:BTCUSDT", seed=9)
     files[write_bars(FS, lake, extra, name="with-extra-col", extra_column=True)] = extra
     # a file of a writer from before the trade conditions: no condition counts, NULL loaded
-    older = [{**r, "excluded_count": None, "unmapped_count": None} for r in bar_rows(2, seed=7)]
-    table = bars_table(older).drop_columns(["excluded_count", "unmapped_count"])
+    counts = ["excluded_count", "unmapped_count", "candle_count"]
+    older = [{**r, **dict.fromkeys(counts)} for r in bar_rows(2, seed=7)]
+    table = bars_table(older).drop_columns(counts)
     files[write_bars(FS, lake, older, name="older-writer", table=table)] = older
 
     summary = load(settings, progress=False)

@@ -14,9 +14,10 @@ each of its symbols not yet repaired:
   becomes four ticks, `source` `finnhub-candle`, ids `candle:<symbol>:<minute
   ms>:<o|h|l|c>`: open at the minute's start, high at +1 ms, low at +2 ms, close
   at its last millisecond (+59 999 ms), the candle's volume on the close tick and
-  0 on the other three. So the bar keeps the candle's open, high, low, close
-  and volume; its vwap is the close and its trade_count 4 (a candle knows no
-  better).
+  0 on the other three. The stream lets a candle stand for its whole minute
+  (trades of it that did arrive are inside the candle) and marks the bar
+  (`candle_count` 4): it keeps the candle's open, high, low, close and volume;
+  its vwap is the close and its trade_count 4 (a candle knows no better).
 
 Ticks go through `TickWriter`; once a symbol's ticks are acknowledged by
 Kafka, a `repaired` line is appended to the ledger for (entry, symbol), so a
