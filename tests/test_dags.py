@@ -123,6 +123,13 @@ PARSE_AND_DESCRIBE = textwrap.dedent(
             "outlets": [a.uri for a in publish.outlets] if publish else [],
             "scheduled_on": [a.uri for a in condition.objects] if condition else [],
             "pools": {t.task_id: t.pool for t in dag.tasks},
+            # the failure callbacks of the dbt nodes' tasks, by name
+            "dbt_callbacks": sorted({
+                getattr(cb, "__name__", repr(cb))
+                for t in dag.tasks if t.task_id.startswith("dbt_build.")
+                for cb in (t.on_failure_callback if isinstance(t.on_failure_callback, list)
+                           else [t.on_failure_callback])
+            }),
         }
     print(json.dumps({"errors": bag.import_errors, "heavy": heavy, "dags": dags}))
     """
@@ -345,6 +352,10 @@ def test_dag_folder_parses_without_heavy_imports_into_the_designed_dags(
     # retry_exponential_backoff=True: Airflow 3.3 stores it as the multiplier 2.0
     assert load["backoff"] == 2.0 and load["retries"] >= 1 and load["max_retry_delay"] == 600
     assert load["task_callback"] and load["dag_callback"]
+    # a failed dbt node alerts and marks the transform failed in transform.prom
+    assert (
+        load["dbt_callbacks"] == dags["stockpipe_backfill"]["dbt_callbacks"] == ["on_dbt_failure"]
+    )
     assert load["outlets"] == ["stockpipe://gold/marts"]
     up = load["upstream"]
     assert up["find_new_files"] == []
@@ -627,6 +638,35 @@ def test_backfill_range_is_checked_before_anything_runs(start: str, end: str, pr
         date(2024, 11, 25),
         date(2024, 11, 25),
     )
+
+
+def test_a_failed_dbt_node_marks_the_transform_failed_and_keeps_its_last_success(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What a dbt node's on_failure_callback writes (the DAG structure test wires it)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from flows.settings import load_settings
+    from flows.transform.metrics import record_dag_transform
+
+    monkeypatch.setenv("STOCKPIPE_METRICS_DIR", str(tmp_path))
+    monkeypatch.setenv("STOCKPIPE_ALERT_WEBHOOK", "")
+    path = record_dag_transform(load_settings(), [])  # a run that succeeded
+    assert path is not None
+
+    def samples() -> dict[str, float]:
+        families = text_string_to_metric_families(path.read_text())
+        return {s.name: s.value for f in families for s in f.samples if not s.labels}
+
+    before = samples()
+    orchestration.on_dbt_failure(
+        {"run_id": "scheduled__x", "exception": RuntimeError("Database Error in model x")}
+    )
+    after = samples()
+    assert (before["stockpipe_transform_failed"], after["stockpipe_transform_failed"]) == (0, 1)
+    last = "stockpipe_transform_last_success_timestamp_seconds"
+    assert after[last] == before[last]
+    assert after["stockpipe_transform_last_run_timestamp_seconds"] >= before[last]
 
 
 def test_failure_callback_never_raises_when_the_webhook_is_down(

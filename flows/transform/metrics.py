@@ -7,7 +7,8 @@ the dbt nodes are tasks of their own, so the source_freshness task at the end
 of a stockpipe_load run writes them instead: it runs only when no dbt task
 failed, so the run is a success then (the marts hold every loaded row), with
 the freshness it checked; node counts and durations are left out, as that task
-does not know them.
+does not know them. A dbt task that fails marks the run failed from its failure
+callback (`orchestration.on_dbt_failure`), keeping the last success.
 """
 
 from __future__ import annotations

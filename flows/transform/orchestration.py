@@ -206,6 +206,22 @@ def on_failure(context: Mapping[str, Any]) -> None:
         log.exception("the stockpipe failure callback itself failed")
 
 
+def on_dbt_failure(context: Mapping[str, Any]) -> None:
+    """`on_failure` of a dbt node's task, which also marks the transform failed.
+
+    The marts are then short of what was loaded, and the source_freshness task that
+    writes a success will not run: `transform.prom` says failed, keeping the last
+    success before it (flows/transform/metrics.py). Never raises.
+    """
+    on_failure(context)
+    try:
+        from flows.transform.metrics import record_transform
+
+        record_transform(load_settings(), None, failed=True)
+    except Exception:
+        log.exception("writing the failed transform's gauges failed")
+
+
 def default_args(settings: Settings) -> dict[str, Any]:
     """Every task's retries (exponential backoff), time limit and failure callback."""
     return {
@@ -704,6 +720,7 @@ def dbt_task_group(
             "trigger_rule": trigger_rule,
             "interceptors": [_export_profile_env],
             "callback": _release_dbt_duckdb,
+            "on_failure_callback": on_dbt_failure,
             # on DuckDB every node takes the one warehouse slot: see the module docstring
             **warehouse_task_args(settings, DBT_NODE_TIMEOUT),
         },
