@@ -46,12 +46,14 @@ def stockpipe_publish() -> None:
     @task(**orchestration.warehouse_task_args(SETTINGS, orchestration.PUBLISH_TIMEOUT))
     def build_report() -> str:
         """The HTML report: candlesticks, trend, volatility, correlations, data quality."""
-        from flows.report.html import build_report  # the report's libraries: only here
+        from flows.report import unsupported
 
         settings = load_settings()
-        reason = orchestration.report_unsupported(settings)
+        reason = unsupported(settings)
         if reason:
             raise AirflowSkipException(reason)
+        from flows.report.html import build_report  # the report's libraries: only here
+
         return str(build_report(settings))  # replaced whole: readers never see half a file
 
     generate_docs() >> build_report()

@@ -501,6 +501,18 @@ def test_no_warehouse_file_says_to_load_and_transform(tmp_path: Path) -> None:
     assert not (tmp_path / "none.duckdb").exists()  # read-only: never creates the warehouse
 
 
+def test_a_snowflake_warehouse_is_refused_by_name_before_anything_is_read(tmp_path: Path) -> None:
+    from flows.report import unsupported
+
+    settings = load_settings(warehouse="snowflake")
+    reason = unsupported(settings)
+    assert reason and "STOCKPIPE_WAREHOUSE=snowflake" in reason
+    with pytest.raises(StockpipeError, match=re.escape(reason)):
+        build_report(settings, dlq_counts={}, out_path=tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
+    assert unsupported(load_settings(warehouse=f"duckdb:///{tmp_path / 'w.duckdb'}")) is None
+
+
 def test_empty_bronze_says_to_load_and_transform(tmp_path: Path) -> None:
     db = tmp_path / "empty.duckdb"
     load_bronze(db, generate_bronze().iloc[:0])

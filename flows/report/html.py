@@ -39,6 +39,7 @@ from plotly.subplots import make_subplots
 
 from flows.errors import StockpipeError
 from flows.lake.store import LATE_PREFIX, open_lake
+from flows.report import unsupported
 from flows.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -187,11 +188,9 @@ def count_late_ticks(settings: Settings) -> LateCounts:
 
 
 def _connect(settings: Settings) -> duckdb.DuckDBPyConnection:
-    if settings.warehouse == "snowflake":
-        raise StockpipeError(
-            "stockpipe report reads the DuckDB warehouse; STOCKPIPE_WAREHOUSE=snowflake "
-            "is not supported by the report yet"
-        )
+    reason = unsupported(settings)
+    if reason:
+        raise StockpipeError(reason)
     path = settings.duckdb_path.expanduser()
     if not path.exists():
         raise StockpipeError(f"{NO_BARS} (no warehouse file at {path})")

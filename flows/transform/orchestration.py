@@ -459,13 +459,6 @@ def publish_docs(settings: Settings) -> str:
     return str(generate_docs(settings) / "index.html")
 
 
-def report_unsupported(settings: Settings) -> str | None:
-    """Why the report cannot be built on this warehouse, or None."""
-    if settings.warehouse == "snowflake":
-        return "the report reads the DuckDB warehouse; STOCKPIPE_WAREHOUSE=snowflake has none"
-    return None
-
-
 # ------------------------------------------------------------------ dbt
 
 
