@@ -22,7 +22,9 @@ backfill (`stockpipe backfill-outages`) appends, append-only, one line per
      "ticks": ..., "at": "<ISO>"}
 
 so a re-run repairs nothing twice and a run that stopped half-way resumes.
-Readers of outages skip lines with a `repaired` key.
+Readers of outages skip lines with a `repaired` key; `read_ledger` keeps each
+(entry, symbol)'s first repair line in `Ledger.repairs` (its `via` and `at`), which
+`stockpipe load-outages` loads into the warehouse as `bronze.outages`.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class Ledger:
 
     entries: list[dict[str, Any]]
     repaired: set[tuple[str, str]]  # (entry id, symbol)
+    # (entry id, symbol) -> its first repair line ({"repaired", "symbol", "via", "ticks", "at"})
+    repairs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
 
 def read_ledger(path: Path) -> Ledger:
@@ -91,8 +95,9 @@ def read_ledger(path: Path) -> Ledger:
     """
     entries: list[dict[str, Any]] = []
     repaired: set[tuple[str, str]] = set()
+    repairs: dict[tuple[str, str], dict[str, Any]] = {}
     if not path.exists():
-        return Ledger(entries, repaired)
+        return Ledger(entries, repaired, repairs)
     for raw in path.read_bytes().splitlines():
         try:
             obj = orjson.loads(raw)
@@ -101,11 +106,13 @@ def read_ledger(path: Path) -> Ledger:
         if not isinstance(obj, dict):
             continue
         if "repaired" in obj:
-            repaired.add((str(obj["repaired"]), str(obj.get("symbol"))))
+            pair = (str(obj["repaired"]), str(obj.get("symbol")))
+            repaired.add(pair)
+            repairs.setdefault(pair, obj)
         elif isinstance(obj.get("start_ms"), int) and isinstance(obj.get("symbols"), list):
             obj.setdefault("id", entry_id(obj))
             entries.append(obj)
-    return Ledger(entries, repaired)
+    return Ledger(entries, repaired, repairs)
 
 
 def append_repaired(path: Path, entry: str, symbol: str, via: str, ticks: int) -> None:
