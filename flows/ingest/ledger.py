@@ -73,9 +73,19 @@ class Outage:
 
 def append_outage(path: Path, outage: Outage) -> None:
     """Append one outage as a JSON line (the file is what backfill jobs read)."""
+    _append_line(path, outage.line())
+
+
+def _append_line(path: Path, line: bytes) -> None:
+    """Append one line; after a torn last line (a crash mid-write) start a new line first,
+    so the torn line stays the only one lost."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as fh:
-        fh.write(outage.line())
+    with path.open("a+b") as fh:
+        if fh.tell():
+            fh.seek(-1, 2)
+            if fh.read(1) != b"\n":
+                line = b"\n" + line
+        fh.write(line)
 
 
 @dataclass
@@ -124,6 +134,4 @@ def append_repaired(path: Path, entry: str, symbol: str, via: str, ticks: int) -
         "ticks": ticks,
         "at": datetime.now(UTC).isoformat(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as fh:
-        fh.write(orjson.dumps(line) + b"\n")
+    _append_line(path, orjson.dumps(line) + b"\n")

@@ -261,17 +261,16 @@ class DuckDBWarehouse:
         source = f"(SELECT {columns} FROM {_REFERENCE_VIEW}) AS s"
         target = f"{quote(BRONZE_SCHEMA)}.{quote(ref.name)}"
         sql = merge_statement(target, source, ref, "$loaded_at")
-        with self._lock:
-            self.con.register(_REFERENCE_VIEW, rows)
-            self.con.begin()
+        # a cursor of its own: the rows' view is seen by this transaction only
+        with self._lock, self.con.cursor() as con:
+            con.register(_REFERENCE_VIEW, rows)
+            con.begin()
             try:
-                (changed,) = self.con.execute(sql, {"loaded_at": datetime.now(UTC)}).fetchone()
-                self.con.commit()
+                (changed,) = con.execute(sql, {"loaded_at": datetime.now(UTC)}).fetchone()
+                con.commit()
             except BaseException:
-                self.con.rollback()
+                con.rollback()
                 raise
-            finally:
-                self.con.unregister(_REFERENCE_VIEW)
         return UpsertResult(table, rows.num_rows, int(changed or 0))
 
     def close(self) -> None:

@@ -571,7 +571,8 @@ class SnowflakeWarehouse:
 
         EMULATOR ONLY: fakesnow cannot run MERGE inside an explicit transaction (it
         writes its own bookkeeping database), so there the chunks run without BEGIN and
-        COMMIT; the statements are the same.
+        COMMIT, and its MERGE needs a current schema (USE SCHEMA); the MERGE statements
+        are the same.
         """
         ref, rows = reference_rows(table, rows, key)
         if not rows.num_rows:
@@ -580,7 +581,9 @@ class SnowflakeWarehouse:
         names = [c.name for c in ref.columns]
         records = rows.to_pylist()
         changed = 0
-        if not self.emulated:
+        if self.emulated:
+            self._execute(f"USE SCHEMA {self._schema}")
+        else:
             self._execute("BEGIN")
         try:
             for part in chunks(records, UPSERT_CHUNK_ROWS):
