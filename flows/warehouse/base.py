@@ -6,6 +6,12 @@ holds one row per loaded file. A warehouse loads a batch of files and writes
 their manifest rows in one transaction, so the manifest is the only record of
 what is loaded and a re-run after any crash loads every file exactly once.
 
+Reference tables (`REFERENCE_TABLES`: `bronze.outages`, `bronze.splits`) are not
+loaded from lake files but upserted by key (`Warehouse.upsert_reference`): one
+MERGE built by `merge_statement` on both warehouses, which inserts new keys,
+updates rows whose values changed (and their `_loaded_at`), leaves the rest alone
+and never deletes.
+
 Load sequence: `bronze.load_state` holds one row, `last_seq`. A load's first
 statement inside its transaction is `UPDATE load_state SET last_seq = last_seq + 1`,
 which takes the table's write lock until COMMIT or ROLLBACK; so loads are
@@ -420,7 +426,7 @@ BeforeCommit = Callable[[], None]
 
 
 class Warehouse(Protocol):
-    """A warehouse that holds `bronze.bars` and `bronze.load_manifest`."""
+    """A warehouse that holds `bronze.bars`, `bronze.load_manifest` and the reference tables."""
 
     name: str
 
