@@ -3,13 +3,24 @@
 Triggered by hand with `start_date` and `end_date` (inclusive, YYYY-MM-DD, lake
 partition dates in UTC) and optionally `full_refresh`:
 
-    check_range ─► backfill_outages ─► find_missing_files ─► load_batch (mapped) ─► dbt_build ─► publish_marts
+    check_range ─┬─► backfill_outages ─┬─► load_outages ──────────────────────────────┐
+                 │                     └─► find_missing_files ─► load_batch (mapped) ─┼─► dbt_build ─► publish_marts
+                 └─► fetch_splits ────────────────────────────────────────────────────┘
 
 backfill_outages first refetches from Finnhub's REST API what the outage
 ledger lists as missing inside the range (`stockpipe backfill-outages`, the
 same code): the ticks go to Kafka, so they reach the lake through the stream
 (a later run or the scheduled load picks up those files). Without
-FINNHUB_API_KEY it only logs what it would fetch.
+FINNHUB_API_KEY it only logs what it would fetch. load_outages then loads the
+whole ledger, its repairs included, into bronze.outages (`stockpipe
+load-outages`; upserted by outage and symbol, so entries rotated out of the file
+stay), and fetch_splits fetches every configured symbol's splits from Finnhub's
+`/stock/split` into bronze.splits (`stockpipe fetch-splits`; crypto pairs
+skipped), which stg_splits prefers to the seed. Splits are fetched here, whenever
+a backfill is triggered, and by `stockpipe fetch-splits` (e.g. from cron): no
+scheduled DAG fetches them. Without FINNHUB_API_KEY the task logs that and
+fetches nothing. The dbt build waits for all three, so silver and the adjusted
+marts see them.
 
 It loads only the files of those partitions that bronze.load_manifest does not
 hold (files already loaded are never loaded twice). The models then rebuild what
@@ -20,8 +31,8 @@ however old the range is. `full_refresh=true` rebuilds every model from all of
 bronze instead (`dbt build --full-refresh`), e.g. after a model's logic changed.
 dbt runs even when no file was missing, so a backfill is also a way to re-run dbt.
 
-On DuckDB every task that opens the warehouse (find_missing_files, load_batch,
-each dbt node) runs in the one-slot pool `stockpipe_duckdb` it shares with
+On DuckDB every task that opens the warehouse (load_outages, fetch_splits,
+find_missing_files, load_batch, each dbt node) runs in the one-slot pool `stockpipe_duckdb` it shares with
 stockpipe_load, so the two DAGs can run together without fighting over the file
 lock (why a pool and not one dbt task, and what a missing dbt manifest does:
 see stockpipe_load). Limits: task
@@ -91,6 +102,16 @@ def stockpipe_backfill() -> None:
             raise RuntimeError(f"{report.failed} outage backfills failed: see the task log")
         return {k: v for k, v in asdict(report).items() if k != "jobs"} | {"jobs": len(report.jobs)}
 
+    @task(**orchestration.warehouse_task_args(SETTINGS, orchestration.REFERENCE_TIMEOUT))
+    def load_outages() -> dict[str, Any]:
+        """The outage ledger, repairs included, into bronze.outages (safe to re-run)."""
+        return orchestration.load_outages(load_settings())
+
+    @task(**orchestration.warehouse_task_args(SETTINGS, orchestration.REFERENCE_TIMEOUT))
+    def fetch_splits() -> dict[str, Any]:
+        """Finnhub's splits of the configured symbols into bronze.splits (skipped without a key)."""
+        return orchestration.fetch_splits(load_settings())
+
     @task(**orchestration.warehouse_task_args(SETTINGS, orchestration.FIND_TIMEOUT))
     def find_missing_files(day_range: list[str]) -> list[list[str]]:
         first, last = orchestration.parse_date_range(*day_range)
@@ -114,7 +135,11 @@ def stockpipe_backfill() -> None:
 
     day_range = check_range("{{ params.start_date }}", "{{ params.end_date }}")
     missing = find_missing_files(day_range)
-    backfill_outages(day_range) >> missing
+    backfilled = backfill_outages(day_range)
+    outages = load_outages()
+    splits = fetch_splits()
+    backfilled >> [missing, outages]
+    day_range >> splits
     loaded = load_batch.expand(files=missing)
     dbt_build = orchestration.dbt_task_group(
         SETTINGS,
@@ -123,7 +148,8 @@ def stockpipe_backfill() -> None:
         # also when no file was missing (the mapped load is then skipped)
         trigger_rule="none_failed",
     )
-    loaded >> dbt_build >> publish_marts(day_range)
+    [loaded, outages, splits] >> dbt_build
+    dbt_build >> publish_marts(day_range)
 
 
 stockpipe_backfill()

@@ -1,9 +1,16 @@
 """stockpipe_load: new lake files into the warehouse every few minutes, then dbt.
 
-    find_new_files ─► load_batch (mapped: one task per batch of STOCKPIPE_LOAD_BATCH_FILES)
-        ─► dbt_build (cosmos task group: one `dbt build --select <node>` task per seed/model)
+    find_new_files ─► load_batch (mapped: one task per batch of STOCKPIPE_LOAD_BATCH_FILES) ─┐
+    load_outages (the outage ledger into bronze.outages) ────────────────────────────────────┴─►
+        dbt_build (cosmos task group: one `dbt build --select <node>` task per seed/model)
         ─► source_freshness (stale sources warn and alert, never fail the run)
         ─► publish_marts (outlet: Asset stockpipe://gold/marts)
+
+load_outages upserts the outage ledger (STOCKPIPE_OUTAGE_LOG), its repairs
+included, into bronze.outages on every run (`stockpipe load-outages`; cheap, and
+a no-op when nothing changed), so silver tells "no data" from "no trade" without a
+manual backfill; a repair's backfilled ticks come back as new lake files, so the
+dbt build that follows sees both.
 
 Loading is exactly once (the manifest and the rows commit together), so any run,
 retry or overlap with `stockpipe load` is safe. When the lake has nothing new, the
@@ -11,8 +18,8 @@ load and dbt tasks are skipped, freshness is still checked, and no asset event i
 emitted. Everything heavy is imported inside the tasks (see flows/transform/orchestration.py).
 
 Under a real scheduler (LocalExecutor, parallelism > 1), on DuckDB: every task
-that opens the warehouse file (find_new_files, load_batch, each dbt node,
-source_freshness) runs in the one-slot pool `stockpipe_duckdb`, shared with
+that opens the warehouse file (find_new_files, load_batch, load_outages, each
+dbt node, source_freshness) runs in the one-slot pool `stockpipe_duckdb`, shared with
 stockpipe_backfill. DuckDB takes one process per file, so without it parallel dbt
 nodes and the other DAG's tasks fail with "Could not set lock on file" and only
 get through by retries. A pool, rather than collapsing dbt into one task, because
@@ -75,6 +82,11 @@ def stockpipe_load() -> None:
         """Load one batch into bronze.bars (a retry skips files its first try committed)."""
         return orchestration.load_batch(load_settings(), files)
 
+    @task(**orchestration.warehouse_task_args(SETTINGS, orchestration.REFERENCE_TIMEOUT))
+    def load_outages() -> dict[str, Any]:
+        """The outage ledger into bronze.outages (upserted: a re-run changes nothing)."""
+        return orchestration.load_outages(load_settings())
+
     @task(
         trigger_rule="none_failed",
         **orchestration.warehouse_task_args(SETTINGS, orchestration.FRESHNESS_TIMEOUT),
@@ -96,7 +108,8 @@ def stockpipe_load() -> None:
     loaded = load_batch.expand(files=batches)
     dbt_build = orchestration.dbt_task_group(SETTINGS, group_id="dbt_build")
     freshness = source_freshness()
-    loaded >> dbt_build >> freshness >> publish_marts(batches)
+    [loaded, load_outages()] >> dbt_build
+    dbt_build >> freshness >> publish_marts(batches)
 
 
 stockpipe_load()

@@ -59,6 +59,16 @@ COMMANDS: dict[str, Entry] = {
         "dbt build (and docs) on the configured target.",
         ("warehouse",),
     ),
+    "load-outages": Entry(
+        "flows.warehouse.outages:load_outages_command",
+        "The outage ledger into the warehouse (bronze.outages).",
+        ("warehouse",),
+    ),
+    "fetch-splits": Entry(
+        "flows.warehouse.splits:fetch_splits_command",
+        "Stock splits from Finnhub's REST API into the warehouse (bronze.splits).",
+        ("warehouse",),
+    ),
     "report": Entry("flows.report.command:report_command", "The HTML report.", ("report",)),
     "status": Entry(
         "flows.ops.status:status_command",

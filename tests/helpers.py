@@ -344,6 +344,28 @@ def emulator_snowflake_settings(target_path: Path, **overrides: object) -> Setti
     return load_settings(**(values | overrides))
 
 
+def _end_offset(consumer: Consumer, tp: TopicPartition, timeout: float) -> int:
+    """The partition's end offset; a topic created a moment ago may not have its leader yet
+    (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE): ask again until `timeout`."""
+    import time
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=timeout)[1]
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args else None
+            retriable = code in (
+                KafkaError.NOT_LEADER_FOR_PARTITION,
+                KafkaError.LEADER_NOT_AVAILABLE,
+            )
+            if not retriable or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_records(
     bootstrap: str, topic: str, timeout: float = 30.0, config: dict[str, str] | None = None
 ) -> list[tuple[str | None, bytes | None, int, dict[str, bytes]]]:
@@ -366,10 +388,7 @@ def read_records(
     )
     try:
         partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
-        high = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
-            for p in partitions
-        }
+        high = {p: _end_offset(consumer, TopicPartition(topic, p), timeout) for p in partitions}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         out: list[tuple[str | None, bytes | None, int, dict[str, bytes]]] = []
         done = {p: high[p] == 0 for p in partitions}

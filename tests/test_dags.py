@@ -19,7 +19,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -45,10 +45,18 @@ DAYS = [datetime(2024, 11, day, 14, 30, tzinfo=UTC) for day in (25, 26, 27)]
 SESSION_MINUTES = 390
 HEAVY_MODULES = ("duckdb", "pyarrow", "dbt", "polars")
 
-LOAD_TASKS = {"find_new_files", "load_batch", "source_freshness", "publish_marts"}
+LOAD_TASKS = {
+    "find_new_files",
+    "load_batch",
+    "load_outages",
+    "source_freshness",
+    "publish_marts",
+}
 BACKFILL_TASKS = {
     "check_range",
     "backfill_outages",
+    "load_outages",
+    "fetch_splits",
     "find_missing_files",
     "load_batch",
     "publish_marts",
@@ -360,7 +368,8 @@ def test_dag_folder_parses_without_heavy_imports_into_the_designed_dags(
     up = load["upstream"]
     assert up["find_new_files"] == []
     assert up["load_batch"] == ["find_new_files"]
-    assert up["dbt_build.stg_bronze__bars_model_build"] == ["load_batch"]
+    assert up["load_outages"] == []
+    assert up["dbt_build.stg_bronze__bars_model_build"] == ["load_batch", "load_outages"]
     assert up["dbt_build.fct_bars_1m_model_build"] == [
         "dbt_build.stg_bronze__bars_model_build",
         "dbt_build.stg_exchange_sessions_model_build",
@@ -374,10 +383,22 @@ def test_dag_folder_parses_without_heavy_imports_into_the_designed_dags(
     assert backfill["params"] == ["end_date", "full_refresh", "start_date"]
     assert backfill["mapped"] == ["load_batch"]
     assert sorted(backfill["upstream"]["find_missing_files"]) == ["backfill_outages", "check_range"]
+    assert backfill["upstream"]["load_outages"] == ["backfill_outages"]
+    assert backfill["upstream"]["fetch_splits"] == ["check_range"]
+    assert {"load_batch", "load_outages", "fetch_splits"} <= set(
+        backfill["upstream"]["dbt_build.stg_bronze__bars_model_build"]
+    )
     # On DuckDB every task that opens the warehouse runs in the one-slot pool.
     for dag in (load, backfill):
         pools = dag["pools"]
-        opens = ("find_", "load_batch", "dbt_build.", "source_freshness")
+        opens = (
+            "find_",
+            "load_batch",
+            "load_outages",
+            "fetch_splits",
+            "dbt_build.",
+            "source_freshness",
+        )
         warehouse = {t for t in pools if t.startswith(opens)}
         assert warehouse == {t for t, pool in pools.items() if pool == "stockpipe_duckdb"}
         assert {"load_batch", "dbt_build.fct_bars_1m_model_build"} <= warehouse
@@ -620,6 +641,67 @@ def test_backfill_loads_only_the_range_and_rebuilds_the_marts(pipeline: Pipeline
     assert pipeline.query(
         "select symbol, trade_date::varchar from gold.fct_bars_daily order by 1"
     ) == [(symbol, "2024-11-26") for symbol in SYMBOLS]
+
+
+def test_backfill_repairs_the_ledger_into_kafka_and_bronze_outages_and_fetches_splits(
+    pipeline: Pipeline, kafka_bootstrap: str, new_topic
+) -> None:
+    """A non-empty ledger, a loopback Finnhub (FINNHUB_REST_URL) and the session broker:
+    the run's backfill_outages sends the trades to Kafka, load_outages shows them repaired,
+    fetch_splits fills bronze.splits (the crypto pair never asked)."""
+    from fakes.finnhub_server import FakeFinnhubREST
+    from test_backfill_outages import TRADES, ledger_with_two_outages, serving, ticks_in
+
+    from flows.ingest.ledger import read_ledger
+
+    write_sessions(pipeline.lake, DAYS[1:2])
+    topic = new_topic("dag-backfill")
+    ledger = pipeline.workdir / "outages.jsonl"
+    ledger_with_two_outages(ledger)  # 2024-11-26: COIN and MARA, then MSTR
+    server = FakeFinnhubREST(
+        {},
+        token="k",
+        trades=TRADES,
+        splits={"AAA": [("2024-11-26", 1.0, 2.0)]},
+        faults=[(429, {"Retry-After": "0.2"})],
+    )
+    env = {
+        **pipeline.env,
+        "FINNHUB_API_KEY": "k",
+        "FINNHUB_REST_URL": "",  # set below, once the server listens
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "STOCKPIPE_TOPIC": topic,
+        "STOCKPIPE_OUTAGE_LOG": str(ledger),
+        "STOCKPIPE_FINNHUB_CALLS_PER_MINUTE": "6000",
+        "STOCKPIPE_SYMBOLS": "AAA,BBB,BINANCE:BTCUSDT",
+    }
+    with serving(server):
+        env["FINNHUB_REST_URL"] = server.base_url
+        run = replace(pipeline, env=env).run_dag(
+            "stockpipe_backfill", {"start_date": "2024-11-26", "end_date": "2024-11-26"}
+        )
+    assert run["state"] == "success", run["tasks"]
+    for task in ("backfill_outages", "load_outages", "fetch_splits", "load_batch[0]"):
+        assert run["tasks"][task]["state"] == "success", (task, run["tasks"])
+
+    got = ticks_in(kafka_bootstrap, topic)
+    assert sorted(t["symbol"] for t in got) == ["COIN", "COIN", "COIN", "MARA", "MSTR"]
+    assert {t["source"] for t in got} == {"finnhub-tick"}
+    state = read_ledger(ledger)
+    ids = [e["id"] for e in state.entries]
+    assert pipeline.query(
+        "select outage_id, symbol, repaired, repaired_via, repaired_at is not null,"
+        " end_ts is not null from bronze.outages order by start_ts, symbol"
+    ) == [
+        (ids[0], "COIN", True, "trades", True, True),
+        (ids[0], "MARA", True, "trades", True, True),
+        (ids[1], "MSTR", True, "trades", True, True),
+    ]
+    assert pipeline.query(
+        "select symbol, ex_date::varchar, split_from, split_to, source from bronze.splits"
+    ) == [("AAA", "2024-11-26", 1.0, 2.0, "finnhub")]
+    split_calls = [q["symbol"] for p, q, s in server.requests if p.endswith("/split") and s == 200]
+    assert split_calls == ["AAA", "BBB"]
 
 
 @pytest.mark.parametrize(

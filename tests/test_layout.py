@@ -34,7 +34,9 @@ ALLOWED: dict[str, set[str]] = {
     "ingest": {"foundation"},
     "lake": {"foundation"},
     "stream": {"foundation", "ingest", "lake"},
-    "warehouse": {"foundation", "lake"},
+    # the warehouse loads what ingest records beside the ticks: the outage ledger, and
+    # the splits fetched through the producers' Finnhub client
+    "warehouse": {"foundation", "ingest", "lake"},
     "transform": {"foundation", "lake", "warehouse"},
     "report": {"foundation", "lake", "warehouse", "transform"},
     "ops": {"foundation", "ingest", "lake", "stream", "warehouse", "transform"},

@@ -41,6 +41,7 @@ from flows.warehouse.base import (
     BAR_COLUMNS,
     LOAD_COLUMNS,
     MANIFEST_COLUMNS,
+    REFERENCE_TABLES,
     STATE_COLUMNS,
     LakeFile,
 )
@@ -375,6 +376,15 @@ def test_setup_sql_tables_match_the_loader() -> None:
     assert grants["BARS"] == {"SELECT", "INSERT", "UPDATE"}
     assert grants["LOAD_MANIFEST"] == {"SELECT", "INSERT", "UPDATE", "DELETE"}
     assert grants["BARS_LANDING"] == {"SELECT", "INSERT", "DELETE"}
+    # the reference tables: MERGE inserts and updates, never deletes
+    for ref in REFERENCE_TABLES.values():
+        table = ref.name.upper()
+        assert _create_table_columns(sql, rf"STOCKPIPE\.BRONZE\.{table}") == [
+            (c.name, c.snowflake) for c in ref.all_columns
+        ], table
+        keys = ", ".join(k.upper() for k in ref.key)
+        assert f"    PRIMARY KEY ({keys})\n);" in sql, table
+        assert grants[table] == {"SELECT", "INSERT", "UPDATE"}, table
 
 
 # ------------------------------------------------------- contract 3 on Snowflake

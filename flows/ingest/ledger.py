@@ -22,7 +22,9 @@ backfill (`stockpipe backfill-outages`) appends, append-only, one line per
      "ticks": ..., "at": "<ISO>"}
 
 so a re-run repairs nothing twice and a run that stopped half-way resumes.
-Readers of outages skip lines with a `repaired` key.
+Readers of outages skip lines with a `repaired` key; `read_ledger` keeps each
+(entry, symbol)'s first repair line in `Ledger.repairs` (its `via` and `at`), which
+`stockpipe load-outages` loads into the warehouse as `bronze.outages`.
 """
 
 from __future__ import annotations
@@ -71,9 +73,19 @@ class Outage:
 
 def append_outage(path: Path, outage: Outage) -> None:
     """Append one outage as a JSON line (the file is what backfill jobs read)."""
+    _append_line(path, outage.line())
+
+
+def _append_line(path: Path, line: bytes) -> None:
+    """Append one line; after a torn last line (a crash mid-write) start a new line first,
+    so the torn line stays the only one lost."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as fh:
-        fh.write(outage.line())
+    with path.open("a+b") as fh:
+        if fh.tell():
+            fh.seek(-1, 2)
+            if fh.read(1) != b"\n":
+                line = b"\n" + line
+        fh.write(line)
 
 
 @dataclass
@@ -82,6 +94,8 @@ class Ledger:
 
     entries: list[dict[str, Any]]
     repaired: set[tuple[str, str]]  # (entry id, symbol)
+    # (entry id, symbol) -> its first repair line ({"repaired", "symbol", "via", "ticks", "at"})
+    repairs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
 
 def read_ledger(path: Path) -> Ledger:
@@ -91,8 +105,9 @@ def read_ledger(path: Path) -> Ledger:
     """
     entries: list[dict[str, Any]] = []
     repaired: set[tuple[str, str]] = set()
+    repairs: dict[tuple[str, str], dict[str, Any]] = {}
     if not path.exists():
-        return Ledger(entries, repaired)
+        return Ledger(entries, repaired, repairs)
     for raw in path.read_bytes().splitlines():
         try:
             obj = orjson.loads(raw)
@@ -101,11 +116,13 @@ def read_ledger(path: Path) -> Ledger:
         if not isinstance(obj, dict):
             continue
         if "repaired" in obj:
-            repaired.add((str(obj["repaired"]), str(obj.get("symbol"))))
+            pair = (str(obj["repaired"]), str(obj.get("symbol")))
+            repaired.add(pair)
+            repairs.setdefault(pair, obj)
         elif isinstance(obj.get("start_ms"), int) and isinstance(obj.get("symbols"), list):
             obj.setdefault("id", entry_id(obj))
             entries.append(obj)
-    return Ledger(entries, repaired)
+    return Ledger(entries, repaired, repairs)
 
 
 def append_repaired(path: Path, entry: str, symbol: str, via: str, ticks: int) -> None:
@@ -117,6 +134,4 @@ def append_repaired(path: Path, entry: str, symbol: str, via: str, ticks: int) -
         "ticks": ticks,
         "at": datetime.now(UTC).isoformat(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as fh:
-        fh.write(orjson.dumps(line) + b"\n")
+    _append_line(path, orjson.dumps(line) + b"\n")

@@ -75,6 +75,7 @@ FIND_TIMEOUT = timedelta(minutes=15)  # listing the lake and the manifest
 LOAD_BATCH_TIMEOUT = timedelta(minutes=30)  # one bounded batch
 DBT_NODE_TIMEOUT = timedelta(hours=1)  # one `dbt build --select <node>` (full refresh included)
 FRESHNESS_TIMEOUT = timedelta(minutes=15)
+REFERENCE_TIMEOUT = timedelta(minutes=15)  # bronze.outages, bronze.splits
 PUBLISH_TIMEOUT = timedelta(minutes=30)  # dbt docs generate; the report
 LOAD_DAGRUN_TIMEOUT = timedelta(hours=3)  # includes waiting for the pool behind a backfill
 BACKFILL_DAGRUN_TIMEOUT = timedelta(hours=12)
@@ -446,6 +447,38 @@ def load_batch(settings: Settings, files: Sequence[str]) -> dict[str, Any]:
         "rows": summary.rows,
         "skipped_already_loaded": summary.files_found - summary.files_new,
         "seconds": round(summary.seconds, 3),
+    }
+
+
+# ------------------------------------------------------------------ reference tables
+
+
+def load_outages(settings: Settings) -> dict[str, Any]:
+    """The outage ledger into bronze.outages (`stockpipe load-outages`): safe to re-run."""
+    from flows.warehouse.outages import load_outages as run
+
+    return run(settings)
+
+
+def fetch_splits(settings: Settings) -> dict[str, Any]:
+    """Finnhub's splits of the settings' symbols into bronze.splits (`stockpipe fetch-splits`).
+
+    Without FINNHUB_API_KEY it logs that and does nothing (as the outage backfill runs dry);
+    a symbol Finnhub kept failing fails the task (its retry asks again)."""
+    from dataclasses import asdict
+
+    from flows.warehouse.splits import fetch_splits as run
+
+    if settings.finnhub_api_key is None or not settings.finnhub_api_key.get_secret_value():
+        log.warning("FINNHUB_API_KEY is not set: no splits fetched (bronze.splits unchanged)")
+        return {"skipped": "FINNHUB_API_KEY is not set"}
+    report = run(settings)
+    if report.failed:
+        raise StockpipeError(
+            f"Finnhub kept failing for {', '.join(report.failed)}: see the task log"
+        )
+    return {k: v for k, v in asdict(report).items() if k != "splits"} | {
+        "splits": len(report.splits)
     }
 
 

@@ -6,6 +6,12 @@ holds one row per loaded file. A warehouse loads a batch of files and writes
 their manifest rows in one transaction, so the manifest is the only record of
 what is loaded and a re-run after any crash loads every file exactly once.
 
+Reference tables (`REFERENCE_TABLES`: `bronze.outages`, `bronze.splits`) are not
+loaded from lake files but upserted by key (`Warehouse.upsert_reference`): one
+MERGE built by `merge_statement` on both warehouses, which inserts new keys,
+updates rows whose values changed (and their `_loaded_at`), leaves the rest alone
+and never deletes.
+
 Load sequence: `bronze.load_state` holds one row, `last_seq`. A load's first
 statement inside its transaction is `UPDATE load_state SET last_seq = last_seq + 1`,
 which takes the table's write lock until COMMIT or ROLLBACK; so loads are
@@ -48,6 +54,8 @@ BRONZE_SCHEMA = "bronze"
 BARS_TABLE = "bars"
 MANIFEST_TABLE = "load_manifest"
 STATE_TABLE = "load_state"
+OUTAGES_TABLE = "outages"
+SPLITS_TABLE = "splits"
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +143,152 @@ MANIFEST_FORMAT = 2
 # The path inside the lake at the end of a URL an older loader recorded: the layout of
 # contract 2 (`manifest_key`).
 _LAKE_KEY_RE = re.compile(r"bars/interval_s=[0-9]+/date=[0-9]{4}-[0-9]{2}-[0-9]{2}/[^/]+$")
+
+# Reference tables: small tables kept by key (`Warehouse.upsert_reference`), not loaded
+# from lake files. `_loaded_at` (REFERENCE_LOADED_AT) follows their columns: when the
+# row was inserted or last changed.
+_DATE = ("DATE", "DATE")
+_BOOL = ("BOOLEAN", "BOOLEAN")
+_TEXT = ("VARCHAR", "VARCHAR")
+REFERENCE_LOADED_AT = Column("_loaded_at", *_TS)
+
+
+@dataclass(frozen=True)
+class ReferenceTable:
+    """A bronze table upserted by `key`: its columns (without `_loaded_at`) and Arrow types."""
+
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    arrow: pa.Schema
+
+    @property
+    def all_columns(self) -> tuple[Column, ...]:
+        return (*self.columns, REFERENCE_LOADED_AT)
+
+
+_UTC = pa.timestamp("us", tz="UTC")
+REFERENCE_TABLES: dict[str, ReferenceTable] = {
+    # The outage ledger (flows/ingest/ledger.py), one row per (entry, symbol): end_ts NULL
+    # while the outage is open; repaired_via (trades | candles) and repaired_at NULL until
+    # the backfill repaired it. Entries rotated out of the ledger file stay.
+    OUTAGES_TABLE: ReferenceTable(
+        OUTAGES_TABLE,
+        (
+            Column("outage_id", *_TEXT),
+            Column("symbol", *_TEXT),
+            Column("start_ts", *_TS),
+            Column("end_ts", *_TS),
+            Column("source", *_TEXT),
+            Column("reason", *_TEXT),
+            Column("repaired", *_BOOL),
+            Column("repaired_via", *_TEXT),
+            Column("repaired_at", *_TS),
+        ),
+        ("outage_id", "symbol"),
+        pa.schema(
+            [
+                ("outage_id", pa.string()),
+                ("symbol", pa.string()),
+                ("start_ts", _UTC),
+                ("end_ts", _UTC),
+                ("source", pa.string()),
+                ("reason", pa.string()),
+                ("repaired", pa.bool_()),
+                ("repaired_via", pa.string()),
+                ("repaired_at", _UTC),
+            ]
+        ),
+    ),
+    # Stock splits fetched from Finnhub (dbt's stg_splits prefers them to the seed): a split
+    # of split_from shares into split_to, effective from ex_date.
+    SPLITS_TABLE: ReferenceTable(
+        SPLITS_TABLE,
+        (
+            Column("symbol", *_TEXT),
+            Column("ex_date", *_DATE),
+            Column("split_from", *_FLOAT),
+            Column("split_to", *_FLOAT),
+            Column("source", *_TEXT),
+        ),
+        ("symbol", "ex_date"),
+        pa.schema(
+            [
+                ("symbol", pa.string()),
+                ("ex_date", pa.date32()),
+                ("split_from", pa.float64()),
+                ("split_to", pa.float64()),
+                ("source", pa.string()),
+            ]
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """What one `upsert_reference` did: rows offered, and how many it inserted or changed."""
+
+    table: str
+    rows: int
+    changed: int
+
+
+def reference_rows(
+    table: str, rows: pa.Table, key: Sequence[str]
+) -> tuple[ReferenceTable, pa.Table]:
+    """The reference table named `table` and `rows` in its columns and types, one row per key.
+
+    Raises `LoadError` for an unknown table, a key other than the table's, a missing
+    column, a value of the wrong type or a NULL key. Of rows with the same key the
+    last wins (as a later ledger line would).
+    """
+    ref = REFERENCE_TABLES.get(table)
+    if ref is None:
+        raise LoadError(
+            f"{table!r} is not a reference table (expected one of {', '.join(REFERENCE_TABLES)})"
+        )
+    if tuple(key) != ref.key:
+        raise LoadError(f"bronze.{table} is kept by ({', '.join(ref.key)}), not ({', '.join(key)})")
+    missing = [n for n in ref.arrow.names if n not in rows.schema.names]
+    if missing:
+        raise LoadError(f"rows for bronze.{table} lack column(s) {', '.join(missing)}")
+    try:
+        rows = rows.select(ref.arrow.names).cast(ref.arrow)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+        raise LoadError(f"rows for bronze.{table} do not fit its columns: {exc}") from None
+    for name in ref.key:
+        if rows.column(name).null_count:
+            raise LoadError(f"rows for bronze.{table}: {name} (part of the key) is NULL")
+    keys = list(zip(*(rows.column(n).to_pylist() for n in ref.key), strict=True))
+    last = {k: i for i, k in enumerate(keys)}
+    if len(last) < len(keys):
+        rows = rows.take(sorted(last.values()))
+    return ref, rows
+
+
+def merge_statement(
+    target: str, source: str, ref: ReferenceTable, mark: str, q: Callable[[str], str] | None = None
+) -> str:
+    """The one upsert of a reference table, on both warehouses: MERGE `source` (a relation
+    aliased `s` with the table's columns) into `target` by its key. A matched row whose
+    values differ is updated, a new key inserted, `_loaded_at` set to the bind parameter
+    `mark` (given twice); a row that did not change is left alone, rows absent from
+    `source` stay."""
+    q = q or quote
+    on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in ref.key)
+    values = [c.name for c in ref.columns if c.name not in ref.key]
+    differs = " OR ".join(f"t.{q(c)} IS DISTINCT FROM s.{q(c)}" for c in values)
+    sets = ", ".join(f"{q(c)} = s.{q(c)}" for c in values)
+    names = [c.name for c in ref.columns]
+    loaded = q(REFERENCE_LOADED_AT.name)
+    return (
+        f"MERGE INTO {target} AS t USING {source} ON {on} "
+        f"WHEN MATCHED AND ({differs}) THEN UPDATE SET {sets}, {loaded} = {mark} "
+        f"WHEN NOT MATCHED THEN INSERT ({', '.join(q(c) for c in names)}, {loaded}) "
+        f"VALUES ({', '.join(f's.{q(c)}' for c in names)}, {mark})"
+    )
+
 
 # The Arrow schema of contract 2, for writers and for checking files before a load.
 BAR_ARROW_SCHEMA = pa.schema(
@@ -275,7 +429,7 @@ BeforeCommit = Callable[[], None]
 
 
 class Warehouse(Protocol):
-    """A warehouse that holds `bronze.bars` and `bronze.load_manifest`."""
+    """A warehouse that holds `bronze.bars`, `bronze.load_manifest` and the reference tables."""
 
     name: str
 
@@ -302,6 +456,12 @@ class Warehouse(Protocol):
         `before_commit` runs inside the transaction after every row is written,
         just before COMMIT; if it raises, the transaction is rolled back (tests
         use it to simulate a crash at the worst moment).
+        """
+
+    def upsert_reference(self, table: str, rows: pa.Table, key: Sequence[str]) -> UpsertResult:
+        """Insert or update `rows` of the reference table `table` by `key`, in one transaction.
+
+        Rows whose key is not in `rows` stay; a row that did not change is not touched.
         """
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ from flows.warehouse.base import (
     MANIFEST_FORMAT,
     MANIFEST_TABLE,
     MIGRATED_COLUMNS,
+    REFERENCE_TABLES,
     STATE_COLUMNS,
     STATE_TABLE,
     BeforeCommit,
@@ -44,6 +45,7 @@ from flows.warehouse.base import (
     LoadError,
     LoadResult,
     ManifestEntry,
+    UpsertResult,
     check_bar_schema,
     chunks,
     key_migration,
@@ -51,11 +53,14 @@ from flows.warehouse.base import (
     log_key_migration,
     manifest_values,
     md5_hex,
+    merge_statement,
     quote,
+    reference_rows,
     with_bar_columns,
 )
 
 _VIEW = "_stockpipe_load_file"
+_REFERENCE_VIEW = "_stockpipe_reference_rows"
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -105,6 +110,12 @@ class DuckDBWarehouse:
             self.con.execute(
                 f"CREATE TABLE IF NOT EXISTS {self._state} ({_columns_ddl(STATE_COLUMNS)})"
             )
+            for ref in REFERENCE_TABLES.values():
+                keys = ", ".join(quote(k) for k in ref.key)
+                self.con.execute(
+                    f"CREATE TABLE IF NOT EXISTS {quote(BRONZE_SCHEMA)}.{quote(ref.name)} "
+                    f"({_columns_ddl(ref.all_columns)}, PRIMARY KEY ({keys}))"
+                )
             # Migration of warehouses created by older loaders (idempotent).
             for table, columns in MIGRATED_COLUMNS.items():
                 for column in columns:
@@ -241,6 +252,26 @@ class DuckDBWarehouse:
             raise LoadError(f"{file.url} vanished from the lake before it was loaded") from None
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise LoadError(f"cannot read {file.url}: {exc}") from None
+
+    def upsert_reference(self, table: str, rows: pa.Table, key: Sequence[str]) -> UpsertResult:
+        ref, rows = reference_rows(table, rows, key)
+        if not rows.num_rows:
+            return UpsertResult(table, 0, 0)
+        columns = ", ".join(quote(c.name) for c in ref.columns)
+        source = f"(SELECT {columns} FROM {_REFERENCE_VIEW}) AS s"
+        target = f"{quote(BRONZE_SCHEMA)}.{quote(ref.name)}"
+        sql = merge_statement(target, source, ref, "$loaded_at")
+        # a cursor of its own: the rows' view is seen by this transaction only
+        with self._lock, self.con.cursor() as con:
+            con.register(_REFERENCE_VIEW, rows)
+            con.begin()
+            try:
+                (changed,) = con.execute(sql, {"loaded_at": datetime.now(UTC)}).fetchone()
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+        return UpsertResult(table, rows.num_rows, int(changed or 0))
 
     def close(self) -> None:
         self.con.close()

@@ -74,6 +74,7 @@ from flows.warehouse.base import (
     MANIFEST_FORMAT,
     MANIFEST_TABLE,
     MIGRATED_COLUMNS,
+    REFERENCE_TABLES,
     STATE_COLUMNS,
     STATE_TABLE,
     BeforeCommit,
@@ -83,6 +84,8 @@ from flows.warehouse.base import (
     LoadError,
     LoadResult,
     ManifestEntry,
+    ReferenceTable,
+    UpsertResult,
     check_bar_schema,
     check_identifier,
     chunks,
@@ -91,6 +94,8 @@ from flows.warehouse.base import (
     log_key_migration,
     manifest_values,
     md5_hex,
+    merge_statement,
+    reference_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -101,6 +106,9 @@ PARQUET_FORMAT = "FILE_FORMAT = (TYPE = PARQUET USE_VECTORIZED_SCANNER = TRUE)"
 _STAGED_NAME_LEN = len("f00000.parquet")
 # Scratch for COPY (see the module docstring); the same columns as bronze.bars.
 LANDING_TABLE = "bars_landing"
+# Rows per MERGE of a reference table (Snowflake's VALUES takes at most 16,384 rows; the
+# bound values are inlined into the statement's text, which must stay well under 1 MB).
+UPSERT_CHUNK_ROWS = 1000
 
 
 def _q(identifier: str) -> str:
@@ -234,6 +242,7 @@ class SnowflakeWarehouse:
         self._landing = f"{self._schema}.{_q(LANDING_TABLE)}"
         self._manifest = f"{self._schema}.{_q(MANIFEST_TABLE)}"
         self._state = f"{self._schema}.{_q(STATE_TABLE)}"
+        self._references = {n: f"{self._schema}.{_q(n)}" for n in REFERENCE_TABLES}
         self._stage_schema = f"{_q(stage_database)}.{_q(stage_schema)}"
         self._stage = f"{self._stage_schema}.{_q(stage)}"
 
@@ -261,7 +270,13 @@ class SnowflakeWarehouse:
         statements = []
         if not all(
             self._works(f"SELECT 1 FROM {table} LIMIT 0")
-            for table in (self._bars, self._landing, self._manifest, self._state)
+            for table in (
+                self._bars,
+                self._landing,
+                self._manifest,
+                self._state,
+                *self._references.values(),
+            )
         ):
             statements += [
                 f"CREATE SCHEMA IF NOT EXISTS {self._schema}",
@@ -274,6 +289,12 @@ class SnowflakeWarehouse:
                 f"CREATE TABLE IF NOT EXISTS {self._manifest} "
                 f"({_columns_ddl(MANIFEST_COLUMNS)}, PRIMARY KEY ({_q('path')}))",
                 f"CREATE TABLE IF NOT EXISTS {self._state} ({_columns_ddl(STATE_COLUMNS)})",
+                *(
+                    f"CREATE TABLE IF NOT EXISTS {self._references[ref.name]} "
+                    f"({_columns_ddl(ref.all_columns)}, "
+                    f"PRIMARY KEY ({', '.join(_q(k) for k in ref.key)}))"
+                    for ref in REFERENCE_TABLES.values()
+                ),
             ]
         # Migration of warehouses created before the load sequence (idempotent); the
         # landing table takes the bar columns added since, as bronze.bars does.
@@ -545,6 +566,43 @@ class SnowflakeWarehouse:
         except Exception as exc:  # noqa: BLE001 - never hide the load's own outcome
             log.warning("could not remove %s (remove it by hand): %s", stage_path, exc)
 
+    def upsert_reference(self, table: str, rows: pa.Table, key: Sequence[str]) -> UpsertResult:
+        """MERGE the rows in chunks of UPSERT_CHUNK_ROWS, all in one transaction.
+
+        EMULATOR ONLY: fakesnow cannot run MERGE inside an explicit transaction (it
+        writes its own bookkeeping database), so there the chunks run without BEGIN and
+        COMMIT, and its MERGE needs a current schema (USE SCHEMA); the MERGE statements
+        are the same.
+        """
+        ref, rows = reference_rows(table, rows, key)
+        if not rows.num_rows:
+            return UpsertResult(table, 0, 0)
+        loaded_at = datetime.now(UTC)
+        names = [c.name for c in ref.columns]
+        records = rows.to_pylist()
+        changed = 0
+        if self.emulated:
+            self._execute(f"USE SCHEMA {self._schema}")
+        else:
+            self._execute("BEGIN")
+        try:
+            for part in chunks(records, UPSERT_CHUNK_ROWS):
+                sql = upsert_statement(self._references[ref.name], ref, len(part))
+                params = [row[n] for row in part for n in names] + [loaded_at, loaded_at]
+                cur = self._execute(sql, params)
+                # MERGE answers "number of rows inserted" and "number of rows updated"
+                changed += sum(int(v or 0) for v in cur.fetchone() or ())
+            if not self.emulated:
+                self._execute("COMMIT")
+        except BaseException:
+            if not self.emulated:
+                try:
+                    self.conn.cursor().execute("ROLLBACK")
+                except Exception as exc:  # noqa: BLE001 - keep the MERGE's own error
+                    log.warning("ROLLBACK failed: %s", exc)
+            raise
+        return UpsertResult(table, rows.num_rows, changed)
+
     def close(self) -> None:
         self.conn.close()
 
@@ -556,6 +614,19 @@ class _Staged:
     name: str  # fNNNNN.parquet under the batch's stage path
     rows: int
     md5: str
+
+
+def upsert_statement(target: str, ref: ReferenceTable, rows: int) -> str:
+    """One MERGE of `rows` rows bound as VALUES (`%s`, the connector's pyformat), each cast
+    to its column's type, then `_loaded_at` twice (see `merge_statement`)."""
+    names = [c.name for c in ref.columns]
+    row = "(" + ", ".join(["%s"] * len(names)) + ")"
+    casts = ", ".join(f"CAST(v.{_q(c.name)} AS {c.snowflake}) AS {_q(c.name)}" for c in ref.columns)
+    source = (
+        f"(SELECT {casts} FROM (VALUES {', '.join([row] * rows)}) "
+        f"AS v({', '.join(_q(n) for n in names)})) AS s"
+    )
+    return merge_statement(target, source, ref, "%s", _q)
 
 
 def copy_statement(landing: str, stage_path: str) -> str:

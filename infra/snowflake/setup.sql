@@ -137,6 +137,35 @@ CREATE TABLE IF NOT EXISTS STOCKPIPE.BRONZE.LOAD_STATE (
     MANIFEST_FORMAT INTEGER
 );
 
+-- Reference tables, kept by key with MERGE (not loaded from lake files): `stockpipe
+-- load-outages` (the outage ledger, one row per entry and symbol; END_TS NULL while an
+-- outage is open, REPAIRED_VIA/REPAIRED_AT NULL until the backfill repaired it) and
+-- `stockpipe fetch-splits` (Finnhub's splits, which dbt's stg_splits prefers to the seed).
+-- _LOADED_AT: when the row was inserted or last changed.
+CREATE TABLE IF NOT EXISTS STOCKPIPE.BRONZE.OUTAGES (
+    OUTAGE_ID VARCHAR,
+    SYMBOL VARCHAR,
+    START_TS TIMESTAMP_TZ,
+    END_TS TIMESTAMP_TZ,
+    SOURCE VARCHAR,
+    REASON VARCHAR,
+    REPAIRED BOOLEAN,
+    REPAIRED_VIA VARCHAR,
+    REPAIRED_AT TIMESTAMP_TZ,
+    _LOADED_AT TIMESTAMP_TZ,
+    PRIMARY KEY (OUTAGE_ID, SYMBOL)
+);
+
+CREATE TABLE IF NOT EXISTS STOCKPIPE.BRONZE.SPLITS (
+    SYMBOL VARCHAR,
+    EX_DATE DATE,
+    SPLIT_FROM FLOAT,
+    SPLIT_TO FLOAT,
+    SOURCE VARCHAR,
+    _LOADED_AT TIMESTAMP_TZ,
+    PRIMARY KEY (SYMBOL, EX_DATE)
+);
+
 -- Warehouses created before the load sequence: add its columns (rows loaded
 -- before it keep NULL, which dbt reads as load 0) and start numbering after
 -- the highest number already used. Both statements change nothing on a re-run.
@@ -199,6 +228,9 @@ GRANT SELECT, INSERT, UPDATE ON TABLE STOCKPIPE.BRONZE.BARS TO ROLE STOCKPIPE_LO
 GRANT SELECT, INSERT, DELETE ON TABLE STOCKPIPE.BRONZE.BARS_LANDING TO ROLE STOCKPIPE_LOADER;
 GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE STOCKPIPE.BRONZE.LOAD_MANIFEST TO ROLE STOCKPIPE_LOADER;
 GRANT SELECT, INSERT, UPDATE ON TABLE STOCKPIPE.BRONZE.LOAD_STATE TO ROLE STOCKPIPE_LOADER;
+-- MERGE of the reference tables: insert new keys, update changed rows, never delete.
+GRANT SELECT, INSERT, UPDATE ON TABLE STOCKPIPE.BRONZE.OUTAGES TO ROLE STOCKPIPE_LOADER;
+GRANT SELECT, INSERT, UPDATE ON TABLE STOCKPIPE.BRONZE.SPLITS TO ROLE STOCKPIPE_LOADER;
 
 -- Transformer (dbt): read bronze, create and replace models in silver and gold.
 GRANT USAGE ON SCHEMA STOCKPIPE.BRONZE TO ROLE STOCKPIPE_TRANSFORMER;

@@ -3,7 +3,8 @@
 `FakeFinnhubWS`: a real websocket server on 127.0.0.1 (port 0) that plays one
 script per accepted connection: frames, pauses, a dropped TCP connection, a
 silent stall. `FakeFinnhubREST`: a real HTTP server (aiohttp) answering
-`/quote` from a per-symbol script of responses, recording when each call came.
+`/quote` from a per-symbol script of responses, recording when each call came,
+and the history endpoints `/stock/candle`, `/stock/tick` and `/stock/split`.
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ class FakeFinnhubREST:
         trades: dict[str, list[tuple[int, float, float, str, list[str]]]] | None = None,
         tick_access: bool = True,
         faults: list[Any] | None = None,
+        splits: dict[str, list[tuple[str, float, float]]] | None = None,
     ):
         self.scripts = {s: list(r) for s, r in scripts.items()}
         self.last: dict[str, dict[str, Any]] = {}
@@ -144,6 +146,8 @@ class FakeFinnhubREST:
         self.candles = candles or {}
         self.trades = trades or {}
         self.tick_access = tick_access
+        # splits[S] = [(date YYYY-MM-DD, fromFactor, toFactor)]
+        self.splits = splits or {}
         # answers played before any history call, one per call: (status, headers) or "fail"
         # forever (a broken server from then on)
         self.faults = list(faults or [])
@@ -239,6 +243,21 @@ class FakeFinnhubREST:
             }
         )
 
+    async def _split(self, request: web.Request) -> web.Response:
+        """`/stock/split?symbol&from&to` (YYYY-MM-DD, inclusive): a list of splits."""
+        if (fault := self._history_fault(request)) is not None:
+            return fault
+        q = request.query
+        query = {k: v for k, v in q.items() if k != "token"}
+        self.requests.append((request.path, query, 200))
+        return web.json_response(
+            [
+                {"symbol": q["symbol"], "date": day, "fromFactor": f, "toFactor": t}
+                for day, f, t in self.splits.get(q["symbol"], [])
+                if q["from"] <= day <= q["to"]
+            ]
+        )
+
     @web.middleware
     async def _merge_slashes(self, request: web.Request, handler: Any) -> web.StreamResponse:
         # finnhub-python joins API_URL and "/quote" with a slash: `/api/v1//quote`
@@ -257,6 +276,7 @@ class FakeFinnhubREST:
         app.router.add_get("/api/v1/quote", self._quote)
         app.router.add_get("/api/v1/stock/candle", self._candle)
         app.router.add_get("/api/v1/stock/tick", self._tick)
+        app.router.add_get("/api/v1/stock/split", self._split)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
