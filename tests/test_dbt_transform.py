@@ -687,28 +687,30 @@ def _per_symbol(frame: pd.DataFrame, fn) -> pd.DataFrame:
     )
 
 
+def talib_trend(close: np.ndarray) -> dict[str, np.ndarray]:
+    """TA-Lib's values of mart_trend_daily's indicators on one symbol's daily closes."""
+    macd, signal, hist = talib.MACD(close, 12, 26, 9)
+    upper, middle, lower = talib.BBANDS(close, 20, 2, 2, 0)
+    return {
+        "sma_20": talib.SMA(close, 20),
+        "sma_50": talib.SMA(close, 50),
+        "ema_12": talib.EMA(close, 12),
+        "ema_26": talib.EMA(close, 26),
+        "macd": macd,
+        "macd_signal": signal,
+        "macd_hist": hist,
+        "rsi_14": talib.RSI(close, 14),
+        "bb_middle_20": middle,
+        "bb_upper_20": upper,
+        "bb_lower_20": lower,
+    }
+
+
 def test_trend_indicators_equal_talib(built: Built, daily_expected: pd.DataFrame) -> None:
     actual = built.query("select * from gold.mart_trend_daily order by symbol, trade_date")
 
     def indicators(day: pd.DataFrame) -> pd.DataFrame:
-        close = day.close.to_numpy(dtype=float)
-        macd, signal, hist = talib.MACD(close, 12, 26, 9)
-        upper, middle, lower = talib.BBANDS(close, 20, 2, 2, 0)
-        return pd.DataFrame(
-            {
-                "sma_20": talib.SMA(close, 20),
-                "sma_50": talib.SMA(close, 50),
-                "ema_12": talib.EMA(close, 12),
-                "ema_26": talib.EMA(close, 26),
-                "macd": macd,
-                "macd_signal": signal,
-                "macd_hist": hist,
-                "rsi_14": talib.RSI(close, 14),
-                "bb_middle_20": middle,
-                "bb_upper_20": upper,
-                "bb_lower_20": lower,
-            }
-        )
+        return pd.DataFrame(talib_trend(day.close.to_numpy(dtype=float)))
 
     expected = _per_symbol(daily_expected.sort_values(["symbol", "trade_date"]), indicators)
     assert len(actual) == len(expected)

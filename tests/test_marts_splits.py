@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import talib
-from test_dbt_transform import assert_close, load_bronze, sessions_per_year
+from test_dbt_transform import assert_close, load_bronze, sessions_per_year, talib_trend
 from test_marts_metrics import _bars, _session_minutes
 
 from flows.settings import load_settings
@@ -70,23 +70,11 @@ def _daily(bars: pd.DataFrame) -> pd.DataFrame:
 def _indicators(day: pd.DataFrame) -> pd.DataFrame:
     """TA-Lib's (and the stated formulas') values on one symbol's daily series."""
     close, high, low = (day[c].to_numpy(float) for c in ("close", "high", "low"))
-    macd, signal, hist = talib.MACD(close, 12, 26, 9)
-    upper, middle, lower = talib.BBANDS(close, 20, 2, 2)
     log_return = np.log(day.close / day.close.shift())
     year = sessions_per_year(day.symbol.iloc[0])
     return pd.DataFrame(
         {
-            "sma_20": talib.SMA(close, 20),
-            "sma_50": talib.SMA(close, 50),
-            "ema_12": talib.EMA(close, 12),
-            "ema_26": talib.EMA(close, 26),
-            "macd": macd,
-            "macd_signal": signal,
-            "macd_hist": hist,
-            "rsi_14": talib.RSI(close, 14),
-            "bb_upper_20": upper,
-            "bb_middle_20": middle,
-            "bb_lower_20": lower,
+            **talib_trend(close),
             "atr_14": talib.ATR(high, low, close, 14),
             "log_return": log_return.to_numpy(),
             "realized_vol_20d": (log_return.rolling(20).std(ddof=1) * np.sqrt(year)).to_numpy(),

@@ -239,3 +239,135 @@ warm_symbols as (
         'has_cold': cold is not none and cold[0] | int > 0,
     }) }}
 {%- endmacro %}
+
+{#- The CTEs a daily mart continuing recursions from its own rows starts from, on
+    every kind of run (`incremental`: is_incremental(), and no restatement):
+    `series` (each symbol's days with its `columns` of `daily`, their `idx`,
+    `is_warm`, and `state_<column>` for each of `state_columns`: the stored state on
+    a warm symbol's idx 0, else NULL), `written` (the days the run writes) and
+    `load_seq` (the `daily` load they reflect). Incrementally, after the
+    `warm_start` CTEs (its other arguments): each warm symbol's days from the window
+    on, idx 0 the day before D0 (it carries the stored states) and the earlier days
+    negative (they only feed the rolling windows); each cold symbol's whole series,
+    as a full build computes it; only the days from D0 on are written. With nothing
+    changed: no rows. A full build: every day of `daily`, every row written. -#}
+{% macro warm_start_series(incremental, columns, state_columns, warm_column, warm_rows_before, daily='fct_bars_daily') -%}
+{%- set stored = [] -%}
+{%- for column in state_columns -%}
+    {%- do stored.append({'column': column, 'name': 'state_' ~ column.lstrip('_')}) -%}
+{%- endfor -%}
+{%- if incremental -%}
+    {%- set warm = warm_start(
+        daily=daily,
+        window_columns=columns,
+        state_columns=state_columns,
+        warm_column=warm_column,
+        warm_rows_before=warm_rows_before,
+    ) -%}
+{%- endif -%}
+
+{% if incremental and warm.has_changes %}
+
+{{ warm.sql }},
+
+-- warm symbols: idx 0 is the day before D0 (it carries the stored states), the
+-- window's earlier days have negative idx and only feed the rolling windows
+series as (
+    select
+        window_rows.symbol,
+        window_rows.trade_date,
+        {%- for column in columns %}
+        window_rows.{{ column }},
+        {%- endfor %}
+        row_number() over (partition by window_rows.symbol order by window_rows.trade_date)
+            - warm_symbols.rows_before as idx,
+        true as is_warm,
+        {%- for state in stored %}
+        states.{{ state.column }} as {{ state.name }}{{ ',' if not loop.last }}
+        {%- endfor %}
+    from window_rows
+    inner join warm_symbols
+        on warm_symbols.symbol = window_rows.symbol
+    left join states
+        on states.symbol = window_rows.symbol
+        and states.trade_date = window_rows.trade_date
+    {%- if warm.has_cold %}
+
+    union all
+
+    -- cold symbols: the whole series, as a full build computes it
+    select
+        daily.symbol,
+        daily.trade_date,
+        {%- for column in columns %}
+        daily.{{ column }},
+        {%- endfor %}
+        row_number() over (partition by daily.symbol order by daily.trade_date) - 1 as idx,
+        false as is_warm,
+        {%- for state in stored %}
+        cast(null as double) as {{ state.name }}{{ ',' if not loop.last }}
+        {%- endfor %}
+    from {{ ref(daily) }} as daily
+    inner join changed_symbols
+        on changed_symbols.symbol = daily.symbol
+    where daily.symbol not in (select symbol from warm_symbols)
+    {%- endif %}
+),
+
+-- rows written: each changed symbol's days from D0 on
+written as (
+    select
+        series.symbol,
+        series.trade_date
+    from series
+    inner join changed_symbols
+        on changed_symbols.symbol = series.symbol
+    where series.trade_date >= changed_symbols.first_changed
+),
+
+load_seq as (
+    select max(load_seq) as load_seq from changed_symbols
+)
+
+{%- else %}
+
+{%- if incremental %}
+
+-- nothing changed since the last run: nothing to write
+{%- endif %}
+series as (
+    select
+        symbol,
+        trade_date,
+        {%- for column in columns %}
+        {{ column }},
+        {%- endfor %}
+        {%- if incremental %}
+        0 as idx,
+        {%- else %}
+        row_number() over (partition by symbol order by trade_date) - 1 as idx,
+        {%- endif %}
+        false as is_warm,
+        {%- for state in stored %}
+        cast(null as double) as {{ state.name }}{{ ',' if not loop.last }}
+        {%- endfor %}
+    from {{ ref(daily) }}
+    {%- if incremental %}
+    where 1 = 0
+    {%- endif %}
+),
+
+written as (
+    select symbol, trade_date from series
+),
+
+load_seq as (
+    {%- if incremental %}
+    select cast(null as bigint) as load_seq
+    {%- else %}
+    select max(_load_seq) as load_seq from {{ ref(daily) }}
+    {%- endif %}
+)
+
+{%- endif %}
+{%- endmacro %}

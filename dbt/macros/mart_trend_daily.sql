@@ -3,143 +3,18 @@
     row as a full build does (the adjusted twin when its splits changed); with
     `splits_version`, each row records it in `_splits_version`. -#}
 {% macro trend_daily_sql(daily='fct_bars_daily', restate=false, splits_version=none) -%}
-{%- set incremental = is_incremental() and not restate -%}
-{%- if incremental -%}
-    {%- set warm = warm_start(
-        daily=daily,
-        window_columns=['close', 'is_session_complete'],
-        state_columns=['ema_12', 'ema_26', '_macd_fast', 'macd_signal', '_average_gain', '_average_loss'],
-        warm_column='sma_50',
-        warm_rows_before=49,
-    ) -%}
-{%- endif %}
+{%- set incremental = is_incremental() and not restate %}
 
 with
 
-{% if incremental and warm.has_changes %}
-
-{{ warm.sql }},
-
--- warm symbols: idx 0 is the day before D0 (it carries the stored state), the
--- window's earlier closes have negative idx and only feed the rolling windows
-series as (
-    select
-        window_rows.symbol,
-        window_rows.trade_date,
-        window_rows.close,
-        window_rows.is_session_complete,
-        row_number() over (partition by window_rows.symbol order by window_rows.trade_date)
-            - warm_symbols.rows_before as idx,
-        true as is_warm,
-        states.ema_12 as state_ema_12,
-        states.ema_26 as state_ema_26,
-        states._macd_fast as state_macd_fast,
-        states.macd_signal as state_macd_signal,
-        states._average_gain as state_average_gain,
-        states._average_loss as state_average_loss
-    from window_rows
-    inner join warm_symbols
-        on warm_symbols.symbol = window_rows.symbol
-    left join states
-        on states.symbol = window_rows.symbol
-        and states.trade_date = window_rows.trade_date
-    {%- if warm.has_cold %}
-
-    union all
-
-    -- cold symbols: the whole series, as a full build computes it
-    select
-        daily.symbol,
-        daily.trade_date,
-        daily.close,
-        daily.is_session_complete,
-        row_number() over (partition by daily.symbol order by daily.trade_date) - 1 as idx,
-        false as is_warm,
-        cast(null as double) as state_ema_12,
-        cast(null as double) as state_ema_26,
-        cast(null as double) as state_macd_fast,
-        cast(null as double) as state_macd_signal,
-        cast(null as double) as state_average_gain,
-        cast(null as double) as state_average_loss
-    from {{ ref(daily) }} as daily
-    inner join changed_symbols
-        on changed_symbols.symbol = daily.symbol
-    where daily.symbol not in (select symbol from warm_symbols)
-    {%- endif %}
-),
-
--- rows written: each changed symbol's days from D0 on
-written as (
-    select
-        series.symbol,
-        series.trade_date
-    from series
-    inner join changed_symbols
-        on changed_symbols.symbol = series.symbol
-    where series.trade_date >= changed_symbols.first_changed
-),
-
-load_seq as (
-    select max(load_seq) as load_seq from changed_symbols
-),
-
-{% elif incremental %}
-
--- nothing changed since the last run: nothing to write
-series as (
-    select
-        symbol,
-        trade_date,
-        close,
-        is_session_complete,
-        0 as idx,
-        false as is_warm,
-        cast(null as double) as state_ema_12,
-        cast(null as double) as state_ema_26,
-        cast(null as double) as state_macd_fast,
-        cast(null as double) as state_macd_signal,
-        cast(null as double) as state_average_gain,
-        cast(null as double) as state_average_loss
-    from {{ ref(daily) }}
-    where 1 = 0
-),
-
-written as (
-    select symbol, trade_date from series
-),
-
-load_seq as (
-    select cast(null as bigint) as load_seq
-),
-
-{% else %}
-
-series as (
-    select
-        symbol,
-        trade_date,
-        close,
-        is_session_complete,
-        row_number() over (partition by symbol order by trade_date) - 1 as idx,
-        false as is_warm,
-        cast(null as double) as state_ema_12,
-        cast(null as double) as state_ema_26,
-        cast(null as double) as state_macd_fast,
-        cast(null as double) as state_macd_signal,
-        cast(null as double) as state_average_gain,
-        cast(null as double) as state_average_loss
-    from {{ ref(daily) }}
-),
-
-written as (
-    select symbol, trade_date from series
-),
-
-load_seq as (
-    select max(_load_seq) as load_seq from {{ ref(daily) }}
-),
-
-{% endif %}
+{{ warm_start_series(
+    incremental,
+    columns=['close', 'is_session_complete'],
+    state_columns=['ema_12', 'ema_26', '_macd_fast', 'macd_signal', '_average_gain', '_average_loss'],
+    warm_column='sma_50',
+    warm_rows_before=49,
+    daily=daily,
+) }},
 
 -- the recursive indicators' input: from idx 0 (the carried state, or the series' start)
 recursive_input as (

@@ -7,140 +7,18 @@
 {#- Yang–Zhang's weight of the open-to-close variance, k = 0.34 / (1.34 + (n+1)/(n−1)),
     for its window of n days (Yang and Zhang 2000, eq. 10). -#}
 {%- set yang_zhang_days = 20 -%}
-{%- set yang_zhang_k = 0.34 / (1.34 + (yang_zhang_days + 1) / (yang_zhang_days - 1)) -%}
-
-{%- if incremental -%}
-    {%- set warm = warm_start(
-        daily=daily,
-        window_columns=['open', 'high', 'low', 'close', 'realized_variance_1m', 'is_session_complete'],
-        state_columns=['atr_14'],
-        warm_column='realized_vol_20d',
-        warm_rows_before=20,
-    ) -%}
-{%- endif %}
+{%- set yang_zhang_k = 0.34 / (1.34 + (yang_zhang_days + 1) / (yang_zhang_days - 1)) %}
 
 with
 
-{% if incremental and warm.has_changes %}
-
-{{ warm.sql }},
-
--- warm symbols: idx 0 is the day before D0 (it carries the stored ATR), the window's
--- earlier days have negative idx and only feed the rolling windows
-series as (
-    select
-        window_rows.symbol,
-        window_rows.trade_date,
-        window_rows.open,
-        window_rows.high,
-        window_rows.low,
-        window_rows.close,
-        window_rows.realized_variance_1m,
-        window_rows.is_session_complete,
-        row_number() over (partition by window_rows.symbol order by window_rows.trade_date)
-            - warm_symbols.rows_before as idx,
-        true as is_warm,
-        states.atr_14 as state_atr_14
-    from window_rows
-    inner join warm_symbols
-        on warm_symbols.symbol = window_rows.symbol
-    left join states
-        on states.symbol = window_rows.symbol
-        and states.trade_date = window_rows.trade_date
-    {%- if warm.has_cold %}
-
-    union all
-
-    -- cold symbols: the whole series, as a full build computes it
-    select
-        daily.symbol,
-        daily.trade_date,
-        daily.open,
-        daily.high,
-        daily.low,
-        daily.close,
-        daily.realized_variance_1m,
-        daily.is_session_complete,
-        row_number() over (partition by daily.symbol order by daily.trade_date) - 1 as idx,
-        false as is_warm,
-        cast(null as double) as state_atr_14
-    from {{ ref(daily) }} as daily
-    inner join changed_symbols
-        on changed_symbols.symbol = daily.symbol
-    where daily.symbol not in (select symbol from warm_symbols)
-    {%- endif %}
-),
-
--- rows written: each changed symbol's days from D0 on
-written as (
-    select
-        series.symbol,
-        series.trade_date
-    from series
-    inner join changed_symbols
-        on changed_symbols.symbol = series.symbol
-    where series.trade_date >= changed_symbols.first_changed
-),
-
-load_seq as (
-    select max(load_seq) as load_seq from changed_symbols
-),
-
-{% elif incremental %}
-
--- nothing changed since the last run: nothing to write
-series as (
-    select
-        symbol,
-        trade_date,
-        open,
-        high,
-        low,
-        close,
-        realized_variance_1m,
-        is_session_complete,
-        0 as idx,
-        false as is_warm,
-        cast(null as double) as state_atr_14
-    from {{ ref(daily) }}
-    where 1 = 0
-),
-
-written as (
-    select symbol, trade_date from series
-),
-
-load_seq as (
-    select cast(null as bigint) as load_seq
-),
-
-{% else %}
-
-series as (
-    select
-        symbol,
-        trade_date,
-        open,
-        high,
-        low,
-        close,
-        realized_variance_1m,
-        is_session_complete,
-        row_number() over (partition by symbol order by trade_date) - 1 as idx,
-        false as is_warm,
-        cast(null as double) as state_atr_14
-    from {{ ref(daily) }}
-),
-
-written as (
-    select symbol, trade_date from series
-),
-
-load_seq as (
-    select max(_load_seq) as load_seq from {{ ref(daily) }}
-),
-
-{% endif %}
+{{ warm_start_series(
+    incremental,
+    columns=['open', 'high', 'low', 'close', 'realized_variance_1m', 'is_session_complete'],
+    state_columns=['atr_14'],
+    warm_column='realized_vol_20d',
+    warm_rows_before=20,
+    daily=daily,
+) }},
 
 daily as (
     select

@@ -115,35 +115,8 @@ real_bar_summary as (
     having count(priced_start) > 0
 ),
 
--- the regular session's minutes from the day's first real trade on: synthetic bars
--- before it carry an earlier close (the day before, or pre-market), so a return across
--- them would count the overnight move as intraday volatility; synthetic bars after it
--- keep the minutes contiguous (a zero return each)
-session_minutes as (
-    select
-        symbol,
-        trade_date,
-        window_start,
-        open,
-        close,
-        min(case when not is_synthetic and not is_price_carried then window_start end) over (
-            partition by symbol, trade_date
-        ) as first_real_start
-    from session_bars
-),
-
--- the first return is the first real bar's own (open to close), then close to close
-minute_returns as (
-    select
-        symbol,
-        trade_date,
-        case
-            when window_start = first_real_start then ln(close / open)
-            else ln(close / lag(close) over (partition by symbol, trade_date order by window_start))
-        end as log_return
-    from session_minutes
-    where window_start >= first_real_start
-),
+-- each regular session's one-minute returns from its first real trade on
+{{ session_minute_returns('session_bars') }},
 
 -- is every regular minute from the open to the day's last silver row (at or after its
 -- last real bar) there? Silver holds each minute once, so: the first row at the open,

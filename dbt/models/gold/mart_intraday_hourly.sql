@@ -67,35 +67,8 @@ hour_bars as (
 
 {% endif %}
 
--- the regular session's minutes from the day's first real trade on (as fct_bars_daily)
-session_minutes as (
-    select
-        symbol,
-        trade_date,
-        hour_start,
-        window_start,
-        open,
-        close,
-        min(case when not is_synthetic and not is_price_carried then window_start end) over (
-            partition by symbol, trade_date
-        ) as first_real_start
-    from hour_bars
-    where session = 'regular'
-),
-
--- returns over the whole session, then grouped by hour: the first is the first real
--- bar's own (open to close), then close to close across hour boundaries
-minute_returns as (
-    select
-        symbol,
-        hour_start,
-        case
-            when window_start = first_real_start then ln(close / open)
-            else ln(close / lag(close) over (partition by symbol, trade_date order by window_start))
-        end as log_return
-    from session_minutes
-    where window_start >= first_real_start
-),
+-- the regular session's one-minute returns (as fct_bars_daily's), then grouped by hour
+{{ session_minute_returns('hour_bars', per='hour_start', where="session = 'regular'") }},
 
 variance_summary as (
     select
