@@ -211,11 +211,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "repaired_at = '2025-03-02 00:00:00+00' where outage_id = 'o1'"
         )
     step("repaired", first, repaired)
-    last = session_bars("BBB", schedule, range(SESSIONS - 1, SESSIONS), last_skip, 3).assign(
+    # with the new session, BBB's bar before its session-3 gap restated (the rebuild
+    # writes that gap's minutes again) and, in the same run, a new outage over part of
+    # that gap loaded (the reconcile finds those minutes too: written once)
+    before_gap = first[(first.symbol == "BBB") & (first.window_start == minute(schedule, 3, 299))]
+    restated = before_gap.assign(
+        revision=1, close=before_gap.close * 1.001, high=before_gap.high * 1.001
+    )
+    new_session = session_bars("BBB", schedule, range(SESSIONS - 1, SESSIONS), last_skip, 3)
+    last = pd.concat([new_session, restated], ignore_index=True).assign(
         _source_file="bars/last/0.parquet", _loaded_at=pd.Timestamp("2025-03-03", tz="UTC")
     )[BRONZE_COLUMNS]
     out["last_seq"] = load_bronze(db, last)
-    step("new session", pd.concat([first, last], ignore_index=True), repaired)
+    later = [*repaired, outage("o5", "BBB", minute(schedule, 3, 300), minute(schedule, 3, 305))]
+    write_outages(db, later)
+    step("new session", pd.concat([first, last], ignore_index=True), later)
     return out
 
 
@@ -247,12 +257,14 @@ def test_the_ledger_flags_aaas_outage_and_the_repair_clears_it(runs: dict) -> No
     assert inside in runs["ledger"]["expected"]
     assert inside in flagged(runs["ledger"]["silver"])
     assert inside not in flagged(runs["repaired"]["silver"])
-    # BBB's open outage: its gap minutes after the start only (310..319), and the new
-    # session's gap
+    # BBB's open outage: its gap minutes after the start only (310..319); then the new
+    # session's gap and the later outage's minutes of the first gap
+    bbb = {m for s, m in flagged(runs["repaired"]["silver"]) if s == "BBB"}
+    assert bbb == {minute(schedule, 3, m) for m in range(310, 320)}
     bbb = {m for s, m in flagged(runs["new session"]["silver"]) if s == "BBB"}
-    assert bbb == {minute(schedule, 3, m) for m in range(310, 320)} | {
-        minute(schedule, 4, m) for m in range(20, 25)
-    }
+    assert bbb == {minute(schedule, 3, m) for m in range(300, 305)} | {
+        minute(schedule, 3, m) for m in range(310, 320)
+    } | {minute(schedule, 4, m) for m in range(20, 25)}
 
 
 @pytest.mark.parametrize("name", STEPS)
