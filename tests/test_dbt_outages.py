@@ -126,7 +126,7 @@ def daily(db: Path) -> pd.DataFrame:
     with duckdb.connect(str(db), read_only=True) as con:
         return con.execute(
             "select symbol, cast(trade_date as varchar) as trade_date, no_data_minutes, "
-            "has_gaps, _load_seq from gold.fct_bars_daily"
+            "has_gaps, is_session_complete, _load_seq from gold.fct_bars_daily"
         ).df()
 
 
@@ -291,6 +291,13 @@ def test_a_reconcile_without_a_bronze_load_reaches_gold_and_later_loads_still_ar
     assert (int(was.no_data_minutes), bool(was.has_gaps)) == (30, True)
     assert (int(now.no_data_minutes), bool(now.has_gaps)) == (0, False)
     assert now._load_seq > was._load_seq
+    # a session with minutes of no data is not complete; repaired, it is, and the daily
+    # marts take that up too
+    assert not bool(was.is_session_complete) and bool(now.is_session_complete)
+    for step, complete in (("no ledger", True), ("ledger", False), ("repaired", True)):
+        trend = runs[step]["tables"]["gold.mart_trend_daily"]
+        row = trend[(trend.symbol == "AAA") & (trend.trade_date == pd.Timestamp(day))]
+        assert bool(row.is_session_complete.iloc[0]) is complete, step
     # the new session's bars (a bronze load numbered below silver's marks by now) arrive
     last_day = str(runs["schedule"].trade_date.iloc[-1])
     final = runs["new session"]["daily"]

@@ -31,7 +31,8 @@
 
     no_data_minutes: the regular-session minutes of the day that silver marks
     is_no_data (gap-filled inside an unrepaired outage: the data is missing, not the
-    trades); has_gaps: there is one. Silver stamps a minute whose flag changes (an
+    trades); has_gaps: there is one, and the session is not complete (its repair
+    makes it so). Silver stamps a minute whose flag changes (an
     outage loaded or repaired) with a new `_load_seq`, so its day is rebuilt here like
     any other change. A day without any real bar has no row, however many of its
     minutes had no data. -#}
@@ -175,7 +176,10 @@ completeness as (
     select
         symbol,
         trade_date,
-        coalesce(is_covered and market_close <= {{ clock['ts'] }}, false) as is_session_complete,
+        -- a day with minutes of no data (an unrepaired outage) is not complete either
+        coalesce(
+            is_covered and market_close <= {{ clock['ts'] }} and no_data_minutes = 0, false
+        ) as is_session_complete,
         no_data_minutes
     from coverage
 ),
