@@ -375,6 +375,35 @@ def _bronze_batches():
     ]
 
 
+# The outage ledger, which arrives after the first build (its loader is newer than the
+# warehouse): the first compile reads no bronze.outages, the later ones read it, and
+# silver's incremental run reconciles the minutes inside its outages.
+OUTAGES_DDL = """
+create table if not exists bronze.outages (
+    outage_id varchar, symbol varchar, start_ts timestamp_tz, end_ts timestamp_tz,
+    source varchar, reason varchar, repaired boolean, repaired_via varchar,
+    repaired_at timestamp_tz, _loaded_at timestamp_tz
+)
+"""
+
+
+def _outage_rows() -> str:
+    """An unrepaired outage of AAA's over its second session, an open one of BBB's."""
+    import pandas as pd
+    from test_dbt_transform import nyse_schedule
+
+    opens = nyse_schedule().market_open
+    start, end = opens.iloc[1], opens.iloc[1] + pd.Timedelta(minutes=390)
+    loaded = "'2025-06-01 00:00:00+00:00'"
+    return (
+        "insert into bronze.outages values "
+        f"('o1', 'AAA', '{start.isoformat()}', '{end.isoformat()}', 'finnhub-ws', "
+        f"'disconnected', false, null, null, {loaded}), "
+        f"('o2', 'BBB', '{opens.iloc[2].isoformat()}', null, 'kafka-producer', "
+        f"'undelivered', false, null, null, {loaded})"
+    )
+
+
 @pytest.fixture(scope="module")
 def snowflake_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
     """Every model and data test as compiled for Snowflake (first, incremental and
@@ -398,6 +427,8 @@ def snowflake_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[s
         write_pandas(con, first_batch.rename(columns=str.upper), "BARS", schema="BRONZE")
         first = _compile(tmp / "first")
         _invoke(tmp / "build", ["build"])
+        con.cursor().execute(OUTAGES_DDL)
+        con.cursor().execute(_outage_rows())
         write_pandas(con, second_batch.rename(columns=str.upper), "BARS", schema="BRONZE")
         # With the incremental models' tables present, is_incremental() is true; each
         # model compiles as the models before it have taken the new rows in.

@@ -60,7 +60,8 @@ Checks (`--check`; each limit a setting, or an option of the same name):
   STOCKPIPE_CHECK_MAX_LOAD_DELAY (15m) ago: a file waiting longer fails,
   however old the last load is, and an old last load with nothing waiting is fine.
 - marts: silver.fct_bars_1m (the model every mart is built from) has taken in
-  every load with rows (its largest `_load_seq`), or the oldest load it lacks
+  every load with rows (its largest `_bronze_load_seq`, `_load_seq` on a silver
+  from before that column), or the oldest load it lacks
   was committed at most STOCKPIPE_CHECK_MAX_MART_DELAY (15m) ago.
 - offset_gaps: the manifest shows no offset gap.
 
@@ -499,7 +500,8 @@ class MartStatus:
     latest_column: str
     latest: str | None = None  # latest event time (window_start) or trade_date
     rows: int | None = None
-    load_seq: int | None = None  # the newest load it has taken in: max(_load_seq)
+    # the newest load it has taken in: max(_bronze_load_seq) in silver, else max(_load_seq)
+    load_seq: int | None = None
     # silver.fct_bars_1m only: when the oldest load with rows that it lacks was committed
     behind_since: str | None = None
 
@@ -619,7 +621,12 @@ def _query_warehouse(
             mart.latest_column = f"{col} (missing)"
             mart.rows = _rows(con, f"SELECT count(*) FROM {schema}.{table}")[0][0]
             continue
-        seq = "max(_load_seq)" if "_load_seq" in have else "NULL"
+        # the newest bronze load taken in: silver's own bronze mark where it has one
+        # (its _load_seq is a change mark, above the bronze loads once it reconciled
+        # outage flags), else _load_seq
+        seq = next(
+            (f"max({c})" for c in ("_bronze_load_seq", "_load_seq") if c in have), "NULL"
+        )
         latest, rows, load_seq = _rows(
             con, f"SELECT max({col}), count(*), {seq} FROM {schema}.{table}"
         )[0]

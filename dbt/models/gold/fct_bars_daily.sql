@@ -27,7 +27,15 @@
     later runs: the incomplete rows from the day before this table's last date on
     (every such row is there: a session not yet closed in the data has no later
     trade date), their _load_seq raised to the clock's load when they turn true so
-    the marts take the change. -#}
+    the marts take the change.
+
+    no_data_minutes: the regular-session minutes of the day that silver marks
+    is_no_data (gap-filled inside an unrepaired outage: the data is missing, not the
+    trades); has_gaps: there is one, and the session is not complete (its repair
+    makes it so). Silver stamps a minute whose flag changes (an
+    outage loaded or repaired) with a new `_load_seq`, so its day is rebuilt here like
+    any other change. A day without any real bar has no row, however many of its
+    minutes had no data. -#}
 
 {%- set clock = data_clock(ref('fct_bars_1m')) -%}
 {%- if is_incremental() -%}
@@ -128,7 +136,8 @@ coverage as (
         min(session_bars.window_start) = max(sessions.market_open)
             and count(*) = {{ dbt.datediff('max(sessions.market_open)', 'max(session_bars.window_start)', 'minute') }} + 1
             as is_covered,
-        max(sessions.market_close) as market_close
+        max(sessions.market_close) as market_close,
+        count(case when session_bars.is_no_data then 1 end) as no_data_minutes
     from session_bars
     inner join {{ ref('stg_exchange_sessions') }} as sessions
         on sessions.calendar_code = {{ calendar_code('session_bars.symbol') }}
@@ -140,7 +149,11 @@ completeness as (
     select
         symbol,
         trade_date,
-        coalesce(is_covered and market_close <= {{ clock['ts'] }}, false) as is_session_complete
+        -- a day with minutes of no data (an unrepaired outage) is not complete either
+        coalesce(
+            is_covered and market_close <= {{ clock['ts'] }} and no_data_minutes = 0, false
+        ) as is_session_complete,
+        no_data_minutes
     from coverage
 ),
 
@@ -176,6 +189,8 @@ final as (
         real_bar_summary.bar_count,
         coalesce(variance_summary.realized_variance_1m, 0) as realized_variance_1m,
         coalesce(completeness.is_session_complete, false) as is_session_complete,
+        coalesce(completeness.no_data_minutes, 0) as no_data_minutes,
+        coalesce(completeness.no_data_minutes, 0) > 0 as has_gaps,
         lineage._loaded_at,
         {%- if is_incremental() and clock['load_seq'] is not none %}
         -- a rechecked day that turned complete reflects the load that brought the clock

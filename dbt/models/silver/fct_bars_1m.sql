@@ -48,6 +48,32 @@
     rows read (once). Bronze is read from the earliest S on, the table within the
     search window, the delete bounded by the rebuilt trade dates; rebuilt rows carry
     the new rows' load sequence (the downstream models' change marker).
+
+    No data is not no trade: a synthetic minute inside an unrepaired outage of its
+    symbol (stg_outages, the ledger as loaded into bronze.outages: start_ts <=
+    window_start < end_ts, end_ts NULL while open) has is_no_data = true, every other
+    row false. A rebuilt range takes the flag from stg_outages as the full build does.
+    Outages are loaded and repaired on their own clock, after silver built their
+    minutes, so every incremental run also reconciles: the synthetic rows of this
+    table inside any outage's range, repaired or not, whose flag differs from what
+    stg_outages says now are written again with the right flag (not when the rebuilt
+    range writes that key already). That read is bounded by the outages' own dates,
+    merged and written in as constants (an open outage from its start on), so it
+    costs in proportion to the outages' spans, not to the history.
+
+    Two load sequences per row. `_bronze_load_seq` is the latest bronze load the row
+    reflects: its maximum is this model's high-water mark on bronze (what is new).
+    `_load_seq` is the change marker downstream models select by (their own
+    high-water marks are at most this table's maximum `_load_seq`): every row a run
+    writes gets greatest(the newest bronze load it read, the table's maximum
+    `_load_seq` before the run + 1). A bronze load alone gives its own number, as it
+    always did (the two columns are equal until a reconcile runs); a run that only
+    reconciles (no bronze load since) still writes rows above every downstream
+    high-water mark, so they take the change; and a later bronze load, whose number
+    may be below that, is still found (by `_bronze_load_seq`) and its rows again
+    stamped above everything written before. max(_load_seq) + 1 used as the bronze
+    mark instead would skip the next bronze load; the newest bronze load's number
+    would not reach downstream when no bronze load came.
 -#}
 
 {#- bronze is read through ref() at each use, never through one shared CTE: DuckDB
@@ -57,8 +83,58 @@
 {%- set bar_seconds = env_var('STOCKPIPE_BAR_SECONDS', '60') | int -%}
 {%- set search_days = var('silver_search_days', 7) | int -%}
 
+{%- set unioned_columns = [
+    'symbol', 'trade_date', 'session', 'window_start', 'window_end',
+    'open', 'high', 'low', 'close', 'volume', 'vwap',
+    'trade_count', 'excluded_count', 'unmapped_count', 'candle_count',
+    'is_synthetic', 'is_price_carried', 'is_from_candles', 'revision',
+] -%}
+
 {%- if is_incremental() -%}
-    {%- set previous_seq = high_water_mark() -%}
+    {#- the bronze high-water mark (`_load_seq` on a table from before the column: dbt
+        then fails on the schema change, asking for a full refresh) and the change
+        marker's -#}
+    {%- set existing_columns = adapter.get_columns_in_relation(this)
+        | map(attribute='name') | map('lower') | list -%}
+    {%- set previous_seq = high_water_mark(column='_bronze_load_seq'
+        if '_bronze_load_seq' in existing_columns else '_load_seq') -%}
+    {%- set previous_mark = high_water_mark() -%}
+    {#- the outages' trade dates, a day or two of margin (UTC instants, local dates),
+        overlapping ones merged: the minutes a reconcile reads -#}
+    {%- set outage_ranges = [] -%}
+    {%- if execute -%}
+        {%- set outage_rows = run_query(
+            "select cast(start_ts as date), max(cast(end_ts as date)), count(*) - count(end_ts) from "
+            ~ ref('stg_outages') ~ " group by cast(start_ts as date) order by 1"
+        ).rows -%}
+        {%- for row in outage_rows -%}
+            {%- set start = modules.datetime.date.fromisoformat((row[0] | string)[:10])
+                - modules.datetime.timedelta(days=2) -%}
+            {%- set end = none if row[2] | int > 0 or row[1] is none
+                else modules.datetime.date.fromisoformat((row[1] | string)[:10])
+                    + modules.datetime.timedelta(days=2) -%}
+            {%- if outage_ranges and (outage_ranges[-1][1] is none or outage_ranges[-1][1] >= start) -%}
+                {%- set last = outage_ranges.pop() -%}
+                {%- do outage_ranges.append((last[0],
+                    none if last[1] is none or end is none else [last[1], end] | max)) -%}
+            {%- else -%}
+                {%- do outage_ranges.append((start, end)) -%}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+    {#- (a table from before is_no_data is not reconciled: dbt fails on the schema
+        change with its own message, not on a missing column) -#}
+    {%- set has_outages = outage_ranges | length > 0 and 'is_no_data' in existing_columns -%}
+    {%- set outage_dates = [] -%}
+    {%- for start, end in outage_ranges -%}
+        {%- do outage_dates.append(
+            "(existing.trade_date >= cast('" ~ start.isoformat() ~ "' as date)"
+            ~ (" and existing.trade_date <= cast('" ~ end.isoformat() ~ "' as date))" if end is not none else ")")
+        ) -%}
+    {%- endfor -%}
+    {%- set outage_dates_filter = '(' ~ outage_dates | join(' or ') ~ ')' if has_outages else '1 = 0' -%}
+    {#- every row this run writes: above the table's change marks (see the header) -#}
+    {%- set next_mark = previous_mark + 1 if previous_mark is not none else none -%}
     {#- bronze rows loaded since this table's last run, on the raw column (a constant
         bound, nothing wrapped around it): rows loaded before loads were numbered
         (NULL) count as load 0, which no high-water mark is below -#}
@@ -248,7 +324,12 @@ new_bar_starts as (
 -- the newest load among the new rows: rebuilt rows reflect it
 lineage as (
     select
+        {%- if next_mark is not none %}
+        greatest(max(load_seq), {{ next_mark }}) as _load_seq,
+        {%- else %}
         max(load_seq) as _load_seq,
+        {%- endif %}
+        max(load_seq) as _bronze_load_seq,
         max(loaded_at) as _loaded_at
     from newly_loaded
 ),
@@ -261,9 +342,11 @@ bars_to_rebuild as (
     where 1 = 0
 ),
 
+-- (a reconciled row keeps its bronze lineage and takes the next change mark)
 lineage as (
     select
-        cast(null as bigint) as _load_seq,
+        cast({{ next_mark if next_mark is not none else 'null' }} as bigint) as _load_seq,
+        cast(null as bigint) as _bronze_load_seq,
         cast(null as timestamp with time zone) as _loaded_at
 ),
 
@@ -276,6 +359,7 @@ bars_to_rebuild as (
 lineage as (
     select
         max(_load_seq) as _load_seq,
+        max(_load_seq) as _bronze_load_seq,
         max(_loaded_at) as _loaded_at
     from {{ ref('stg_bronze__bars') }}
 ),
@@ -362,6 +446,37 @@ missing_minutes as (
         and session_minutes.window_start < session_minutes.last_start
 ),
 
+-- each outage of the ledger on each session it overlaps (synthetic minutes are
+-- regular-session minutes): joined by (symbol, trade_date), so finding the minutes
+-- inside outages costs in proportion to the outages' days
+outage_days as (
+    select
+        outages.symbol,
+        sessions.trade_date,
+        outages.start_ts,
+        outages.end_ts,
+        outages.repaired
+    from {{ ref('stg_outages') }} as outages
+    inner join sessions
+        on sessions.calendar_code = {{ calendar_code('outages.symbol') }}
+        and sessions.market_close > outages.start_ts
+        and (outages.end_ts is null or sessions.market_open < outages.end_ts)
+),
+
+-- missing minutes inside an unrepaired outage of their symbol: no data, not no trade
+no_data_minutes as (
+    select distinct
+        missing_minutes.symbol,
+        missing_minutes.window_start
+    from missing_minutes
+    inner join outage_days
+        on outage_days.symbol = missing_minutes.symbol
+        and outage_days.trade_date = missing_minutes.trade_date
+        and outage_days.start_ts <= missing_minutes.window_start
+        and (outage_days.end_ts is null or missing_minutes.window_start < outage_days.end_ts)
+    where not outage_days.repaired
+),
+
 all_minutes as (
     select symbol, window_start, close is not null as is_priced
     from real_bars
@@ -401,8 +516,10 @@ carried_bars as (
         unpriced.trade_count,
         unpriced.excluded_count,
         unpriced.unmapped_count,
+        unpriced.candle_count,
         false as is_synthetic,
         true as is_price_carried,
+        coalesce(unpriced.candle_count > 0, false) as is_from_candles,
         unpriced.revision
     from real_bars as unpriced
     inner join carried_from
@@ -435,10 +552,12 @@ synthetic_bars as (
         cast(0 as bigint) as trade_count,
         cast(0 as bigint) as excluded_count,
         cast(0 as bigint) as unmapped_count,
+        cast(0 as bigint) as candle_count,
 
         -- provenance
         true as is_synthetic,
         false as is_price_carried,
+        false as is_from_candles,
         cast(null as integer) as revision
     from missing_minutes
     inner join carried_from
@@ -465,8 +584,11 @@ unioned as (
         trade_count,
         excluded_count,
         unmapped_count,
+        candle_count,
         false as is_synthetic,
         false as is_price_carried,
+        -- made from a vendor's 1-minute candle (the outage backfill), not from trades
+        coalesce(candle_count > 0, false) as is_from_candles,
         revision
     from real_bars
     where close is not null
@@ -516,14 +638,23 @@ changed_minutes as (
 ),
 {%- endif %}
 
-final as (
+rebuilt as (
     select
-        unioned.*,
-        -- the bronze load this row reflects: downstream incremental models rebuild what changed
+        {%- for column in unioned_columns %}
+        unioned.{{ column }},
+        {%- endfor %}
+        -- a gap-filled minute inside an unrepaired outage: the data is missing, not the trades
+        unioned.is_synthetic and no_data_minutes.symbol is not null as is_no_data,
+        -- the bronze load this row reflects, and the change mark downstream incremental
+        -- models rebuild by (equal unless a reconcile ran: see the header)
         lineage._loaded_at,
+        lineage._bronze_load_seq,
         lineage._load_seq
     from unioned
     cross join lineage
+    left join no_data_minutes
+        on no_data_minutes.symbol = unioned.symbol
+        and no_data_minutes.window_start = unioned.window_start
     {%- if is_incremental() and has_new %}
     inner join rebuild_range
         on rebuild_range.symbol = unioned.symbol
@@ -537,7 +668,66 @@ final as (
         or changed_minutes.symbol is not null
     {%- endif %}
     {%- endif %}
+),
+
+{%- if is_incremental() and has_outages %}
+
+-- this table's synthetic minutes inside some outage (repaired or not) and whether one
+-- that is still unrepaired holds them now
+outage_flags as (
+    select
+        existing.symbol,
+        existing.window_start,
+        max(case when outage_days.repaired then 0 else 1 end) = 1 as is_no_data
+    from {{ this }} as existing
+    inner join outage_days
+        on outage_days.symbol = existing.symbol
+        and outage_days.trade_date = existing.trade_date
+        and outage_days.start_ts <= existing.window_start
+        and (outage_days.end_ts is null or existing.window_start < outage_days.end_ts)
+    where existing.is_synthetic
+        and {{ outage_dates_filter }}
+    group by existing.symbol, existing.window_start
+),
+
+-- those whose flag is out of date (an outage loaded or repaired since the row was
+-- written), unless the rebuilt range writes the key anyway
+reconciled as (
+    select
+        {%- for column in unioned_columns %}
+        existing.{{ column }},
+        {%- endfor %}
+        outage_flags.is_no_data,
+        existing._loaded_at,
+        existing._bronze_load_seq,
+        lineage._load_seq
+    from {{ this }} as existing
+    inner join outage_flags
+        on outage_flags.symbol = existing.symbol
+        and outage_flags.window_start = existing.window_start
+    cross join lineage
+    left join rebuilt
+        on rebuilt.symbol = existing.symbol
+        and rebuilt.window_start = existing.window_start
+    where existing.is_synthetic
+        and {{ outage_dates_filter }}
+        and existing.is_no_data <> outage_flags.is_no_data
+        and rebuilt.symbol is null
+),
+
+final as (
+    select * from rebuilt
+    union all
+    select * from reconciled
 )
+
+{%- else %}
+
+final as (
+    select * from rebuilt
+)
+
+{%- endif %}
 
 select * from final
 -- stored in trade-date order (full builds and every run's new rows), so that

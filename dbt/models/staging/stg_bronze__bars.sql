@@ -37,8 +37,10 @@ renamed as (
         -- trade conditions: ticks kept out of some price (open/high/low/close are null
         -- when no tick of the window could set them), ticks with unmapped codes; null on
         -- bars written before the stream counted them (and in a bronze table no load
-        -- has migrated yet)
-        {%- for name in ['excluded_count', 'unmapped_count'] %}
+        -- has migrated yet); candle_count: ticks of a vendor's 1-minute candle the
+        -- outage backfill produced (> 0: the bar was made from a candle, not from
+        -- trades), null in files of older writers
+        {%- for name in ['excluded_count', 'unmapped_count', 'candle_count'] %}
         {% if name in bronze_columns %}{{ name }}{% else %}cast(null as bigint) as {{ name }}{% endif %},
         {%- endfor %}
 
