@@ -158,7 +158,7 @@ def _rows(symbol, start_us, open_, high, low, close, volume, count, revision, em
         zip(
             symbol.tolist(), [60] * n, start, end, open_.tolist(), high.tolist(), low.tolist(),
             close.tolist(), volume.tolist(), vwap, count.tolist(), first, last,
-            [revision] * n, [emitted_us] * n, [0] * n, [0] * n,  # no trade excluded
+            [revision] * n, [emitted_us] * n, [0] * n, [0] * n, [0] * n,  # nothing excluded, no candle
             strict=True,
         )
     )  # fmt: skip
