@@ -2,7 +2,8 @@
 
     find_new_files ─► load_batch (mapped: one task per batch of STOCKPIPE_LOAD_BATCH_FILES) ─┐
     load_outages (the outage ledger into bronze.outages) ────────────────────────────────────┴─►
-        dbt_build (cosmos task group: one `dbt build --select <node>` task per seed/model)
+        check_changes (skips what follows when neither loaded anything)
+        ─► dbt_build (cosmos task group: one `dbt build --select <node>` task per seed/model)
         ─► source_freshness (stale sources warn and alert, never fail the run)
         ─► publish_marts (outlet: Asset stockpipe://gold/marts)
 
@@ -10,12 +11,14 @@ load_outages upserts the outage ledger (STOCKPIPE_OUTAGE_LOG), its repairs
 included, into bronze.outages on every run (`stockpipe load-outages`; cheap, and
 a no-op when nothing changed), so silver tells "no data" from "no trade" without a
 manual backfill; a repair's backfilled ticks come back as new lake files, so the
-dbt build that follows sees both.
+dbt build that follows sees both. An outage loaded or repaired with no new lake
+file (a repair that found no trade) still runs dbt, which reconciles silver's
+no-data minutes, and announces the marts.
 
 Loading is exactly once (the manifest and the rows commit together), so any run,
-retry or overlap with `stockpipe load` is safe. When the lake has nothing new, the
-load and dbt tasks are skipped, freshness is still checked, and no asset event is
-emitted. Everything heavy is imported inside the tasks (see flows/transform/orchestration.py).
+retry or overlap with `stockpipe load` is safe. When the lake has nothing new and
+no outage changed, the load and dbt tasks are skipped, freshness is still checked,
+and no asset event is emitted. Everything heavy is imported inside the tasks (see flows/transform/orchestration.py).
 
 Under a real scheduler (LocalExecutor, parallelism > 1), on DuckDB: every task
 that opens the warehouse file (find_new_files, load_batch, load_outages, each
@@ -96,20 +99,30 @@ def stockpipe_load() -> None:
         # none_failed: it runs only when no dbt task failed, so the transform succeeded
         return orchestration.source_freshness(load_settings(), after_dbt=True)
 
+    @task(trigger_rule="none_failed")
+    def check_changes(batches: list[list[str]], outages: dict[str, Any]) -> None:
+        """Go on to dbt when new lake files were loaded or bronze.outages changed, else skip it."""
+        if not batches and not outages.get("changed"):
+            raise AirflowSkipException("no new lake files, no outage change: the marts are current")
+
     @task(outlets=[GOLD_MARTS], trigger_rule="none_failed")
-    def publish_marts(batches: list[list[str]]) -> None:
+    def publish_marts(batches: list[list[str]], outages: dict[str, Any]) -> None:
         """Announce rebuilt gold marts to Asset-scheduled DAGs; skipped when nothing was new."""
-        if not batches:
-            raise AirflowSkipException("no new lake files: the marts are unchanged")
-        files = sum(len(batch) for batch in batches)
-        get_current_context()["outlet_events"][GOLD_MARTS].extra = {"files_loaded": files}
+        if not batches and not outages.get("changed"):
+            raise AirflowSkipException("no new lake files, no outage change: the marts are current")
+        extra: dict[str, Any] = {"files_loaded": sum(len(batch) for batch in batches)}
+        if outages.get("changed"):
+            extra["outages_changed"] = outages["changed"]
+        get_current_context()["outlet_events"][GOLD_MARTS].extra = extra
 
     batches = find_new_files()
     loaded = load_batch.expand(files=batches)
+    outages = load_outages()
+    changes = check_changes(batches, outages)
     dbt_build = orchestration.dbt_task_group(SETTINGS, group_id="dbt_build")
     freshness = source_freshness()
-    [loaded, load_outages()] >> dbt_build
-    dbt_build >> freshness >> publish_marts(batches)
+    loaded >> changes >> dbt_build
+    dbt_build >> freshness >> publish_marts(batches, outages)
 
 
 stockpipe_load()

@@ -49,6 +49,7 @@ LOAD_TASKS = {
     "find_new_files",
     "load_batch",
     "load_outages",
+    "check_changes",
     "source_freshness",
     "publish_marts",
 }
@@ -65,6 +66,7 @@ DBT_TASKS = {
     "dbt_build.xnys_calendar_seed_build",
     "dbt_build.stg_exchange_sessions_model_build",
     "dbt_build.stg_bronze__bars_model_build",
+    "dbt_build.stg_outages_model_build",
     "dbt_build.fct_bars_1m_model_build",
     "dbt_build.fct_bars_daily_model_build",
     "dbt_build.mart_trend_daily_model_build",
@@ -305,6 +307,7 @@ def pipeline(
         "STOCKPIPE_RETRY_DELAY": "1s",
         "STOCKPIPE_REPORT_PATH": str(tmp_path / "reports" / "stockpipe.html"),
         "STOCKPIPE_METRICS_DIR": str(tmp_path / "metrics"),
+        "STOCKPIPE_OUTAGE_LOG": str(tmp_path / "outages.jsonl"),
     }
     for name, value in settings_env.items():
         monkeypatch.setenv(name, value)
@@ -369,14 +372,17 @@ def test_dag_folder_parses_without_heavy_imports_into_the_designed_dags(
     assert up["find_new_files"] == []
     assert up["load_batch"] == ["find_new_files"]
     assert up["load_outages"] == []
-    assert up["dbt_build.stg_bronze__bars_model_build"] == ["load_batch", "load_outages"]
+    assert up["check_changes"] == ["find_new_files", "load_batch", "load_outages"]
+    assert up["dbt_build.stg_bronze__bars_model_build"] == ["check_changes"]
+    assert up["dbt_build.stg_outages_model_build"] == ["check_changes"]
     assert up["dbt_build.fct_bars_1m_model_build"] == [
         "dbt_build.stg_bronze__bars_model_build",
         "dbt_build.stg_exchange_sessions_model_build",
+        "dbt_build.stg_outages_model_build",
     ]
     assert up["dbt_build.mart_trend_daily_model_build"] == ["dbt_build.fct_bars_daily_model_build"]
     assert "dbt_build.mart_trend_daily_model_build" in up["source_freshness"]
-    assert up["publish_marts"] == ["find_new_files", "source_freshness"]
+    assert up["publish_marts"] == ["find_new_files", "load_outages", "source_freshness"]
 
     backfill = dags["stockpipe_backfill"]
     assert backfill["timetable"] == "NullTimetable" and backfill["max_active_runs"] == 1
@@ -539,6 +545,8 @@ def test_load_dag_loads_new_files_builds_the_marts_then_is_a_no_op(
     assert second["state"] == "success", second["tasks"]
     assert second["tasks"]["find_new_files"]["state"] == "success"
     assert second["tasks"]["load_batch"]["state"] == "skipped"  # mapped over no batches
+    assert second["tasks"]["check_changes"]["state"] == "skipped"  # and no outage changed
+    assert second["tasks"]["dbt_build.fct_bars_1m_model_build"]["state"] == "skipped"
     assert second["tasks"]["source_freshness"]["state"] == "success"
     assert second["tasks"]["publish_marts"]["state"] == "skipped"  # no asset event
     assert pipeline.query("select path, loaded_at from bronze.load_manifest order by 1") == manifest
@@ -552,6 +560,26 @@ def test_load_dag_loads_new_files_builds_the_marts_then_is_a_no_op(
     rebuilt_at = transform[("stockpipe_transform_last_success_timestamp_seconds", frozenset())]
     assert rebuilt_at > load[("stockpipe_load_last_success_timestamp_seconds", frozenset())]
     assert transform[newest_key] == newest.timestamp()
+
+    # an outage in the ledger and no new lake file: bronze.outages changes, so dbt runs
+    # (silver reconciles its no-data minutes) and the marts are announced
+    from flows.ingest.ledger import Outage, append_outage
+
+    start = int(DAYS[2].timestamp() * 1000) + 60 * 60_000
+    append_outage(
+        Path(pipeline.env["STOCKPIPE_OUTAGE_LOG"]),
+        Outage(start, ["AAA"], "stall", end_ms=start + 10 * 60_000, source="finnhub-ws"),
+    )
+    third = pipeline.run_dag("stockpipe_load")
+    assert third["state"] == "success", third["tasks"]
+    assert third["tasks"]["load_batch"]["state"] == "skipped"
+    assert third["tasks"]["check_changes"]["state"] == "success"
+    assert third["tasks"]["dbt_build.fct_bars_1m_model_build"]["state"] == "success"
+    assert pipeline.query("select symbol, repaired from bronze.outages") == [("AAA", False)]
+    assert pipeline.gold_mart_events() == [
+        {"files_loaded": 6},
+        {"files_loaded": 0, "outages_changed": 1},
+    ]
     _, received = webhook
     assert not [m for m in received if m["json"]["event"] == "stockpipe.failure"]
 

@@ -200,7 +200,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     write_outages(db, outages)
     step("ledger", first, outages)
     repaired = [
-        {**o, "repaired": True, "repaired_via": "trades", "repaired_at": pd.Timestamp("2025-03-02", tz="UTC")}
+        {
+            **o,
+            "repaired": True,
+            "repaired_via": "trades",
+            "repaired_at": pd.Timestamp("2025-03-02", tz="UTC"),
+        }
         if o["outage_id"] == "o1"
         else o
         for o in outages
