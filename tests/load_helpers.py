@@ -11,7 +11,35 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from flows.settings import Settings, load_settings
 from flows.warehouse.base import BAR_ARROW_SCHEMA
+
+# The loader's Snowflake settings on the emulator (inside `fakesnow.patch()`), without
+# the lake or anything else a test sets.
+EMULATED_LOADER = {
+    "warehouse": "snowflake",
+    "snowflake_account": "acme-test",
+    "snowflake_user": "loader",
+    "snowflake_password": "pw",
+    "snowflake_database": "stockpipe",
+    "snowflake_stage": "bronze.lake_stage",
+}
+
+
+def emulated_loader_settings(**overrides: Any) -> Settings:
+    """Settings of a loader on the Snowflake emulator, with `overrides`."""
+    return load_settings(**(EMULATED_LOADER | overrides))
+
+
+def emulator_query(sql: str) -> list[tuple]:
+    """Rows of `sql` on the emulator's STOCKPIPE database (inside `fakesnow.patch()`)."""
+    import snowflake.connector
+
+    with snowflake.connector.connect(
+        account="a", user="u", password="p", database="STOCKPIPE"
+    ) as conn:
+        return conn.cursor().execute(sql).fetchall()
+
 
 T0 = datetime(2024, 11, 26, 14, 30, tzinfo=UTC)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import duckdb
 import fakesnow
 import pytest
-import snowflake.connector
 from fakes.finnhub_server import FakeFinnhubREST
 from helpers import run_stockpipe
+from load_helpers import EMULATED_LOADER, emulator_query
 from test_backfill_outages import serving
 
 from flows.errors import StockpipeError
@@ -157,31 +157,15 @@ def test_only_crypto_asks_nothing_and_needs_no_key(tmp_path: Path) -> None:
 def test_splits_upsert_on_the_snowflake_emulator(tmp_path: Path) -> None:
     server = FakeFinnhubREST({}, token="k", splits=SPLITS)
     with serving(server), fakesnow.patch(nop_regexes=["^REMOVE "]):
-        settings = settings_for(
-            tmp_path,
-            server,
-            warehouse="snowflake",
-            snowflake_account="acme-test",
-            snowflake_user="loader",
-            snowflake_password="pw",
-            snowflake_database="stockpipe",
-            snowflake_stage="bronze.lake_stage",
-        )
+        settings = settings_for(tmp_path, server, **EMULATED_LOADER)
         report = fetch_splits(settings, since="2000-01-01", api=api_for(settings, server))
         assert (report.rows, report.changed) == (3, 3)
         again = fetch_splits(settings, since="2000-01-01", api=api_for(settings, server))
         assert again.changed == 0
-        with snowflake.connector.connect(
-            account="a", user="u", password="p", database="STOCKPIPE"
-        ) as conn:
-            rows = (
-                conn.cursor()
-                .execute(
-                    "select symbol, ex_date, split_from, split_to, source"
-                    " from stockpipe.bronze.splits order by 1, 2"
-                )
-                .fetchall()
-            )
+        rows = emulator_query(
+            "select symbol, ex_date, split_from, split_to, source"
+            " from stockpipe.bronze.splits order by 1, 2"
+        )
     assert rows == EXPECTED
 
 

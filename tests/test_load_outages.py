@@ -12,8 +12,8 @@ from pathlib import Path
 import duckdb
 import fakesnow
 import pytest
-import snowflake.connector
 from helpers import run_stockpipe
+from load_helpers import emulated_loader_settings, emulator_query
 from test_snowflake_sql import snowflake_violations
 
 from flows.ingest.ledger import Outage, append_outage, append_repaired, entry_id, read_ledger
@@ -101,22 +101,10 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Set
         yield settings, query
         return
     with fakesnow.patch(nop_regexes=["^REMOVE "]):
-        settings = load_settings(
-            lake_url=str(tmp_path / "lake"),
-            warehouse="snowflake",
-            snowflake_account="acme-test",
-            snowflake_user="loader",
-            snowflake_password="pw",
-            snowflake_database="stockpipe",
-            snowflake_stage="bronze.lake_stage",
-            outage_log=ledger,
-        )
+        settings = emulated_loader_settings(lake_url=str(tmp_path / "lake"), outage_log=ledger)
 
         def query(sql: str) -> list[tuple]:
-            with snowflake.connector.connect(
-                account="a", user="u", password="p", database="STOCKPIPE"
-            ) as conn:
-                return conn.cursor().execute(sql.replace("bronze.", "stockpipe.bronze.")).fetchall()
+            return emulator_query(sql.replace("bronze.", "stockpipe.bronze."))
 
         yield settings, query
 

@@ -21,8 +21,16 @@ from pathlib import Path
 import fakesnow
 import fsspec
 import pytest
-import snowflake.connector
-from load_helpers import bar_rows, bars_table, expected_rows, key_of, write_bars, write_many
+from load_helpers import (
+    bar_rows,
+    bars_table,
+    emulated_loader_settings,
+    emulator_query,
+    expected_rows,
+    key_of,
+    write_bars,
+    write_many,
+)
 
 from flows.errors import ServiceUnavailable, StockpipeError
 from flows.lake.store import open_lake
@@ -74,15 +82,7 @@ def fake_snowflake() -> Iterator[None]:
 
 @pytest.fixture
 def settings(tmp_path: Path, fake_snowflake: None) -> Settings:
-    return load_settings(
-        lake_url=str(tmp_path / "lake"),
-        warehouse="snowflake",
-        snowflake_account="acme-test",
-        snowflake_user="loader",
-        snowflake_password=PASSWORD,
-        snowflake_database="stockpipe",
-        snowflake_stage="bronze.lake_stage",
-    )
+    return emulated_loader_settings(lake_url=str(tmp_path / "lake"), snowflake_password=PASSWORD)
 
 
 @pytest.fixture
@@ -90,11 +90,7 @@ def lake(settings: Settings) -> str:
     return settings.lake_url
 
 
-def query(sql: str) -> list[tuple]:
-    with snowflake.connector.connect(
-        account="a", user="u", password="p", database="STOCKPIPE"
-    ) as conn:
-        return conn.cursor().execute(sql).fetchall()
+query = emulator_query
 
 
 def counts() -> tuple[int, int]:
