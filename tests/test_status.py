@@ -612,9 +612,9 @@ def _report(settings: Settings) -> StatusReport:
     )
 
 
-def test_marts_check_reads_silvers_bronze_mark_not_its_change_mark(tmp_path):
-    """Once silver reconciled outage flags its _load_seq (the change mark downstream models
-    select by) is above the bronze loads; _bronze_load_seq says which it has taken in."""
+def _silver_behind_one_load(tmp_path, seq_columns: str):
+    """A warehouse whose silver took in the first load (AAA, its columns `seq_columns`
+    made from bronze's `_load_seq`) and not the second (BBB); its settings and lake fs."""
     from flows.warehouse import load
 
     settings = _settings_with_duckdb(tmp_path)
@@ -624,11 +624,20 @@ def test_marts_check_reads_silvers_bronze_mark_not_its_change_mark(tmp_path):
     with duckdb.connect(str(settings.duckdb_path)) as con:
         con.execute("CREATE SCHEMA silver")
         con.execute(
-            "CREATE TABLE silver.fct_bars_1m AS SELECT window_start, "
-            "_load_seq AS _bronze_load_seq, _load_seq + 4 AS _load_seq FROM bronze.bars"
+            f"CREATE TABLE silver.fct_bars_1m AS SELECT window_start, {seq_columns} FROM bronze.bars"
         )
     write_bars(fs, settings.lake_url, bar_rows(2, symbol="BBB", seed=1), name="b")
     load(settings, progress=False)
+    return settings, fs
+
+
+def test_marts_check_reads_silvers_bronze_mark_not_its_change_mark(tmp_path):
+    """Once silver reconciled outage flags its _load_seq (the change mark downstream models
+    select by) is above the bronze loads; _bronze_load_seq says which it has taken in."""
+
+    settings, fs = _silver_behind_one_load(
+        tmp_path, "_load_seq AS _bronze_load_seq, _load_seq + 4 AS _load_seq"
+    )
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         seqs = dict(con.execute("SELECT load_seq, loaded_at FROM bronze.load_manifest").fetchall())
     silver = _report(settings).marts[0]
@@ -639,17 +648,7 @@ def test_marts_check_follows_the_oldest_load_silver_has_not_taken_in(tmp_path):
     """silver.fct_bars_1m's largest _load_seq against the manifest's loads with rows."""
     from flows.warehouse import load
 
-    settings = _settings_with_duckdb(tmp_path)
-    fs = fsspec.filesystem("file", auto_mkdir=True)
-    write_bars(fs, settings.lake_url, bar_rows(3, symbol="AAA"), name="a")
-    load(settings, progress=False)
-    with duckdb.connect(str(settings.duckdb_path)) as con:
-        con.execute("CREATE SCHEMA silver")
-        con.execute(
-            "CREATE TABLE silver.fct_bars_1m AS SELECT window_start, _load_seq FROM bronze.bars"
-        )
-    write_bars(fs, settings.lake_url, bar_rows(2, symbol="BBB", seed=1), name="b")
-    load(settings, progress=False)
+    settings, fs = _silver_behind_one_load(tmp_path, "_load_seq")
     write_bars(fs, settings.lake_url, [], name="c")  # a file with no rows: nothing to take in
     load(settings, progress=False)
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:

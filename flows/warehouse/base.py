@@ -153,21 +153,34 @@ _TEXT = ("VARCHAR", "VARCHAR")
 REFERENCE_LOADED_AT = Column("_loaded_at", *_TS)
 
 
+# The Arrow type of each reference-table column type (by its DuckDB name).
+_ARROW_OF = {
+    "VARCHAR": pa.string(),
+    "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
+    "BOOLEAN": pa.bool_(),
+    "DATE": pa.date32(),
+    "DOUBLE": pa.float64(),
+}
+
+
 @dataclass(frozen=True)
 class ReferenceTable:
-    """A bronze table upserted by `key`: its columns (without `_loaded_at`) and Arrow types."""
+    """A bronze table upserted by `key`: its columns (without `_loaded_at`)."""
 
     name: str
     columns: tuple[Column, ...]
     key: tuple[str, ...]
-    arrow: pa.Schema
 
     @property
     def all_columns(self) -> tuple[Column, ...]:
         return (*self.columns, REFERENCE_LOADED_AT)
 
+    @property
+    def arrow(self) -> pa.Schema:
+        """The Arrow schema of its rows (without `_loaded_at`)."""
+        return pa.schema([(c.name, _ARROW_OF[c.duckdb]) for c in self.columns])
 
-_UTC = pa.timestamp("us", tz="UTC")
+
 REFERENCE_TABLES: dict[str, ReferenceTable] = {
     # The outage ledger (flows/ingest/ledger.py), one row per (entry, symbol): end_ts NULL
     # while the outage is open; repaired_via (trades | candles) and repaired_at NULL until
@@ -186,19 +199,6 @@ REFERENCE_TABLES: dict[str, ReferenceTable] = {
             Column("repaired_at", *_TS),
         ),
         ("outage_id", "symbol"),
-        pa.schema(
-            [
-                ("outage_id", pa.string()),
-                ("symbol", pa.string()),
-                ("start_ts", _UTC),
-                ("end_ts", _UTC),
-                ("source", pa.string()),
-                ("reason", pa.string()),
-                ("repaired", pa.bool_()),
-                ("repaired_via", pa.string()),
-                ("repaired_at", _UTC),
-            ]
-        ),
     ),
     # Stock splits fetched from Finnhub (dbt's stg_splits prefers them to the seed): a split
     # of split_from shares into split_to, effective from ex_date.
@@ -212,15 +212,6 @@ REFERENCE_TABLES: dict[str, ReferenceTable] = {
             Column("source", *_TEXT),
         ),
         ("symbol", "ex_date"),
-        pa.schema(
-            [
-                ("symbol", pa.string()),
-                ("ex_date", pa.date32()),
-                ("split_from", pa.float64()),
-                ("split_to", pa.float64()),
-                ("source", pa.string()),
-            ]
-        ),
     ),
 }
 

@@ -15,6 +15,15 @@
     identifier=outages_relation.identifier,
 ) is not none -%}
 
+{#- (name, type) of every column, in order; repaired is coalesced (NULL counts false) -#}
+{%- set columns = [
+    ('outage_id', 'varchar'), ('symbol', 'varchar'),
+    ('start_ts', 'timestamp with time zone'), ('end_ts', 'timestamp with time zone'),
+    ('source', 'varchar'), ('reason', 'varchar'), ('repaired', 'boolean'),
+    ('repaired_via', 'varchar'), ('repaired_at', 'timestamp with time zone'),
+    ('_loaded_at', 'timestamp with time zone'),
+] -%}
+
 with
 
 {% if has_outages %}
@@ -23,25 +32,16 @@ source as (
     select * from {{ outages_relation }}
 ),
 
+-- ids, the UTC instants [start_ts, end_ts), what it was and what became of it, lineage
 renamed as (
     select
-        -- ids
-        cast(outage_id as varchar) as outage_id,
-        cast(symbol as varchar) as symbol,
-
-        -- timestamps (UTC instants)
-        cast(start_ts as timestamp with time zone) as start_ts,
-        cast(end_ts as timestamp with time zone) as end_ts,
-
-        -- what it was and what became of it
-        cast(source as varchar) as source,
-        cast(reason as varchar) as reason,
-        coalesce(cast(repaired as boolean), false) as repaired,
-        cast(repaired_via as varchar) as repaired_via,
-        cast(repaired_at as timestamp with time zone) as repaired_at,
-
-        -- lineage
-        cast(_loaded_at as timestamp with time zone) as _loaded_at
+        {%- for name, type in columns %}
+        {% if name == 'repaired' -%}
+        coalesce(cast(repaired as boolean), false) as repaired
+        {%- else -%}
+        cast({{ name }} as {{ type }}) as {{ name }}
+        {%- endif %}{{ ',' if not loop.last }}
+        {%- endfor %}
     from source
     where outage_id is not null
         and symbol is not null
@@ -52,16 +52,9 @@ renamed as (
 
 renamed as (
     select
-        cast(null as varchar) as outage_id,
-        cast(null as varchar) as symbol,
-        cast(null as timestamp with time zone) as start_ts,
-        cast(null as timestamp with time zone) as end_ts,
-        cast(null as varchar) as source,
-        cast(null as varchar) as reason,
-        cast(null as boolean) as repaired,
-        cast(null as varchar) as repaired_via,
-        cast(null as timestamp with time zone) as repaired_at,
-        cast(null as timestamp with time zone) as _loaded_at
+        {%- for name, type in columns %}
+        cast(null as {{ type }}) as {{ name }}{{ ',' if not loop.last }}
+        {%- endfor %}
     from (select 1 as one) as nothing
     where 1 = 0
 ),
