@@ -6,7 +6,9 @@ For each symbol (STOCKPIPE_SYMBOLS, or `--symbols`), one call of Finnhub's
 `{"symbol", "date", "fromFactor", "toFactor"}`. Crypto symbols (`EXCHANGE:PAIR`)
 are skipped with a log line: splits are for equities. Each split becomes a row
 of `bronze.splits`: `symbol`, `ex_date` (`date`), `split_from` (`fromFactor`),
-`split_to` (`toFactor`), `source` = `finnhub`, `_loaded_at`, upserted by (symbol,
+`split_to` (`toFactor`: Apple's 7-for-1 of 2014-06-09 answers fromFactor 1,
+toFactor 7 in public clients' fixtures of this endpoint, so `fromFactor` shares
+became `toFactor`), `source` = `finnhub`, `_loaded_at`, upserted by (symbol,
 ex_date) (`Warehouse.upsert_reference`), so a re-run changes nothing and a
 corrected split replaces its row. dbt's `stg_splits` prefers these rows to the
 repository's seed for the same (symbol, ex_date).
