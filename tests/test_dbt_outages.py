@@ -186,7 +186,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out: dict = {"schedule": schedule, "db": db, "outages": outages, "candle": candle_minute}
 
     def step(name: str, bars: pd.DataFrame, ledger: list[dict] | None) -> None:
-        result = transform(settings)
+        result = transform(settings, docs=False)
         assert set(result.status_counts) <= {"success", "pass", "no-op"}, result.status_counts
         out[name] = {
             "silver": silver(db),

@@ -82,7 +82,7 @@ def test_daily_rows_say_whether_their_session_is_complete(tmp_path: Path) -> Non
             _source_file="bars/a.parquet", _loaded_at=pd.Timestamp("2024-12-04 17:00", tz="UTC")
         ),
     )
-    transform(settings)
+    transform(settings, docs=False)
     after_first = _flags(db)
     load_bronze(
         db,
@@ -90,7 +90,7 @@ def test_daily_rows_say_whether_their_session_is_complete(tmp_path: Path) -> Non
             _source_file="bars/b.parquet", _loaded_at=pd.Timestamp("2024-12-04 22:00", tz="UTC")
         ),
     )
-    transform(settings)
+    transform(settings, docs=False)
     after_second = _flags(db)
 
     want_first = _expected(first)

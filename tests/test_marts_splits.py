@@ -119,7 +119,7 @@ def test_split_adjusted_marts_equal_talib_on_the_adjusted_series(tmp_path: Path)
             _source_file="bars/a.parquet", _loaded_at=pd.Timestamp("2024-04-08", tz="UTC")
         ),
     )
-    transform(settings)
+    transform(settings, docs=False)
     raw_first = _daily(bars[in_first])
     _assert_marts(_marts(db, adjusted=True), raw_first, "adjusted, no split known")
     _assert_marts(_marts(db, adjusted=False), raw_first, "raw, first run")
@@ -137,7 +137,7 @@ def test_split_adjusted_marts_equal_talib_on_the_adjusted_series(tmp_path: Path)
             _source_file="bars/b.parquet", _loaded_at=pd.Timestamp("2024-04-15", tz="UTC")
         ),
     )
-    transform(settings)
+    transform(settings, docs=False)
 
     raw = _daily(bars)
     factor = np.where((raw.symbol == "SPL") & (raw.trade_date < pd.Timestamp(ex_date).date()), 2, 1)

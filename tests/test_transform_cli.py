@@ -113,9 +113,15 @@ def test_transform_json_lists_every_node_dbt_ran_with_its_status_and_time(tmp_pa
     assert fresh["stale"] is True and fresh["stale_after_s"] == 1800  # a session of 2024
     assert doc["stale_sources"] == ["source.stockpipe.bronze.bars: warn"]
 
-    code, doc, err = run_stockpipe_json(settings, "transform", "--select", "fct_bars_daily")
+    index = Path(doc["docs_index"])
+    written = index.stat().st_mtime_ns
+    code, doc, err = run_stockpipe_json(
+        settings, "transform", "--select", "fct_bars_daily", "--no-docs"
+    )
     assert code == 0, err[-3000:]
     assert doc["select"] == "fct_bars_daily"
+    assert (doc["docs_seconds"], doc["docs_index"]) == (None, None)  # --no-docs: none made
+    assert index.stat().st_mtime_ns == written
     assert {n["unique_id"] for n in doc["nodes"] if n["resource_type"] == "model"} == {
         "model.stockpipe.fct_bars_daily"
     }

@@ -624,9 +624,7 @@ def _query_warehouse(
         # the newest bronze load taken in: silver's own bronze mark where it has one
         # (its _load_seq is a change mark, above the bronze loads once it reconciled
         # outage flags), else _load_seq
-        seq = next(
-            (f"max({c})" for c in ("_bronze_load_seq", "_load_seq") if c in have), "NULL"
-        )
+        seq = next((f"max({c})" for c in ("_bronze_load_seq", "_load_seq") if c in have), "NULL")
         latest, rows, load_seq = _rows(
             con, f"SELECT max({col}), count(*), {seq} FROM {schema}.{table}"
         )[0]

@@ -417,8 +417,11 @@ def dbt_session(settings: Settings, target_path: Path) -> Iterator[list[str]]:
                 release_duckdb()
 
 
-def transform(settings: Settings, *, select: str | None = None) -> TransformResult:
-    """Check source freshness, `dbt build` (optionally only `select`), then `dbt docs generate`.
+def transform(
+    settings: Settings, *, select: str | None = None, docs: bool = True
+) -> TransformResult:
+    """Check source freshness, `dbt build` (optionally only `select`), then `dbt docs generate`
+    (unless `docs` is false: `docs_seconds` is then None).
 
     Raises `StockpipeError` naming every failing model or test. Stale sources are
     reported in `TransformResult.stale_sources` and never fail the run.
@@ -433,11 +436,11 @@ def transform(settings: Settings, *, select: str | None = None) -> TransformResu
         )
     target_path = dbt_target_path(settings)
     with dbt_session(settings, target_path) as common:
-        return _build_and_document(settings, select, target_path, common)
+        return _build_and_document(settings, select, target_path, common, docs)
 
 
 def _build_and_document(
-    settings: Settings, select: str | None, target_path: Path, common: list[str]
+    settings: Settings, select: str | None, target_path: Path, common: list[str], docs: bool
 ) -> TransformResult:
     """Freshness (warn only), build, docs: the body of `transform`."""
     freshness = check_freshness(settings, common)
@@ -483,6 +486,8 @@ def _build_and_document(
             replace(result, failures=failures),
         )
 
+    if not docs:
+        return result
     return replace(result, docs_seconds=_generate_docs(settings, common))
 
 
@@ -551,6 +556,13 @@ def transform_command(
             "freshness) instead; dbt's own output goes to stderr.",
         ),
     ] = False,
+    docs: Annotated[
+        bool,
+        typer.Option(
+            "--docs/--no-docs",
+            help="Generate the dbt docs (lineage, catalog) after a build that succeeded.",
+        ),
+    ] = True,
 ) -> None:
     """Build the silver and gold models (dbt build) and the dbt docs on the configured target."""
     from flows.transform.metrics import record_transform
@@ -558,7 +570,7 @@ def transform_command(
     settings = load_settings()
     with contextlib.redirect_stdout(sys.stderr) if json_output else contextlib.nullcontext():
         try:  # dbt logs to stdout: keep it for the JSON document
-            result = transform(settings, select=select)
+            result = transform(settings, select=select, docs=docs)
         except TransformFailed as exc:
             record_transform(settings, exc.result, failed=True)
             if not json_output:
@@ -578,11 +590,11 @@ def transform_command(
         return
     console = Console()
     counts = ", ".join(f"{n} {status}" for status, n in sorted(result.status_counts.items()))
-    console.print(
-        f"dbt build on {result.target}: {counts} in {result.build_seconds:.1f}s; "
-        f"docs in {result.docs_seconds:.1f}s"
-    )
+    built = f"dbt build on {result.target}: {counts} in {result.build_seconds:.1f}s"
+    docs_took = "" if result.docs_seconds is None else f"; docs in {result.docs_seconds:.1f}s"
+    console.print(built + docs_took)
     for line in result.freshness:
         if line.stale:
             console.print(f"[yellow]stale source[/]: {line.describe()}")
-    console.print(f"dbt docs: {result.docs_index}")
+    if result.docs_seconds is not None:
+        console.print(f"dbt docs: {result.docs_index}")
