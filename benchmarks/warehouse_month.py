@@ -69,7 +69,7 @@ def write_month(lake_dir: Path, n_symbols: int, month: str, seed: int = 1) -> tu
                               float(close[s, j]), float(volume[s, j]),
                               float((high[s, j] + low[s, j] + close[s, j]) / 3), int(count[s, j]),
                               int(start_us[j]) + 1_000_000, int(start_us[j]) + 59_000_000, 0,
-                              emitted, 0, 0))  # fmt: skip
+                              emitted, 0, 0, 0))  # fmt: skip
         writer.write_bars(batch, 60)
         files += 1
         rows += len(batch)

@@ -42,7 +42,7 @@ def bar(
     o, h, low, c = prices
     return (
         symbol, 60, ws * 1000, (ws + MIN) * 1000, o, h, low, c, volume, 10.5, trades,
-        (ws + 1_000) * 1000, (ws + 50_000) * 1000, revision, emitted * 1000, 1, 0,
+        (ws + 1_000) * 1000, (ws + 50_000) * 1000, revision, emitted * 1000, 1, 0, 0,
     )  # fmt: skip
 
 

@@ -99,6 +99,7 @@ def test_failing_object_store_is_retried_never_skipped(s3_endpoint):
         1_741_100_470_000_000,
         0,
         0,
+        0,
     )
 
     s3_endpoint["server"].stop()  # the store goes away
