@@ -58,6 +58,12 @@ SETTINGS = load_settings()
 GOLD_MARTS = Asset(orchestration.GOLD_MARTS_URI)
 
 
+def _skip_if_unchanged(batches: list[list[str]], outages: dict[str, Any]) -> None:
+    """Skip the task when no lake file was new and bronze.outages did not change."""
+    if not batches and not outages.get("changed"):
+        raise AirflowSkipException("no new lake files, no outage change: the marts are current")
+
+
 @dag(
     dag_id="stockpipe_load",
     schedule=timedelta(seconds=SETTINGS.load_interval),
@@ -102,14 +108,12 @@ def stockpipe_load() -> None:
     @task(trigger_rule="none_failed")
     def check_changes(batches: list[list[str]], outages: dict[str, Any]) -> None:
         """Go on to dbt when new lake files were loaded or bronze.outages changed, else skip it."""
-        if not batches and not outages.get("changed"):
-            raise AirflowSkipException("no new lake files, no outage change: the marts are current")
+        _skip_if_unchanged(batches, outages)
 
     @task(outlets=[GOLD_MARTS], trigger_rule="none_failed")
     def publish_marts(batches: list[list[str]], outages: dict[str, Any]) -> None:
         """Announce rebuilt gold marts to Asset-scheduled DAGs; skipped when nothing was new."""
-        if not batches and not outages.get("changed"):
-            raise AirflowSkipException("no new lake files, no outage change: the marts are current")
+        _skip_if_unchanged(batches, outages)
         extra: dict[str, Any] = {"files_loaded": sum(len(batch) for batch in batches)}
         if outages.get("changed"):
             extra["outages_changed"] = outages["changed"]

@@ -115,7 +115,7 @@ class PartialBar:
         if flags == REGULAR:
             v = volume or 0.0
             return cls(ts, ts, ts, seq, price, ts, seq, price, price, price, v, price * v, 1)
-        bar = cls(ts, ts, _NO_TS, 0, _NAN, -_NO_TS, 0, _NAN, -_INF, _INF, 0.0, 0.0, 0)
+        bar = cls(ts, ts, *_NO_TICK)
         bar.fold(ts, seq, price, volume, flags)
         return bar
 
@@ -154,12 +154,12 @@ class PartialBar:
             self.unmapped += 1
 
     def _clear(self) -> None:
-        """Every field but first_ts/last_ts back to a window of no tick."""
-        self.open_ts, self.open_seq, self.open = _NO_TS, 0, _NAN
-        self.close_ts, self.close_seq, self.close = -_NO_TS, 0, _NAN
-        self.high, self.low = -_INF, _INF
-        self.volume = self.pv = 0.0
-        self.trade_count = self.excluded = self.unmapped = 0
+        """Every field but first_ts/last_ts back to a window of no tick (`_NO_TICK`)."""
+        (
+            self.open_ts, self.open_seq, self.open, self.close_ts, self.close_seq, self.close,
+            self.high, self.low, self.volume, self.pv, self.trade_count,
+        ) = _NO_TICK  # fmt: skip
+        self.excluded = self.unmapped = 0
 
     def merge(self, other: PartialBar) -> PartialBar:
         """The aggregate of both sets of ticks (they must be disjoint)."""
@@ -239,6 +239,10 @@ class PartialBar:
 
 _NAN = float("nan")
 _INF = float("inf")
+# PartialBar's fields after first_ts/last_ts, up to trade_count, for a window no tick
+# has updated: no open/close (their times out of reach), high/low at -inf/+inf, nothing
+# counted
+_NO_TICK = (_NO_TS, 0, _NAN, -_NO_TS, 0, _NAN, -_INF, _INF, 0.0, 0.0, 0)
 
 
 def window_start(ts_ms: int, bar_ms: int) -> int:
