@@ -46,7 +46,9 @@ import logging
 import math
 import os
 import pickle
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -249,17 +251,30 @@ def init_partitions(settings: Settings) -> Path:
     """The SQLite partitions of the topic's store, created when missing (compose's
     recovery-init, before the stream processes start and would race to create them).
     The first process to start records the rules (`open_store`)."""
-    from bytewax.recovery import init_db_dir
-
     path = recovery_path(settings)
     if not has_store(path):
-        path.mkdir(parents=True, exist_ok=True)
-        init_db_dir(path, settings.recovery_partitions)
+        _create_partitions(path, settings.recovery_partitions)
     return path
 
 
 def has_store(path: Path) -> bool:
     return any(path.glob("part-*.sqlite3"))
+
+
+def _create_partitions(path: Path, count: int) -> None:
+    """Bytewax's empty partitions under `path`, each one appearing whole: they are made in
+    a sibling directory and moved in, so a reader (`status`, another process starting)
+    never opens a partition file whose tables are not there yet."""
+    from bytewax.recovery import init_db_dir
+
+    path.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.init-", dir=path.parent))
+    try:
+        init_db_dir(scratch, count)
+        for part in sorted(scratch.glob("part-*.sqlite3")):
+            os.replace(part, path / part.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def open_store(settings: Settings, path: Path, partitions: int) -> StoreRecord:
@@ -270,13 +285,10 @@ def open_store(settings: Settings, path: Path, partitions: int) -> StoreRecord:
     rules its bar-state snapshots recorded, or, when they are older than format 4
     and record none, the current rules.
     """
-    from bytewax.recovery import init_db_dir
-
     rules = stream_rules(settings, partitions)
     record = StoreRecord.read(path)
     if not has_store(path):
-        path.mkdir(parents=True, exist_ok=True)
-        init_db_dir(path, settings.recovery_partitions)
+        _create_partitions(path, settings.recovery_partitions)
         if record is None or record.rules != rules:
             record = StoreRecord(settings.topic, rules, created_at=_now())
             record.write(path)
@@ -440,10 +452,8 @@ def start_from_drain(settings: Settings, path: Path, partitions: int) -> StoreRe
     aside = path.with_name(f"{path.name}.drained-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
     os.replace(path, aside)
     log.info("moved the drained recovery store %s to %s", path, aside)
-    from bytewax.recovery import init_db_dir
-
     path.mkdir(parents=True)
-    init_db_dir(path, settings.recovery_partitions)
+    _create_partitions(path, settings.recovery_partitions)
     record = StoreRecord(
         settings.topic,
         stream_rules(settings, partitions),
