@@ -43,10 +43,12 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
+from flows.lake.batches import file_name
 from flows.lake.store import open_lake
 from flows.settings import Settings, load_settings
-from flows.stream.lake_sink import LakeWriter
+from flows.stream.lake_sink import BAR_SCHEMA, LakeWriter
 
 SESSIONS_IN_11_MONTHS = 231
 LAST_SESSION = "2025-10-31"
@@ -98,14 +100,14 @@ def sessions(count: int) -> list[tuple[date, np.ndarray]]:
 
 
 class BarMaker:
-    """A random walk per symbol, one session at a time."""
+    """A random walk per symbol, one session at a time, as Arrow tables (BAR_SCHEMA)."""
 
     def __init__(self, n_symbols: int, seed: int = 1):
         self.rng = np.random.default_rng(seed)
         self.symbols = np.array([f"S{i:04d}" for i in range(n_symbols)])
         self.price = self.rng.uniform(10, 500, n_symbols)
 
-    def day(self, minutes: np.ndarray, emitted_us: int) -> list[tuple]:
+    def day(self, minutes: np.ndarray, emitted_us: int) -> pa.Table:
         rng, n, m = self.rng, len(self.symbols), len(minutes)
         close = self.price[:, None] * np.exp(np.cumsum(rng.normal(0, 8e-4, (n, m)), axis=1))
         open_ = np.concatenate([self.price[:, None], close[:, :-1]], axis=1)
@@ -115,7 +117,7 @@ class BarMaker:
         self.price = close[:, -1]
         keep = rng.uniform(0, 1, (n, m)) >= 0.01  # ~1% of minutes without a trade ...
         keep[:, [0, -1]] = True  # ... never a session's first or last
-        return _rows(
+        return bar_table(
             np.repeat(self.symbols, m)[keep.ravel()],
             np.tile(minutes, n)[keep.ravel()],
             open_[keep],
@@ -128,40 +130,74 @@ class BarMaker:
             emitted_us,
         )
 
-    def restate(self, rows: list[tuple], fraction: float, emitted_us: int) -> list[tuple]:
-        """Revision 1 of a random `fraction` of the rows, with moved prices."""
-        picked = [r for r in rows if self.rng.uniform() < fraction]
-        factor = self.rng.uniform(0.995, 1.005, len(picked))
-        return _rows(
-            np.array([r[0] for r in picked]),
-            np.array([r[2] for r in picked], dtype=np.int64),
-            np.array([r[4] for r in picked]) * factor,
-            np.array([r[5] for r in picked]) * factor,
-            np.array([r[6] for r in picked]) * factor,
-            np.array([r[7] for r in picked]) * factor,
-            np.array([r[8] for r in picked]) + 1,
-            np.array([r[10] for r in picked]) + 1,
+    def restate(self, bars: pa.Table, fraction: float, emitted_us: int) -> pa.Table:
+        """Revision 1 of a random `fraction` of the bars, with moved prices."""
+        picked = bars.filter(pa.array(self.rng.uniform(0, 1, bars.num_rows) < fraction))
+        factor = self.rng.uniform(0.995, 1.005, picked.num_rows)
+
+        def col(name: str) -> np.ndarray:
+            return picked[name].to_numpy()
+
+        return bar_table(
+            col("symbol"),
+            picked["window_start"].cast(pa.int64()).to_numpy(),
+            col("open") * factor,
+            col("high") * factor,
+            col("low") * factor,
+            col("close") * factor,
+            col("volume") + 1,
+            col("trade_count") + 1,
             1,
             emitted_us,
         )
 
 
-def _rows(symbol, start_us, open_, high, low, close, volume, count, revision, emitted_us):
-    """Contract-2 bar tuples (BAR_SCHEMA order) from column arrays."""
-    start = start_us.tolist()
-    end = (start_us + 60_000_000).tolist()
-    vwap = ((high + low + close) / 3).tolist()
-    first = (start_us + 1_000_000).tolist()
-    last = (start_us + 59_000_000).tolist()
-    n = len(start)
-    return list(
-        zip(
-            symbol.tolist(), [60] * n, start, end, open_.tolist(), high.tolist(), low.tolist(),
-            close.tolist(), volume.tolist(), vwap, count.tolist(), first, last,
-            [revision] * n, [emitted_us] * n, [0] * n, [0] * n, [0] * n,  # nothing excluded, no candle
-            strict=True,
-        )
-    )  # fmt: skip
+def bar_table(symbol, start_us, open_, high, low, close, volume, count, revision, emitted_us):
+    """Contract-2 bars (BAR_SCHEMA) from column arrays: nothing excluded, no candle."""
+    n = len(start_us)
+
+    def ts(us) -> pa.Array:
+        return pa.array(us, type=pa.int64()).cast(BAR_SCHEMA.field("window_start").type)
+
+    def const(value, field: str) -> pa.Array:
+        return pa.array(np.full(n, value), type=BAR_SCHEMA.field(field).type)
+
+    columns = {
+        "symbol": pa.array(symbol, type=pa.string()),
+        "interval_s": const(60, "interval_s"),
+        "window_start": ts(start_us),
+        "window_end": ts(start_us + 60_000_000),
+        "open": pa.array(open_),
+        "high": pa.array(high),
+        "low": pa.array(low),
+        "close": pa.array(close),
+        "volume": pa.array(volume, type=pa.float64()),
+        "vwap": pa.array((high + low + close) / 3),
+        "trade_count": pa.array(count, type=pa.int64()),
+        "first_ts": ts(start_us + 1_000_000),
+        "last_ts": ts(start_us + 59_000_000),
+        "revision": const(revision, "revision"),
+        "emitted_at": ts(np.full(n, emitted_us)),
+        "excluded_count": const(0, "excluded_count"),
+        "unmapped_count": const(0, "unmapped_count"),
+        "candle_count": const(0, "candle_count"),
+    }
+    return pa.Table.from_arrays([columns[f.name] for f in BAR_SCHEMA], schema=BAR_SCHEMA)
+
+
+class DayWriter:
+    """Writes each table (one session's bars) as a bar file of its UTC date."""
+
+    def __init__(self, root: Path, tag: str):
+        self.lake = LakeWriter(open_lake(load_settings(lake_url=str(root / "lake"))))
+        self.tag = tag
+        self.files = 0
+
+    def write(self, bars: pa.Table) -> str:
+        first = bars["window_start"][0].as_py()
+        self.files += 1
+        name = file_name(f"{self.tag}-{self.files:06d}", 0, 0, 0)
+        return self.lake.write_bar_table(bars, name, 60, first.strftime("%Y-%m-%d"))
 
 
 def warehouse_settings(root: Path) -> Settings:
@@ -170,10 +206,6 @@ def warehouse_settings(root: Path) -> Settings:
         warehouse=f"duckdb:///{root / 'warehouse.duckdb'}",
         dbt_target_path=root / "dbt",
     )
-
-
-def writer(root: Path, tag: str) -> LakeWriter:
-    return LakeWriter(open_lake(load_settings(lake_url=str(root / "lake"))), name_tag=tag)
 
 
 SLOWEST_NODES = 8
@@ -215,13 +247,13 @@ def rows_rewritten(settings: Settings) -> int:
         ).fetchone()[0]
 
 
-def alone(root: Path, batches: list[list[tuple]], run: Run) -> None:
+def alone(root: Path, batches: list[pa.Table], run: Run) -> None:
     """The given files alone in a fresh lake and warehouse: `run`'s alone figures."""
     if root.exists():
         shutil.rmtree(root)
-    out = writer(root, "alone")
-    for rows in batches:
-        out.write_bars(rows, 60)
+    out = DayWriter(root, "alone")
+    for bars in batches:
+        out.write(bars)
     run.alone_load_s, run.alone_transform_s, _ = load_and_transform(warehouse_settings(root))
     run.alone_slowest_nodes = slowest(LAST_BUILD)
 
@@ -235,9 +267,9 @@ def run(n_symbols: int, n_days: int, out: Path, log=print, history_loads: int = 
     maker = BarMaker(n_symbols)
     emitted = int(time.time() * 1_000_000)
 
-    lake = writer(out / "main", "bench")
+    lake = DayWriter(out / "main", "bench")
     settings = warehouse_settings(out / "main")
-    backfill_rows: list[tuple] = []
+    backfill_rows: pa.Table | None = None
     bars = 0
     initial = Run("initial build (history)", 0.0, 0.0, 0)
     # the history in `history_loads` parts, oldest first, each loaded and built (the
@@ -247,8 +279,8 @@ def run(n_symbols: int, n_days: int, out: Path, log=print, history_loads: int = 
         started = time.perf_counter()
         for i in range(first, last):
             rows = maker.day(history[i][1], emitted)
-            lake.write_bars(rows, 60)
-            bars += len(rows)
+            lake.write(rows)
+            bars += rows.num_rows
             if i == backfill_index:
                 backfill_rows = rows
         log(f"wrote {bars:,} bars of {n_symbols} symbols x {last} sessions "
@@ -262,7 +294,7 @@ def run(n_symbols: int, n_days: int, out: Path, log=print, history_loads: int = 
         initial.name = f"history, built in {history_loads} loads"
 
     new_rows = maker.day(new_minutes, emitted + 1)
-    lake.write_bars(new_rows, 60)
+    lake.write(new_rows)
     load_s, transform_s, rows = load_and_transform(settings)
     new_run = Run(
         f"(a) new day, {new_day}",
@@ -277,10 +309,10 @@ def run(n_symbols: int, n_days: int, out: Path, log=print, history_loads: int = 
 
     backfill_day = history[backfill_index][0]
     restated = maker.restate(backfill_rows, 0.02, emitted + 2)
-    lake.write_bars(restated, 60)
+    lake.write(restated)
     load_s, transform_s, rows = load_and_transform(settings, since=backfill_day)
     backfill_run = Run(
-        f"(b) backfill, {backfill_day}: {len(restated):,} bars restated",
+        f"(b) backfill, {backfill_day}: {restated.num_rows:,} bars restated",
         load_s,
         transform_s,
         rows,

@@ -146,14 +146,10 @@ class LakeWriter:
         groups = _by_date(batch.bars, ts_col=2, interval_col=1)
         follows = _follows(batch)
         for interval_s, date, rows in groups:
-            folder = self.lake.path(BARS_PREFIX, f"interval_s={interval_s}", f"date={date}")
             # every bar file names its batch's other dates and the batch it follows
             dates = [d for i, d, _ in groups if i == interval_s]
-            link = {META_KEY: encode_link(dates, follows)}
-            table = table_of(rows, BAR_SCHEMA).replace_schema_metadata(link)
-            paths.append(self._write(folder, name, table))
-            FILES_WRITTEN.labels("bars").inc()
-            ROWS_WRITTEN.labels("bars").inc(len(rows))
+            table = table_of(rows, BAR_SCHEMA)
+            paths.append(self.write_bar_table(table, name, interval_s, date, dates, follows))
             now_us = time.time() * 1e6
             for row in rows:
                 if row[13] == 0:  # revision 0: the first time the window is in the lake
@@ -164,6 +160,26 @@ class LakeWriter:
             FILES_WRITTEN.labels("late").inc()
             ROWS_WRITTEN.labels("late").inc(len(rows))
         return paths
+
+    def write_bar_table(
+        self,
+        table: pa.Table,
+        name: str,
+        interval_s: int,
+        date: str,
+        dates: list[str] | None = None,
+        follows: Follows | None = None,
+    ) -> str:
+        """One bar file: `table` (BAR_SCHEMA, every row of `interval_s` and UTC `date`) as
+        `name` in its partition folder. `dates` are its batch's dates (just `date` when
+        it is alone), `follows` the batch it follows. The stream's batches and the
+        benchmarks that build a lake from Arrow columns both write through here."""
+        folder = self.lake.path(BARS_PREFIX, f"interval_s={interval_s}", f"date={date}")
+        link = {META_KEY: encode_link(dates or [date], follows)}
+        path = self._write(folder, name, table.replace_schema_metadata(link))
+        FILES_WRITTEN.labels("bars").inc()
+        ROWS_WRITTEN.labels("bars").inc(table.num_rows)
+        return path
 
     def _write(self, folder: str, name: str, table: pa.Table) -> str:
         started = time.perf_counter()
