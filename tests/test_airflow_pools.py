@@ -9,9 +9,9 @@
   does nothing.
 - `airflow scheduler --num-runs 1` with the plugin in the plugins folder creates the
   pool (the real scheduler command, which builds its Job before `job_type` is set).
-- Under `airflow standalone` (as tests/test_airflow_scheduler.py, pools.sh NOT run):
-  the scheduler creates the pool at start; the pool deleted while it runs is
-  recreated when stockpipe_load's run starts, and the run loads the lake.
+- Under `airflow standalone`, pools.sh not run: tests/test_airflow_scheduler.py, whose
+  scheduler creates the pool at start, and, the pool deleted while it runs, again
+  when the first of its runs starts.
 """
 
 from __future__ import annotations
@@ -24,35 +24,21 @@ import subprocess
 import sys
 import textwrap
 import tomllib
-from datetime import UTC, datetime
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
-import duckdb
-import load_helpers
 import pytest
 from test_airflow_scheduler import (
+    PLUGIN_SHIM,
     REPO,
-    TERMINAL,
     VENV_BIN,
-    airflow_standalone,
-    free_port,
-    postgres_cluster,
     run,
-    wait_for,
 )
 
-from flows.settings import load_settings
 from flows.transform import orchestration
 
 POOL = orchestration.DUCKDB_POOL
 SLOTS, DESCRIPTION = orchestration.POOLS[POOL]
-# the one file of Airflow's plugins folder that makes the plugin reachable without
-# re-installing the package (an installed stockpipe brings it through its entry point)
-PLUGIN_SHIM = "from flows.transform.airflow_plugin import StockpipePlugin  # noqa: F401\n"
-DEADLINE_POOL = 600.0
-DEADLINE_DAG_VISIBLE = 600.0
-DEADLINE_RUNS = 1800.0
 
 
 def base_env() -> dict[str, str]:
@@ -296,94 +282,3 @@ def test_the_scheduler_command_creates_the_pool_from_the_plugins_folder(scratch)
 
 
 # ------------------------------------------------------------------ the real scheduler
-
-
-@pytest.mark.airflow
-@pytest.mark.slow
-@pytest.mark.system  # PostgreSQL
-@pytest.mark.timeout(2700)
-def test_without_pools_sh_the_scheduler_creates_the_pool_and_the_load_dag_runs(
-    tmp_path: Path,
-) -> None:
-    lake, warehouse = tmp_path / "lake", tmp_path / "wh.duckdb"
-    # two small files: one symbol, two sessions
-    days = [datetime(2024, 11, day, 14, 30, tzinfo=UTC) for day in (18, 19)]
-    rows = load_helpers.write_sessions(str(lake), days, ["AAA"], 390)
-    home = tmp_path / "airflow_home"
-    (home / "plugins").mkdir(parents=True)
-    (home / "plugins" / "stockpipe_plugin.py").write_text(PLUGIN_SHIM)
-    orchestration.build_manifest(load_settings(dbt_target_path=tmp_path / "dbt_target"))
-
-    with postgres_cluster() as postgres_url:
-        port = free_port()
-        env = {
-            **airflow_env(
-                home, postgres_url or f"sqlite:///{home / 'airflow.db'}", home / "plugins"
-            ),
-            "STOCKPIPE_LAKE_URL": str(lake),
-            "STOCKPIPE_WAREHOUSE": f"duckdb:///{warehouse}",
-            "STOCKPIPE_DBT_TARGET_PATH": str(tmp_path / "dbt_target"),
-            "STOCKPIPE_LOAD_INTERVAL": "1h",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
-            "AIRFLOW__COSMOS__CACHE_DIR": str(home / "cosmos"),
-        }
-        run([str(VENV_BIN / "airflow"), "db", "migrate"], env, home, timeout=600)
-
-        with airflow_standalone(env, home) as scheduler:
-            pool_query = "select slots, description from slot_pool where pool = :pool"
-            got = wait_for(
-                "the scheduler to create the pool",
-                lambda: scheduler.query(pool_query, pool=POOL),
-                DEADLINE_POOL,
-                scheduler,
-            )
-            assert got == [(SLOTS, DESCRIPTION)]
-            wait_for(
-                "stockpipe_load to be parsed",
-                lambda: scheduler.query(
-                    "select dag_id from serialized_dag where dag_id = 'stockpipe_load'"
-                ),
-                DEADLINE_DAG_VISIBLE,
-                scheduler,
-            )
-            # deleted while the scheduler runs: the run's start must bring it back
-            scheduler.airflow("pools", "delete", POOL)
-            assert scheduler.query(pool_query, pool=POOL) == []
-            scheduler.airflow("dags", "trigger", "stockpipe_load")
-            scheduler.airflow("dags", "unpause", "stockpipe_load")
-
-            def finished() -> list[tuple] | None:
-                runs = scheduler.query(
-                    "select run_id, run_type, state from dag_run where dag_id = 'stockpipe_load'"
-                )
-                manual = [r for r in runs if str(r[1]) == "manual"]
-                if manual and all(str(r[2]) in TERMINAL for r in runs):
-                    return runs
-                return None
-
-            runs = wait_for("the runs to finish", finished, DEADLINE_RUNS, scheduler, every=10)
-            after = scheduler.query(pool_query, pool=POOL)
-            pools = scheduler.query(
-                "select distinct pool from task_instance where task_id = 'load_batch'"
-            )
-            log = scheduler.log.read_text(errors="replace")
-
-    assert all(str(state) == "success" for *_, state in runs), runs
-    assert after == [(SLOTS, DESCRIPTION)]
-    assert pools == [(POOL,)]
-    created = [line for line in log.splitlines() if "created the missing Airflow pool" in line]
-    assert any("scheduler start" in line for line in created), created
-    # the first of the runs to start (the manual or the scheduled one) recreated it
-    started = [line for line in created if " of stockpipe_load)" in line]
-    assert len(started) == 1 and any(f"run {r[0]} of" in started[0] for r in runs), created
-    assert all(orchestration.pool_command(POOL) in line for line in created), created
-    with duckdb.connect(str(warehouse), read_only=True) as con:
-        assert con.execute("select count(*) from bronze.bars").fetchone() == (rows,)
-        assert con.execute("select count(*) from bronze.load_manifest").fetchone() == (2,)

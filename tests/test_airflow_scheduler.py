@@ -9,6 +9,11 @@ must succeed with no failed task and no retry (no "Could not set lock on file"
 between parallel DuckDB tasks: they share the one-slot pool `stockpipe_duckdb`),
 and the marts must equal those of a plain `stockpipe load` + `stockpipe transform`
 of the same lake into another warehouse.
+
+Nobody runs infra/airflow/pools.sh here (tests/test_dags.py does): the stockpipe
+plugin (flows/transform/airflow_plugin.py) must create the pool when the scheduler
+starts, and, the pool deleted while the scheduler runs, again when the first of the
+two runs starts, before any of their tasks waits on it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ PUBLISH = "stockpipe_publish"  # not triggered: the marts' Asset events start it
 DEADLINE_DAGS_VISIBLE = 600.0
 DEADLINE_RUNS = 1800.0
 TERMINAL = {"success", "failed"}
+POOL = orchestration.DUCKDB_POOL
+# the one file of Airflow's plugins folder that makes the plugin reachable without
+# re-installing the package (an installed stockpipe brings it through its entry point)
+PLUGIN_SHIM = "from flows.transform.airflow_plugin import StockpipePlugin  # noqa: F401\n"
 # tasks that open the DuckDB warehouse, hence run in the one-slot pool
 WAREHOUSE_TASKS = (
     "find_new_files",
@@ -295,7 +304,8 @@ def test_load_and_backfill_together_under_a_real_scheduler_never_retry(tmp_path:
     lake, warehouse, reference = tmp_path / "lake", tmp_path / "wh.duckdb", tmp_path / "ref.duckdb"
     rows = write_sessions(lake)
     home = tmp_path / "airflow_home"
-    home.mkdir()
+    (home / "plugins").mkdir(parents=True)
+    (home / "plugins" / "stockpipe_plugin.py").write_text(PLUGIN_SHIM)
     settings_env = {
         "STOCKPIPE_LAKE_URL": str(lake),
         "STOCKPIPE_WAREHOUSE": f"duckdb:///{warehouse}",
@@ -325,6 +335,7 @@ def test_load_and_backfill_together_under_a_real_scheduler_never_retry(tmp_path:
             **base_env,
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "8",
@@ -347,12 +358,15 @@ def test_load_and_backfill_together_under_a_real_scheduler_never_retry(tmp_path:
             check=False,
         )
         assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
-        run(["bash", str(REPO / "infra/airflow/pools.sh")], env, home)
 
         with airflow_standalone(env, home) as scheduler:
-            assert scheduler.query(
-                "select slots from slot_pool where pool = 'stockpipe_duckdb'"
-            ) == [(1,)]
+            pool_query = "select slots, description from slot_pool where pool = :pool"
+            created_at_start = wait_for(
+                "the scheduler to create the pool",
+                lambda: scheduler.query(pool_query, pool=POOL),
+                DEADLINE_DAGS_VISIBLE,
+                scheduler,
+            )
             wait_for(
                 "the three DAGs to be parsed",
                 lambda: (
@@ -371,6 +385,9 @@ def test_load_and_backfill_together_under_a_real_scheduler_never_retry(tmp_path:
                 scheduler,
             )
             visible_after = time.monotonic() - started
+            # deleted while the scheduler runs: the first run's start must bring it back
+            scheduler.airflow("pools", "delete", POOL)
+            assert scheduler.query(pool_query, pool=POOL) == []
 
             # both triggered at the same moment, then unpaused (which adds the load
             # DAG's scheduled run, queued behind the manual one: max_active_runs=1)
@@ -440,6 +457,8 @@ def test_load_and_backfill_together_under_a_real_scheduler_never_retry(tmp_path:
                 "select dag_id, run_id, task_id, map_index, try_number, state"
                 " from task_instance_history"
             )
+            pool_after = scheduler.query(pool_query, pool=POOL)
+            log = scheduler.log.read_text(errors="replace")
         runs_seconds = time.monotonic() - started - visible_after
 
     # reference: the same lake, loaded and transformed directly into another warehouse
@@ -464,6 +483,14 @@ def test_load_and_backfill_together_under_a_real_scheduler_never_retry(tmp_path:
     print("scheduler run:", json.dumps(summary))
 
     assert all(str(state) == "success" for *_, state in runs), runs
+    # the plugin made the pool at the scheduler's start and at the first run's start
+    assert created_at_start == pool_after == [orchestration.POOLS[POOL]]
+    created = [line for line in log.splitlines() if "created the missing Airflow pool" in line]
+    assert any("scheduler start" in line for line in created), created
+    by_runs = [line for line in created if "(run " in line]
+    assert len(by_runs) == 1, created
+    assert any(f"run {run_id} of {dag})" in by_runs[0] for dag, run_id, *_ in runs), by_runs
+    assert all(orchestration.pool_command(POOL) in line for line in created), created
     assert {str(kind) for d, _, kind, _ in runs if d == "stockpipe_backfill"} == {"manual"}
     assert {str(kind) for d, _, kind, _ in runs if d == PUBLISH} == {"asset_triggered"}
     failed = [t[:6] for t in tis if str(t[4]) not in ("success", "skipped")]
@@ -475,7 +502,7 @@ def test_load_and_backfill_together_under_a_real_scheduler_never_retry(tmp_path:
 
     # every task that opens DuckDB ran in the one-slot pool, and no two of them overlapped
     pooled = [t for t in tis if t[2] in WAREHOUSE_TASKS or str(t[2]).startswith("dbt_build.")]
-    assert pooled and {t[6] for t in pooled} == {"stockpipe_duckdb"}, {(t[2], t[6]) for t in pooled}
+    assert pooled and {t[6] for t in pooled} == {POOL}, {(t[2], t[6]) for t in pooled}
     # (skipped tasks get a start and end from the scheduler without running)
     spans = sorted((t[7], t[8], t[:4]) for t in pooled if str(t[4]) == "success")
     for (_, end, first), (start, _, second) in zip(spans, spans[1:], strict=False):
