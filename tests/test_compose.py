@@ -8,6 +8,9 @@ so a renamed command or option fails here, not at `docker compose up`.
 
 from __future__ import annotations
 
+import ast
+import copy
+import os
 import re
 import shlex
 import shutil
@@ -26,7 +29,7 @@ try:  # recent Typer builds its commands on a vendored copy of click
 except ImportError:  # pragma: no cover - older Typer on the real click
     from click import exceptions as click_exceptions
 
-from flows.cli import app
+from flows.cli import COMMANDS, INCLUDES, MODULE_EXTRAS, app
 from flows.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,6 +166,17 @@ def as_list(value: Any) -> list[str]:
     if value is None:
         return []
     return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def closure(extras: set[str] | tuple[str, ...]) -> set[str]:
+    """The extras, with those they bring (flows.cli.INCLUDES: airflow brings warehouse)."""
+    held, todo = set(), list(extras)
+    while todo:
+        extra = todo.pop()
+        if extra not in held:
+            held.add(extra)
+            todo += INCLUDES.get(extra, ())
+    return held
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
@@ -410,25 +424,58 @@ def test_dockerfile_builds_the_stockpipe_cli() -> None:
     assert re.search(r'ln -s .*asset_dir\("dags"\).* /app/dags', text)
 
 
-def test_dockerfile_installs_the_requirements_of_its_extras(tmp_path: Path) -> None:
+def dockerfile() -> str:
+    return (ROOT / STOCKPIPE_IMAGE_DOCKERFILE).read_text()
+
+
+def run_requirements_step(extras: str, out: Path) -> tuple[set[str], set[str]]:
+    """The Dockerfile's requirements step, run on pyproject.toml for EXTRAS=extras:
+    (the requirement lines it writes, the extras it says the image holds)."""
+    script = re.search(r"<<'PY'\n(.*?)\nPY\n", dockerfile(), flags=re.DOTALL).group(1)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "pyproject.toml", out / "pyproject.toml")
+    subprocess.run([sys.executable, "-c", script, extras, str(out)], check=True, timeout=60)
+    lines = set((out / "requirements.txt").read_text().split("\n")) - {""}
+    held = set((out / "extras.txt").read_text().split("\n")) - {""}
+    return lines, held
+
+
+def compose_extras() -> set[str]:
+    """The EXTRAS build argument of every stockpipe image docker-compose.yml builds."""
+    return {
+        str(s["build"].get("args", {}).get("EXTRAS"))
+        for s in raw_services().values()
+        if uses_stockpipe_image(s)
+    }
+
+
+def default_extras() -> str:
+    return re.search(r"^ARG EXTRAS=(\S*)$", dockerfile(), flags=re.MULTILINE).group(1)
+
+
+@pytest.mark.parametrize("which", ["default", "compose"])
+def test_dockerfile_installs_the_requirements_of_its_extras(which: str, tmp_path: Path) -> None:
     """The Dockerfile's requirements step, run on pyproject.toml: the base dependencies
-    and those of each extra it names (and of the extras those bring), nothing else."""
-    text = (ROOT / STOCKPIPE_IMAGE_DOCKERFILE).read_text()
-    extras = re.search(r"^ARG EXTRAS=(\S+)$", text, flags=re.MULTILINE).group(1).split(",")
-    script = re.search(r"<<'PY'\n(.*?)\nPY\n", text, flags=re.DOTALL).group(1)
-    (tmp_path / "src").mkdir()
-    script = script.replace("/src/pyproject.toml", str(ROOT / "pyproject.toml"))
-    done = subprocess.run(
-        [sys.executable, "-c", script, ",".join(extras)], capture_output=True, text=True, check=True
-    )
-    got = set(done.stdout.split("\n")) - {""}
+    and those of each extra it names (and of the extras those bring), nothing else;
+    for the default EXTRAS and for each image docker-compose.yml builds."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     optional = project["optional-dependencies"]
-    want = set(project["dependencies"])
-    for extra in [*extras, "warehouse"]:  # snowflake and airflow bring [warehouse]
-        want |= {r for r in optional[extra] if not r.startswith("stockpipe[")}
-    assert got == want
-    assert not {r for r in got if r.startswith(("quixstreams", "polars", "pytest", "moto"))}
+    cases = [default_extras()] if which == "default" else sorted(compose_extras())
+    assert cases and "" in compose_extras()  # compose builds a base-only image too
+    for i, extras in enumerate(cases):
+        named = {e for e in extras.split(",") if e}
+        got, held = run_requirements_step(extras, tmp_path / str(i))
+        want_extras = closure(named)
+        want = set(project["dependencies"])
+        for extra in want_extras:
+            want |= {r for r in optional[extra] if not r.startswith("stockpipe[")}
+        assert got == want, extras
+        assert held == want_extras, extras
+        assert not {r for r in got if r.startswith(("quixstreams", "polars", "pytest", "moto"))}
+    if which == "default":  # the default is every extra a deployment runs
+        assert held == {"stream", "warehouse", "snowflake", "airflow", "report"}
+    else:
+        assert run_requirements_step("", tmp_path / "base") == (set(project["dependencies"]), set())
 
 
 @pytest.mark.system
@@ -616,3 +663,306 @@ def test_every_airflow_process_reads_the_fernet_key_airflow_init_keeps(
         folder = str(Path(command[1]).parent)
         assert mounts.get(folder) == "airflow-auth", (name, mounts)
     assert environment(services["airflow-init"])["AIRFLOW_FERNET_KEY"] == ""  # unset in .env
+
+
+# --- one image per role: each service's image holds what its command needs --------
+DAGS = ROOT / "dags"
+ORCHESTRATION = ROOT / "flows" / "transform" / "orchestration.py"
+# [bench] (Quix Streams, polars, moto) is the benchmark's: no image holds it.
+NO_IMAGE_EXTRAS = {"bench"}
+
+
+def image_extras(service: dict[str, Any]) -> set[str]:
+    """The extras a stockpipe image holds: its EXTRAS build argument, with what they bring."""
+    extras = str((service["build"].get("args") or {}).get("EXTRAS", default_extras()))
+    return closure({e.strip() for e in extras.split(",") if e.strip()})
+
+
+def module_commands(module: str) -> set[str]:
+    """The stockpipe commands whose code a `flows` module is: the command it is the target
+    module of, or else every command of its subpackage (flows.warehouse.loader: load,
+    load-outages, fetch-splits). Shared modules (flows.settings, flows.assets) are none."""
+    targets = {name: entry.target.partition(":")[0] for name, entry in COMMANDS.items()}
+    exact = {name for name, target in targets.items() if target == module}
+    if exact:
+        return exact
+    package = ".".join(module.split(".")[:2])
+    return {name for name, target in targets.items() if target.startswith(package + ".")}
+
+
+def imports(tree: ast.AST) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return found
+
+
+def needs_of_modules(modules: set[str]) -> tuple[set[str], set[str]]:
+    """(commands, extras) that importing these modules needs: a `flows` module needs the
+    extras of the commands it belongs to, a third-party one the extra of MODULE_EXTRAS."""
+    commands, extras = set(), set()
+    for module in modules:
+        if module.split(".")[0] == "flows":
+            commands |= module_commands(module)
+        elif module.split(".")[0] in MODULE_EXTRAS:
+            extras.add(MODULE_EXTRAS[module.split(".")[0]])
+    for name in commands:
+        extras |= set(COMMANDS[name].extras)
+    return commands, extras
+
+
+def dag_needs() -> tuple[set[str], set[str]]:
+    """(commands, extras) of what the DAG files import and the DAG tasks run: the modules
+    imported by dags/*.py and by every flows.transform.orchestration function they call
+    (and the functions those call), at module level or inside the tasks."""
+    functions = {
+        node.name: node
+        for node in ast.parse(ORCHESTRATION.read_text()).body
+        if isinstance(node, ast.FunctionDef)
+    }
+    modules, todo, seen = set(), [], set()
+    for path in sorted(DAGS.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        modules |= imports(tree)
+        todo += [
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "orchestration"
+        ]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in functions:
+            continue
+        seen.add(name)
+        modules |= imports(functions[name])
+        todo += [n.id for n in ast.walk(functions[name]) if isinstance(n, ast.Name)]
+    return needs_of_modules(modules)
+
+
+def service_needs(name: str, service: dict[str, Any], raw: dict[str, Any]) -> set[str]:
+    """The extras a stockpipe service's command needs, from its entrypoint and command."""
+    entrypoint = as_list(service.get("entrypoint")) or ["stockpipe"]
+    command = as_list(service.get("command"))
+    needs: set[str] = set()
+    if entrypoint == ["stockpipe"] and not command:
+        # the ad-hoc service (`docker compose run --rm cli <command>`): any command an
+        # image can hold
+        for entry in COMMANDS.values():
+            if not closure(entry.extras) & NO_IMAGE_EXTRAS:
+                needs |= set(entry.extras)
+    elif entrypoint == ["airflow"]:
+        # every Airflow component loads the DAGs or the plugin; the scheduler runs the tasks
+        needs |= {"airflow"} | dag_needs()[1]
+    elif entrypoint[:1] == ["bash"] and entrypoint[1].startswith("/app/"):
+        # a script of the image (infra/airflow/init.sh): `airflow ...` lines need [airflow]
+        script = (ROOT / entrypoint[1].removeprefix("/app/")).read_text()
+        code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
+        assert not re.search(r"^\s*(exec )?stockpipe |python3? -m flows", code, re.M), entrypoint
+        if re.search(r"^\s*airflow ", script, flags=re.MULTILINE):
+            needs.add("airflow")
+    elif entrypoint == ["python", "-c"]:
+        needs |= needs_of_modules(imports(ast.parse(" ".join(command))))[1]
+    elif entrypoint == ["stockpipe"] or entrypoint == ["/bin/sh", "-c"]:
+        lines = stockpipe_command_lines(service)
+        script = " ".join(command)
+        others = re.findall(r"\bpython3? (-m \S+|-c)", script)
+        # a shell script may also serve files (python -m http.server: the standard library)
+        assert all(o.startswith("-m ") and not o.startswith("-m flows") for o in others), (
+            f"{name}: do not know what {others} needs"
+        )
+        assert lines or others, f"{name}: runs neither stockpipe nor python"
+        for args in lines:
+            needs |= set(COMMANDS[args[0]].extras)
+    else:
+        raise AssertionError(f"{name}: do not know what entrypoint {entrypoint} needs")
+    # The warehouse is .env's choice (STOCKPIPE_WAREHOUSE, STOCKPIPE_DBT_TARGET): a service
+    # that loads or transforms may be running on Snowflake, so it needs [snowflake] too.
+    warehouse = environment(raw[name]).get("STOCKPIPE_WAREHOUSE", "")
+    if "warehouse" in needs and warehouse.startswith("${STOCKPIPE_WAREHOUSE"):
+        needs.add("snowflake")
+    return closure(needs)
+
+
+def image_problems(services: dict[str, Any], raw: dict[str, Any]) -> list[str]:
+    """What is wrong with the image of each stockpipe service: an extra its command needs
+    that the image lacks, or a smaller image of the file that would do."""
+    images: dict[str, set[str]] = {}
+    for service in services.values():
+        if uses_stockpipe_image(service):
+            images.setdefault(service["image"], image_extras(service))
+    problems = []
+    for name, service in services.items():
+        if not uses_stockpipe_image(service):
+            continue
+        needs, held = service_needs(name, service, raw), image_extras(service)
+        if needs - held:
+            problems.append(f"{name}: {service['image']} lacks {sorted(needs - held)}")
+        smaller = sorted(i for i, e in images.items() if needs <= e < held)
+        if smaller:
+            problems.append(f"{name}: {service['image']} is more than it needs ({smaller} do)")
+    return problems
+
+
+def test_the_dag_tasks_need_what_their_commands_need() -> None:
+    commands, extras = dag_needs()
+    # what the three DAGs run: the load, the reference tables, dbt, the report, the backfill
+    assert {"load", "load-outages", "fetch-splits", "transform", "report",
+            "backfill-outages"} <= commands  # fmt: skip
+    assert not {"stream", "demo", "bench", "chaos"} & commands
+    assert extras == {"airflow", "warehouse", "report"}
+    assert module_commands("flows.warehouse.splits") == {"fetch-splits"}
+    assert module_commands("flows.stream.recovery") == {"stream"}
+    assert module_commands("flows.settings") == set()
+
+
+def test_every_stockpipe_service_runs_the_smallest_image_with_what_it_needs(
+    services: dict[str, Any],
+) -> None:
+    raw = raw_services()
+    assert image_problems(services, raw) == []
+    needs = {n: service_needs(n, s, raw) for n, s in services.items() if uses_stockpipe_image(s)}
+    # the scan sees what each command needs, or the check above proves nothing
+    assert needs["producer"] == needs["dbt-docs"] == needs["report"] == set()
+    assert needs["stream-0"] == needs["stream-1"] == needs["recovery-init"] == {"stream"}
+    assert needs["airflow-scheduler"] == {"airflow", "warehouse", "snowflake", "report"}
+    assert needs["airflow-init"] == {"airflow", "warehouse"}
+    assert needs["cli"] == {"stream", "warehouse", "snowflake", "airflow", "report"}
+    images = {s["image"]: image_extras(s) for s in services.values() if uses_stockpipe_image(s)}
+    assert images == {
+        "stockpipe-base:local": set(),
+        "stockpipe-stream:local": {"stream"},
+        "stockpipe-airflow:local": {"warehouse", "snowflake", "airflow", "report"},
+        "stockpipe-full:local": {"stream", "warehouse", "snowflake", "airflow", "report"},
+    }
+    assert not any(e & NO_IMAGE_EXTRAS for e in images.values())
+
+
+@pytest.mark.parametrize(
+    ("name", "onto", "problem"),
+    [
+        ("stream-0", "producer", "stockpipe-base:local lacks ['stream']"),
+        ("recovery-init", "producer", "stockpipe-base:local lacks ['stream']"),
+        ("airflow-scheduler", "stream-0", "lacks ['airflow', 'report', 'snowflake', 'warehouse']"),
+        ("cli", "airflow-scheduler", "stockpipe-airflow:local lacks ['stream']"),
+        ("producer", "stream-0", "stockpipe-stream:local is more than it needs"),
+        ("report", "cli", "stockpipe-full:local is more than it needs"),
+        ("airflow-triggerer", "cli", "stockpipe-full:local is more than it needs"),
+    ],
+)
+def test_a_service_on_the_wrong_image_is_caught(
+    services: dict[str, Any], name: str, onto: str, problem: str
+) -> None:
+    moved = copy.deepcopy(services)
+    moved[name]["image"], moved[name]["build"] = services[onto]["image"], services[onto]["build"]
+    problems = image_problems(moved, raw_services())
+    assert [p for p in problems if p.startswith(f"{name}: ")] and problem in " ".join(problems)
+
+
+def test_each_image_name_is_one_extras_set_and_can_be_renamed(services: dict[str, Any]) -> None:
+    """A name builds one set of extras (never two builds racing for one tag), and every
+    image takes ${STOCKPIPE_IMAGE_PREFIX} and ${STOCKPIPE_IMAGE_TAG} from .env."""
+    extras_of: dict[str, set[str]] = {}
+    for name, service in raw_services().items():
+        if not uses_stockpipe_image(service):
+            continue
+        image, args = service["image"], service["build"]["args"]
+        extras_of.setdefault(image, set()).add(args["EXTRAS"])
+        assert re.fullmatch(
+            r"\$\{STOCKPIPE_IMAGE_PREFIX:-stockpipe\}-[a-z]+:\$\{STOCKPIPE_IMAGE_TAG:-local\}",
+            image,
+        ), (name, image)
+        assert service["build"]["context"] == "." and set(args) == {"EXTRAS"}, name
+    assert all(len(e) == 1 for e in extras_of.values()), extras_of
+    assert len({frozenset(e) for e in extras_of.values()}) == len(extras_of)
+    declared = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
+    for (extras,) in extras_of.values():
+        assert {e for e in extras.split(",") if e} <= declared - NO_IMAGE_EXTRAS, extras
+    env = {
+        "STOCKPIPE_IMAGE_PREFIX": "registry.example.com/team/stockpipe",
+        "STOCKPIPE_IMAGE_TAG": "1.4.0",
+    }
+    renamed = interpolate(raw_services(), {**env_example(), **env})
+    assert renamed["stream-0"]["image"] == "registry.example.com/team/stockpipe-stream:1.4.0"
+
+
+def final_run_step() -> str:
+    """The last stage's RUN that installs the wheel, as the shell gets it."""
+    steps = re.findall(r"^RUN ((?:.*\\\n)*.*)$", dockerfile(), flags=re.MULTILINE)
+    (step,) = [s for s in steps if "/wheels/stockpipe-" in s]
+    return step.replace("\\\n", "")
+
+
+def run_final_step(extras: str, tmp_path: Path) -> list[str]:
+    """The final RUN under sh with every command it runs stubbed (each logs its argv),
+    in a directory holding the extras.txt the requirements step writes for EXTRAS."""
+    _, held = run_requirements_step(extras, tmp_path / "src")
+    work, stubs, log = tmp_path / "app", tmp_path / "bin", tmp_path / "ran.log"
+    work.mkdir()
+    stubs.mkdir()
+    shutil.copy(tmp_path / "src" / "extras.txt", work / "extras.txt")
+    for tool in ("pip", "stockpipe", "python", "ln", "mkdir", "chown", "rm"):
+        (stubs / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n')
+        (stubs / tool).chmod(0o755)
+    grep = Path(shutil.which("grep")).parent
+    done = subprocess.run(
+        ["sh", "-c", final_run_step()],
+        cwd=work,
+        env={"PATH": f"{stubs}{os.pathsep}{grep}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return log.read_text().splitlines()
+
+
+@pytest.mark.parametrize(
+    ("extras", "dags", "manifest"),
+    [
+        ("", False, None),
+        ("stream", False, None),
+        ("warehouse", False, None),  # dbt, but no Airflow to read a manifest
+        ("warehouse,airflow", True, "manifest"),  # no snowflake adapter: the default target
+        ("warehouse,snowflake,airflow,report", True, "manifest --all-targets"),
+        ("stream,warehouse,snowflake,airflow,report", True, "manifest --all-targets"),
+    ],
+)
+def test_the_dockerfile_runs_the_steps_of_the_extras_the_image_holds(
+    extras: str, dags: bool, manifest: str | None, tmp_path: Path
+) -> None:
+    """Every image checks its install (pip check, stockpipe --help) and makes its volume
+    directories; the DAG folder and the dbt manifests only where [airflow] is."""
+    ran = run_final_step(extras, tmp_path)
+    assert ran[:3] == [
+        "pip install --no-deps /wheels/stockpipe-*.whl",
+        "pip check",
+        "rm -rf /wheels",
+    ]
+    assert "stockpipe --help" in ran
+    assert ran[-2:] == [
+        "mkdir -p /data /recovery /opt/airflow/logs /opt/airflow/auth",
+        "chown -R stockpipe:stockpipe /data /recovery /opt/airflow",
+    ]
+    assert any(r.startswith("ln -s") and r.endswith(" /app/dags") for r in ran) is dags
+    manifests = [r for r in ran if "flows.transform.orchestration" in r]
+    want = [f"python -m flows.transform.orchestration {manifest}"] if manifest else []
+    assert manifests == want
+    # a manifest is made by dbt: whatever brings [airflow] brings [warehouse]
+    assert "warehouse" in closure({"airflow"})
+
+
+def test_compose_builds_every_image_the_dockerfile_documents() -> None:
+    """The Dockerfile's header lists the images compose builds, with their EXTRAS."""
+    header = dockerfile().split("\nARG EXTRAS")[0]
+    for name, service in raw_services().items():
+        if uses_stockpipe_image(service):
+            image = service["image"].split("}", 1)[1].split(":")[0]  # -stream
+            extras = service["build"]["args"]["EXTRAS"]
+            assert re.search(rf"stockpipe{image} +EXTRAS=\"?{extras}\"?\s", header), (name, image)
