@@ -1151,3 +1151,14 @@ def test_data_tests_check_recent_days_unless_asked_for_the_full_history(
     break_volume(backfilled.day)
     with dbt_session(settings, tmp_path / "target") as common:
         assert not invoke(test, common).success
+        # and a row the latest run wrote without a date is found too (the latest run's
+        # rows are read by the dates it wrote, and by its rows without one)
+        not_null = ["test", "--select", "not_null_fct_bars_daily_trade_date"]
+        assert invoke(not_null, common).success
+        with duckdb.connect(str(db)) as con:
+            con.execute(
+                "update gold.fct_bars_daily set trade_date = null "
+                "where symbol = 'BBB' and trade_date = ?",
+                [backfilled.day],
+            )
+        assert not invoke(not_null, common).success
