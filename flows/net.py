@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 
 from flows.errors import ServiceUnavailable, StockpipeError
@@ -12,6 +13,41 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could bind `host:port` now: nothing listens there, and no
+    connection holds it as its local port (which a connect test does not see)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _ephemeral_low(default: int = 32768) -> int:
+    """The first port of the range the OS gives outgoing connections (Linux's setting)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """A port p such that p .. p + count - 1 are free at `host` (a broker's listener and
+    the controller and internal listeners next to it), chosen below the OS's ephemeral
+    range: a port the OS picks (free_port) may next be any connection's local port, and
+    a broker that then binds it fails with "Address already in use"."""
+    low = _ephemeral_low()
+    first, last = max(1024, low - 12_000), low - count
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(first, last)
+        if all(port_free(host, port + k) for k in range(count)):
+            return port
+    raise ServiceUnavailable(f"no {count} adjacent free ports on {host} in {first}..{low}")
 
 
 def kafka_refusal(config: dict[str, str], timeout: float = 5.0) -> str | None:

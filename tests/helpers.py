@@ -280,14 +280,12 @@ def assert_each_row_once(rows: pl.DataFrame) -> None:
 
 
 def free_port_pair() -> int:
-    """A loopback port p such that p and p + 1 (a local broker's controller) are both free."""
-    from flows.tooling import kafka as kafka_local
+    """A loopback port p for a broker of its own: p, p + 1 (its controller) and p + 2 (a
+    secured broker's internal listener) free, below the OS's ephemeral range, so no
+    connection of another test takes one before the broker binds it."""
+    from flows.net import free_ports
 
-    for _ in range(50):
-        port = kafka_local.free_port()
-        if port < 65535 and not kafka_local._port_open("127.0.0.1", port + 1, timeout=0.2):
-            return port
-    raise RuntimeError("no two adjacent free ports")
+    return free_ports(3)
 
 
 class _Recorder(BaseHTTPRequestHandler):

@@ -278,3 +278,25 @@ def test_broker_not_ready_in_time_is_stopped_and_the_error_shows_its_log(
     assert not (data_dir / "broker.pid").exists()
     assert kafka_local.broker_reachable(settings.kafka_bootstrap_servers) is False
     assert kafka_local.status(settings)["pid"] is None
+
+
+def test_a_port_a_connection_holds_is_not_free_and_own_brokers_get_ports_no_connection_takes():
+    """What made a broker of a test fail with "Address already in use": a connect test
+    says the local port of another connection is free, and the OS gives ports of its
+    ephemeral range (free_port) to outgoing connections too."""
+    from flows.net import _ephemeral_low, free_ports, port_free
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        listening = server.getsockname()[1]
+        assert not port_free("127.0.0.1", listening)
+        with socket.create_connection(("127.0.0.1", listening)) as client:
+            held = client.getsockname()[1]  # nothing listens on it: a connect is refused
+            assert not kafka_local._port_open("127.0.0.1", held, timeout=0.2)
+            assert not port_free("127.0.0.1", held)  # but a broker could not bind it
+    low = _ephemeral_low()
+    for _ in range(20):
+        first = free_ports(3)
+        assert 1024 <= first and first + 2 < low
+        assert all(port_free("127.0.0.1", first + k) for k in range(3))

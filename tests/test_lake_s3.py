@@ -20,17 +20,17 @@ from helpers import (
 from moto.server import ThreadedMotoServer
 
 from flows.lake.store import open_lake
+from flows.net import free_ports
 from flows.settings import load_settings
 from flows.stream.lake_sink import LakeWriter
 from flows.stream.run import run_stream
-from flows.tooling import kafka as kafka_local
 
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
 @pytest.fixture
 def s3_endpoint(monkeypatch):
-    port = kafka_local.free_port()
+    port = free_ports(1)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     for key, value in CREDS.items():

@@ -34,8 +34,8 @@ from load_helpers import (
 
 from flows.errors import ServiceUnavailable, StockpipeError
 from flows.lake.store import open_lake
+from flows.net import free_ports
 from flows.settings import Settings, SettingsError, load_settings
-from flows.tooling import kafka as kafka_local
 from flows.warehouse import (
     ContentConflict,
     LoadError,
@@ -284,7 +284,7 @@ def test_unreachable_snowflake_is_a_clear_error_without_the_password(
         snowflake_user="loader",
         snowflake_password=PASSWORD,
         snowflake_host="127.0.0.1",
-        snowflake_port=kafka_local.free_port(),  # nothing listens there
+        snowflake_port=free_ports(1),  # nothing listens there
         snowflake_protocol="http",
         snowflake_login_timeout="5s",
     )

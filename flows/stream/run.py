@@ -27,7 +27,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from flows.errors import StockpipeError
-from flows.net import free_port, kafka_unusable
+from flows.net import free_ports, kafka_unusable
 from flows.settings import Settings, load_settings, parse_duration
 from flows.stream.recovery import open_store, recovery_path, start_from_drain
 
@@ -187,7 +187,8 @@ def _user_error(exc: BaseException) -> StockpipeError | None:
 def _run_local_cluster(
     settings: Settings, workers: int, exit_when_idle: float | None, reset_offsets: str | None
 ) -> int:
-    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(workers))
+    first = free_ports(workers)  # below the ephemeral range: no connection takes one first
+    addresses = ";".join(f"127.0.0.1:{first + i}" for i in range(workers))
     env = {**os.environ, **settings.to_env()}
     # Each process is this same command joined to a cluster on loopback.
     args = [sys.executable, "-m", "flows.cli", "stream", "--addresses", addresses]

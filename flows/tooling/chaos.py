@@ -1054,6 +1054,7 @@ def run_campaign(camp: Campaign) -> dict[str, Any]:
     import s3fs
     from confluent_kafka.admin import AdminClient, NewTopic
 
+    from flows.net import free_ports
     from flows.settings import load_settings
     from flows.tooling import kafka as kafka_local
 
@@ -1077,7 +1078,7 @@ def run_campaign(camp: Campaign) -> dict[str, Any]:
     # Versioned, so a file name written twice keeps both contents for the checks.
     s3.put_bucket_versioning(Bucket="chaos", VersioningConfiguration={"Status": "Enabled"})
     settings = load_settings(
-        kafka_bootstrap_servers=f"127.0.0.1:{kafka_local.free_port()}",
+        kafka_bootstrap_servers=f"127.0.0.1:{free_ports(2)}",  # and its controller
         kafka_data_dir=work / "kafka",
         topic=topic,
         topic_partitions=PARTITIONS,

@@ -48,7 +48,7 @@ from rich.table import Table
 
 from flows.assets import asset_dir
 from flows.errors import ServiceUnavailable, StockpipeError
-from flows.net import free_port
+from flows.net import free_ports, port_free
 from flows.settings import Settings, load_settings, parse_duration
 from flows.tooling import kafka_security as security
 
@@ -308,8 +308,8 @@ def _internal_port(data_dir: Path, broker_port: int) -> int:
 def _recorded_port(record: Path, host: str, port: int) -> int:
     if record.exists():
         return int(record.read_text().strip())
-    if port > 65535 or _port_open(host, port, timeout=0.5):
-        port = free_port(host)
+    if port > 65535 or not port_free(host, port):
+        port = free_ports(1, host)
     record.write_text(f"{port}\n")
     return port
 
