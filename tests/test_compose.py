@@ -554,6 +554,9 @@ def test_long_running_services_stop_within_their_grace(services: dict[str, Any])
 
     drain = defaults["producer_drain_timeout"].default
     assert seconds(services["producer"]["stop_grace_period"]) > drain + 10
+    # the signal stockpipe stops cleanly on, said, not left to an image's STOPSIGNAL
+    for name in ("producer", "stream-0", "stream-1"):
+        assert services[name]["stop_signal"] == "SIGTERM", name
     epoch = defaults["epoch_interval"].default
     for name in ("stream-0", "stream-1"):
         assert seconds(services[name]["stop_grace_period"]) >= 10 * epoch, name

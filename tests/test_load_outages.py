@@ -5,6 +5,7 @@ reading of the JSON lines; and the Snowflake MERGE's text parsed as Snowflake SQ
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ import fakesnow
 import pytest
 from helpers import run_stockpipe
 from load_helpers import emulated_loader_settings, emulator_query
+from prometheus_client.parser import text_string_to_metric_families
 from test_snowflake_sql import snowflake_violations
 
 from flows.ingest.ledger import Outage, append_outage, append_repaired, entry_id, read_ledger
@@ -84,14 +86,47 @@ def expected_rows(path: Path) -> list[tuple]:
     return sorted(rows)
 
 
+def outage_gauges(settings: Settings) -> dict[tuple[str, tuple], float]:
+    """outages.prom as Prometheus's own text parser reads it: (name, labels) -> value."""
+    text = (settings.metrics_dir / "outages.prom").read_text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def expected_gauges(rows: list[tuple]) -> dict[tuple[str, tuple], float]:
+    """The gauges of `expected_rows`: outages by state, the oldest start not repaired."""
+    states = {"open": 0, "unrepaired": 0, "repaired": 0}
+    for row in rows:
+        states["repaired" if row[6] else "open" if row[3] is None else "unrepaired"] += 1
+    out = {("stockpipe_outages", (("state", k),)): float(v) for k, v in states.items()}
+    waiting = [row[2].timestamp() for row in rows if not row[6]]
+    if waiting:
+        out[("stockpipe_outages_oldest_unrepaired_start_timestamp_seconds", ())] = min(waiting)
+    return out
+
+
+def assert_outage_gauges(settings: Settings, started: float) -> None:
+    got = outage_gauges(settings)
+    loaded = got.pop(("stockpipe_outages_last_load_timestamp_seconds", ()))
+    assert started <= loaded <= time.time()
+    assert got == expected_gauges(expected_rows(settings.outage_log))
+
+
 @pytest.fixture(params=["duckdb", "snowflake"])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Settings, object]]:
     """Settings for a warehouse of each kind, and a function that reads a table from it."""
     ledger = tmp_path / "outages.jsonl"
+    metrics = tmp_path / "metrics"
     if request.param == "duckdb":
         path = tmp_path / "wh.duckdb"
         settings = load_settings(
-            warehouse=f"duckdb:///{path}", lake_url=str(tmp_path / "lake"), outage_log=ledger
+            warehouse=f"duckdb:///{path}",
+            lake_url=str(tmp_path / "lake"),
+            outage_log=ledger,
+            metrics_dir=metrics,
         )
 
         def query(sql: str) -> list[tuple]:
@@ -101,7 +136,9 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Set
         yield settings, query
         return
     with fakesnow.patch(nop_regexes=["^REMOVE "]):
-        settings = emulated_loader_settings(lake_url=str(tmp_path / "lake"), outage_log=ledger)
+        settings = emulated_loader_settings(
+            lake_url=str(tmp_path / "lake"), outage_log=ledger, metrics_dir=metrics
+        )
 
         def query(sql: str) -> list[tuple]:
             return emulator_query(sql.replace("bronze.", "stockpipe.bronze."))
@@ -125,13 +162,17 @@ def test_the_ledger_loads_row_by_row_and_reloads_idempotently_then_updates_a_rep
     settings, query = target
     ids = write_ledger(settings.outage_log)
 
+    started = time.time()
     first = load_outages(settings)
 
     want = expected_rows(settings.outage_log)
     assert len(want) == 1 + 1 + 3 + 1  # open, closed, three symbols of one entry, old
     assert table_rows(query) == want
     assert first["rows"] == first["changed"] == 6 and first["entries"] == 4
-    assert first["open"] == 1 and first["repaired"] == 3
+    assert first["open"] == 1 and first["repaired"] == 3 and first["unrepaired"] == 3
+    # outages.prom: open COIN; the old BLK and the multi entry's MSTR ended, not repaired
+    assert_outage_gauges(settings, started)
+    assert outage_gauges(settings)[("stockpipe_outages", (("state", "unrepaired"),))] == 2
     by_key = {(r[0], r[1]): r for r in want}
     assert by_key[(ids["open"], "COIN")][3] is None  # open: NULL end
     assert by_key[(ids["multi"], "COIN")][6:8] == (True, "trades")
@@ -149,6 +190,7 @@ def test_the_ledger_loads_row_by_row_and_reloads_idempotently_then_updates_a_rep
     append_repaired(settings.outage_log, ids["multi"], "MSTR", "candles", 4)
     third = load_outages(settings)
     assert third["changed"] == 1
+    assert_outage_gauges(settings, started)
     after = table_rows(query, with_loaded_at=True)
     assert table_rows(query) == expected_rows(settings.outage_log)
     changed = [(old, new) for old, new in zip(before, after, strict=True) if old != new]

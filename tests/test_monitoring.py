@@ -36,17 +36,18 @@ METRIC_MODULES = (
     "flows.stream.lake_sink",
 )
 # Modules of batch runs: their gauges (GaugeSpec) go to registries of their own, one per run.
-BATCH_METRIC_MODULES = {
-    "flows.warehouse.metrics": "LOAD_GAUGES",
-    "flows.transform.metrics": "TRANSFORM_GAUGES",
-}
+BATCH_METRIC_MODULES = (
+    ("flows.warehouse.metrics", "LOAD_GAUGES"),
+    ("flows.warehouse.metrics", "OUTAGE_GAUGES"),
+    ("flows.transform.metrics", "TRANSFORM_GAUGES"),
+)
 NAME = re.compile(r"\bstockpipe_[a-z0-9_]+")
 
 
 def batch_registries() -> list[CollectorRegistry]:
     """A registry of each batch module's gauges, every one of them given a value."""
     registries = []
-    for module, attribute in BATCH_METRIC_MODULES.items():
+    for module, attribute in BATCH_METRIC_MODULES:
         specs = getattr(importlib.import_module(module), attribute)
         values = {s.name: {tuple("x" for _ in s.labels): 1.0} if s.labels else 1.0 for s in specs}
         registries.append(gauges_registry(specs, values))

@@ -1,4 +1,5 @@
-"""Gauges of the last load run, written to `load.prom` in STOCKPIPE_METRICS_DIR.
+"""Gauges of the last load run, written to `load.prom` in STOCKPIPE_METRICS_DIR, and of
+the outage ledger at the last `stockpipe load-outages` run, in `outages.prom`.
 
 A load is a batch job, so its metrics are gauges of the last run (Prometheus's
 convention), which node_exporter's textfile collector serves between runs.
@@ -19,7 +20,9 @@ from flows.metrics import GaugeSpec, GaugeValue, gauges_registry, read_gauge, wr
 from flows.settings import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
     from pathlib import Path
+    from typing import Any
 
     from flows.warehouse.loader import LoadSummary
 
@@ -80,3 +83,46 @@ def record_load(
             "stockpipe_load_offset_gaps": len(summary.gaps),
         }
     return write_gauges(directory, LOAD_FILE, gauges_registry(LOAD_GAUGES, values))
+
+
+OUTAGES_FILE = "outages.prom"
+OLDEST_UNREPAIRED = "stockpipe_outages_oldest_unrepaired_start_timestamp_seconds"
+OUTAGE_GAUGES = (
+    GaugeSpec(
+        "stockpipe_outages",
+        "Outages of the ledger (one per entry and symbol) at the last load-outages run, by "
+        "state: open (no end yet), unrepaired (ended, not repaired), repaired.",
+        ("state",),
+    ),
+    GaugeSpec(
+        OLDEST_UNREPAIRED,
+        "Start of the oldest outage of the ledger not repaired (open or ended); absent when "
+        "none is.",
+    ),
+    GaugeSpec(
+        "stockpipe_outages_last_load_timestamp_seconds",
+        "When load-outages last loaded the ledger into the warehouse.",
+    ),
+)
+
+
+def outage_states(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """(entry, symbol) rows of `bronze.outages` by state: open, unrepaired, repaired."""
+    states = dict.fromkeys(("open", "unrepaired", "repaired"), 0)
+    for row in rows:
+        state = "repaired" if row["repaired"] else "open" if row["end_ts"] is None else "unrepaired"
+        states[state] += 1
+    return states
+
+
+def record_outages(settings: Settings, rows: list[Mapping[str, Any]]) -> Path | None:
+    """Write `outages.prom` for the ledger's `rows` (flows.warehouse.outages.outage_rows),
+    loaded now: an operator (and the StockpipeOutageUnrepaired alert) sees what the
+    backfill has left to repair without opening the warehouse."""
+    waiting = [row["start_ts"].timestamp() for row in rows if not row["repaired"]]
+    values: dict[str, GaugeValue | None] = {
+        "stockpipe_outages": {(state,): n for state, n in outage_states(rows).items()},
+        OLDEST_UNREPAIRED: min(waiting) if waiting else None,
+        "stockpipe_outages_last_load_timestamp_seconds": time.time(),
+    }
+    return write_gauges(settings.metrics_dir, OUTAGES_FILE, gauges_registry(OUTAGE_GAUGES, values))

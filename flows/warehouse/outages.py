@@ -18,6 +18,9 @@ Rows are upserted by (outage_id, symbol) (`Warehouse.upsert_reference`): a re-lo
 changes nothing, a later repair updates its row, and an entry rotated out of the
 ledger file stays in the warehouse. A torn line (a crash mid-write) is skipped.
 
+After each run, `outages.prom` in STOCKPIPE_METRICS_DIR holds the ledger's outages by
+state and the start of the oldest one not repaired (flows/warehouse/metrics.py).
+
 Exit codes: 0 loaded (or nothing to load), 2 a bad setting or an unreadable ledger,
 69 the warehouse is unavailable.
 """
@@ -108,6 +111,7 @@ def load_outages(settings: Settings) -> dict[str, Any]:
     """Upsert the ledger into `bronze.outages`; what it did (the command's `--json`)."""
     from flows.warehouse.base import OUTAGES_TABLE
     from flows.warehouse.loader import open_warehouse
+    from flows.warehouse.metrics import outage_states, record_outages
 
     ledger = read_outage_ledger(settings)
     rows = outage_rows(ledger)
@@ -117,6 +121,8 @@ def load_outages(settings: Settings) -> dict[str, Any]:
         result = warehouse.upsert_reference(OUTAGES_TABLE, outages_table(rows), OUTAGE_KEY)
     finally:
         warehouse.close()
+    record_outages(settings, rows)
+    states = outage_states(rows)
     report = {
         "ledger": str(settings.outage_log),
         "warehouse": settings.warehouse,
@@ -125,7 +131,8 @@ def load_outages(settings: Settings) -> dict[str, Any]:
         "rows": result.rows,
         "changed": result.changed,
         "open": sum(r["end_ts"] is None for r in rows),
-        "repaired": sum(r["repaired"] for r in rows),
+        "unrepaired": states["open"] + states["unrepaired"],
+        "repaired": states["repaired"],
     }
     log.info(
         "bronze.%s: %d row(s) from %d ledger entries, %d inserted or changed",
@@ -151,5 +158,6 @@ def load_outages_command(
     typer.echo(
         f"{report['table']}: {report['rows']} row(s) from {report['entries']} ledger "
         f"entries in {report['ledger']} ({report['changed']} inserted or changed, "
-        f"{report['open']} open, {report['repaired']} repaired)"
+        f"{report['open']} open, {report['unrepaired']} not repaired, "
+        f"{report['repaired']} repaired)"
     )
