@@ -26,28 +26,35 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def _ephemeral_low(default: int = 32768) -> int:
-    """The first port of the range the OS gives outgoing connections (Linux's setting)."""
+def _ephemeral_range(default: tuple[int, int] = (32768, 60999)) -> tuple[int, int]:
+    """The ports the OS gives outgoing connections (Linux's setting, else its default)."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
-            return int(fh.read().split()[0])
-    except (OSError, ValueError, IndexError):
+            low, high = (int(v) for v in fh.read().split()[:2])
+            return low, high
+    except (OSError, ValueError):
         return default
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> int:
     """A port p such that p .. p + count - 1 are free at `host` (a broker's listener and
-    the controller and internal listeners next to it), chosen below the OS's ephemeral
-    range: a port the OS picks (free_port) may next be any connection's local port, and
-    a broker that then binds it fails with "Address already in use"."""
-    low = _ephemeral_low()
-    first, last = max(1024, low - 12_000), low - count
+    the controller and internal listeners next to it), chosen outside the OS's ephemeral
+    range (below it, or above it when there is no room below): a port the OS picks
+    (free_port) may next be any connection's local port, and a broker that then binds
+    it fails with "Address already in use"."""
+    low, high = _ephemeral_range()
+    if low - count > 2048:
+        first, last = max(1024, low - 12_000), low - count
+    elif 65535 - high - count > 1024:
+        first, last = high + 1, 65535 - count
+    else:  # no room outside it: ports the OS picks, checked like the others
+        first = last = 0
     rng = random.Random()
     for _ in range(200):
-        port = rng.randrange(first, last)
-        if all(port_free(host, port + k) for k in range(count)):
+        port = rng.randrange(first, last) if last > first else free_port(host)
+        if port + count - 1 <= 65535 and all(port_free(host, port + k) for k in range(count)):
             return port
-    raise ServiceUnavailable(f"no {count} adjacent free ports on {host} in {first}..{low}")
+    raise ServiceUnavailable(f"no {count} adjacent free ports on {host}")
 
 
 def kafka_refusal(config: dict[str, str], timeout: float = 5.0) -> str | None:

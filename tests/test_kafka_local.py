@@ -284,7 +284,7 @@ def test_a_port_a_connection_holds_is_not_free_and_own_brokers_get_ports_no_conn
     """What made a broker of a test fail with "Address already in use": a connect test
     says the local port of another connection is free, and the OS gives ports of its
     ephemeral range (free_port) to outgoing connections too."""
-    from flows.net import _ephemeral_low, free_ports, port_free
+    from flows.net import _ephemeral_range, free_ports, port_free
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
@@ -295,8 +295,23 @@ def test_a_port_a_connection_holds_is_not_free_and_own_brokers_get_ports_no_conn
             held = client.getsockname()[1]  # nothing listens on it: a connect is refused
             assert not kafka_local._port_open("127.0.0.1", held, timeout=0.2)
             assert not port_free("127.0.0.1", held)  # but a broker could not bind it
-    low = _ephemeral_low()
+    low, high = _ephemeral_range()
     for _ in range(20):
         first = free_ports(3)
-        assert first >= 1024 and first + 2 < low
+        assert first >= 1024 and (first + 2 < low or first > high)
         assert all(port_free("127.0.0.1", first + k) for k in range(3))
+
+
+@pytest.mark.parametrize(
+    ("ephemeral", "inside"), [((1024, 40000), (40001, 65535)), ((1024, 65000), (1024, 65535))]
+)
+def test_free_ports_goes_above_the_ephemeral_range_or_falls_back_to_the_os(
+    monkeypatch: pytest.MonkeyPatch, ephemeral: tuple[int, int], inside: tuple[int, int]
+) -> None:
+    from flows import net
+
+    monkeypatch.setattr(net, "_ephemeral_range", lambda: ephemeral)
+    for _ in range(10):
+        first = net.free_ports(2)
+        assert inside[0] <= first and first + 1 <= inside[1]
+        assert net.port_free("127.0.0.1", first) and net.port_free("127.0.0.1", first + 1)
