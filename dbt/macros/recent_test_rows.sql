@@ -67,15 +67,14 @@
             test group every row of the table) -#}
         {%- set run_dates = none -%}
         {%- if found.column and latest and latest[1] is not none -%}
+            {%- set latest_run = found.column ~ ' = ' ~ latest[1] -%}
             {%- set run_dates = compile_time_row(
                 'select cast(min(' ~ column ~ ') as date), cast(max(' ~ column ~ ') as date), count(*)'
-                ~ ' from ' ~ (found.bounds_from or relation)
-                ~ ' where ' ~ found.column ~ ' = ' ~ latest[1]
+                ~ ' from ' ~ (found.bounds_from or relation) ~ ' where ' ~ latest_run
             ) -%}
         {%- endif -%}
         {%- set branches = [recent] -%}
         {%- if run_dates and run_dates[2] | int > 0 -%}
-            {%- set latest_run = found.column ~ ' = ' ~ latest[1] -%}
             {%- if run_dates[0] is not none -%}
                 {%- do branches.append(latest_run
                     ~ ' and ' ~ column ~ ' >= ' ~ date_literal(run_dates[0])
